@@ -1,0 +1,30 @@
+"""zf_unet: Keras 3 / TensorFlow U-Nets with the U-Net paper's methods.
+
+Public API (everything else is internal)::
+
+    zf_unet.build_unet(...)          # configurable U-Net (functional keras.Model)
+    zf_unet.ZF_UNET_224(...)         # the classic 224x224x3 model, exactly
+    zf_unet.double_conv_layer(...)   # (Conv3x3 -> BN -> ReLU) x 2 block
+    zf_unet.losses                   # Dice, BCE+Dice, Jaccard, weighted cross-entropy
+    zf_unet.metrics                  # Dice/IoU Keras metrics, ISBI-style NumPy scores
+    zf_unet.data                     # synthetic EM-like data, readers, pipelines
+"""
+from __future__ import annotations
+
+from zf_unet import _backend  # noqa: F401  (must run before keras is used)
+from zf_unet import data, losses, metrics, models
+from zf_unet.models import ZF_UNET_224, build_unet, double_conv_layer, valid_input_sizes
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ZF_UNET_224",
+    "build_unet",
+    "data",
+    "double_conv_layer",
+    "losses",
+    "metrics",
+    "models",
+    "valid_input_sizes",
+    "__version__",
+]

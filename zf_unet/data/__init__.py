@@ -1,0 +1,1 @@
+"""Data: synthetic EM-like images, readers, augmentation and tf.data pipelines."""

@@ -1,0 +1,10 @@
+"""Exceptions users see. Every message names the file or argument and what was expected."""
+from __future__ import annotations
+
+
+class ZFUNetError(Exception):
+    """Base class of zf_unet's own errors."""
+
+
+class DataError(ZFUNetError, ValueError):
+    """Bad input data: unreadable file, missing partner, size mismatch, bad mask values."""

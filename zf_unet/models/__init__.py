@@ -1,0 +1,20 @@
+"""Model builders: U-Net (and the classic ZF_UNET_224) and their blocks."""
+from zf_unet.models.blocks import CenterCropToMatch, double_conv_layer, upsample
+from zf_unet.models.unet import (
+    ZF_UNET_224,
+    build_unet,
+    level_filters,
+    output_size,
+    valid_input_sizes,
+)
+
+__all__ = [
+    "CenterCropToMatch",
+    "ZF_UNET_224",
+    "build_unet",
+    "double_conv_layer",
+    "level_filters",
+    "output_size",
+    "upsample",
+    "valid_input_sizes",
+]

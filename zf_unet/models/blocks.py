@@ -1,0 +1,114 @@
+"""Building blocks shared by U-Net and U-Net++ (NHWC tensors throughout)."""
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+from keras import layers, ops
+
+UPSAMPLING_MODES = ("nearest", "bilinear", "transpose")
+PADDING_MODES = ("same", "valid")
+
+
+def double_conv_layer(
+    x: Any,
+    filters: int,
+    dropout: float = 0.0,
+    batch_norm: bool = True,
+    padding: str = "same",
+    kernel_initializer: str | keras.initializers.Initializer = "he_normal",
+    name: str | None = None,
+) -> Any:
+    """The ZF_UNET_224 block: (Conv2D 3x3 -> BatchNorm -> ReLU) x 2, then optional dropout.
+
+    Args:
+        x: symbolic tensor ``(batch, H, W, C_in)``.
+        filters: output channels of both convolutions.
+        dropout: rate of ``SpatialDropout2D`` after the second ReLU (0 disables it).
+        batch_norm: insert ``BatchNormalization`` after each convolution. Without it the
+            convolutions get a bias; with it they keep the bias too, as the classic model did.
+        padding: ``"same"`` keeps H x W; ``"valid"`` (the paper) shrinks each side by 2 px.
+        kernel_initializer: He-normal by default, the paper's std ``sqrt(2 / N)``.
+        name: prefix for stable layer names (``{name}_conv1``, ``{name}_bn1``, ...).
+
+    Returns:
+        ``(batch, H', W', filters)`` with ``H' = H`` (same) or ``H - 4`` (valid).
+    """
+    if padding not in PADDING_MODES:
+        raise ValueError(f"padding must be one of {PADDING_MODES}, got {padding!r}")
+    if int(filters) < 1:
+        raise ValueError(f"filters must be a positive integer, got {filters!r}")
+    if not 0.0 <= float(dropout) < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+
+    def nm(suffix: str) -> str | None:
+        return f"{name}_{suffix}" if name else None
+
+    for i in (1, 2):
+        x = layers.Conv2D(
+            int(filters),
+            3,
+            padding=padding,
+            kernel_initializer=kernel_initializer,
+            name=nm(f"conv{i}"),
+        )(x)
+        if batch_norm:
+            x = layers.BatchNormalization(axis=-1, name=nm(f"bn{i}"))(x)
+        x = layers.Activation("relu", name=nm(f"relu{i}"))(x)
+    if dropout > 0:
+        x = layers.SpatialDropout2D(float(dropout), name=nm("dropout"))(x)
+    return x
+
+
+def upsample(
+    x: Any,
+    mode: str,
+    filters: int,
+    kernel_initializer: str | keras.initializers.Initializer = "he_normal",
+    name: str | None = None,
+) -> Any:
+    """Double H and W: nearest/bilinear ``UpSampling2D`` (channels kept) or a 2x2 stride-2
+    ``Conv2DTranspose`` to ``filters`` channels (the paper's up-convolution)."""
+    if mode in ("nearest", "bilinear"):
+        return layers.UpSampling2D(size=2, interpolation=mode, name=name)(x)
+    if mode == "transpose":
+        return layers.Conv2DTranspose(
+            int(filters), 2, strides=2, kernel_initializer=kernel_initializer, name=name
+        )(x)
+    raise ValueError(f"upsampling must be one of {UPSAMPLING_MODES}, got {mode!r}")
+
+
+@keras.saving.register_keras_serializable(package="zf_unet")
+class CenterCropToMatch(keras.layers.Layer):
+    """Center-crop ``inputs[0]`` ``(B, H, W, C)`` to the spatial size of ``inputs[1]``.
+
+    Used for the skip connections of ``padding="valid"`` U-Nets whose input size is only
+    known at run time (the static case uses ``keras.layers.Cropping2D``).
+    """
+
+    def call(self, inputs):
+        skip, ref = inputs
+        skip_shape = ops.shape(skip)
+        ref_shape = ops.shape(ref)
+        top = (skip_shape[1] - ref_shape[1]) // 2
+        left = (skip_shape[2] - ref_shape[2]) // 2
+        return skip[:, top : top + ref_shape[1], left : left + ref_shape[2], :]
+
+    def compute_output_shape(self, input_shape):
+        skip_shape, ref_shape = input_shape
+        return (skip_shape[0], ref_shape[1], ref_shape[2], skip_shape[3])
+
+
+def crop_to_match(skip: Any, ref: Any, name: str | None = None) -> Any:
+    """Center-crop ``skip`` to the spatial size of ``ref`` (identity when they already match)."""
+    sh, rh = skip.shape, ref.shape
+    if None not in (sh[1], sh[2], rh[1], rh[2]):
+        dh, dw = sh[1] - rh[1], sh[2] - rh[2]
+        if dh == 0 and dw == 0:
+            return skip
+        if dh < 0 or dw < 0:
+            raise ValueError(f"cannot crop skip of size {sh[1:3]} to {rh[1:3]}")
+        return layers.Cropping2D(((dh // 2, dh - dh // 2), (dw // 2, dw - dw // 2)), name=name)(
+            skip
+        )
+    return CenterCropToMatch(name=name)([skip, ref])

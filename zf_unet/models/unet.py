@@ -1,0 +1,220 @@
+"""U-Net builder (Ronneberger et al. 2015) in the ZF_UNET_224 style, and ZF_UNET_224 itself."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import keras
+from keras import layers
+
+from zf_unet.models.blocks import (
+    PADDING_MODES,
+    UPSAMPLING_MODES,
+    crop_to_match,
+    double_conv_layer,
+    upsample,
+)
+
+
+def level_filters(filters: int | Sequence[int], depth: int) -> list[int]:
+    """Channels per resolution level: ``filters * 2**i`` or an explicit list of ``depth`` ints."""
+    if isinstance(filters, (list, tuple)):
+        out = [int(f) for f in filters]
+        if len(out) != depth:
+            raise ValueError(f"filters has {len(out)} entries but depth={depth}; give one per level")
+    else:
+        out = [int(filters) * 2**i for i in range(depth)]
+    if any(f < 1 for f in out):
+        raise ValueError(f"filters must be positive, got {out}")
+    return out
+
+
+def output_size(size: int, depth: int, padding: str = "same") -> int | None:
+    """Output side length for an input side ``size``; ``None`` if the U-Net cannot process it.
+
+    ``same``: ``size`` must be divisible by ``2**(depth-1)`` (output = input).
+    ``valid``: every convolution trims 2 px and every pooled map must have an even size
+    (the paper's 572 -> 388 at depth 5).
+    """
+    if size is None or size < 1:
+        return None
+    if padding == "same":
+        return size if size % (2 ** (depth - 1)) == 0 else None
+    s = size
+    for _ in range(depth - 1):
+        s -= 4
+        if s <= 0 or s % 2:
+            return None
+        s //= 2
+    s -= 4
+    if s <= 0:
+        return None
+    for _ in range(depth - 1):
+        s = 2 * s - 4
+    return s if s > 0 else None
+
+
+def valid_input_sizes(depth: int, padding: str = "same", near: int = 256, count: int = 1) -> list[int]:
+    """The ``count`` valid input sizes nearest to ``near`` below it and above it (sorted)."""
+    below, above = [], []
+    s = near
+    while s >= 1 and len(below) < count:
+        if output_size(s, depth, padding):
+            below.append(s)
+        s -= 1
+    s = near + 1
+    while len(above) < count and s < near + 4096 * 2**depth:
+        if output_size(s, depth, padding):
+            above.append(s)
+        s += 1
+    return sorted(set(below + above))
+
+
+def _check_input_shape(input_shape: Sequence[int | None], depth: int, padding: str) -> tuple:
+    if len(input_shape) != 3:
+        raise ValueError(
+            f"input_shape must be (height, width, channels), got {tuple(input_shape)!r}"
+        )
+    h, w, c = input_shape
+    if c is None or int(c) < 1:
+        raise ValueError(f"input_shape channels must be a positive integer, got {c!r}")
+    for axis, s in (("height", h), ("width", w)):
+        if s is None:
+            continue
+        if output_size(int(s), depth, padding) is None:
+            nearest = valid_input_sizes(depth, padding, near=int(s))
+            rule = (
+                f"a multiple of 2**(depth-1) = {2 ** (depth - 1)}"
+                if padding == "same"
+                else "a size whose feature maps stay even before every pooling"
+            )
+            raise ValueError(
+                f"input_shape {axis}={s} cannot be processed by a depth-{depth} U-Net with "
+                f"padding={padding!r}: it must be {rule}. Nearest valid sizes: {nearest}. "
+                "Use None for a variable size."
+            )
+    return (h, w, int(c))
+
+
+def build_unet(
+    input_shape: Sequence[int | None] = (None, None, 1),
+    num_classes: int = 1,
+    depth: int = 5,
+    filters: int | Sequence[int] = 32,
+    batch_norm: bool = True,
+    dropout: float = 0.0,
+    upsampling: str = "nearest",
+    padding: str = "same",
+    output_activation: str | None = "auto",
+    head_batch_norm: bool = False,
+    kernel_initializer: str = "he_normal",
+    name: str = "unet",
+) -> keras.Model:
+    """Build a U-Net as a functional ``keras.Model``.
+
+    Args:
+        input_shape: ``(H, W, C)``; ``H``/``W`` may be ``None`` for any size.
+        num_classes: output channels. 1 = binary (sigmoid), >1 = one channel per class (softmax).
+        depth: number of resolution levels (``depth - 1`` max-poolings). ZF_UNET_224 has 6,
+            the paper 5.
+        filters: channels at the top level, doubled at every level below; or a list of
+            ``depth`` ints.
+        batch_norm: BatchNorm after every 3x3 convolution.
+        dropout: ``SpatialDropout2D`` rate at the end of every block except the last decoder
+            block (the ZF_UNET_224 placement).
+        upsampling: ``"nearest"`` | ``"bilinear"`` (UpSampling2D, channels kept, as in
+            ZF_UNET_224) or ``"transpose"`` (2x2 stride-2 transposed conv to the level's
+            filters, as in the paper).
+        padding: ``"same"`` (output = input size) or ``"valid"`` (the paper: unpadded
+            convolutions, skips center-cropped before concatenation, output smaller than input).
+        output_activation: ``"auto"`` = sigmoid for one class, softmax for several; any Keras
+            activation name; ``None`` = raw logits. The head always computes in float32 so that
+            mixed-precision models output float32.
+        head_batch_norm: BatchNorm between the 1x1 head convolution and the activation
+            (ZF_UNET_224 has it).
+        kernel_initializer: initializer for all convolutions (He-normal, as in the paper).
+        name: model name.
+
+    Returns:
+        ``keras.Model`` mapping ``(B, H, W, C)`` float images to ``(B, H', W', num_classes)``
+        float32 probabilities (or logits). ``H' = H`` for ``same``; see ``output_size`` for
+        ``valid``.
+    """
+    depth = int(depth)
+    if depth < 2:
+        raise ValueError(f"depth must be >= 2 (at least one pooling), got {depth}")
+    if padding not in PADDING_MODES:
+        raise ValueError(f"padding must be one of {PADDING_MODES}, got {padding!r}")
+    if upsampling not in UPSAMPLING_MODES:
+        raise ValueError(f"upsampling must be one of {UPSAMPLING_MODES}, got {upsampling!r}")
+    if int(num_classes) < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes!r}")
+    shape = _check_input_shape(input_shape, depth, padding)
+    widths = level_filters(filters, depth)
+    if output_activation == "auto":
+        output_activation = "sigmoid" if num_classes == 1 else "softmax"
+
+    inputs = keras.Input(shape=shape, name="image")
+    x = inputs
+    skips = []
+    for level in range(depth - 1):
+        x = double_conv_layer(
+            x, widths[level], dropout, batch_norm, padding, kernel_initializer, name=f"enc{level}"
+        )
+        skips.append(x)
+        x = layers.MaxPooling2D(pool_size=2, name=f"enc{level}_pool")(x)
+    x = double_conv_layer(
+        x, widths[-1], dropout, batch_norm, padding, kernel_initializer, name="bottleneck"
+    )
+    for level in reversed(range(depth - 1)):
+        x = upsample(x, upsampling, widths[level], kernel_initializer, name=f"dec{level}_up")
+        skip = skips[level]
+        if padding == "valid":
+            skip = crop_to_match(skip, x, name=f"dec{level}_crop")
+        x = layers.Concatenate(axis=-1, name=f"dec{level}_concat")([x, skip])
+        block_dropout = dropout if level > 0 else 0.0
+        x = double_conv_layer(
+            x, widths[level], block_dropout, batch_norm, padding, kernel_initializer,
+            name=f"dec{level}",
+        )
+    x = layers.Conv2D(int(num_classes), 1, kernel_initializer=kernel_initializer, name="head_conv")(x)
+    if head_batch_norm:
+        x = layers.BatchNormalization(axis=-1, name="head_bn")(x)
+    outputs = layers.Activation(
+        output_activation or "linear", dtype="float32", name="head_activation"
+    )(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def ZF_UNET_224(dropout_val: float = 0.2, batch_norm: bool = True, weights: str | None = None) -> keras.Model:
+    """The classic ZF_UNET_224 (ZFTurbo, DSTL 2nd place), layer for layer.
+
+    224x224x3 input; six levels with 32, 64, ..., 1024 filters (1024 at 7x7); nearest
+    upsampling + concatenation; ``SpatialDropout2D(dropout_val)`` after every block but the
+    last; 1x1 conv -> BatchNorm -> sigmoid. With ``batch_norm=True`` it has 31,466,757
+    parameters (BatchNorm statistics included).
+
+    Args:
+        dropout_val: dropout rate.
+        batch_norm: BatchNorm in the blocks and the head.
+        weights: optional path to a ``.weights.h5`` file or a ``.keras`` model to load from.
+    """
+    model = build_unet(
+        input_shape=(224, 224, 3),
+        num_classes=1,
+        depth=6,
+        filters=32,
+        batch_norm=batch_norm,
+        dropout=dropout_val,
+        upsampling="nearest",
+        padding="same",
+        output_activation="sigmoid",
+        head_batch_norm=batch_norm,
+        name="ZF_UNET_224",
+    )
+    if weights is not None:
+        if str(weights).endswith(".keras"):
+            src = keras.saving.load_model(weights, compile=False)
+            model.set_weights(src.get_weights())
+        else:
+            model.load_weights(weights)
+    return model
