@@ -1,0 +1,158 @@
+"""Keras metrics and ISBI-style NumPy scores against independent references."""
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from zf_unet import metrics as M
+
+
+def np_dice(p, t):
+    return 2 * np.logical_and(p, t).sum() / (p.sum() + t.sum())
+
+
+def test_dice_and_iou_metrics_match_numpy_and_accumulate(rng):
+    t1, t2 = rng.random((2, 16, 16, 1)) > 0.4, rng.random((3, 16, 16, 1)) > 0.6
+    p1, p2 = rng.random((2, 16, 16, 1)).astype(np.float32), rng.random((3, 16, 16, 1)).astype(np.float32)
+    dice, iou = M.DiceCoefficient(), M.IoU()
+    for t, p in ((t1, p1), (t2, p2)):
+        dice.update_state(t.astype(np.float32), p)
+        iou.update_state(t.astype(np.float32), p)
+    t = np.concatenate([t1.ravel(), t2.ravel()])
+    p = np.concatenate([p1.ravel(), p2.ravel()]) > 0.5
+    assert float(dice.result()) == pytest.approx(np_dice(p, t), abs=1e-6)
+    inter, union = np.logical_and(p, t).sum(), np.logical_or(p, t).sum()
+    assert float(iou.result()) == pytest.approx(inter / union, abs=1e-6)
+    # Agrees with Keras' own BinaryIoU on the foreground.
+    ref = keras.metrics.BinaryIoU(target_class_ids=[1], threshold=0.5)
+    ref.update_state(t1.astype(np.float32), p1)
+    ref.update_state(t2.astype(np.float32), p2)
+    assert float(iou.result()) == pytest.approx(float(ref.result()), abs=1e-6)
+
+
+def test_metric_hand_cases():
+    t = np.zeros((1, 4, 4, 1), np.float32)
+    t[0, :2] = 1
+    d = M.DiceCoefficient()
+    d.update_state(t, t)
+    assert float(d.result()) == pytest.approx(1.0)
+    d.reset_state()
+    d.update_state(t, 1 - t)  # disjoint
+    assert float(d.result()) == pytest.approx(0.0)
+    d.reset_state()
+    d.update_state(np.zeros_like(t), np.zeros_like(t))  # empty vs empty: class absent
+    assert float(d.result()) == pytest.approx(0.0)
+
+
+def test_multiclass_metrics_with_sparse_and_one_hot(rng):
+    ids = rng.integers(0, 3, size=(2, 8, 8))
+    probs = rng.random((2, 8, 8, 3)).astype(np.float32)
+    pred = probs.argmax(-1)
+    expected = np.mean([np_dice(pred == c, ids == c) for c in range(3)])
+    for y in (ids, ids[..., None], np.eye(3, dtype=np.float32)[ids]):
+        m = M.DiceCoefficient(num_classes=3)
+        m.update_state(y, probs)
+        assert float(m.result()) == pytest.approx(expected, abs=1e-6)
+    iou = M.IoU(num_classes=3, target_class_ids=[1, 2])
+    iou.update_state(ids, probs)
+    exp_iou = np.mean([np.logical_and(pred == c, ids == c).sum() / np.logical_or(pred == c, ids == c).sum()
+                       for c in (1, 2)])
+    assert float(iou.result()) == pytest.approx(exp_iou, abs=1e-6)
+
+
+def test_metrics_serialize():
+    m = M.DiceCoefficient(num_classes=3, target_class_ids=[1, 2], name="dsc")
+    back = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(m))
+    assert isinstance(back, M.DiceCoefficient) and back.get_config() == m.get_config()
+
+
+# ------------------------------------------------------------------ ISBI-style NumPy scores
+
+
+def ref_adapted_rand_error(gt, seg):
+    """Adapted Rand error from its definition (contingency table), gt label 0 ignored."""
+    keep = gt.ravel() > 0
+    g, s = gt.ravel()[keep], seg.ravel()[keep]
+    n = g.size
+    _, gi = np.unique(g, return_inverse=True)
+    _, si = np.unique(s, return_inverse=True)
+    table = np.zeros((gi.max() + 1, si.max() + 1))
+    np.add.at(table, (gi, si), 1)
+    sum_p2 = (table**2).sum() - n
+    sum_a2 = (table.sum(1) ** 2).sum() - n
+    sum_b2 = (table.sum(0) ** 2).sum() - n
+    precision, recall = sum_p2 / sum_b2, sum_p2 / sum_a2
+    return 1 - 2 * precision * recall / (precision + recall)
+
+
+def ref_vi(gt, seg):
+    keep = gt.ravel() > 0
+    g, s = gt.ravel()[keep], seg.ravel()[keep]
+    _, gi = np.unique(g, return_inverse=True)
+    _, si = np.unique(s, return_inverse=True)
+    table = np.zeros((gi.max() + 1, si.max() + 1))
+    np.add.at(table, (gi, si), 1)
+    pxy = table / table.sum()
+    px, py = pxy.sum(1), pxy.sum(0)
+    nz = pxy > 0
+    h_x_given_y = -np.sum(pxy[nz] * np.log(pxy[nz] / np.broadcast_to(py, pxy.shape)[nz]))
+    h_y_given_x = -np.sum(pxy[nz] * np.log(pxy[nz] / np.broadcast_to(px[:, None], pxy.shape)[nz]))
+    return (h_x_given_y + h_y_given_x) / np.log(2)  # bits
+
+
+def cells(seed, size=48, n=6):
+    """Binary membrane mask: Voronoi cells with 1-px membranes."""
+    r = np.random.default_rng(seed)
+    pts = r.uniform(0, size, (n, 2))
+    yy, xx = np.mgrid[:size, :size]
+    lab = np.argmin((yy[..., None] - pts[:, 0]) ** 2 + (xx[..., None] - pts[:, 1]) ** 2, -1)
+    edge = np.zeros_like(lab, bool)
+    edge[:-1] |= lab[:-1] != lab[1:]
+    edge[:, :-1] |= lab[:, :-1] != lab[:, 1:]
+    return (~edge).astype(np.uint8)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_rand_error_and_vi_match_definitions(seed):
+    truth = cells(seed)
+    pred = truth.copy()
+    r = np.random.default_rng(seed + 10)
+    # Merge two cells by erasing a membrane stretch, and split one by drawing a line.
+    pred[r.integers(5, 40), :] = 0
+    gt_lab, seg_lab = M.label_cells(truth), M.label_cells(pred)
+    assert M.rand_error(pred, truth) == pytest.approx(ref_adapted_rand_error(gt_lab, seg_lab), abs=1e-9)
+    assert M.variation_of_information(pred, truth) == pytest.approx(ref_vi(gt_lab, seg_lab), abs=1e-9)
+    assert M.rand_error(truth, truth) == pytest.approx(0.0, abs=1e-12)
+    assert M.variation_of_information(truth, truth) == pytest.approx(0.0, abs=1e-12)
+    assert M.rand_error(pred, truth) > 0.0
+
+
+def test_rand_error_of_everything_merged_is_large():
+    truth = cells(3)
+    assert M.rand_error(np.ones_like(truth), truth) > 0.5
+
+
+def test_pixel_dice_iou_scores():
+    t = np.zeros((4, 4), np.uint8)
+    t[:2] = 1
+    p = np.zeros((4, 4), np.float32)
+    p[:1] = 0.9
+    p[3, 0] = 0.7
+    assert M.pixel_error(p, t) == pytest.approx(5 / 16)
+    assert M.dice_score(p, t) == pytest.approx(2 * 4 / (5 + 8))
+    assert M.iou_score(p, t) == pytest.approx(4 / 9)
+    assert M.dice_score(p, t, foreground=False) == pytest.approx(2 * 7 / (11 + 8))
+    assert M.dice_score(np.zeros((3, 3)), np.zeros((3, 3))) == 1.0
+    with pytest.raises(ValueError, match="shape"):
+        M.pixel_error(np.zeros((3, 3)), np.zeros((4, 4)))
+
+
+def test_evaluate_probability_map_picks_best_threshold():
+    truth = cells(5)
+    prob = np.where(truth > 0, 0.65, 0.35).astype(np.float32)
+    out = M.evaluate_probability_map(prob, truth)
+    assert 0.35 < out["best"]["threshold"] < 0.65
+    assert out["best"]["pixel_error"] == 0.0 and out["best"]["rand_error"] == pytest.approx(0.0)
+    assert len(out["per_threshold"]) == 9

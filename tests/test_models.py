@@ -1,0 +1,172 @@
+"""U-Net builder: shapes, parameter counts against a hand formula, names, errors."""
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+import zf_unet
+from zf_unet.models import output_size, valid_input_sizes
+
+
+def conv(k: int, cin: int, cout: int) -> int:
+    return k * k * cin * cout + cout
+
+
+def hand_count(in_ch, num_classes, depth, base, batch_norm, upsampling, head_bn=False) -> int:
+    """Parameters of a U-Net from its description, written independently of the builder."""
+    widths = [base * 2**i for i in range(depth)]
+    bn = (lambda c: 4 * c) if batch_norm else (lambda c: 0)
+    total, cin = 0, in_ch
+    for w in widths:  # encoder blocks + bottleneck
+        total += conv(3, cin, w) + bn(w) + conv(3, w, w) + bn(w)
+        cin = w
+    for level in reversed(range(depth - 1)):
+        w = widths[level]
+        if upsampling == "transpose":
+            total += 2 * 2 * cin * w + w  # Conv2DTranspose(w, 2x2)
+            up_ch = w
+        else:
+            up_ch = cin  # UpSampling2D keeps channels
+        cat = up_ch + w
+        total += conv(3, cat, w) + bn(w) + conv(3, w, w) + bn(w)
+        cin = w
+    total += conv(1, cin, num_classes) + (4 * num_classes if head_bn else 0)
+    return total
+
+
+@pytest.mark.parametrize(
+    "in_ch,classes,depth,base,bn,up",
+    [
+        (1, 1, 5, 32, True, "nearest"),
+        (3, 4, 4, 16, False, "bilinear"),
+        (1, 2, 3, 8, True, "transpose"),
+        (2, 1, 6, 4, False, "transpose"),
+    ],
+)
+def test_parameter_count_matches_hand_formula(in_ch, classes, depth, base, bn, up):
+    model = zf_unet.build_unet((None, None, in_ch), num_classes=classes, depth=depth,
+                               filters=base, batch_norm=bn, upsampling=up)
+    assert model.count_params() == hand_count(in_ch, classes, depth, base, bn, up)
+
+
+def test_zf_unet_224_is_the_classic_model():
+    model = zf_unet.ZF_UNET_224()
+    assert model.name == "ZF_UNET_224"
+    assert model.input_shape == (None, 224, 224, 3)
+    assert model.output_shape == (None, 224, 224, 1)
+    assert model.count_params() == 31_466_757
+    assert model.count_params() == hand_count(3, 1, 6, 32, True, "nearest", head_bn=True)
+    # 1024 filters at 7x7, nearest upsampling, BN before the sigmoid head.
+    assert model.get_layer("bottleneck_conv2").filters == 1024
+    assert model.get_layer("bottleneck_conv2").output.shape[1:3] == (7, 7)
+    assert model.get_layer("dec4_up").interpolation == "nearest"
+    assert isinstance(model.get_layer("head_bn"), keras.layers.BatchNormalization)
+    # Dropout everywhere except the last decoder block, as in the original.
+    dropouts = [layer.name for layer in model.layers if isinstance(layer, keras.layers.SpatialDropout2D)]
+    assert "dec0_dropout" not in dropouts and "enc0_dropout" in dropouts
+    assert len(dropouts) == 10
+    assert len(model.layers) == len({layer.name for layer in model.layers})
+
+
+def test_paper_unet_valid_padding_572_to_388():
+    model = zf_unet.build_unet((572, 572, 1), num_classes=2, depth=5, filters=64,
+                               batch_norm=False, upsampling="transpose", padding="valid")
+    assert model.output_shape == (None, 388, 388, 2)
+    assert model.count_params() == 31_030_658
+    assert model.count_params() == hand_count(1, 2, 5, 64, False, "transpose")
+
+
+def test_unetpp_reference_setting_for_plain_unet():
+    model = zf_unet.build_unet((None, None, 1), 1, depth=5, filters=32, batch_norm=False,
+                               upsampling="transpose")
+    assert model.count_params() == 7_759_521
+
+
+@pytest.mark.parametrize("depth", [2, 3, 4, 5])
+@pytest.mark.parametrize("up", ["nearest", "bilinear", "transpose"])
+def test_same_padding_keeps_size(depth, up):
+    model = zf_unet.build_unet((None, None, 1), depth=depth, filters=4, upsampling=up)
+    side = 2 ** (depth - 1) * 3
+    x = np.random.default_rng(0).random((2, side, 2 * side, 1), dtype=np.float32)
+    y = model.predict(x, verbose=0)
+    assert y.shape == (2, side, 2 * side, 1)
+    assert y.dtype == np.float32 and (y >= 0).all() and (y <= 1).all()
+
+
+@pytest.mark.parametrize("depth,size", [(2, 20), (3, 44), (4, 92), (5, 188)])
+def test_valid_padding_output_size_static_and_dynamic(depth, size):
+    expected = output_size(size, depth, "valid")
+    assert expected is not None and expected < size
+    static = zf_unet.build_unet((size, size, 1), depth=depth, filters=4, padding="valid")
+    assert static.output_shape[1:3] == (expected, expected)
+    dynamic = zf_unet.build_unet((None, None, 1), depth=depth, filters=4, padding="valid")
+    dynamic.set_weights(static.get_weights())
+    x = np.random.default_rng(1).random((1, size, size, 1), dtype=np.float32)
+    y_dyn = dynamic.predict(x, verbose=0)
+    assert y_dyn.shape == (1, expected, expected, 1)
+    np.testing.assert_allclose(y_dyn, static.predict(x, verbose=0), atol=1e-5)
+
+
+def test_valid_output_size_formula_matches_paper_and_rejects_odd():
+    assert output_size(572, 5, "valid") == 388
+    assert output_size(573, 5, "valid") is None
+    assert output_size(16, 5, "valid") is None
+
+
+def test_invalid_fixed_size_names_nearest_valid_sizes():
+    with pytest.raises(ValueError, match=r"height=100.*\[96, 112\]"):
+        zf_unet.build_unet((100, 128, 1), depth=5)
+    with pytest.raises(ValueError, match=r"width=570.*572"):
+        zf_unet.build_unet((572, 570, 1), depth=5, padding="valid")
+    assert valid_input_sizes(5, "valid", near=570) == [556, 572]
+
+
+def test_softmax_head_for_several_classes_and_logits():
+    model = zf_unet.build_unet((32, 32, 3), num_classes=3, depth=3, filters=4)
+    y = model.predict(np.zeros((1, 32, 32, 3), np.float32), verbose=0)
+    np.testing.assert_allclose(y.sum(-1), 1.0, atol=1e-5)
+    logits = zf_unet.build_unet((32, 32, 3), num_classes=3, depth=3, filters=4,
+                                output_activation=None)
+    logits.set_weights(model.get_weights())
+    z = logits.predict(np.ones((1, 32, 32, 3), np.float32), verbose=0)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(keras.ops.softmax(z)),
+        model.predict(np.ones((1, 32, 32, 3), np.float32), verbose=0), atol=1e-5)
+
+
+def test_mixed_precision_model_outputs_float32():
+    from zf_unet.precision import precision_scope
+
+    with precision_scope("mixed_bfloat16"):
+        model = zf_unet.build_unet((None, None, 1), depth=3, filters=4)
+    assert model.get_layer("enc0_conv1").compute_dtype == "bfloat16"
+    assert model.output.dtype == "float32"
+    assert keras.mixed_precision.global_policy().name == "float32"  # restored
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"depth": 1}, "depth"),
+    ({"padding": "reflect"}, "padding"),
+    ({"upsampling": "cubic"}, "upsampling"),
+    ({"num_classes": 0}, "num_classes"),
+    ({"input_shape": (64, 64)}, "input_shape"),
+    ({"filters": [8, 16]}, "filters"),
+    ({"dropout": 1.5}, "dropout"),
+])
+def test_bad_arguments_raise_clear_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        zf_unet.build_unet(**{"input_shape": (None, None, 1), "depth": 3, **kwargs})
+
+
+def test_double_conv_layer_is_public_and_names_layers():
+    inp = keras.Input((16, 16, 2))
+    out = zf_unet.double_conv_layer(inp, 8, dropout=0.1, name="blk")
+    model = keras.Model(inp, out)
+    names = [layer.name for layer in model.layers[1:]]
+    assert names == ["blk_conv1", "blk_bn1", "blk_relu1", "blk_conv2", "blk_bn2", "blk_relu2",
+                     "blk_dropout"]
+    init = model.get_layer("blk_conv1").kernel_initializer
+    assert isinstance(init, keras.initializers.HeNormal)
+    valid = keras.Model(inp, zf_unet.double_conv_layer(inp, 8, padding="valid"))
+    assert valid.output_shape == (None, 12, 12, 8)

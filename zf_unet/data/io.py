@@ -1,0 +1,793 @@
+"""Read segmentation data from disk or memory and bring masks to class ids.
+
+Shapes and dtypes used throughout:
+
+* an image is ``(H, W, C)`` with ``C = 1`` for grayscale, in the dtype the file stores
+  (``uint8``, ``uint16``, ``float32``, ...);
+* a mask, once normalised, is ``(H, W)`` ``uint8`` holding class ids ``0..K-1``.
+
+Every user-facing error is a :class:`zf_unet.errors.DataError` whose message names the
+file or argument and says what was expected.
+
+Mask conventions (:func:`normalize_mask`), in the order ``"auto"`` tries them:
+
+* an RGB(A) mask with a ``palette`` ``{(r, g, b): class_id}`` -> class ids;
+* values in ``{0, 1}`` -> used as they are;
+* values in ``{0, 255}`` -> divided by 255 (1 = foreground). The loaders log ONE notice per
+  data set on the ``"zf_unet"`` logger (level INFO);
+* integer class ids ``0..K-1`` when ``num_classes=K`` is given.
+
+Anything else raises :class:`DataError`.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+
+from zf_unet.errors import DataError
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "MASK_CONVENTIONS",
+    "Palette",
+    "describe_dataset",
+    "find_pairs",
+    "load_arrays",
+    "load_folder",
+    "load_tiff_stacks",
+    "normalize_mask",
+    "read_image",
+    "read_stack",
+]
+
+logger = logging.getLogger("zf_unet")
+
+PathLike = Union[str, Path]
+#: ``{(r, g, b): class_id}``; an ``int`` key ``v`` means the gray colour ``(v, v, v)``.
+Palette = Mapping[Union[tuple[int, int, int], int], int]
+
+#: File name endings read by :func:`read_image` and matched by :func:`find_pairs`.
+IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
+_TIFF_EXTENSIONS = (".tif", ".tiff")
+#: Values accepted for the ``convention`` argument.
+MASK_CONVENTIONS: tuple[str, ...] = ("auto", "binary", "class_ids", "palette")
+_MAX_LISTED = 5
+
+
+# --------------------------------------------------------------------------- readers
+
+
+def read_image(path: PathLike, *, keep_palette_indices: bool = False) -> np.ndarray:
+    """Read one PNG, TIFF or JPEG file.
+
+    Args:
+        path: the file. The reader is picked by the extension (case-insensitive).
+        keep_palette_indices: for palette ("P" mode) PNGs, return the palette indices
+            (``(H, W, 1)`` uint8) instead of the RGB colours. Useful for masks whose
+            palette index is the class id (e.g. Pascal VOC style).
+
+    Returns:
+        ``(H, W, C)`` array, ``C = 1`` for grayscale, dtype as stored (``uint8``,
+        ``uint16``, ``int32``, ``float32`` ...). 1-bit images become ``uint8`` 0/255.
+
+    Raises:
+        DataError: missing, unsupported, corrupt, truncated or multi-page file.
+    """
+    p = Path(path)
+    ext = _check_file(p)
+    if ext in _TIFF_EXTENSIONS:
+        stack = _read_tiff(p)
+        if stack.shape[0] != 1:
+            raise DataError(
+                f"{p}: TIFF holds {stack.shape[0]} pages of {stack.shape[2]}x{stack.shape[1]}; "
+                "read_image expects a single image (use read_stack for multi-page TIFFs)"
+            )
+        return stack[0]
+    return _read_pillow(p, keep_palette_indices)
+
+
+def read_stack(path: PathLike) -> np.ndarray:
+    """Read a (multi-page) TIFF stack such as ISBI's ``train-volume.tif``.
+
+    Returns:
+        ``(N, H, W, C)`` array in the stored dtype; a single-page TIFF gives ``N = 1``.
+
+    Raises:
+        DataError: missing, non-TIFF, corrupt or truncated file, or pages of different sizes.
+    """
+    p = Path(path)
+    ext = _check_file(p)
+    if ext not in _TIFF_EXTENSIONS:
+        raise DataError(f"{p}: read_stack reads multi-page TIFF files (.tif, .tiff), got {ext!r}")
+    return _read_tiff(p)
+
+
+def _check_file(p: Path) -> str:
+    if not p.exists():
+        raise DataError(f"{p}: file not found")
+    if not p.is_file():
+        raise DataError(f"{p}: expected an image file, found a folder or special file")
+    ext = p.suffix.lower()
+    if ext not in IMAGE_EXTENSIONS:
+        raise DataError(
+            f"{p}: unsupported file type {p.suffix!r}; expected one of "
+            + ", ".join(IMAGE_EXTENSIONS)
+        )
+    return ext
+
+
+def _read_pillow(p: Path, keep_palette_indices: bool) -> np.ndarray:
+    from PIL import Image
+
+    try:
+        with Image.open(p) as im:
+            im.load()  # decode now so truncation surfaces here
+            mode = im.mode
+            if mode == "P" and keep_palette_indices:
+                arr = np.asarray(im)
+            elif mode == "P" or mode == "PA":
+                has_alpha = mode == "PA" or "transparency" in im.info
+                arr = np.asarray(im.convert("RGBA" if has_alpha else "RGB"))
+            elif mode == "1":
+                arr = np.asarray(im.convert("L"))
+            elif mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+                arr = np.asarray(im.convert("RGB"))
+            else:  # L, LA, RGB, RGBA, I, I;16*, F
+                arr = np.asarray(im)
+    except Exception as exc:  # noqa: BLE001 - any decoder failure means an unreadable file
+        raise DataError(f"{p}: cannot read image ({type(exc).__name__}: {exc})") from exc
+    if arr.dtype.byteorder == ">":  # I;16B and friends
+        arr = arr.astype(arr.dtype.newbyteorder("="))
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    return np.ascontiguousarray(arr)
+
+
+def _read_tiff(p: Path) -> np.ndarray:
+    """Read a TIFF into ``(N, H, W, C)``: ``S``/``C`` axes become channels, others pages."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(p) as tif:
+            series = list(tif.series)
+            if not series:
+                raise DataError(f"{p}: TIFF holds no images")
+            if len(series) == 1:
+                arr, axes = series[0].asarray(), series[0].axes
+            else:  # pages written one by one without shape metadata
+                shapes = {(s.shape, s.axes, str(s.dtype)) for s in series}
+                if len(shapes) != 1:
+                    listed = ", ".join(f"{s.shape}" for s in series[:_MAX_LISTED])
+                    raise DataError(
+                        f"{p}: TIFF holds {len(series)} images of different shapes or dtypes "
+                        f"({listed}); expected pages of one size"
+                    )
+                arr = np.stack([s.asarray() for s in series])
+                axes = "I" + series[0].axes
+    except DataError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any decoder failure means an unreadable file
+        raise DataError(f"{p}: cannot read TIFF ({type(exc).__name__}: {exc})") from exc
+    if "Y" not in axes or "X" not in axes or len(axes) != arr.ndim:
+        raise DataError(f"{p}: TIFF has axes {axes!r} (shape {arr.shape}); expected Y and X axes")
+    page_axes = [i for i, a in enumerate(axes) if a not in "YXSC"]
+    chan_axes = [i for i, a in enumerate(axes) if a in "SC"]
+    order = page_axes + [axes.index("Y"), axes.index("X")] + chan_axes
+    arr = np.transpose(arr, order)
+    h, w = arr.shape[len(page_axes)], arr.shape[len(page_axes) + 1]
+    arr = arr.reshape((-1, h, w, int(np.prod(arr.shape[len(page_axes) + 2 :], dtype=np.int64))))
+    if arr.dtype.byteorder == ">":
+        arr = arr.astype(arr.dtype.newbyteorder("="))
+    return np.ascontiguousarray(arr)
+
+
+# --------------------------------------------------------------------------- pairing
+
+
+def _natural_key(stem: str) -> list[Any]:
+    """Sort key so that ``2`` comes before ``10`` (``0.png .. 23.png`` keep stack order)."""
+    return [(0, int(t), t) if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", stem)]
+
+
+def _list_images(sub: Path, label: str, folder: Path) -> dict[str, Path]:
+    if not sub.is_dir():
+        raise DataError(
+            f"{folder}: no '{label}/' subfolder; expected {folder / label}/ next to the other "
+            "subfolder, holding files with matching names"
+        )
+    by_stem: dict[str, list[Path]] = {}
+    for f in sub.iterdir():
+        if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in IMAGE_EXTENSIONS:
+            by_stem.setdefault(f.stem, []).append(f)
+    if not by_stem:
+        raise DataError(
+            f"{sub}: no image files; expected files ending in {', '.join(IMAGE_EXTENSIONS)}"
+        )
+    dups = sorted((s for s, fs in by_stem.items() if len(fs) > 1), key=_natural_key)
+    if dups:
+        listed = "; ".join(
+            " and ".join(sorted(f.name for f in by_stem[s])) for s in dups[:_MAX_LISTED]
+        )
+        raise DataError(
+            f"{sub}: {len(dups)} file name(s) appear with more than one extension ({listed}); "
+            "each image and mask must have a unique name without extension"
+        )
+    return {s: fs[0] for s, fs in by_stem.items()}
+
+
+def _name_list(names: Sequence[str]) -> str:
+    shown = ", ".join(names[:_MAX_LISTED])
+    return shown + (f" and {len(names) - _MAX_LISTED} more" if len(names) > _MAX_LISTED else "")
+
+
+def find_pairs(
+    folder: PathLike, images: str = "images", masks: str = "masks"
+) -> list[tuple[Path, Path]]:
+    """Pair ``folder/images/*`` with ``folder/masks/*`` by file stem.
+
+    ``images/a.tif`` pairs with ``masks/a.png``. Extensions ``.png .tif .tiff .jpg .jpeg``
+    (any case); hidden files and other extensions are ignored.
+
+    Returns:
+        ``[(image_path, mask_path), ...]`` sorted by stem in natural order (``2`` < ``10``).
+
+    Raises:
+        DataError: missing folder/subfolder, empty subfolder, duplicate stems, or images
+            without masks / masks without images (the first few names are listed).
+    """
+    root = Path(folder)
+    if not root.exists():
+        raise DataError(f"{root}: folder not found")
+    if not root.is_dir():
+        raise DataError(f"{root}: expected a folder with '{images}/' and '{masks}/' subfolders")
+    imgs = _list_images(root / images, images, root)
+    msks = _list_images(root / masks, masks, root)
+    no_mask = sorted(set(imgs) - set(msks), key=_natural_key)
+    no_image = sorted(set(msks) - set(imgs), key=_natural_key)
+    if no_mask or no_image:
+        parts = []
+        if no_mask:
+            names = [imgs[s].name for s in no_mask]
+            parts.append(f"{len(names)} image(s) without a mask in {masks}/ ({_name_list(names)})")
+        if no_image:
+            names = [msks[s].name for s in no_image]
+            parts.append(
+                f"{len(names)} mask(s) without an image in {images}/ ({_name_list(names)})"
+            )
+        raise DataError(
+            f"{root}: " + "; ".join(parts) + ". Images and masks are paired by file name "
+            "without extension"
+        )
+    return [(imgs[s], msks[s]) for s in sorted(imgs, key=_natural_key)]
+
+
+# --------------------------------------------------------------------------- masks
+
+
+def _check_convention(convention: str, num_classes: int | None, palette: Palette | None) -> None:
+    if convention not in MASK_CONVENTIONS:
+        raise DataError(f"convention={convention!r}: expected one of {', '.join(MASK_CONVENTIONS)}")
+    if num_classes is not None:
+        if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or not (
+            1 <= int(num_classes) <= 256
+        ):
+            raise DataError(
+                f"num_classes={num_classes!r}: expected an int from 1 to 256 (1 = binary)"
+            )
+    if convention == "class_ids" and num_classes is None:
+        raise DataError("convention='class_ids' needs num_classes=K (mask values 0..K-1)")
+    if convention == "palette" and palette is None:
+        raise DataError("convention='palette' needs palette={(r, g, b): class_id, ...}")
+
+
+def _palette_table(palette: Palette, num_classes: int | None) -> dict[int, int]:
+    """``{r<<16 | g<<8 | b: class_id}`` after validating ``palette``."""
+    if not isinstance(palette, Mapping) or not palette:
+        raise DataError(f"palette={palette!r}: expected a non-empty dict {{(r, g, b): class_id}}")
+    table: dict[int, int] = {}
+    limit = 256 if num_classes is None else max(int(num_classes), 2)
+    for colour, cid in palette.items():
+        rgb = (colour,) * 3 if isinstance(colour, (int, np.integer)) else tuple(colour)
+        if len(rgb) != 3 or not all(
+            isinstance(c, (int, np.integer)) and 0 <= int(c) <= 255 for c in rgb
+        ):
+            raise DataError(f"palette key {colour!r}: expected (r, g, b) with ints 0..255")
+        if isinstance(cid, bool) or not isinstance(cid, (int, np.integer)) or not 0 <= cid < limit:
+            raise DataError(
+                f"palette[{colour!r}] = {cid!r}: expected a class id from 0 to {limit - 1}"
+            )
+        table[(int(rgb[0]) << 16) | (int(rgb[1]) << 8) | int(rgb[2])] = int(cid)
+    return table
+
+
+def _apply_palette(rgb: np.ndarray, table: dict[int, int], source: str) -> np.ndarray:
+    if rgb.dtype != np.uint8 and (rgb.min() < 0 or rgb.max() > 255):
+        raise DataError(f"{source}: palette masks must hold 8-bit colours, got dtype {rgb.dtype}")
+    r, g, b = (rgb[..., i].astype(np.int32) for i in range(3))
+    keys = (r << 16) | (g << 8) | b
+    uniq, inverse = np.unique(keys, return_inverse=True)
+    unknown = [int(k) for k in uniq if int(k) not in table]
+    if unknown:
+        listed = ", ".join(
+            f"({k >> 16}, {(k >> 8) & 255}, {k & 255})" for k in unknown[:_MAX_LISTED]
+        )
+        more = f" and {len(unknown) - _MAX_LISTED} more" if len(unknown) > _MAX_LISTED else ""
+        raise DataError(
+            f"{source}: {len(unknown)} colour(s) not in the palette: {listed}{more}; "
+            "add them to palette={(r, g, b): class_id}"
+        )
+    lut = np.array([table[int(k)] for k in uniq], dtype=np.uint8)
+    return lut[inverse.reshape(keys.shape)]
+
+
+def _to_single_channel(
+    mask: np.ndarray, source: str, table: dict[int, int] | None
+) -> tuple[np.ndarray, bool]:
+    """Return ``(array, is_rgb)``: a 2-D array, or ``(H, W, 3)`` to map through a palette."""
+    if mask.ndim == 2:
+        return mask, False
+    if mask.ndim != 3:
+        raise DataError(f"{source}: mask has shape {mask.shape}; expected (H, W) or (H, W, C)")
+    c = mask.shape[2]
+    if c == 1:
+        return mask[:, :, 0], False
+    if c == 4:  # RGBA: only an opaque alpha channel can be dropped
+        alpha = mask[:, :, 3]
+        if alpha.min() != alpha.max():
+            raise DataError(
+                f"{source}: RGBA mask with a varying alpha channel; save masks without "
+                "transparency (gray or RGB)"
+            )
+        mask, c = mask[:, :, :3], 3
+    if c != 3:
+        raise DataError(f"{source}: mask has {c} channels; expected 1 (gray) or 3 (RGB)")
+    gray = bool(np.array_equal(mask[:, :, 0], mask[:, :, 1]) and
+                np.array_equal(mask[:, :, 0], mask[:, :, 2]))
+    if table is not None:
+        return mask, True
+    if gray:
+        return mask[:, :, 0], False
+    raise DataError(
+        f"{source}: RGB mask with coloured pixels but no palette; pass "
+        "palette={(r, g, b): class_id, ...} (or save masks as single-channel class ids)"
+    )
+
+
+def _values_list(values: np.ndarray) -> str:
+    shown = ", ".join(str(v.item()) for v in values[:8])
+    return "[" + shown + (f", ... ({len(values)} values)" if len(values) > 8 else "") + "]"
+
+
+def _normalize_mask(
+    mask: np.ndarray,
+    convention: str = "auto",
+    num_classes: int | None = None,
+    palette: Palette | None = None,
+    source: str = "<mask>",
+    table: dict[int, int] | None = None,
+) -> tuple[np.ndarray, bool]:
+    """Like :func:`normalize_mask`; also returns whether 0/255 was divided by 255."""
+    if table is None:
+        _check_convention(convention, num_classes, palette)
+        if palette is not None:
+            table = _palette_table(palette, num_classes)
+    arr = np.asarray(mask)
+    if arr.dtype == bool:
+        arr = arr.astype(np.uint8)
+    if arr.dtype.kind not in "uif":
+        raise DataError(f"{source}: mask dtype {arr.dtype} is not numeric")
+    if arr.size == 0:
+        raise DataError(f"{source}: mask is empty (shape {arr.shape})")
+    arr, is_rgb = _to_single_channel(arr, source, table)
+    if arr.dtype.kind == "f":
+        if not np.all(np.isfinite(arr)):
+            raise DataError(f"{source}: mask holds NaN or Inf values; expected class ids")
+        if not np.all(arr == np.round(arr)):
+            raise DataError(
+                f"{source}: mask holds non-integer values "
+                f"(e.g. {float(arr[arr != np.round(arr)][0])}); "
+                "expected integer class ids"
+            )
+    if is_rgb:
+        assert table is not None
+        return _apply_palette(arr, table, source), False
+    if table is not None:  # gray mask, palette given: value v is the colour (v, v, v)
+        if arr.min() < 0 or arr.max() > 255:
+            raise DataError(f"{source}: palette masks must hold values 0..255")
+        v = arr.astype(np.int32)
+        return _apply_palette(np.stack([v, v, v], axis=-1), table, source), False
+    if convention == "palette":
+        raise DataError(f"{source}: convention='palette' needs an RGB mask or a palette")
+
+    values = np.unique(arr)
+    binary_ok = convention == "binary" or num_classes is None or int(num_classes) <= 2
+    if convention in ("auto", "binary") and binary_ok:
+        if values.min() >= 0 and values.max() <= 1:
+            return arr.astype(np.uint8), False
+        if values.max() == 255 and np.all((values == 0) | (values == 255)):
+            return (arr == 255).astype(np.uint8), True
+    if convention in ("auto", "class_ids") and num_classes is not None:
+        k = max(int(num_classes), 2)
+        bad = values[(values < 0) | (values >= k)]
+        if bad.size == 0:
+            return arr.astype(np.uint8), False
+        raise DataError(
+            f"{source}: mask values {_values_list(bad)} are outside the class ids 0..{k - 1} "
+            f"allowed by num_classes={num_classes}"
+        )
+    hint = ""
+    if source.lower().endswith((".jpg", ".jpeg")):
+        hint = " JPEG compression changes mask values: save masks as PNG or TIFF."
+    if convention == "binary":
+        expected = "expected {0, 1} or {0, 255} for convention='binary'"
+    else:
+        expected = (
+            "expected {0, 1}, {0, 255}, or class ids 0..K-1 with num_classes=K"
+            + (f" (here num_classes={int(values.max()) + 1} or more)"
+               if values.min() >= 0 and values.max() < 32 else "")
+        )
+    raise DataError(
+        f"{source}: mask values {_values_list(values)} fit no convention; {expected}.{hint}"
+    )
+
+
+def normalize_mask(
+    mask: np.ndarray,
+    convention: str = "auto",
+    num_classes: int | None = None,
+    palette: Palette | None = None,
+    source: str = "<name>",
+) -> np.ndarray:
+    """Turn a raw mask into ``(H, W)`` ``uint8`` class ids.
+
+    Args:
+        mask: ``(H, W)``, ``(H, W, 1)``, ``(H, W, 3)`` or opaque ``(H, W, 4)``; integer,
+            bool or integer-valued float.
+        convention: ``"auto"`` (see the module docstring), ``"binary"`` ({0,1} or {0,255}
+            only), ``"class_ids"`` (needs ``num_classes``) or ``"palette"`` (needs
+            ``palette``).
+        num_classes: K; values must be ``0..K-1``. ``1`` means binary (ids 0/1), like the
+            model's ``num_classes=1``. With K <= 2 a {0,255} mask is also accepted.
+        palette: ``{(r, g, b): class_id}`` for colour masks; an ``int`` key ``v`` stands for
+            the gray colour ``(v, v, v)``.
+        source: name used in error messages (usually the file name).
+
+    A {0,255} mask logs a one-line INFO notice on the ``"zf_unet"`` logger for each call;
+    the folder/stack loaders log it once per data set instead.
+
+    Raises:
+        DataError: values or colours that fit no convention, naming ``source``.
+    """
+    out, scaled = _normalize_mask(mask, convention, num_classes, palette, source)
+    if scaled:
+        logger.info("%s: mask holds {0, 255}; using 255 as class 1 (divided by 255)", source)
+    return out
+
+
+def _notice_scaled(n_scaled: int, n_total: int, where: str) -> None:
+    if n_scaled:
+        logger.info(
+            "%s: %d of %d masks hold {0, 255}; using 255 as class 1 (divided by 255)",
+            where, n_scaled, n_total,
+        )
+
+
+# --------------------------------------------------------------------------- loaders
+
+
+def _wxh(shape: Sequence[int]) -> str:
+    return f"{shape[1]}x{shape[0]}"
+
+
+class _Consistency:
+    """Checks that every image of a data set has the channel count and dtype of the first."""
+
+    def __init__(self) -> None:
+        self.first: tuple[str, int, np.dtype] | None = None
+
+    def check(self, image: np.ndarray, name: str) -> None:
+        if image.dtype.kind == "f" and not np.all(np.isfinite(image)):
+            raise DataError(f"{name}: image holds NaN or Inf values")
+        if self.first is None:
+            self.first = (name, image.shape[2], image.dtype)
+            return
+        first, channels, dtype = self.first
+        if image.shape[2] != channels:
+            raise DataError(
+                f"{name}: {image.shape[2]} channel(s) but {first} has {channels}; "
+                "all images must have the same number of channels"
+            )
+        if image.dtype != dtype:
+            raise DataError(
+                f"{name}: dtype {image.dtype} but {first} is {dtype}; all images must share "
+                "one dtype (convert them to the same bit depth)"
+            )
+
+
+def _rel(path: Path, root: Path) -> str:
+    try:
+        return str(path.relative_to(root.parent))
+    except ValueError:
+        return str(path)
+
+
+def _iter_folder(
+    folder: PathLike,
+    convention: str = "auto",
+    num_classes: int | None = None,
+    palette: Palette | None = None,
+    images: str = "images",
+    masks: str = "masks",
+) -> Iterator[tuple[Path, np.ndarray, np.ndarray, bool]]:
+    """Yield ``(image_path, image (H,W,C), mask (H,W) uint8, scaled_from_255)`` per pair."""
+    _check_convention(convention, num_classes, palette)
+    table = _palette_table(palette, num_classes) if palette is not None else None
+    root = Path(folder)
+    consistency = _Consistency()
+    for img_path, mask_path in find_pairs(root, images, masks):
+        image = read_image(img_path)
+        raw = read_image(mask_path, keep_palette_indices=palette is None)
+        img_name, mask_name = _rel(img_path, root), _rel(mask_path, root)
+        if raw.shape[:2] != image.shape[:2]:
+            raise DataError(
+                f"{mask_name}: size {_wxh(raw.shape)} does not match its image {img_name} "
+                f"({_wxh(image.shape)}) (sizes are width x height)"
+            )
+        consistency.check(image, img_name)
+        mask, scaled = _normalize_mask(raw, convention, num_classes, palette, mask_name, table)
+        yield img_path, image, mask, scaled
+
+
+def load_folder(
+    folder: PathLike,
+    convention: str = "auto",
+    num_classes: int | None = None,
+    palette: Palette | None = None,
+    *,
+    images: str = "images",
+    masks: str = "masks",
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Load ``folder/images/*`` and ``folder/masks/*`` (paired by :func:`find_pairs`).
+
+    Returns:
+        ``(images, masks)``: lists of ``(H, W, C)`` arrays (stored dtype, same ``C`` and
+        dtype for all) and of ``(H, W)`` ``uint8`` class ids. Sizes may differ between
+        pairs but an image and its mask always match.
+
+    Raises:
+        DataError: see :func:`find_pairs`, :func:`read_image`, :func:`normalize_mask`; an
+            image/mask size mismatch (naming both files); mixed channel counts or dtypes.
+    """
+    out_images: list[np.ndarray] = []
+    out_masks: list[np.ndarray] = []
+    n_scaled = 0
+    for _, image, mask, scaled in _iter_folder(folder, convention, num_classes, palette,
+                                               images, masks):
+        out_images.append(image)
+        out_masks.append(mask)
+        n_scaled += scaled
+    _notice_scaled(n_scaled, len(out_masks), str(Path(folder) / masks))
+    return out_images, out_masks
+
+
+def _iter_stacks(
+    volume_path: PathLike,
+    labels_path: PathLike,
+    convention: str = "auto",
+    num_classes: int | None = None,
+    palette: Palette | None = None,
+) -> Iterator[tuple[int, np.ndarray, np.ndarray, bool]]:
+    """Yield ``(index, image (H,W,C), mask (H,W) uint8, scaled_from_255)`` per slice."""
+    _check_convention(convention, num_classes, palette)
+    table = _palette_table(palette, num_classes) if palette is not None else None
+    vol_p, lab_p = Path(volume_path), Path(labels_path)
+    volume = read_stack(vol_p)
+    labels = read_stack(lab_p)
+    if volume.shape[0] != labels.shape[0]:
+        raise DataError(
+            f"{lab_p}: {labels.shape[0]} slice(s) but the volume {vol_p} has {volume.shape[0]}; "
+            "expected one label slice per image slice"
+        )
+    if volume.shape[1:3] != labels.shape[1:3]:
+        raise DataError(
+            f"{lab_p}: slice size {_wxh(labels.shape[1:3])} does not match the volume {vol_p} "
+            f"({_wxh(volume.shape[1:3])}) (sizes are width x height)"
+        )
+    if volume.dtype.kind == "f" and not np.all(np.isfinite(volume)):
+        raise DataError(f"{vol_p}: image stack holds NaN or Inf values")
+    for i in range(volume.shape[0]):
+        mask, scaled = _normalize_mask(
+            labels[i], convention, num_classes, palette, f"{lab_p} (slice {i})", table
+        )
+        yield i, volume[i], mask, scaled
+
+
+def load_tiff_stacks(
+    volume_path: PathLike,
+    labels_path: PathLike,
+    convention: str = "auto",
+    num_classes: int | None = None,
+    palette: Palette | None = None,
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Load an image stack and its label stack (ISBI ``train-volume.tif`` / ``train-labels.tif``).
+
+    Returns:
+        ``(images, masks)`` like :func:`load_folder`: ``N`` arrays ``(H, W, C)`` and ``N``
+        ``(H, W)`` ``uint8`` class-id masks.
+
+    Raises:
+        DataError: unreadable files, different slice counts or sizes, bad mask values.
+    """
+    out_images: list[np.ndarray] = []
+    out_masks: list[np.ndarray] = []
+    n_scaled = 0
+    for _, image, mask, scaled in _iter_stacks(volume_path, labels_path, convention,
+                                               num_classes, palette):
+        out_images.append(image)
+        out_masks.append(mask)
+        n_scaled += scaled
+    _notice_scaled(n_scaled, len(out_masks), str(labels_path))
+    return out_images, out_masks
+
+
+def _as_items(data: Any, name: str, image: bool) -> list[np.ndarray]:
+    """Split ``(N, H, W[, C])`` (or a sequence of ``(H, W[, C])``) into per-sample arrays."""
+    what = "(N, H, W) or (N, H, W, C)" if image else "(N, H, W) or (N, H, W, 1)"
+    if isinstance(data, np.ndarray) or not isinstance(data, Sequence):
+        arr = np.asarray(data)
+        if arr.ndim not in (3, 4):
+            raise DataError(f"{name}: array of shape {arr.shape}; expected {what}")
+        items = list(arr)
+    else:
+        items = [np.asarray(x) for x in data]
+        for i, x in enumerate(items):
+            if x.ndim not in (2, 3):
+                raise DataError(
+                    f"{name}[{i}]: shape {x.shape}; expected (H, W) or (H, W, C) per sample"
+                )
+    if not items:
+        raise DataError(f"{name}: no samples (N = 0)")
+    for i, x in enumerate(items):
+        if x.dtype == bool:
+            items[i] = x = x.astype(np.uint8)
+        if x.dtype.kind not in "uif":
+            raise DataError(f"{name}[{i}]: dtype {x.dtype} is not a real number type")
+        if x.size == 0:
+            raise DataError(f"{name}[{i}]: empty array of shape {x.shape}")
+    return items
+
+
+def load_arrays(
+    images: np.ndarray | Sequence[np.ndarray],
+    masks: np.ndarray | Sequence[np.ndarray],
+    convention: str = "auto",
+    num_classes: int | None = None,
+    palette: Palette | None = None,
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Validate in-memory data and normalise its masks.
+
+    Args:
+        images: ``(N, H, W)`` or ``(N, H, W, C)`` array (or a sequence of ``(H, W[, C])``).
+        masks: ``(N, H, W)`` or ``(N, H, W, 1)`` array (``(N, H, W, 3)`` with a palette), or a
+            sequence of per-sample masks.
+
+    Returns:
+        ``(images, masks)`` like :func:`load_folder`: ``(H, W, C)`` arrays (views, no copy)
+        and ``(H, W)`` ``uint8`` class ids.
+
+    Raises:
+        DataError: wrong ndim, N or size mismatch, NaN/Inf in images, bad mask values.
+    """
+    _check_convention(convention, num_classes, palette)
+    table = _palette_table(palette, num_classes) if palette is not None else None
+    imgs = _as_items(images, "images", True)
+    msks = _as_items(masks, "masks", False)
+    if len(imgs) != len(msks):
+        raise DataError(
+            f"masks: {len(msks)} sample(s) but images has {len(imgs)}; expected the same N"
+        )
+    consistency = _Consistency()
+    out_images: list[np.ndarray] = []
+    out_masks: list[np.ndarray] = []
+    n_scaled = 0
+    for i, (img, m) in enumerate(zip(imgs, msks)):
+        if img.ndim == 2:
+            img = img[:, :, None]
+        if m.shape[:2] != img.shape[:2]:
+            raise DataError(
+                f"masks[{i}]: size {_wxh(m.shape)} does not match images[{i}] "
+                f"({_wxh(img.shape)}) (sizes are width x height)"
+            )
+        consistency.check(img, f"images[{i}]")
+        mask, scaled = _normalize_mask(m, convention, num_classes, palette, f"masks[{i}]", table)
+        out_images.append(img)
+        out_masks.append(mask)
+        n_scaled += scaled
+    _notice_scaled(n_scaled, len(out_masks), "masks")
+    return out_images, out_masks
+
+
+# --------------------------------------------------------------------------- summary
+
+
+def describe_dataset(
+    images: Sequence[np.ndarray], masks: Sequence[np.ndarray]
+) -> dict[str, Any]:
+    """Summarise a loaded data set (for a "doctor" command). JSON-serialisable.
+
+    Args:
+        images: ``(H, W, C)`` (or ``(H, W)``) arrays, e.g. from :func:`load_folder`.
+        masks: ``(H, W)`` (or ``(H, W, 1)``) integer class-id masks.
+
+    Returns:
+        dict with ``num_samples``; ``sizes`` (``{"WxH": count}``); ``height_range`` and
+        ``width_range`` (``[min, max]``); ``channels`` and ``image_dtypes`` (sorted lists);
+        ``image_value_range`` (``[min, max]``); ``class_pixel_counts`` and
+        ``class_frequencies`` (``{class_id: count / fraction of all mask pixels}``);
+        ``masks_with_class`` (``{class_id: number of masks containing it}``);
+        ``foreground_fraction`` (pixels != 0); ``empty_masks`` (masks with only class 0)
+        and ``empty_mask_indices``; ``single_class_masks`` (masks holding one class).
+    """
+    if len(images) != len(masks):
+        raise DataError(f"masks: {len(masks)} mask(s) but images has {len(images)}")
+    if len(images) == 0:
+        raise DataError("images: no samples to describe")
+    sizes: Counter[str] = Counter()
+    channels: set[int] = set()
+    dtypes: set[str] = set()
+    pixel_counts: Counter[int] = Counter()
+    with_class: Counter[int] = Counter()
+    empty: list[int] = []
+    single = 0
+    vmin, vmax = np.inf, -np.inf
+    heights, widths = [], []
+    for i, (img, m) in enumerate(zip(images, masks)):
+        img, m = np.asarray(img), np.asarray(m)
+        if m.ndim == 3 and m.shape[2] == 1:
+            m = m[:, :, 0]
+        if m.ndim != 2 or img.shape[:2] != m.shape:
+            raise DataError(
+                f"masks[{i}]: shape {m.shape} does not fit images[{i}] of shape {img.shape}"
+            )
+        if m.dtype.kind not in "uib":
+            raise DataError(f"masks[{i}]: dtype {m.dtype}; expected integer class ids")
+        h, w = m.shape
+        heights.append(h)
+        widths.append(w)
+        sizes[f"{w}x{h}"] += 1
+        channels.add(1 if img.ndim == 2 else int(img.shape[2]))
+        dtypes.add(str(img.dtype))
+        if img.size:
+            vmin, vmax = min(vmin, float(np.min(img))), max(vmax, float(np.max(img)))
+        ids, counts = np.unique(m, return_counts=True)
+        for c, n in zip(ids.tolist(), counts.tolist()):
+            pixel_counts[int(c)] += int(n)
+            with_class[int(c)] += 1
+        if ids.size == 1:
+            single += 1
+        if not np.any(m):
+            empty.append(i)
+    total = sum(pixel_counts.values())
+    return {
+        "num_samples": len(masks),
+        "sizes": dict(sorted(sizes.items())),
+        "height_range": [min(heights), max(heights)],
+        "width_range": [min(widths), max(widths)],
+        "channels": sorted(channels),
+        "image_dtypes": sorted(dtypes),
+        "image_value_range": [vmin, vmax],
+        "class_pixel_counts": dict(sorted(pixel_counts.items())),
+        "class_frequencies": {c: n / total for c, n in sorted(pixel_counts.items())},
+        "masks_with_class": dict(sorted(with_class.items())),
+        "foreground_fraction": 1.0 - pixel_counts.get(0, 0) / total,
+        "empty_masks": len(empty),
+        "empty_mask_indices": empty,
+        "single_class_masks": single,
+    }
+

@@ -1,0 +1,50 @@
+"""Atomic file writes: nothing a user already has is left half-written."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path in the same folder; on success it replaces ``path`` atomically.
+
+    The temporary name keeps ``path``'s suffix (Keras checks ``.keras`` / ``.weights.h5``).
+    On error the temporary file is removed and ``path`` is untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = suffix if suffix is not None else "".join(path.suffixes)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    os.unlink(tmp)  # let the writer create it (some writers refuse to overwrite)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def save_model_atomic(model: Any, path: str | Path) -> Path:
+    """``model.save(path)`` through a temporary file, so a crash never leaves a broken file."""
+    with atomic_path(path) as tmp:
+        model.save(tmp)
+    return Path(path)
+
+
+def write_json_atomic(obj: Any, path: str | Path) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return Path(path)
+
+
+def savefig_atomic(fig: Any, path: str | Path, **kwargs: Any) -> Path:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, **kwargs)
+    return Path(path)
