@@ -1,4 +1,54 @@
-"""Data: synthetic EM-like images, readers, augmentation and tf.data pipelines."""
+"""Data: synthetic EM-like images, readers, augmentation, weight maps and tf.data pipelines."""
+from zf_unet.data.augment import (
+    Augment,
+    AugmentLayer,
+    augment_batch,
+    augment_sample,
+    elastic_displacement,
+    warp,
+)
+from zf_unet.data.io import (
+    describe_dataset,
+    find_pairs,
+    load_arrays,
+    load_folder,
+    load_tiff_stacks,
+    normalize_mask,
+    read_image,
+    read_stack,
+)
+from zf_unet.data.pipeline import DataSplit, load_source, make_datasets, to_float_image
 from zf_unet.data.synthetic import make_synthetic, write_synthetic_folder
+from zf_unet.data.weightmaps import (
+    border_weight_map,
+    border_weight_maps,
+    cached_border_weight_map,
+    class_weight_map,
+)
 
-__all__ = ["make_synthetic", "write_synthetic_folder"]
+__all__ = [
+    "Augment",
+    "AugmentLayer",
+    "DataSplit",
+    "augment_batch",
+    "augment_sample",
+    "border_weight_map",
+    "border_weight_maps",
+    "cached_border_weight_map",
+    "class_weight_map",
+    "describe_dataset",
+    "elastic_displacement",
+    "find_pairs",
+    "load_arrays",
+    "load_folder",
+    "load_source",
+    "load_tiff_stacks",
+    "make_datasets",
+    "make_synthetic",
+    "normalize_mask",
+    "read_image",
+    "read_stack",
+    "to_float_image",
+    "warp",
+    "write_synthetic_folder",
+]

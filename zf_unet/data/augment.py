@@ -1,0 +1,737 @@
+"""In-graph, seeded data augmentation for segmentation, as in the U-Net paper.
+
+Ronneberger et al. (2015), section 3.1: smooth elastic deformations from random
+displacement vectors on a coarse 3x3 grid (std 10 px), upsampled bicubically to a
+per-pixel field, plus shifts/rotations and gray-value variations. Everything here is
+pure TensorFlow (runs inside ``tf.data``, on GPU/TPU and under
+``tf.function(jit_compile=True)``) and deterministic from a stateless seed.
+
+Conventions
+-----------
+* Tensors are channels-last: images ``(B, H, W, C)`` float (``[0, 1]`` for gray values),
+  masks ``(B, H, W, K)`` of any dtype (labels), weight maps ``(B, H, W, 1)`` float32.
+* Sampling coordinates are ``(B, Ho, Wo, 2)`` float32 holding ``(row, col)`` in input pixel
+  units; pixel centres sit on integers, exactly as ``scipy.ndimage.map_coordinates``.
+* Borders are **mirrored about the edge pixel centres** (no edge pixel repeated): the
+  sample at row ``-1`` is row ``1`` and the sample at row ``H`` is row ``H - 2``. This is
+  ``scipy.ndimage.map_coordinates(..., mode="mirror")`` and ``np.pad(..., mode="reflect")``.
+  Out-of-range coordinates are reflected (period ``2 * (H - 1)``); nothing is zero-filled.
+* One coordinate map per sample is shared by image, mask and weight: image bilinear (or
+  bicubic), mask and weight nearest-neighbour. Flips, 90-degree rotations and a small
+  arbitrary rotation are folded into that same map, so each tensor is resampled once.
+* Seeds are shape-``[2]`` int32/int64 tensors (``tf.random.stateless_*``). In a batch, sample
+  ``i`` uses ``stateless_split(seed, B, alg="philox")[i]``, so
+  ``augment_batch(x, ..., seed=s)[i] == augment_sample(x[i], ..., seed=split_i)`` with
+  ``split_i = tf.random.experimental.stateless_split(s, B, alg="philox")[i]``.
+  Random numbers come from Philox integer bits converted here, so eager, graph and XLA runs
+  draw identical values.
+* Speed: the warp is a gather-based sampler vectorised over the batch. Wrap the call in
+  ``tf.function(jit_compile=True)`` (also inside ``tf.data.Dataset.map``) for the fused XLA
+  version; see ``benchmarks/augment_speed.py``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from zf_unet.errors import DataError
+
+__all__ = [
+    "Augment",
+    "AugmentLayer",
+    "augment_batch",
+    "augment_sample",
+    "elastic_displacement",
+    "identity_coords",
+    "warp",
+]
+
+_INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
+_KEYS_A = -0.5  # Keys (1981) cubic convolution parameter; the kernel of "bicubic" resizing.
+# Per-sample uniform draws: [flip_rows, flip_cols, rot90_k, angle, brightness, contrast, gamma].
+_N_UNIFORM = 7
+
+
+# --------------------------------------------------------------------------- config
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Augmentation settings; the defaults follow the U-Net paper.
+
+    Attributes:
+        elastic: random smooth elastic deformation.
+        elastic_grid: coarse grid points per side (>= 2) holding the random displacements.
+        elastic_std: std in pixels of the displacement at each grid point (>= 0).
+        interpolation: image resampling, ``"bilinear"`` or ``"bicubic"`` (masks and weights
+            are always nearest-neighbour).
+        flips: random up-down and left-right flips (each with probability 1/2).
+        rotate90: random multiples of 90 degrees (only 0/180 for non-square images, so the
+            shape is kept).
+        rotation_degrees: max absolute angle of a uniform random small rotation; 0 disables.
+        gray_values: random gamma, contrast and brightness on the image (assumed ``[0, 1]``;
+            the result is clipped to ``[0, 1]``).
+        brightness: additive offset drawn from ``U(-brightness, brightness)``, in ``[0, 1]``.
+        contrast: factor around the image mean from ``U(1 - contrast, 1 + contrast)``, ``[0, 1)``.
+        gamma: exponent from ``U(1 - gamma, 1 + gamma)``, in ``[0, 1)``.
+    """
+
+    elastic: bool = True
+    elastic_grid: int = 3
+    elastic_std: float = 10.0
+    interpolation: str = "bilinear"
+    flips: bool = True
+    rotate90: bool = True
+    rotation_degrees: float = 0.0
+    gray_values: bool = True
+    brightness: float = 0.1
+    contrast: float = 0.2
+    gamma: float = 0.2
+
+    def __post_init__(self) -> None:
+        for name in ("elastic", "flips", "rotate90", "gray_values"):
+            value = getattr(self, name)
+            if not isinstance(value, (bool, np.bool_)):
+                raise ValueError(f"Augment: {name} must be a bool, got {value!r}")
+            object.__setattr__(self, name, bool(value))
+        grid = self.elastic_grid
+        if not _is_int(grid) or grid < 2:
+            raise ValueError(f"Augment: elastic_grid must be an int >= 2, got {grid!r}")
+        object.__setattr__(self, "elastic_grid", int(grid))
+        if self.interpolation not in ("bilinear", "bicubic"):
+            raise ValueError(
+                "Augment: interpolation must be 'bilinear' or 'bicubic', "
+                f"got {self.interpolation!r}"
+            )
+        limits = {
+            "elastic_std": (0.0, math.inf, False),
+            "rotation_degrees": (0.0, 180.0, False),
+            "brightness": (0.0, 1.0, False),
+            "contrast": (0.0, 1.0, True),
+            "gamma": (0.0, 1.0, True),
+        }
+        for name, (low, high, open_high) in limits.items():
+            value = getattr(self, name)
+            ok_type = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
+                value, (bool, np.bool_)
+            )
+            if not ok_type or not math.isfinite(float(value)):
+                raise ValueError(f"Augment: {name} must be a finite number, got {value!r}")
+            value = float(value)
+            too_high = value >= high if open_high else value > high
+            if value < low or too_high:
+                bracket = ")" if open_high else "]"
+                raise ValueError(
+                    f"Augment: {name} must be in [{low:g}, {high:g}{bracket}, got {value!r}"
+                )
+            object.__setattr__(self, name, value)
+
+    @property
+    def moves_subpixel(self) -> bool:
+        """True when the coordinate map is not integer-valued (needs interpolation)."""
+        return self.elastic or self.rotation_degrees > 0.0
+
+    def get_config(self) -> dict[str, Any]:
+        """Plain-dict form (JSON-serialisable)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> "Augment":
+        """Inverse of :meth:`get_config`; unknown keys raise ``ValueError``."""
+        if not isinstance(config, Mapping):
+            raise ValueError(f"Augment.from_config: expected a dict, got {type(config).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(config) - known)
+        if unknown:
+            raise ValueError(
+                f"Augment.from_config: unknown keys {unknown}; expected a subset of {sorted(known)}"
+            )
+        return cls(**dict(config))
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _as_seed(seed: Any, name: str = "seed") -> tf.Tensor:
+    """A shape-[2] int32/int64 seed tensor."""
+    seed = tf.convert_to_tensor(seed)
+    if seed.dtype not in (tf.int32, tf.int64):
+        if seed.dtype.is_integer:
+            seed = tf.cast(seed, tf.int64)
+        else:
+            raise ValueError(f"{name} must be an int32/int64 tensor of shape [2], got {seed.dtype}")
+    if seed.shape.rank is not None and seed.shape.as_list() != [2]:
+        raise ValueError(f"{name} must have shape [2], got {seed.shape}")
+    return seed
+
+
+def _size(t: tf.Tensor, axis: int) -> Any:
+    """Static size of ``axis`` when known, else the dynamic one (scalar int32 tensor)."""
+    static = t.shape[axis]
+    return static if static is not None else tf.shape(t)[axis]
+
+
+def _keys_kernel(t: tf.Tensor) -> tf.Tensor:
+    """Keys cubic-convolution kernel (a = -0.5), float32."""
+    a = _KEYS_A
+    t = tf.abs(t)
+    t2 = t * t
+    t3 = t2 * t
+    near = (a + 2.0) * t3 - (a + 3.0) * t2 + 1.0
+    far = a * t3 - 5.0 * a * t2 + 8.0 * a * t - 4.0 * a
+    return tf.where(t <= 1.0, near, tf.where(t < 2.0, far, tf.zeros_like(t)))
+
+
+def _cubic_matrix(n: Any, grid: int) -> tf.Tensor:
+    """``(n, grid)`` float32 matrix: cubic (Keys) interpolation of ``grid`` nodes to ``n`` pixels.
+
+    Nodes are corner-aligned (node ``k`` at pixel ``k * (n - 1) / (grid - 1)``) and the
+    interpolant passes through them; beyond the end nodes the grid is extended linearly.
+    """
+    ext = np.zeros((grid + 2, grid), np.float32)  # rows: virtual nodes -1 .. grid
+    ext[1:-1] = np.eye(grid, dtype=np.float32)
+    ext[0, 0], ext[0, 1] = 2.0, -1.0
+    ext[-1, -1], ext[-1, -2] = 2.0, -1.0
+    ext = tf.constant(ext)
+    n_f = tf.cast(n, tf.float32)
+    t = tf.range(n_f, dtype=tf.float32) * float(grid - 1) / tf.maximum(n_f - 1.0, 1.0)
+    i = tf.clip_by_value(tf.floor(t), 0.0, float(grid - 2))
+    frac = t - i
+    i = tf.cast(i, tf.int32)
+    out = 0.0
+    for k in (-1, 0, 1, 2):
+        out = out + _keys_kernel(frac - float(k))[:, None] * tf.gather(ext, i + (k + 1))
+    return out
+
+
+def _sample_seeds(seed: tf.Tensor, batch: Any) -> tf.Tensor:
+    """``(batch, 2)`` per-sample seeds derived from one seed."""
+    return tf.random.experimental.stateless_split(seed, num=batch, alg="philox")
+
+
+def _uniform(shape: list[int], seed: tf.Tensor) -> tf.Tensor:
+    """U[0, 1) float32 built from Philox integer bits (identical with and without XLA).
+
+    ``tf.random.stateless_uniform`` for floats gives different numbers under XLA than in
+    TF kernels; the integer bits agree, so the float conversion is done here.
+    """
+    bits = tf.random.stateless_uniform(
+        shape, seed=seed, dtype=tf.int32, minval=None, maxval=None, alg="philox"
+    )
+    return tf.cast(tf.bitwise.bitwise_and(bits, 0xFFFFFF), tf.float32) * (1.0 / 16777216.0)
+
+
+def _normal(shape: list[int], seed: tf.Tensor) -> tf.Tensor:
+    """N(0, 1) float32 via Box-Muller from :func:`_uniform`."""
+    u = _uniform([2] + list(shape), seed)
+    radius = tf.sqrt(-2.0 * tf.math.log(1.0 - u[0]))  # 1 - u in (0, 1]
+    return radius * tf.cos((2.0 * math.pi) * u[1])
+
+
+def _draw(sample_seeds: tf.Tensor, grid: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """Per-sample random numbers: uniforms ``(B, 7)`` and grid normals ``(B, grid, grid, 2)``.
+
+    Each sample's numbers depend only on its own seed (``tf.map_fn`` over the seeds, a graph
+    loop of a few tiny ops; no Python loop), so a sample's augmentation does not depend on
+    the rest of the batch.
+    """
+
+    def one(s: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        su, sn = tf.unstack(tf.random.experimental.stateless_split(s, 2, alg="philox"))
+        return _uniform([_N_UNIFORM], su), _normal([grid, grid, 2], sn)
+
+    return tf.map_fn(
+        one,
+        sample_seeds,
+        fn_output_signature=(
+            tf.TensorSpec([_N_UNIFORM], tf.float32),
+            tf.TensorSpec([grid, grid, 2], tf.float32),
+        ),
+    )
+
+
+def _upsample_field(noise: tf.Tensor, height: Any, width: Any, split: bool = False) -> Any:
+    """Cubic upsampling of ``(B, g, g, 2)`` grid displacements to ``(B, H, W, 2)``.
+
+    With ``split=True`` returns the two ``(B, H, W)`` components instead. The column pass
+    is an unrolled sum over the ``g`` grid columns (elementwise, so XLA fuses it into the
+    coordinate arithmetic; ``g`` is small).
+    """
+    grid = noise.shape[1]
+    rows = _cubic_matrix(height, grid)  # (H, g)
+    cols = _cubic_matrix(width, grid)  # (W, g)
+    tmp = tf.einsum("hg,bgkc->bhkc", rows, noise)  # (B, H, g, 2), small
+    parts = []
+    for c in range(2):
+        acc = 0.0
+        for k in range(grid):
+            acc = acc + tmp[:, :, k, c][:, :, None] * cols[:, k][None, None, :]
+        parts.append(acc)
+    return tuple(parts) if split else tf.stack(parts, axis=-1)
+
+
+def identity_coords(height: Any, width: Any) -> tf.Tensor:
+    """``(H, W, 2)`` float32 map of each pixel's own ``(row, col)`` (``warp`` with it: identity)."""
+    rows = tf.range(tf.cast(height, tf.float32), dtype=tf.float32)
+    cols = tf.range(tf.cast(width, tf.float32), dtype=tf.float32)
+    yy, xx = tf.meshgrid(rows, cols, indexing="ij")
+    return tf.stack([yy, xx], axis=-1)
+
+
+def elastic_displacement(
+    batch: Any,
+    height: Any,
+    width: Any,
+    seed: Any,
+    grid: int = 3,
+    std: float = 10.0,
+) -> tf.Tensor:
+    """Random smooth displacement field ``(B, H, W, 2)`` float32, ``(d_row, d_col)`` in pixels.
+
+    A ``grid x grid`` array of N(0, std^2) vectors per sample (sample ``i`` seeded with
+    ``stateless_split(seed, B, alg="philox")[i]``), placed corner-to-corner on the image and
+    upsampled with cubic (Keys) interpolation, which passes through the grid values. This is
+    exactly the field ``augment_batch`` uses with ``Augment(elastic_grid=grid,
+    elastic_std=std)``.
+    """
+    if not _is_int(grid) or grid < 2:
+        raise ValueError(f"elastic_displacement: grid must be an int >= 2, got {grid!r}")
+    seed = _as_seed(seed)
+    _, noise = _draw(_sample_seeds(seed, batch), int(grid))
+    field = _upsample_field(noise * float(std), height, width)
+    static = [b if isinstance(b, (int, np.integer)) else None for b in (batch, height, width)]
+    field.set_shape(static + [2])
+    return field
+
+
+def _reflect(c: tf.Tensor, last: tf.Tensor, period: tf.Tensor) -> tf.Tensor:
+    """Mirror coordinates ``c`` into ``[0, last]`` about the edge pixel centres.
+
+    ``last = n - 1`` and ``period = max(2 * last, 1)`` (float32 scalars).
+    """
+    c = c - period * tf.floor(c * (1.0 / period))  # in [0, period]
+    return tf.clip_by_value(last - tf.abs(last - c), 0.0, last)
+
+
+class _Sampler:
+    """Index arithmetic shared by several ``(B, H, W, C)`` tensors resampled at one map.
+
+    ``rows``/``cols`` are ``(B, Ho, Wo)`` float32 source positions; all gathers read a
+    flattened ``(B * H * W, C)`` view with one int32 index per output pixel.
+    """
+
+    def __init__(self, rows: tf.Tensor, cols: tf.Tensor, height: Any, width: Any) -> None:
+        h_f = tf.cast(height, tf.float32)
+        w_f = tf.cast(width, tf.float32)
+        self.last_y, self.last_x = h_f - 1.0, w_f - 1.0
+        self.period_y = tf.maximum(2.0 * self.last_y, 1.0)
+        self.period_x = tf.maximum(2.0 * self.last_x, 1.0)
+        y = _reflect(rows, self.last_y, self.period_y)
+        x = _reflect(cols, self.last_x, self.period_x)
+        self.y0, self.x0 = tf.floor(y), tf.floor(x)
+        self.fy, self.fx = y - self.y0, x - self.x0
+        self.w_i = tf.cast(width, tf.int32)
+        batch = tf.shape(rows)[0]
+        self.base = (tf.range(batch, dtype=tf.int32) * (tf.cast(height, tf.int32) * self.w_i))[
+            :, None, None
+        ]
+        r0 = tf.cast(self.y0, tf.int32)
+        c0 = tf.cast(self.x0, tf.int32)
+        # Steps to the next row/column: 0 on the last one (its weight is then 0 anyway).
+        self.dr = tf.where(self.y0 < self.last_y, self.w_i, 0)
+        self.dc = tf.where(self.x0 < self.last_x, 1, 0)
+        self.i00 = self.base + r0 * self.w_i + c0
+        self._nearest: tf.Tensor | None = None
+
+    @staticmethod
+    def _flat(x: tf.Tensor) -> tuple[tf.Tensor, bool]:
+        """``x`` flattened for gathering: 1-D when it has one channel (faster), else 2-D."""
+        channels = x.shape[-1]
+        if channels == 1:
+            return tf.reshape(x, [-1]), True
+        if channels is None:
+            return tf.reshape(x, tf.stack([-1, tf.shape(x)[-1]])), False
+        return tf.reshape(x, [-1, channels]), False
+
+    @staticmethod
+    def _unflat(v: tf.Tensor, scalar: bool) -> tf.Tensor:
+        return v[..., None] if scalar else v
+
+    def nearest(self, x: tf.Tensor) -> tf.Tensor:
+        """Nearest-neighbour (round half up, like SciPy ``order=0``); any dtype."""
+        if self._nearest is None:
+            step_r = tf.where(self.fy >= 0.5, self.dr, 0)
+            step_c = tf.where(self.fx >= 0.5, self.dc, 0)
+            self._nearest = self.i00 + step_r + step_c
+        flat, scalar = self._flat(x)
+        return self._unflat(tf.gather(flat, self._nearest), scalar)
+
+    def bilinear(self, x: tf.Tensor) -> tf.Tensor:
+        """Bilinear interpolation in float32, returned in ``x``'s float dtype."""
+        flat, scalar = self._flat(x)
+        flat = tf.cast(flat, tf.float32)
+        fy, fx = (self.fy, self.fx) if scalar else (self.fy[..., None], self.fx[..., None])
+        i10 = self.i00 + self.dr
+        v00 = tf.gather(flat, self.i00)
+        v01 = tf.gather(flat, self.i00 + self.dc)
+        v10 = tf.gather(flat, i10)
+        v11 = tf.gather(flat, i10 + self.dc)
+        top = v00 + (v01 - v00) * fx
+        bottom = v10 + (v11 - v10) * fx
+        return tf.cast(self._unflat(top + (bottom - top) * fy, scalar), x.dtype)
+
+    def bicubic(self, x: tf.Tensor) -> tf.Tensor:
+        """Keys bicubic (a = -0.5) on the mirrored 4x4 neighbourhood, in ``x``'s float dtype."""
+        flat, scalar = self._flat(x)
+        flat = tf.cast(flat, tf.float32)
+        offsets = (-1.0, 0.0, 1.0, 2.0)
+        rows = [
+            tf.cast(_reflect(self.y0 + k, self.last_y, self.period_y), tf.int32) * self.w_i
+            for k in offsets
+        ]
+        cols = [
+            tf.cast(_reflect(self.x0 + k, self.last_x, self.period_x), tf.int32) for k in offsets
+        ]
+        expand = (lambda t: t) if scalar else (lambda t: t[..., None])
+        wy = [expand(_keys_kernel(self.fy - k)) for k in offsets]
+        wx = [expand(_keys_kernel(self.fx - k)) for k in offsets]
+        out = 0.0
+        for r, w_r in zip(rows, wy):
+            line = 0.0
+            for c, w_c in zip(cols, wx):
+                line = line + w_c * tf.gather(flat, self.base + r + c)
+            out = out + w_r * line
+        return tf.cast(self._unflat(out, scalar), x.dtype)
+
+    def sample(self, x: tf.Tensor, interpolation: str) -> tf.Tensor:
+        if interpolation == "nearest":
+            return self.nearest(x)
+        if interpolation == "bilinear":
+            return self.bilinear(x)
+        return self.bicubic(x)
+
+
+def _check_rank4(x: tf.Tensor, name: str, what: str) -> None:
+    if x.shape.rank != 4:
+        raise DataError(f"{name} must be a rank-4 {what} tensor (B, H, W, C), got shape {x.shape}")
+
+
+def warp(x: Any, coords: Any, interpolation: str = "bilinear") -> tf.Tensor:
+    """Resample ``x`` at ``coords`` with mirrored borders.
+
+    Args:
+        x: ``(B, H, W, C)``; any dtype for ``"nearest"``, float for ``"bilinear"``/``"bicubic"``.
+        coords: ``(B, Ho, Wo, 2)`` float32 ``(row, col)`` source positions in ``x``'s pixels.
+        interpolation: ``"nearest"``, ``"bilinear"`` or ``"bicubic"`` (Keys, a = -0.5).
+
+    Returns:
+        ``(B, Ho, Wo, C)`` of ``x``'s dtype. ``out[b, i, j] = x[b](coords[b, i, j])`` where
+        coordinates outside ``[0, H - 1]`` are mirrored about the edge pixel centres (SciPy
+        ``map_coordinates(mode="mirror")``).
+    """
+    if interpolation not in _INTERPOLATIONS:
+        raise ValueError(
+            f"warp: interpolation must be one of {_INTERPOLATIONS}, got {interpolation!r}"
+        )
+    x = tf.convert_to_tensor(x)
+    coords = tf.cast(tf.convert_to_tensor(coords), tf.float32)
+    _check_rank4(x, "warp: x", "image")
+    if coords.shape.rank != 4 or coords.shape[-1] not in (None, 2):
+        raise DataError(f"warp: coords must have shape (B, Ho, Wo, 2), got {coords.shape}")
+    if x.shape[0] is not None and coords.shape[0] is not None and x.shape[0] != coords.shape[0]:
+        raise DataError(f"warp: x has batch {x.shape[0]} but coords has batch {coords.shape[0]}")
+    if interpolation != "nearest" and not x.dtype.is_floating:
+        raise DataError(
+            f"warp: {interpolation!r} needs a float tensor, got {x.dtype.name}; "
+            "use interpolation='nearest' for labels"
+        )
+    sampler = _Sampler(coords[..., 0], coords[..., 1], _size(x, 1), _size(x, 2))
+    out = sampler.sample(x, interpolation)
+    out.set_shape(coords.shape[:3].concatenate(x.shape[3:]))
+    return out
+
+
+# --------------------------------------------------------------------------- augmentation
+
+
+def _coordinate_map(
+    u: tf.Tensor,
+    noise: tf.Tensor,
+    height: Any,
+    width: Any,
+    square: Any,
+    config: Augment,
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """One sampling map ``(rows, cols)``, each ``(B, H, W)`` float32, for all transforms.
+
+    ``coords(p) = c + M (p - c) + d(p)`` with ``c`` the image centre, ``M`` the product of the
+    small rotation, the 90-degree rotation and the flips, ``d`` the elastic displacement.
+    Flip/rot90 entries are exact 0/+-1, so without subpixel motion the map is integer-valued.
+    """
+    h_f = tf.cast(height, tf.float32)
+    w_f = tf.cast(width, tf.float32)
+    cy, cx = (h_f - 1.0) / 2.0, (w_f - 1.0) / 2.0
+    vy = (tf.range(h_f, dtype=tf.float32) - cy)[None, :, None]  # (1, H, 1)
+    vx = (tf.range(w_f, dtype=tf.float32) - cx)[None, None, :]  # (1, 1, W)
+    batch = tf.shape(u)[0]
+    one = tf.ones([batch], tf.float32)
+    zero = tf.zeros([batch], tf.float32)
+
+    if config.flips:
+        fy = tf.where(u[:, 0] < 0.5, -one, one)
+        fx = tf.where(u[:, 1] < 0.5, -one, one)
+    else:
+        fy, fx = one, one
+    if config.rotate90:
+        k4 = tf.minimum(tf.floor(u[:, 2] * 4.0), 3.0)
+        k2 = 2.0 * tf.minimum(tf.floor(u[:, 2] * 2.0), 1.0)
+        # Odd multiples of 90 degrees would change a non-square shape: only 0/180 there.
+        k = tf.where(square, k4, k2) if tf.is_tensor(square) else (k4 if square else k2)
+        k = tf.cast(k, tf.int32)
+        ck = tf.gather(tf.constant([1.0, 0.0, -1.0, 0.0]), k)
+        sk = tf.gather(tf.constant([0.0, 1.0, 0.0, -1.0]), k)
+    else:
+        ck, sk = one, zero
+    # A = Rot90^k @ diag(fy, fx); Rot90 = [[c, s], [-s, c]].
+    a00, a01, a10, a11 = ck * fy, sk * fx, -sk * fy, ck * fx
+    if config.rotation_degrees > 0.0:
+        theta = (2.0 * u[:, 3] - 1.0) * (config.rotation_degrees * math.pi / 180.0)
+        cos, sin = tf.cos(theta), tf.sin(theta)
+        a00, a01, a10, a11 = (
+            cos * a00 - sin * a10,
+            cos * a01 - sin * a11,
+            sin * a00 + cos * a10,
+            sin * a01 + cos * a11,
+        )
+    m = [t[:, None, None] for t in (a00, a01, a10, a11)]
+    rows = cy + m[0] * vy + m[1] * vx  # (B, H, W)
+    cols = cx + m[2] * vy + m[3] * vx
+    if config.elastic:
+        d_rows, d_cols = _upsample_field(noise * config.elastic_std, height, width, split=True)
+        rows = rows + d_rows
+        cols = cols + d_cols
+    return rows, cols
+
+
+def _gamma(x: tf.Tensor, exponent: tf.Tensor) -> tf.Tensor:
+    """``x ** exponent`` for ``x`` in [0, 1], ``exponent > 0`` (exp/log: ~3x faster than pow)."""
+    powered = tf.exp(exponent * tf.math.log(tf.maximum(x, 1e-30)))
+    return tf.where(x > 0.0, powered, tf.zeros_like(x))
+
+
+def _gray_values(
+    images: tf.Tensor, u: tf.Tensor, config: Augment, source: tf.Tensor | None = None
+) -> tf.Tensor:
+    """Random gamma, then contrast about the mean gray value, then brightness; clip to [0, 1].
+
+    ``images``: ``(B, H, W, C)`` float in [0, 1]; ``u``: the ``(B, 7)`` per-sample uniforms.
+    The contrast pivot is ``mean(source) ** gamma`` per sample (``source`` defaults to
+    ``images``). ``_augment`` passes the un-warped input, whose mean the mirrored warp nearly
+    keeps, so warp, gamma, contrast and brightness fuse into one pass under XLA.
+    """
+    col = lambda t: t[:, None, None, None]  # noqa: E731
+    exponent = col(1.0 + config.gamma * (2.0 * u[:, 6] - 1.0))
+
+    def curve(t: tf.Tensor) -> tf.Tensor:
+        t = tf.clip_by_value(tf.cast(t, tf.float32), 0.0, 1.0)
+        return _gamma(t, exponent) if config.gamma > 0.0 else t
+
+    x = curve(images)
+    if config.contrast > 0.0:
+        source = images if source is None else source
+        clipped = tf.clip_by_value(tf.cast(source, tf.float32), 0.0, 1.0)
+        pivot = curve(tf.reduce_mean(clipped, axis=[1, 2, 3], keepdims=True))
+        x = (x - pivot) * col(1.0 + config.contrast * (2.0 * u[:, 5] - 1.0)) + pivot
+    if config.brightness > 0.0:
+        x = x + col(config.brightness * (2.0 * u[:, 4] - 1.0))
+    return tf.cast(tf.clip_by_value(x, 0.0, 1.0), images.dtype)
+
+
+def _augment(
+    images: tf.Tensor,
+    masks: tf.Tensor,
+    weights: tf.Tensor | None,
+    sample_seeds: tf.Tensor,
+    config: Augment,
+) -> tuple[tf.Tensor, ...]:
+    height, width = _size(images, 1), _size(images, 2)
+    if isinstance(height, int) and isinstance(width, int):
+        square = height == width
+    else:
+        square = tf.equal(tf.cast(height, tf.int32), tf.cast(width, tf.int32))
+    u, noise = _draw(sample_seeds, config.elastic_grid)
+    geometric = config.elastic or config.flips or config.rotate90 or config.rotation_degrees > 0
+    out_images, out_masks, out_weights = images, masks, weights
+    if geometric:
+        rows, cols = _coordinate_map(u, noise, height, width, square, config)
+        sampler = _Sampler(rows, cols, height, width)
+        interp = config.interpolation if config.moves_subpixel else "nearest"
+        out_images = sampler.sample(images, interp)
+        out_masks = sampler.nearest(masks)
+        if weights is not None:
+            out_weights = sampler.nearest(weights)
+    if config.gray_values:
+        out_images = _gray_values(out_images, u, config, source=images)
+    # Static shapes: (B, H, W) known from any input carries over to all outputs.
+    spatial = images.shape[:-1].merge_with(masks.shape[:-1])
+    if weights is not None:
+        spatial = spatial.merge_with(weights.shape[:-1])
+    out_images.set_shape(spatial.concatenate(images.shape[-1:]))
+    out_masks.set_shape(spatial.concatenate(masks.shape[-1:]))
+    if weights is None:
+        return out_images, out_masks
+    out_weights.set_shape(spatial.concatenate(weights.shape[-1:]))
+    return out_images, out_masks, out_weights
+
+
+def _validate(
+    images: Any, masks: Any, weights: Any, config: Augment | None, rank: int
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor | None, Augment]:
+    if config is None:
+        config = Augment()
+    elif isinstance(config, Mapping):
+        config = Augment.from_config(config)
+    elif not isinstance(config, Augment):
+        raise ValueError(f"config must be an Augment (or its dict), got {type(config).__name__}")
+    layout = "(B, H, W, C)" if rank == 4 else "(H, W, C)"
+    images = tf.convert_to_tensor(images)
+    masks = tf.convert_to_tensor(masks)
+    weights = None if weights is None else tf.convert_to_tensor(weights)
+    named = [("images", images), ("masks", masks)]
+    if weights is not None:
+        named.append(("weights", weights))
+    for name, t in named:
+        if t.shape.rank != rank:
+            raise DataError(f"{name} must have rank {rank} {layout}, got shape {t.shape}")
+    if not images.dtype.is_floating:
+        raise DataError(f"images must be float (e.g. float32 in [0, 1]), got {images.dtype.name}")
+    if weights is not None and not weights.dtype.is_floating:
+        raise DataError(f"weights must be float32, got {weights.dtype.name}")
+    spatial = images.shape[:-1]
+    for name, t in named[1:]:
+        if not spatial.is_compatible_with(t.shape[:-1]):
+            raise DataError(
+                f"{name} shape {t.shape} does not match images shape {images.shape} "
+                "(all but the channel axis must agree)"
+            )
+    return images, masks, weights, config
+
+
+def augment_batch(
+    images: Any,
+    masks: Any,
+    weights: Any = None,
+    *,
+    seed: Any,
+    config: Augment | Mapping[str, Any] | None = None,
+) -> tuple[tf.Tensor, ...]:
+    """Augment a batch; every sample gets its own random field from its own derived seed.
+
+    Args:
+        images: ``(B, H, W, C)`` float (float32 in ``[0, 1]`` for gray values).
+        masks: ``(B, H, W, K)`` labels of any dtype; resampled nearest-neighbour, so the output
+            keeps the dtype and holds only values present in the input.
+        weights: optional ``(B, H, W, 1)`` float32 weight map, nearest-neighbour.
+        seed: shape-``[2]`` int32/int64 tensor; sample ``i`` uses
+            ``stateless_split(seed, B, alg="philox")[i]``.
+        config: an :class:`Augment` (default paper settings) or its dict.
+
+    Returns:
+        ``(images, masks)`` or ``(images, masks, weights)``, shapes and dtypes as the inputs.
+        Vectorised over the batch and ``tf.function(jit_compile=True)`` compatible.
+    """
+    images, masks, weights, config = _validate(images, masks, weights, config, rank=4)
+    seed = _as_seed(seed)
+    seeds = _sample_seeds(seed, tf.shape(images)[0])
+    return _augment(images, masks, weights, seeds, config)
+
+
+def augment_sample(
+    image: Any,
+    mask: Any,
+    weight: Any = None,
+    *,
+    seed: Any,
+    config: Augment | Mapping[str, Any] | None = None,
+) -> tuple[tf.Tensor, ...]:
+    """Augment one sample: ``image (H, W, C)``, ``mask (H, W, K)``, ``weight (H, W, 1)`` or None.
+
+    ``seed`` (shape ``[2]``) is used as the sample's own seed (see :func:`augment_batch`).
+    Returns ``(image, mask)`` or ``(image, mask, weight)`` with the input shapes and dtypes.
+    """
+    image, mask, weight, config = _validate(image, mask, weight, config, rank=3)
+    seed = _as_seed(seed)
+    out = _augment(
+        image[None],
+        mask[None],
+        None if weight is None else weight[None],
+        seed[None],
+        config,
+    )
+    return tuple(t[0] for t in out)
+
+
+# --------------------------------------------------------------------------- Keras layer
+
+
+@keras.saving.register_keras_serializable(package="zf_unet")
+class AugmentLayer(keras.layers.Layer):
+    """Keras layer applying :func:`augment_batch` to ``(images, masks[, weights])`` when training.
+
+    With ``training=False`` (or unset) the inputs are returned unchanged. Each training call
+    draws a fresh seed from a ``keras.random.SeedGenerator(seed)``, so two layers built with
+    the same ``seed`` produce the same sequence of augmentations.
+    """
+
+    def __init__(
+        self,
+        augment: Augment | Mapping[str, Any] | None = None,
+        seed: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if augment is None:
+            augment = Augment()
+        elif isinstance(augment, Mapping):
+            augment = Augment.from_config(augment)
+        elif not isinstance(augment, Augment):
+            raise ValueError(
+                f"AugmentLayer: augment must be an Augment or a dict, got {type(augment).__name__}"
+            )
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
+            raise ValueError(f"AugmentLayer: seed must be an int or None, got {seed!r}")
+        self.augment = augment
+        self.seed = None if seed is None else int(seed)
+        self.seed_generator = keras.random.SeedGenerator(self.seed)
+        self.supports_masking = False
+
+    def call(self, inputs: Any, training: bool | None = None) -> tuple[Any, ...]:
+        if not isinstance(inputs, (tuple, list)) or len(inputs) not in (2, 3):
+            raise ValueError(
+                "AugmentLayer expects a tuple (images, masks) or (images, masks, weights), "
+                f"got {type(inputs).__name__}"
+            )
+        inputs = tuple(inputs)
+        if not training:
+            return inputs
+        seed = tf.cast(self.seed_generator.next(), tf.int64)
+        weights = inputs[2] if len(inputs) == 3 else None
+        return augment_batch(inputs[0], inputs[1], weights, seed=seed, config=self.augment)
+
+    def compute_output_shape(self, input_shape: Any) -> Any:
+        return tuple(input_shape)
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update({"augment": self.augment.get_config(), "seed": self.seed})
+        return config
