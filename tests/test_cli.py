@@ -43,3 +43,21 @@ def test_console_script_help_and_version():
     proc = subprocess.run([sys.executable, "-m", "zf_unet.cli"], capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 2 and "demo" in proc.stdout
+
+
+def test_show_augment_writes_grid(tmp_path):
+    out = tmp_path / "grid.png"
+    assert main(["show-augment", "synthetic", "--out", str(out), "--n", "2",
+                 "--patch-size", "64"]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    from PIL import Image
+
+    assert Image.open(out).size[1] > Image.open(out).size[0] * 0.5  # 2 rows x 3 panels
+
+
+def test_cli_bad_input_exits_2_with_one_message(tmp_path, capsys):
+    missing = tmp_path / "nope"
+    assert main(["show-augment", str(missing), "--out", str(tmp_path / "g.png")]) == 2
+    err = capsys.readouterr().err
+    assert str(missing) in err and "images/" in err and "Traceback" not in err
+    assert not (tmp_path / "g.png").exists()

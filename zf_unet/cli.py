@@ -24,6 +24,34 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_show_augment(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from zf_unet.data import Augment, make_datasets, write_synthetic_folder
+    from zf_unet.plots import save_augment_grid
+
+    source = args.data
+    tmp = None
+    if source == "synthetic":
+        tmp = tempfile.TemporaryDirectory()
+        source = write_synthetic_folder(tmp.name, n=max(4, args.n), size=256, seed=args.seed)
+    aug = Augment(elastic=not args.no_elastic, elastic_std=args.elastic_std,
+                  rotation_degrees=args.rotation, gray_values=not args.no_gray)
+    try:
+        train, _ = make_datasets(source, patch_size=args.patch_size, batch_size=args.n,
+                                 val_fraction=0.0, seed=args.seed, augment=aug,
+                                 border_weights=not args.no_weights,
+                                 samples_per_epoch=args.n, num_classes=args.num_classes)
+        batch = [t.numpy() for t in next(iter(train))]
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    weights = batch[2] if len(batch) == 3 else None
+    path = save_augment_grid(batch[0], batch[1], weights, args.out)
+    print(f"wrote {path} ({args.n} augmented samples)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="zf-unet", description="Keras 3 U-Net toolkit.")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
@@ -41,6 +69,21 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--quick", action="store_true", help="a few seconds' smoke run")
     demo.add_argument("--quiet", action="store_true")
     demo.set_defaults(func=_cmd_demo)
+
+    show = sub.add_parser("show-augment", help="write a PNG grid of augmented training samples")
+    show.add_argument("data", help="folder with images/ and masks/, or 'synthetic'")
+    show.add_argument("--out", default="augment_grid.png", help="PNG to write")
+    show.add_argument("--n", type=int, default=4, help="number of samples (rows)")
+    show.add_argument("--patch-size", dest="patch_size", type=int, default=256)
+    show.add_argument("--seed", type=int, default=0)
+    show.add_argument("--elastic-std", dest="elastic_std", type=float, default=10.0)
+    show.add_argument("--rotation", type=float, default=0.0, help="max small rotation, degrees")
+    show.add_argument("--num-classes", dest="num_classes", type=int)
+    show.add_argument("--no-elastic", dest="no_elastic", action="store_true")
+    show.add_argument("--no-gray", dest="no_gray", action="store_true")
+    show.add_argument("--no-weights", dest="no_weights", action="store_true",
+                      help="skip border weight maps (needed for multi-class masks)")
+    show.set_defaults(func=_cmd_show_augment)
     return parser
 
 

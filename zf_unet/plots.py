@@ -73,3 +73,32 @@ def save_training_curves(history: Mapping[str, Sequence[float]], path: str | Pat
     savefig_atomic(fig, path, dpi=80)
     plt.close(fig)
     return Path(path)
+
+
+def save_augment_grid(images: np.ndarray, masks: np.ndarray, weights: np.ndarray | None,
+                      path: str | Path) -> Path:
+    """What training sees: one row per sample with image, mask overlay and weight map.
+
+    ``images`` ``(N, H, W, C)`` in [0, 1], ``masks`` ``(N, H, W, 1)``, ``weights`` ``(N, H, W, 1)``.
+    """
+    plt = _plt()
+    n = len(images)
+    cols = 3 if weights is not None else 2
+    fig, axes = plt.subplots(n, cols, figsize=(3.2 * cols, 3.2 * n), squeeze=False)
+    for i in range(n):
+        img = images[i, ..., 0] if images.shape[-1] == 1 else images[i, ..., :3]
+        axes[i, 0].imshow(img, cmap="gray", vmin=0, vmax=1)
+        axes[i, 0].set_title("augmented image", fontsize=9)
+        axes[i, 1].imshow(overlay(images[i] if images.shape[-1] == 1 else images[i, ..., :3],
+                                  masks[i]))
+        axes[i, 1].set_title("mask (class 0 in red)", fontsize=9)
+        if weights is not None:
+            im = axes[i, 2].imshow(weights[i, ..., 0], cmap="magma")
+            axes[i, 2].set_title("border weight map", fontsize=9)
+            fig.colorbar(im, ax=axes[i, 2], fraction=0.046, pad=0.04)
+        for ax in axes[i]:
+            ax.axis("off")
+    fig.tight_layout()
+    savefig_atomic(fig, path, dpi=80)
+    plt.close(fig)
+    return Path(path)
