@@ -7,17 +7,21 @@ Public API (everything else is internal)::
     zf_unet.double_conv_layer(...)   # (Conv3x3 -> BN -> ReLU) x 2 block
     zf_unet.losses                   # Dice, BCE+Dice, Jaccard, weighted cross-entropy
     zf_unet.metrics                  # Dice/IoU Keras metrics, ISBI-style NumPy scores
-    zf_unet.data                     # synthetic EM-like data, readers, pipelines
+    zf_unet.data                     # synthetic EM-like data, readers, augmentation, pipelines
+    zf_unet.train(config, out_dir)   # model.fit with checkpoints, resume, precision, strategies
 """
 from __future__ import annotations
 
 from zf_unet import _backend  # noqa: F401  (must run before keras is used)
 from zf_unet import data, losses, metrics, models
+from zf_unet.config import Config
 from zf_unet.models import ZF_UNET_224, build_unet, double_conv_layer, valid_input_sizes
+from zf_unet.training import train
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Config",
     "ZF_UNET_224",
     "build_unet",
     "data",
@@ -25,6 +29,7 @@ __all__ = [
     "losses",
     "metrics",
     "models",
+    "train",
     "valid_input_sizes",
     "__version__",
 ]

@@ -52,6 +52,24 @@ def _cmd_show_augment(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from zf_unet.config import Config
+    from zf_unet.training import train
+
+    cfg = Config.from_toml(args.config) if args.config else Config()
+    sets = list(args.set or [])
+    if args.data:
+        sets.append(f'data.source="{args.data}"')
+    for key, value in (("train.precision", args.precision), ("train.strategy", args.strategy),
+                       ("train.epochs", args.epochs), ("train.seed", args.seed)):
+        if value is not None:
+            sets.append(f'{key}="{value}"' if isinstance(value, str) else f"{key}={value}")
+    cfg = cfg.override(sets) if sets else cfg
+    _, run = train(cfg, args.out, fresh=args.fresh, verbose=0 if args.quiet else "auto")
+    print(f"run folder: {run} (best.keras, final.keras, log.csv, training_curves.png)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="zf-unet", description="Keras 3 U-Net toolkit.")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
@@ -69,6 +87,20 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--quick", action="store_true", help="a few seconds' smoke run")
     demo.add_argument("--quiet", action="store_true")
     demo.set_defaults(func=_cmd_demo)
+
+    tr = sub.add_parser("train", help="train a U-Net from a TOML config (resumes if interrupted)")
+    tr.add_argument("--config", help="TOML config (see configs/); defaults for missing keys")
+    tr.add_argument("--data", help="data folder (images/ + masks/), 'synthetic' or tfds:NAME")
+    tr.add_argument("--out", default="runs/run", help="run folder; re-running resumes it")
+    tr.add_argument("--precision", choices=["auto", "float32", "mixed_bfloat16", "mixed_float16"])
+    tr.add_argument("--strategy", choices=["default", "mirrored", "multiworker", "tpu"])
+    tr.add_argument("--epochs", type=int)
+    tr.add_argument("--seed", type=int)
+    tr.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
+                    help="override a config value, e.g. --set model.filters=16")
+    tr.add_argument("--fresh", action="store_true", help="delete the run folder and start over")
+    tr.add_argument("--quiet", action="store_true")
+    tr.set_defaults(func=_cmd_train)
 
     show = sub.add_parser("show-augment", help="write a PNG grid of augmented training samples")
     show.add_argument("data", help="folder with images/ and masks/, or 'synthetic'")

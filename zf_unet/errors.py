@@ -8,3 +8,7 @@ class ZFUNetError(Exception):
 
 class DataError(ZFUNetError, ValueError):
     """Bad input data: unreadable file, missing partner, size mismatch, bad mask values."""
+
+
+class ConfigError(ZFUNetError, ValueError):
+    """A configuration file or option that cannot be used as given."""

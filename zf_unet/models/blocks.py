@@ -18,6 +18,7 @@ def double_conv_layer(
     padding: str = "same",
     kernel_initializer: str | keras.initializers.Initializer = "he_normal",
     name: str | None = None,
+    sync_batch_norm: bool = False,
 ) -> Any:
     """The ZF_UNET_224 block: (Conv2D 3x3 -> BatchNorm -> ReLU) x 2, then optional dropout.
 
@@ -30,6 +31,8 @@ def double_conv_layer(
         padding: ``"same"`` keeps H x W; ``"valid"`` (the paper) shrinks each side by 2 px.
         kernel_initializer: He-normal by default, the paper's std ``sqrt(2 / N)``.
         name: prefix for stable layer names (``{name}_conv1``, ``{name}_bn1``, ...).
+        sync_batch_norm: synchronise BatchNorm statistics across replicas / workers of a
+            ``tf.distribute`` strategy (``BatchNormalization(synchronized=True)``).
 
     Returns:
         ``(batch, H', W', filters)`` with ``H' = H`` (same) or ``H - 4`` (valid).
@@ -53,7 +56,8 @@ def double_conv_layer(
             name=nm(f"conv{i}"),
         )(x)
         if batch_norm:
-            x = layers.BatchNormalization(axis=-1, name=nm(f"bn{i}"))(x)
+            x = layers.BatchNormalization(axis=-1, synchronized=sync_batch_norm,
+                                          name=nm(f"bn{i}"))(x)
         x = layers.Activation("relu", name=nm(f"relu{i}"))(x)
     if dropout > 0:
         x = layers.SpatialDropout2D(float(dropout), name=nm("dropout"))(x)

@@ -108,6 +108,7 @@ def build_unet(
     head_batch_norm: bool = False,
     kernel_initializer: str = "he_normal",
     name: str = "unet",
+    sync_batch_norm: bool = False,
 ) -> keras.Model:
     """Build a U-Net as a functional ``keras.Model``.
 
@@ -133,6 +134,8 @@ def build_unet(
             (ZF_UNET_224 has it).
         kernel_initializer: initializer for all convolutions (He-normal, as in the paper).
         name: model name.
+        sync_batch_norm: BatchNorm statistics synchronised across the replicas of a
+            ``tf.distribute`` strategy (set by ``zf_unet.train`` when there are several).
 
     Returns:
         ``keras.Model`` mapping ``(B, H, W, C)`` float images to ``(B, H', W', num_classes)``
@@ -158,12 +161,14 @@ def build_unet(
     skips = []
     for level in range(depth - 1):
         x = double_conv_layer(
-            x, widths[level], dropout, batch_norm, padding, kernel_initializer, name=f"enc{level}"
+            x, widths[level], dropout, batch_norm, padding, kernel_initializer, name=f"enc{level}",
+            sync_batch_norm=sync_batch_norm,
         )
         skips.append(x)
         x = layers.MaxPooling2D(pool_size=2, name=f"enc{level}_pool")(x)
     x = double_conv_layer(
-        x, widths[-1], dropout, batch_norm, padding, kernel_initializer, name="bottleneck"
+        x, widths[-1], dropout, batch_norm, padding, kernel_initializer, name="bottleneck",
+        sync_batch_norm=sync_batch_norm,
     )
     for level in reversed(range(depth - 1)):
         x = upsample(x, upsampling, widths[level], kernel_initializer, name=f"dec{level}_up")
@@ -174,11 +179,11 @@ def build_unet(
         block_dropout = dropout if level > 0 else 0.0
         x = double_conv_layer(
             x, widths[level], block_dropout, batch_norm, padding, kernel_initializer,
-            name=f"dec{level}",
+            name=f"dec{level}", sync_batch_norm=sync_batch_norm,
         )
     x = layers.Conv2D(int(num_classes), 1, kernel_initializer=kernel_initializer, name="head_conv")(x)
     if head_batch_norm:
-        x = layers.BatchNormalization(axis=-1, name="head_bn")(x)
+        x = layers.BatchNormalization(axis=-1, synchronized=sync_batch_norm, name="head_bn")(x)
     outputs = layers.Activation(
         output_activation or "linear", dtype="float32", name="head_activation"
     )(x)

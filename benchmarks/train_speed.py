@@ -1,0 +1,578 @@
+"""Training speed of ZF_UNET_224: zf_unet (Keras 3 / TensorFlow) vs the same network in PyTorch.
+
+Every variant trains the ZF_UNET_224 architecture (224x224x3 inputs, 1 sigmoid output channel,
+31,466,757 parameters) with batch 8, the BCE + Dice loss (``0.5 * BCE + soft Dice``) and Adam,
+on in-memory random batches. It reports training images/s: the median of ``--steps`` timed
+steps after ``--warmup`` steps, and the ratio to PyTorch bf16 autocast + channels-last
+measured in the same run.
+
+Base variants (the default list is ``DEFAULT_VARIANTS``):
+
+    torch-fp32       PyTorch fp32, NCHW (contiguous)
+    torch-bf16-cl    PyTorch ``torch.autocast("cpu", dtype=torch.bfloat16)`` + channels-last
+                     (the reference every ratio is computed against)
+    torch-bf16       bf16 autocast, NCHW;  torch-fp32-cl   fp32, channels-last
+    zf-bf16-fit      ``zf_unet.ZF_UNET_224()`` built under ``precision_scope("mixed_bfloat16")``,
+                     compiled with ``BCEDiceLoss()`` + ``keras.optimizers.Adam()``, trained with
+                     ``model.fit`` on a ``tf.data`` pipeline of in-memory batches (+ prefetch)
+    zf-bf16-tob      the same model trained with ``model.train_on_batch``
+    zf-fp32-fit, zf-fp32-tob   the float32 policy
+
+A zf_unet variant may carry modifiers, joined with ``+`` (``zf-bf16-fit+inter1+fadam``);
+``--list`` prints them. Each variant runs in its own fresh Python process (thread pools,
+environment variables and ``tf.config.threading`` only take effect before TensorFlow starts);
+``--rounds N`` runs the whole list N times interleaved and pools the steps of each variant,
+which evens out other load on a shared machine.
+
+Run (about 3-4 minutes on 2 cores):
+    python benchmarks/train_speed.py
+    python benchmarks/train_speed.py --quick
+    python benchmarks/train_speed.py --variants torch-bf16-cl zf-bf16-fit zf-bf16-fit+inter1 \
+        --rounds 2
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.metadata
+import importlib.util
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+REFERENCE = "torch-bf16-cl"
+DEFAULT_VARIANTS = [
+    "torch-fp32",
+    REFERENCE,
+    "zf-fp32-fit",
+    "zf-bf16-fit",
+    "zf-bf16-tob",
+    "zf-bf16-fit+inter1+fadam",
+]
+QUICK_VARIANTS = [REFERENCE, "zf-bf16-fit", "zf-bf16-fit+inter1+fadam"]
+
+TORCH_BASES = {
+    "torch-fp32": ("PyTorch fp32 (NCHW)", "float32", False, False),
+    "torch-fp32-cl": ("PyTorch fp32, channels-last", "float32", False, True),
+    "torch-bf16": ("PyTorch bf16 autocast (NCHW)", "bf16 autocast", True, False),
+    "torch-bf16-cl": ("PyTorch bf16 autocast, channels-last", "bf16 autocast", True, True),
+}
+ZF_BASES = {
+    "zf-bf16-fit": ("zf_unet `model.fit` (tf.data)", "mixed_bfloat16", "fit"),
+    "zf-bf16-tob": ("zf_unet `train_on_batch`", "mixed_bfloat16", "tob"),
+    "zf-fp32-fit": ("zf_unet `model.fit` (tf.data)", "float32", "fit"),
+    "zf-fp32-tob": ("zf_unet `train_on_batch`", "float32", "tob"),
+}
+# name -> (description, environment variables for the child process)
+MODIFIERS = {
+    "jitF": ("`compile(jit_compile=False)` explicitly", {}),
+    "xla": ("`compile(jit_compile=True)` (XLA)", {}),
+    "spe<N>": ("`compile(steps_per_execution=N)`", {}),
+    "inter<N>": ("`tf.config.threading.set_inter_op_parallelism_threads(N)`", {}),
+    "intra<N>": ("`tf.config.threading.set_intra_op_parallelism_threads(N)`", {}),
+    "omp<N>": ("`OMP_NUM_THREADS=N`", {}),
+    "caller": ("`TF_ONEDNN_THREADPOOL_USE_CALLER_THREAD=1`",
+               {"TF_ONEDNN_THREADPOOL_USE_CALLER_THREAD": "1"}),
+    "sysalloc": ("`TF_ONEDNN_USE_SYSTEM_ALLOCATOR=1`", {"TF_ONEDNN_USE_SYSTEM_ALLOCATOR": "1"}),
+    "fpmath": ("`TF_SET_ONEDNN_FPMATH_MODE=BF16`", {"TF_SET_ONEDNN_FPMATH_MODE": "BF16"}),
+    "fusedbn": ("BatchNorm via `tf.compat.v1.nn.fused_batch_norm` (bf16 in, fp32 stats)", {}),
+    "bnf32": ("BatchNorm layers with a float32 dtype policy", {}),
+    "fadam": ("Adam update as one fused `ResourceApplyAdam` kernel per variable", {}),
+    "adamw": ("`keras.optimizers.AdamW(weight_decay=0.004)`", {}),
+    "lossbf16": ("BCE+Dice computed in bfloat16 instead of float32", {}),
+    "noprefetch": ("tf.data without `.prefetch`", {}),
+    "bf16in": ("dataset yields bfloat16 images (cast in tf.data, not in the model)", {}),
+}
+RESULT_TAG = "@@TRAIN_SPEED_RESULT@@ "
+
+
+# --------------------------------------------------------------------------- variant parsing
+
+
+def parse_variant(name: str) -> dict:
+    """``'zf-bf16-fit+inter1+fadam'`` -> a dict describing the run; raises ValueError."""
+    base, *mods = name.split("+")
+    if base in TORCH_BASES:
+        if mods:
+            raise ValueError(f"PyTorch variant {base!r} takes no modifiers")
+        label, precision, autocast, cl = TORCH_BASES[base]
+        return {"name": name, "framework": "torch", "label": label, "precision": precision,
+                "autocast": autocast, "channels_last": cl, "env": {}}
+    if base not in ZF_BASES:
+        raise ValueError(f"unknown variant {base!r}; known: {sorted(TORCH_BASES) + sorted(ZF_BASES)}")
+    label, precision, mode = ZF_BASES[base]
+    spec = {"name": name, "framework": "zf_unet", "precision": precision, "mode": mode,
+            "jit": None, "spe": 1, "inter": None, "intra": None, "env": {}, "fusedbn": False,
+            "bnf32": False, "optimizer": "adam", "loss_bf16": False, "prefetch": True,
+            "bf16_input": False}
+    descr = []
+    for mod in mods:
+        key = mod.rstrip("0123456789")
+        num = mod[len(key):]
+        if num and key in ("spe", "inter", "intra", "omp"):
+            n = int(num)
+            if key == "spe":
+                spec["spe"] = n
+            elif key == "omp":
+                spec["env"]["OMP_NUM_THREADS"] = str(n)
+            else:
+                spec[key] = n
+            descr.append(MODIFIERS[f"{key}<N>"][0].replace("N", str(n)))
+            continue
+        if mod not in MODIFIERS:
+            raise ValueError(f"unknown modifier {mod!r}; known: {sorted(MODIFIERS)}")
+        text, env = MODIFIERS[mod]
+        spec["env"].update(env)
+        descr.append(text)
+        if mod == "jitF":
+            spec["jit"] = False
+        elif mod == "xla":
+            spec["jit"] = True
+        elif mod == "fusedbn":
+            spec["fusedbn"] = True
+        elif mod == "bnf32":
+            spec["bnf32"] = True
+        elif mod in ("fadam", "adamw"):
+            spec["optimizer"] = mod
+        elif mod == "lossbf16":
+            spec["loss_bf16"] = True
+        elif mod == "noprefetch":
+            spec["prefetch"] = False
+        elif mod == "bf16in":
+            spec["bf16_input"] = True
+    spec["label"] = label + "".join(f" + {d}" for d in descr)
+    return spec
+
+
+# --------------------------------------------------------------------------- data
+
+
+def make_batches(n_batches: int, batch: int, size: int, seed: int = 0):
+    """``n_batches * batch`` random images in [0, 1) (NHWC float32) and binary masks."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    x = rng.random((n_batches * batch, size, size, 3), dtype=np.float32)
+    y = (rng.random((n_batches * batch, size, size, 1)) > 0.5).astype(np.float32)
+    return x, y
+
+
+# --------------------------------------------------------------------------- PyTorch child
+
+
+def run_torch(spec: dict, args: argparse.Namespace) -> dict:
+    import numpy as np
+    import torch
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from torch_unet import ZFUNet224, bce_dice_loss, keras_param_count
+
+    torch.manual_seed(0)
+    fmt = torch.channels_last if spec["channels_last"] else torch.contiguous_format
+    model = ZFUNet224().to(memory_format=fmt).train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, eps=1e-7)
+    x, y = make_batches(4, args.batch, args.size)
+    xs = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).split(args.batch)
+    ys = torch.from_numpy(np.ascontiguousarray(y.transpose(0, 3, 1, 2))).split(args.batch)
+    xs = [t.contiguous(memory_format=fmt) for t in xs]
+
+    def step(i: int) -> float:
+        xb, yb = xs[i % len(xs)], ys[i % len(ys)]
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=spec["autocast"]):
+            probs = model(xb)
+        loss = bce_dice_loss(probs, yb)  # float32, outside autocast
+        loss.backward()
+        opt.step()
+        return float(loss)
+
+    times, losses = [], []
+    for i in range(args.warmup + args.steps):
+        t0 = time.perf_counter()
+        losses.append(step(i))
+        times.append(time.perf_counter() - t0)
+    return {"step_times": times[args.warmup:], "warmup_times": times[:args.warmup],
+            "params": keras_param_count(model), "loss_first": losses[0], "loss_last": losses[-1],
+            "threads": torch.get_num_threads(), "version": torch.__version__,
+            "mkldnn_bf16": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())}
+
+
+# --------------------------------------------------------------------------- zf_unet child
+
+
+def _fused_bn_class():
+    import keras
+    import tensorflow as tf
+
+    class FusedBatchNorm(keras.layers.BatchNormalization):
+        """Keras BatchNormalization computed by TensorFlow's fused kernel (NHWC, axis -1)."""
+
+        def call(self, inputs, training=None, mask=None):
+            if (mask is not None or self.renorm or self.synchronized or len(inputs.shape) != 4
+                    or self.axis not in (-1, 3)):
+                return super().call(inputs, training=training, mask=mask)
+            c = inputs.shape[-1]
+            gamma = self.gamma.value if self.scale else tf.ones((c,), tf.float32)
+            beta = self.beta.value if self.center else tf.zeros((c,), tf.float32)
+            x = tf.cast(inputs, self.compute_dtype)
+            if training and self.trainable:
+                y, mean, var = tf.compat.v1.nn.fused_batch_norm(
+                    x, gamma, beta, epsilon=self.epsilon, data_format="NHWC", is_training=True)
+                m = self.momentum
+                self.moving_mean.assign(self.moving_mean * m + mean * (1.0 - m))
+                self.moving_variance.assign(self.moving_variance * m + var * (1.0 - m))
+            else:
+                y, _, _ = tf.compat.v1.nn.fused_batch_norm(
+                    x, gamma, beta, mean=self.moving_mean.value,
+                    variance=self.moving_variance.value, epsilon=self.epsilon,
+                    data_format="NHWC", is_training=False)
+            return tf.cast(y, self.compute_dtype)
+
+    return FusedBatchNorm
+
+
+def _fused_adam_class():
+    import keras
+    import tensorflow as tf
+
+    class FusedAdam(keras.optimizers.Adam):
+        """``keras.optimizers.Adam`` whose update is TensorFlow's fused ``ResourceApplyAdam``:
+        one multithreaded kernel per variable instead of ~11 element-wise passes."""
+
+        def update_step(self, gradient, variable, learning_rate):
+            if self.amsgrad:
+                return super().update_step(gradient, variable, learning_rate)
+            dtype = variable.dtype
+            idx = self._get_variable_index(variable)
+            step = tf.cast(self.iterations + 1, dtype)
+            beta_1 = tf.cast(self.beta_1, dtype)
+            beta_2 = tf.cast(self.beta_2, dtype)
+            tf.raw_ops.ResourceApplyAdam(
+                var=variable.handle, m=self._momentums[idx].handle,
+                v=self._velocities[idx].handle, beta1_power=tf.pow(beta_1, step),
+                beta2_power=tf.pow(beta_2, step), lr=tf.cast(learning_rate, dtype),
+                beta1=beta_1, beta2=beta_2, epsilon=tf.cast(self.epsilon, dtype),
+                grad=tf.cast(gradient, dtype), use_locking=False)
+
+    return FusedAdam
+
+
+def run_zf(spec: dict, args: argparse.Namespace) -> dict:
+    import tensorflow as tf
+
+    if spec["inter"] is not None:
+        tf.config.threading.set_inter_op_parallelism_threads(spec["inter"])
+    if spec["intra"] is not None:
+        tf.config.threading.set_intra_op_parallelism_threads(spec["intra"])
+
+    import keras
+
+    import zf_unet
+    from zf_unet.losses import BCEDiceLoss
+    from zf_unet.precision import precision_scope
+
+    keras.utils.set_random_seed(0)
+    with precision_scope(spec["precision"]) as policy:
+        model = zf_unet.ZF_UNET_224()
+        if spec["fusedbn"] or spec["bnf32"]:
+            bn_cls = _fused_bn_class() if spec["fusedbn"] else keras.layers.BatchNormalization
+
+            def clone(layer):
+                cfg = layer.get_config()
+                if isinstance(layer, keras.layers.BatchNormalization):
+                    if spec["bnf32"]:
+                        cfg["dtype"] = "float32"
+                    return bn_cls.from_config(cfg)
+                return layer.__class__.from_config(cfg)
+
+            model = keras.models.clone_model(model, clone_function=clone)
+    params = model.count_params()
+
+    if spec["optimizer"] == "fadam":
+        optimizer = _fused_adam_class()()
+    elif spec["optimizer"] == "adamw":
+        optimizer = keras.optimizers.AdamW()
+    else:
+        optimizer = keras.optimizers.Adam()
+    loss = BCEDiceLoss()
+    if spec["loss_bf16"]:
+        from keras import ops
+
+        class BCEDiceLossBF16(BCEDiceLoss):
+            def call(self, y_true, y_pred):
+                t = ops.cast(y_true, "bfloat16")
+                p = ops.clip(ops.cast(y_pred, "bfloat16"), 1e-3, 1.0 - 1e-3)
+                ce = -(t * ops.log(p) + (1.0 - t) * ops.log(1.0 - p))[..., 0]
+                inter = ops.sum(t * p, axis=(1, 2, 3))
+                dice = (2.0 * inter + 1.0) / (ops.sum(t, axis=(1, 2, 3))
+                                              + ops.sum(p, axis=(1, 2, 3)) + 1.0)
+                out = self.bce_weight * ce + self.dice_weight * (1.0 - dice)[:, None, None]
+                return ops.cast(out, "float32")
+
+        loss = BCEDiceLossBF16()
+    compile_kwargs = {"optimizer": optimizer, "loss": loss}
+    if spec["jit"] is not None:
+        compile_kwargs["jit_compile"] = spec["jit"]
+    if spec["spe"] != 1:
+        compile_kwargs["steps_per_execution"] = spec["spe"]
+    model.compile(**compile_kwargs)
+
+    x, y = make_batches(4, args.batch, args.size)
+    if spec["mode"] == "fit":
+        ds = tf.data.Dataset.from_tensor_slices((x, y))
+        if spec["bf16_input"]:
+            ds = ds.map(lambda a, b: (tf.cast(a, tf.bfloat16), b))
+        ds = ds.batch(args.batch, drop_remainder=True).repeat()
+        if spec["prefetch"]:
+            ds = ds.prefetch(tf.data.AUTOTUNE)
+        spe = spec["spe"]
+        warm_exec = max(1, math.ceil(args.warmup / spe))
+        timed_exec = max(5, math.ceil(args.steps / spe)) if spe > 1 else args.steps
+        stamps: list[float] = []
+
+        class Stamp(keras.callbacks.Callback):
+            def on_train_begin(self, logs=None):
+                stamps.append(time.perf_counter())
+
+            def on_train_batch_end(self, batch, logs=None):
+                stamps.append(time.perf_counter())
+
+        hist = model.fit(ds, epochs=1, steps_per_epoch=(warm_exec + timed_exec) * spe,
+                         verbose=0, callbacks=[Stamp()])
+        per_exec = [b - a for a, b in zip(stamps, stamps[1:])]
+        if len(per_exec) != warm_exec + timed_exec:
+            raise RuntimeError(f"expected {warm_exec + timed_exec} callbacks, got {len(per_exec)}")
+        times = [t / spe for t in per_exec]
+        warm, timed = times[:warm_exec], times[warm_exec:]
+        loss_first = loss_last = float(hist.history["loss"][-1])
+    else:
+        xs = [tf.constant(x[i:i + args.batch]) for i in range(0, len(x), args.batch)]
+        if spec["bf16_input"]:
+            xs = [tf.cast(t, tf.bfloat16) for t in xs]
+        ys = [tf.constant(y[i:i + args.batch]) for i in range(0, len(y), args.batch)]
+        times, losses = [], []
+        for i in range(args.warmup + args.steps):
+            t0 = time.perf_counter()
+            out = model.train_on_batch(xs[i % len(xs)], ys[i % len(ys)])
+            times.append(time.perf_counter() - t0)
+            losses.append(float(out if not isinstance(out, list) else out[0]))
+        warm, timed = times[:args.warmup], times[args.warmup:]
+        loss_first, loss_last = losses[0], losses[-1]
+    return {"step_times": timed, "warmup_times": warm, "params": params, "policy": policy,
+            "jit_compile": model.jit_compile, "steps_per_execution": model.steps_per_execution,
+            "loss_first": loss_first, "loss_last": loss_last,
+            "inter": tf.config.threading.get_inter_op_parallelism_threads(),
+            "intra": tf.config.threading.get_intra_op_parallelism_threads()}
+
+
+# --------------------------------------------------------------------------- parent
+
+
+def package_version(*names: str) -> str:
+    for n in names:
+        try:
+            return importlib.metadata.version(n)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return "not installed"
+
+
+def machine_info() -> dict:
+    model, flags = "unknown", ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name") and model == "unknown":
+                    model = line.split(":", 1)[1].strip()
+                elif line.startswith("flags") and not flags:
+                    flags = line
+    except OSError:
+        pass
+    isa = [f for f in ("avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f" {f}" in flags]
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {
+        "cpu": model, "isa": " ".join(isa) or "n/a", "cores": cores,
+        "python": platform.python_version(),
+        "tensorflow": package_version("tensorflow", "tensorflow-cpu", "tf-nightly"),
+        "keras": package_version("keras"), "torch": package_version("torch"),
+        "date": datetime.date.today().isoformat(),
+    }
+
+
+def run_child(name: str, args: argparse.Namespace) -> dict:
+    spec = parse_variant(name)
+    env = dict(os.environ)
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    env.setdefault("KERAS_BACKEND", "tensorflow")
+    env.update(spec["env"])
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", name, "--steps", str(args.steps),
+           "--warmup", str(args.warmup), "--batch", str(args.batch), "--size", str(args.size)]
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {args.timeout} s"}
+    wall = time.perf_counter() - t0
+    for line in proc.stdout.splitlines():
+        if line.startswith(RESULT_TAG):
+            res = json.loads(line[len(RESULT_TAG):])
+            res["wall_s"] = wall
+            return res
+    tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+    return {"error": f"exit {proc.returncode}: " + " | ".join(tail)}
+
+
+def fmt(v: float) -> str:
+    return f"{v:.2f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=None, help="timed steps per variant (>= 5; 7)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed steps first (3)")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--size", type=int, default=224, help="image side (multiple of 32)")
+    p.add_argument("--variants", nargs="+", default=None,
+                   help=f"variants to run (default: {' '.join(DEFAULT_VARIANTS)})")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="run the variant list this many times interleaved; steps are pooled")
+    p.add_argument("--quick", action="store_true",
+                   help=f"5 steps, 2 warm-up, variants {' '.join(QUICK_VARIANTS)}")
+    p.add_argument("--timeout", type=int, default=600, help="seconds per variant process")
+    p.add_argument("--json", help="also write all raw results to this JSON file")
+    p.add_argument("--list", action="store_true", help="list variants and modifiers and exit")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    args.steps = args.steps if args.steps is not None else (5 if args.quick else 7)
+    args.warmup = args.warmup if args.warmup is not None else (2 if args.quick else 3)
+
+    if args.child:
+        spec = parse_variant(args.child)
+        res = run_torch(spec, args) if spec["framework"] == "torch" else run_zf(spec, args)
+        print(RESULT_TAG + json.dumps(res), flush=True)
+        return 0
+
+    if args.list:
+        for k, v in {**TORCH_BASES, **ZF_BASES}.items():
+            print(f"{k:16s} {v[0]} [{v[1]}]")
+        print("\nmodifiers for zf-* variants (join with '+'):")
+        for k, (d, _) in MODIFIERS.items():
+            print(f"  +{k:12s} {d}")
+        return 0
+    if args.steps < 5:
+        p.error("--steps must be >= 5 (the median of at least 5 timed steps)")
+    if args.size % 32:
+        p.error("--size must be a multiple of 32 (ZF_UNET_224 has 5 poolings)")
+
+    variants = args.variants or (QUICK_VARIANTS if args.quick else DEFAULT_VARIANTS)
+    try:
+        for v in variants:
+            parse_variant(v)
+    except ValueError as exc:
+        p.error(str(exc))
+    has_torch = importlib.util.find_spec("torch") is not None
+    if not has_torch:
+        print("PyTorch is not installed: running only the zf_unet rows. For the comparison "
+              "install the CPU wheel: pip install torch==2.13.0", flush=True)
+        variants = [v for v in variants if not v.startswith("torch")]
+
+    info = machine_info()
+    load0 = os.getloadavg()
+    print(f"# ZF_UNET_224 training speed: batch {args.batch}, {args.size}x{args.size}x3, "
+          f"BCE+Dice, Adam; median of {args.steps} steps after {args.warmup} warm-up, "
+          f"{args.rounds} round(s)", flush=True)
+    results: dict[str, list[dict]] = {v: [] for v in variants}
+    for r in range(args.rounds):
+        for v in variants:
+            res = run_child(v, args)
+            results[v].append(res)
+            if "error" in res:
+                print(f"  round {r + 1} {v}: ERROR {res['error']}", flush=True)
+            else:
+                med = args.batch / statistics.median(res["step_times"])
+                print(f"  round {r + 1} {v}: {med:.2f} img/s "
+                      f"({res['wall_s']:.0f} s incl. start-up)", flush=True)
+    load1 = os.getloadavg()
+
+    rows = []
+    ref_ips = None
+    ref_round = [None] * args.rounds
+    for v in variants:
+        ok = [r for r in results[v] if "error" not in r]
+        if not ok:
+            continue
+        times = [t for r in ok for t in r["step_times"]]
+        ips = [args.batch / t for t in times]
+        med = args.batch / statistics.median(times)
+        rows.append((v, med, min(ips), max(ips), ok))
+        if v == REFERENCE:
+            ref_ips = med
+            ref_round = [args.batch / statistics.median(r["step_times"]) if "error" not in r
+                         else None for r in results[v]]
+
+    print()
+    per_round = args.rounds > 1 and ref_ips is not None
+    head = "| framework / variant | precision | img/s median | min..max | ratio vs PyTorch bf16 CL |"
+    sep = "|---|---|---:|---:|---:|"
+    if per_round:
+        head += " ratio per round |"
+        sep += "---|"
+    print(head)
+    print(sep)
+    for v, med, lo, hi, ok in rows:
+        spec = parse_variant(v)
+        ratio = f"{med / ref_ips:.2f}x" if ref_ips else "n/a"
+        line = (f"| {spec['label']} (`{v}`) | {spec['precision']} | {fmt(med)} | "
+                f"{fmt(lo)}..{fmt(hi)} | {ratio} |")
+        if per_round:
+            rr = []
+            for r, ref in zip(results[v], ref_round):
+                if "error" in r or ref is None:
+                    rr.append("-")
+                else:
+                    rr.append(f"{args.batch / statistics.median(r['step_times']) / ref:.2f}")
+            line += " " + " / ".join(rr) + " |"
+        print(line)
+    for v in variants:
+        for r in results[v]:
+            if "error" in r:
+                print(f"| `{v}` | | failed: {r['error'][:200]} | | |")
+
+    print()
+    zf_params = next((r[4][0]["params"] for r in rows if r[0].startswith("zf")), None)
+    pt_params = next((r[4][0]["params"] for r in rows if r[0].startswith("torch")), None)
+    if zf_params is not None:
+        print(f"zf_unet.ZF_UNET_224().count_params() = {zf_params:,}")
+    if pt_params is not None:
+        print(f"PyTorch ZFUNet224 parameters (+ BatchNorm running mean/var) = {pt_params:,}")
+    if zf_params is not None and pt_params is not None:
+        print("parameter counts " + ("match" if zf_params == pt_params else "DIFFER"))
+    for v, *_rest, ok in rows:
+        r = ok[0]
+        if v.startswith("zf"):
+            print(f"{v}: policy={r['policy']} jit_compile={r['jit_compile']} "
+                  f"steps_per_execution={r['steps_per_execution']} inter_op={r['inter']} "
+                  f"intra_op={r['intra']} loss {r['loss_first']:.4f}")
+        else:
+            print(f"{v}: torch {r['version']} threads={r['threads']} "
+                  f"mkldnn_bf16={r['mkldnn_bf16']} loss {r['loss_first']:.4f} -> "
+                  f"{r['loss_last']:.4f}")
+    print(f"\nMachine: {info['cpu']} ({info['isa']}), {info['cores']} cores; Python "
+          f"{info['python']}, TensorFlow {info['tensorflow']}, Keras {info['keras']}, "
+          f"PyTorch {info['torch']}; {info['date']}; load average "
+          f"{load0[0]:.2f} at start, {load1[0]:.2f} at end")
+    print("Command: python " + " ".join(["benchmarks/train_speed.py", *(argv or sys.argv[1:])]))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as fh:
+            json.dump({"args": vars(args), "machine": info, "results": results}, fh, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

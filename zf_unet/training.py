@@ -1,0 +1,364 @@
+"""Training that scales: ``zf_unet.train(config)`` / ``zf-unet train``.
+
+``model.fit`` with a best checkpoint, resumable backups, early stopping, LR schedules, CSV and
+TensorBoard logs, NaN guard and training curves; float32 / bfloat16 / float16 precision; the
+default, Mirrored, MultiWorkerMirrored (``TF_CONFIG``) or TPU ``tf.distribute`` strategy.
+Every file is written atomically, so a run killed at any moment leaves no half-written model
+and resumes where it stopped.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from zf_unet import losses as zl
+from zf_unet import metrics as zm
+from zf_unet.config import Config
+from zf_unet.data.augment import Augment
+from zf_unet.data.pipeline import make_datasets
+from zf_unet.data.synthetic import make_synthetic
+from zf_unet.errors import ConfigError
+from zf_unet.io_utils import atomic_path, save_model_atomic, write_json_atomic
+from zf_unet.models import build_unet
+from zf_unet.precision import resolve_precision
+
+__all__ = ["AtomicBackupAndRestore", "BestModelCheckpoint", "make_strategy", "train"]
+
+
+# --------------------------------------------------------------------------- strategies
+
+
+def make_strategy(name: str = "default") -> tf.distribute.Strategy:
+    """``default`` (one device), ``mirrored`` (all local GPUs), ``multiworker`` (``TF_CONFIG``
+    from the environment) or ``tpu`` (Colab / Cloud TPU resolver)."""
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multiworker":
+        if "TF_CONFIG" not in os.environ:
+            raise ConfigError("strategy 'multiworker' needs the TF_CONFIG environment variable "
+                              "(cluster spec and this worker's task)")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if name == "tpu":
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu="")
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+        return tf.distribute.TPUStrategy(resolver)
+    raise ConfigError(f"strategy must be default | mirrored | multiworker | tpu, got {name!r}")
+
+
+def _is_chief() -> bool:
+    """True unless this process is a non-chief worker of a multi-worker cluster."""
+    tf_config = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}")
+    task = tf_config.get("task", {})
+    kind, index = task.get("type"), task.get("index", 0)
+    if not kind:
+        return True
+    has_chief = "chief" in tf_config.get("cluster", {})
+    return kind == "chief" or (not has_chief and kind == "worker" and index == 0)
+
+
+# --------------------------------------------------------------------------- callbacks
+
+
+class BestModelCheckpoint(keras.callbacks.Callback):
+    """Save the whole model (``.keras``) when ``monitor`` improves, atomically; also keeps
+    ``last.keras`` after every epoch. Non-chief workers write nothing."""
+
+    def __init__(self, best_path: str | Path, last_path: str | Path | None, monitor: str,
+                 mode: str = "max", write: bool = True):
+        super().__init__()
+        self.best_path, self.last_path = Path(best_path), last_path and Path(last_path)
+        self.monitor, self.mode, self.write = monitor, mode, write
+        self.best = -np.inf if mode == "max" else np.inf
+        self.best_epoch = -1
+        state = self.best_path.with_suffix(".json")
+        if state.exists():  # resumed run: keep the best score seen before the interruption
+            saved = json.loads(state.read_text())
+            self.best, self.best_epoch = saved["best"], saved["epoch"]
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        logs = logs or {}
+        if self.monitor not in logs:
+            raise ConfigError(f"monitor {self.monitor!r} is not among the logged metrics "
+                              f"{sorted(logs)}; set train.monitor to one of them")
+        value = float(logs[self.monitor])
+        better = value > self.best if self.mode == "max" else value < self.best
+        if not self.write:
+            return
+        if better and np.isfinite(value):
+            self.best, self.best_epoch = value, epoch
+            save_model_atomic(self.model, self.best_path)
+            write_json_atomic({"best": value, "epoch": epoch, "monitor": self.monitor},
+                              self.best_path.with_suffix(".json"))
+        if self.last_path is not None:
+            save_model_atomic(self.model, self.last_path)
+
+
+class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
+    """``BackupAndRestore`` whose files are replaced atomically, and which also backs up the
+    optimizer state (moments, iteration count, so LR schedules continue where they were)."""
+
+    def __init__(self, backup_dir: str | Path, write: bool = True):
+        super().__init__(str(backup_dir), save_freq="epoch", delete_checkpoint=False,
+                         double_checkpoint=False)
+        self.write = write
+        self._optimizer_path = Path(backup_dir) / "optimizer.npz"
+
+    def _save_model(self) -> None:
+        if not self.write:
+            return
+        Path(self.backup_dir).mkdir(parents=True, exist_ok=True)
+        with atomic_path(self._weights_path) as tmp:
+            self.model.save_weights(str(tmp))
+        opt = self.model.optimizer
+        with atomic_path(self._optimizer_path) as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, *[np.asarray(v) for v in opt.variables])
+        with atomic_path(self._training_metadata_path) as tmp:
+            tmp.write_text(json.dumps({"epoch": self._current_epoch,
+                                       "batch": self._last_batch_seen}))
+
+    def _load_model(self) -> None:
+        super()._load_model()
+        if os.path.exists(self._weights_path) and self._optimizer_path.exists():
+            opt = self.model.optimizer
+            if not opt.built:
+                opt.build(self.model.trainable_variables)
+            with np.load(self._optimizer_path) as saved:
+                values = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+            if len(values) == len(opt.variables):
+                for var, value in zip(opt.variables, values):
+                    var.assign(value)
+
+
+class _CurvesAtEnd(keras.callbacks.Callback):
+    def __init__(self, csv_path: Path, png_path: Path, write: bool):
+        super().__init__()
+        self.csv_path, self.png_path, self.write = csv_path, png_path, write
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        if self.write and self.csv_path.exists():
+            from zf_unet.plots import save_training_curves
+
+            save_training_curves(read_csv_log(self.csv_path), self.png_path)
+
+
+def read_csv_log(path: str | Path) -> dict[str, list[float]]:
+    """``CSVLogger`` file -> ``{metric: [value per epoch]}`` (last entry wins per epoch)."""
+    rows: dict[int, dict[str, str]] = {}
+    with open(path, newline="") as fh:
+        for row in csv.DictReader(fh):
+            rows[int(row["epoch"])] = row
+    history: dict[str, list[float]] = {}
+    for epoch in sorted(rows):
+        for k, v in rows[epoch].items():
+            if k != "epoch" and v not in ("", None):
+                history.setdefault(k, []).append(float(v))
+    return history
+
+
+# --------------------------------------------------------------------------- pieces
+
+
+def make_loss(cfg: Config) -> keras.losses.Loss:
+    name = cfg.loss.name
+    if name == "bce_dice":
+        return zl.BCEDiceLoss(bce_weight=cfg.loss.bce_weight, dice_weight=cfg.loss.dice_weight)
+    if name == "dice":
+        return zl.DiceLoss()
+    if name == "jaccard":
+        return zl.JaccardLoss()
+    return zl.WeightedCrossEntropy()
+
+
+def make_optimizer(cfg: Config, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    o = cfg.optimizer
+    lr: Any = o.learning_rate
+    if o.schedule == "cosine":
+        total = max(1, steps_per_epoch * cfg.train.epochs)
+        lr = keras.optimizers.schedules.CosineDecay(
+            o.learning_rate, decay_steps=total, alpha=min(1.0, o.min_learning_rate / o.learning_rate))
+    if o.name == "adam":
+        return keras.optimizers.Adam(lr)
+    if o.name == "adamw":
+        return keras.optimizers.AdamW(lr, weight_decay=o.weight_decay or 1e-4)
+    return keras.optimizers.SGD(lr, momentum=o.momentum, weight_decay=o.weight_decay or None)
+
+
+def make_data(cfg: Config, seed: int) -> tuple[tf.data.Dataset, tf.data.Dataset | None, int]:
+    d = cfg.data
+    a = d.augment
+    augment = None
+    if a.enabled:
+        augment = Augment(elastic=a.elastic, elastic_grid=a.elastic_grid, elastic_std=a.elastic_std,
+                          interpolation=a.interpolation, flips=a.flips, rotate90=a.rotate90,
+                          rotation_degrees=a.rotation_degrees, gray_values=a.gray_values,
+                          brightness=a.brightness, contrast=a.contrast, gamma=a.gamma)
+    source: Any = d.source
+    if source == "synthetic":
+        source = make_synthetic(d.synthetic_n, d.synthetic_size, seed=seed)
+    train_ds, val_ds = make_datasets(
+        source, patch_size=d.patch_size or None, batch_size=d.batch_size,
+        val_fraction=d.val_fraction, val_indices=d.val_indices or None, seed=seed,
+        augment=augment, border_weights=d.border_weights, w0=d.w0, sigma=d.sigma,
+        num_classes=d.num_classes if d.num_classes > 1 else None,
+        samples_per_epoch=d.samples_per_epoch or None)
+    channels = int(train_ds.element_spec[0].shape[-1])
+    return train_ds, val_ds, channels
+
+
+def _distribute_options(ds: tf.data.Dataset | None) -> tf.data.Dataset | None:
+    if ds is None:
+        return None
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return ds.with_options(options)
+
+
+def _work_around_keras_multiworker_build(model: keras.Model, dataset: tf.data.Dataset) -> None:
+    """Keras 3's ``fit`` builds metrics/optimizer by ``strategy.reduce``-ing the first
+    distributed batch, which fails eagerly under ``MultiWorkerMirroredStrategy``
+    (keras-team/keras#20585). Build from one local batch instead; training itself is
+    unchanged (gradients are still all-reduced across workers)."""
+    local_batch = next(iter(dataset.take(1)))
+
+    def build(iterator=None, data_batch=None):
+        with model.distribute_strategy.scope():
+            model._symbolic_build(data_batch=local_batch)
+
+    model._maybe_symbolic_build = build
+
+    # Keras also averages the per-worker metric scalars with ``reduce(..., axis=0)``, which
+    # rejects 0-d values; average them over workers with ``axis=None`` instead.
+    from keras.src.backend.tensorflow import trainer as tf_trainer
+
+    if getattr(tf_trainer.reduce_per_replica, "_zf_unet_patch", False):
+        return
+    original = tf_trainer.reduce_per_replica
+
+    def reduce_per_replica(values, strategy, reduction):
+        if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and reduction in (
+                "auto", "mean"):
+            return tf.nest.map_structure(lambda v: strategy.reduce("MEAN", v, axis=None), values)
+        return original(values, strategy, reduction)
+
+    reduce_per_replica._zf_unet_patch = True
+    tf_trainer.reduce_per_replica = reduce_per_replica
+
+
+# --------------------------------------------------------------------------- train
+
+
+def train(config: Config | str | Path | dict, out_dir: str | Path = "runs/run",
+          *, fresh: bool = False, verbose: int | str = "auto",
+          extra_callbacks: list | None = None,
+          strategy: tf.distribute.Strategy | None = None) -> tuple[keras.callbacks.History, Path]:
+    """Train a U-Net as ``config`` says and write the run folder ``out_dir``.
+
+    Re-running with the same ``out_dir`` resumes an interrupted run (weights, optimizer state
+    and epoch); ``fresh=True`` starts over. Writes: ``config.toml`` (resolved),
+    ``best.keras`` (+ ``best.json``), ``last.keras``, ``final.keras``, ``log.csv``,
+    ``training_curves.png``, ``tensorboard/``, ``backup/`` and ``summary.json``.
+
+    Returns:
+        ``(history, run_dir)``; ``history.history`` covers the epochs run in this call.
+    """
+    if isinstance(config, (str, Path)):
+        cfg = Config.from_toml(config)
+    elif isinstance(config, dict):
+        cfg = Config.from_dict(config)
+    else:
+        cfg = config
+    # A multi-worker strategy must exist before TensorFlow runs any op.
+    strategy = strategy or make_strategy(cfg.train.strategy)
+    run = Path(out_dir)
+    chief = _is_chief()
+    if fresh and chief and run.exists():
+        shutil.rmtree(run)
+    # Non-chief workers of a multi-worker run write to a private scratch folder.
+    write_dir = run if chief else run / f".worker-{os.getpid()}"
+    write_dir.mkdir(parents=True, exist_ok=True)
+    if chief:
+        with atomic_path(run / "config.toml") as tmp:
+            tmp.write_text(cfg.to_toml(), encoding="utf-8")
+
+    keras.utils.set_random_seed(cfg.train.seed)
+    policy = resolve_precision(cfg.train.precision)
+    old_policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        train_ds, val_ds, channels = make_data(cfg, cfg.train.seed)
+        steps = int(train_ds.cardinality().numpy())
+        if cfg.train.strategy == "multiworker":
+            train_ds, val_ds = _distribute_options(train_ds), _distribute_options(val_ds)
+        monitor = cfg.train.monitor
+        if val_ds is None and monitor.startswith("val_"):
+            monitor = monitor[4:]
+        m = cfg.model
+        with strategy.scope():
+            model = build_unet((None, None, channels), num_classes=cfg.data.num_classes,
+                               depth=m.depth, filters=m.filters, batch_norm=m.batch_norm,
+                               dropout=m.dropout, upsampling=m.upsampling, padding=m.padding,
+                               sync_batch_norm=strategy.num_replicas_in_sync > 1)
+            model.compile(
+                optimizer=make_optimizer(cfg, max(1, steps)),
+                loss=make_loss(cfg),
+                metrics=[zm.DiceCoefficient(num_classes=cfg.data.num_classes),
+                         zm.IoU(num_classes=cfg.data.num_classes)],
+                steps_per_execution=cfg.train.steps_per_execution,
+                jit_compile=False,  # XLA is slower on CPU and loses oneDNN bf16 kernels
+            )
+        if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            _work_around_keras_multiworker_build(model, train_ds)
+        callbacks: list = [
+            AtomicBackupAndRestore(write_dir / "backup", write=True),
+            BestModelCheckpoint(run / "best.keras", run / "last.keras", monitor,
+                                cfg.train.monitor_mode, write=chief),
+            keras.callbacks.CSVLogger(str(write_dir / "log.csv"), append=True),
+            keras.callbacks.TerminateOnNaN(),
+            _CurvesAtEnd(write_dir / "log.csv", run / "training_curves.png", chief),
+        ]
+        if cfg.optimizer.schedule == "plateau":
+            callbacks.append(keras.callbacks.ReduceLROnPlateau(
+                monitor=monitor, mode=cfg.train.monitor_mode, factor=0.5,
+                patience=cfg.optimizer.plateau_patience, min_lr=cfg.optimizer.min_learning_rate))
+        if cfg.train.early_stopping_patience > 0:
+            callbacks.append(keras.callbacks.EarlyStopping(
+                monitor=monitor, mode=cfg.train.monitor_mode,
+                patience=cfg.train.early_stopping_patience))
+        if cfg.train.tensorboard and chief:
+            callbacks.append(keras.callbacks.TensorBoard(str(run / "tensorboard")))
+        callbacks += list(extra_callbacks or [])
+
+        t0 = time.perf_counter()
+        history = model.fit(train_ds, validation_data=val_ds, epochs=cfg.train.epochs,
+                            callbacks=callbacks, verbose=verbose, shuffle=False)
+        seconds = time.perf_counter() - t0
+        if chief:
+            save_model_atomic(model, run / "final.keras")
+            summary = {
+                "precision": policy,
+                "strategy": cfg.train.strategy,
+                "replicas": int(strategy.num_replicas_in_sync),
+                "epochs_run_this_call": len(history.epoch),
+                "seconds_this_call": round(seconds, 1),
+                "final": {k: float(v[-1]) for k, v in history.history.items() if v},
+            }
+            best_state = run / "best.json"
+            if best_state.exists():
+                summary["best"] = json.loads(best_state.read_text())
+            write_json_atomic(summary, run / "summary.json")
+    finally:
+        keras.mixed_precision.set_global_policy(old_policy)
+    return history, run
