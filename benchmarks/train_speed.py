@@ -306,7 +306,7 @@ def run_zf(spec: dict, args: argparse.Namespace) -> dict:
         class BCEDiceLossBF16(BCEDiceLoss):
             def call(self, y_true, y_pred):
                 t = ops.cast(y_true, "bfloat16")
-                p = ops.clip(ops.cast(y_pred, "bfloat16"), 1e-3, 1.0 - 1e-3)
+                p = ops.clip(ops.cast(y_pred, "bfloat16"), 1.0 / 128, 1.0 - 1.0 / 128)
                 ce = -(t * ops.log(p) + (1.0 - t) * ops.log(1.0 - p))[..., 0]
                 inter = ops.sum(t * p, axis=(1, 2, 3))
                 dice = (2.0 * inter + 1.0) / (ops.sum(t, axis=(1, 2, 3))

@@ -217,21 +217,29 @@ def _train_patches(split: DataSplit, patch: int, batch_size: int, aug: Augment |
             out.append(tf.cast(t, tf.float32))
         return tuple(out)
 
-    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2, drop_remainder=True)
+    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(
+        2, drop_remainder=True)
     ds = tf.data.Dataset.range(samples_per_epoch)
     ds = tf.data.Dataset.zip((ds, seeds)).map(crop, num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(batch_size, drop_remainder=True, num_parallel_calls=tf.data.AUTOTUNE)
     if aug is not None:
-        batch_seeds = tf.data.Dataset.random(seed=seed + 1, rerandomize_each_iteration=True).batch(2, drop_remainder=True)
-
-        @tf.function(jit_compile=jit)
-        def do_aug(s, *batch):
-            weights_b = batch[2] if len(batch) == 3 else None
-            return augment_batch(batch[0], batch[1], weights_b, seed=s, config=aug)
-
-        ds = tf.data.Dataset.zip((batch_seeds, ds)).map(
-            lambda s, b: do_aug(s, *b), num_parallel_calls=tf.data.AUTOTUNE)
+        ds = _augmented(ds, aug, seed, jit)
     return ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def _augmented(ds: tf.data.Dataset, aug: Augment, seed: int, jit: bool) -> tf.data.Dataset:
+    """Augment each batch of ``(image, mask[, weight])`` with its own seed (new every epoch)."""
+    seeds = tf.data.Dataset.random(seed=seed + 1, rerandomize_each_iteration=True).batch(
+        2, drop_remainder=True)
+
+    @tf.function(jit_compile=jit)
+    def run(s: tf.Tensor, *batch: tf.Tensor) -> tuple:
+        out = augment_batch(batch[0], batch[1], batch[2] if len(batch) == 3 else None,
+                            seed=s, config=aug)
+        return tuple(tf.cast(t, tf.float32) for t in out)
+
+    return tf.data.Dataset.zip((seeds, ds)).map(lambda s, b: run(s, *b),
+                                                num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def _whole_images(split: DataSplit, batch_size: int, shuffle: bool, seed: int,
@@ -338,16 +346,7 @@ def make_datasets(
     if patch_size is None:
         train_ds = _whole_images(train, batch_size, shuffle=True, seed=seed, tile=None)
         if aug is not None:
-            aug_seeds = tf.data.Dataset.random(seed=seed + 1, rerandomize_each_iteration=True).batch(2, drop_remainder=True)
-
-            @tf.function(jit_compile=jit_compile)
-            def do_aug(s, *batch):
-                out = augment_batch(batch[0], batch[1], batch[2] if len(batch) == 3 else None,
-                                    seed=s, config=aug)
-                return tuple(tf.cast(t, tf.float32) for t in out)
-
-            train_ds = tf.data.Dataset.zip((aug_seeds, train_ds)).map(
-                lambda s, b: do_aug(s, *b), num_parallel_calls=tf.data.AUTOTUNE)
+            train_ds = _augmented(train_ds, aug, seed, jit_compile)
     else:
         patch = int(patch_size)
         if samples_per_epoch is None:
