@@ -5,6 +5,9 @@ Public API (everything else is internal)::
     zf_unet.build_unet(...)          # configurable U-Net (functional keras.Model)
     zf_unet.ZF_UNET_224(...)         # the classic 224x224x3 model, exactly
     zf_unet.double_conv_layer(...)   # (Conv3x3 -> BN -> ReLU) x 2 block
+    zf_unet.build_unet_plus_plus(...) # U-Net++ (nested skips, deep supervision)
+    zf_unet.prune(model, level)      # U-Net++ sub-model L1..L4 sharing the weights
+    zf_unet.ensemble(model)          # U-Net++ average of the supervised heads
     zf_unet.losses                   # Dice, BCE+Dice, Jaccard, weighted cross-entropy
     zf_unet.metrics                  # Dice/IoU Keras metrics, ISBI-style NumPy scores
     zf_unet.data                     # synthetic EM-like data, readers, augmentation, pipelines
@@ -15,7 +18,15 @@ from __future__ import annotations
 from zf_unet import _backend  # noqa: F401  (must run before keras is used)
 from zf_unet import data, losses, metrics, models
 from zf_unet.config import Config
-from zf_unet.models import ZF_UNET_224, build_unet, double_conv_layer, valid_input_sizes
+from zf_unet.models import (
+    ZF_UNET_224,
+    build_unet,
+    build_unet_plus_plus,
+    double_conv_layer,
+    ensemble,
+    prune,
+    valid_input_sizes,
+)
 from zf_unet.training import train
 
 __version__ = "0.1.0"
@@ -24,11 +35,14 @@ __all__ = [
     "Config",
     "ZF_UNET_224",
     "build_unet",
+    "build_unet_plus_plus",
     "data",
     "double_conv_layer",
+    "ensemble",
     "losses",
     "metrics",
     "models",
+    "prune",
     "train",
     "valid_input_sizes",
     "__version__",

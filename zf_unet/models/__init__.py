@@ -1,4 +1,4 @@
-"""Model builders: U-Net (and the classic ZF_UNET_224) and their blocks."""
+"""Model builders: U-Net (and the classic ZF_UNET_224), U-Net++ and their blocks."""
 from zf_unet.models.blocks import CenterCropToMatch, double_conv_layer, upsample
 from zf_unet.models.unet import (
     ZF_UNET_224,
@@ -7,11 +7,25 @@ from zf_unet.models.unet import (
     output_size,
     valid_input_sizes,
 )
+from zf_unet.models.unet_plus_plus import (
+    build_unet_plus_plus,
+    deep_supervision_targets,
+    ensemble,
+    nested_depth,
+    prune,
+    repeat_targets,
+)
 
 __all__ = [
     "CenterCropToMatch",
     "ZF_UNET_224",
     "build_unet",
+    "build_unet_plus_plus",
+    "deep_supervision_targets",
+    "ensemble",
+    "nested_depth",
+    "prune",
+    "repeat_targets",
     "double_conv_layer",
     "level_filters",
     "output_size",

@@ -1,0 +1,621 @@
+"""Overlap-tile inference (Ronneberger et al. 2015, Fig. 2) for images of any size.
+
+``predict_tiled(model, image)`` cuts an image of any size (1x1 up to whole-slide scans) into
+tiles the model accepts, predicts them in batches, and blends the overlapping tile outputs
+with a weight window. The weights are normalised by their sum, so a constant prediction stays
+constant and there are no seams. Missing context at the image borders is mirrored ("reflect",
+repeated for images smaller than the context), as in the paper.
+
+Memory stays bounded by one batch of tiles plus the float32 output accumulator. The image is
+never padded or converted as a whole: every tile is read straight from the input array
+(mirrored indices at the borders) and converted to float32 on its own, so a ``np.memmap``
+works too. The blend normaliser is separable (two 1-D arrays), because the tiles form a
+regular grid and the window is the outer product of two 1-D windows.
+
+``model_geometry(model)`` reports what the tiler needs to know about a model: how many
+times it downsamples (the divisor), the context margin of ``padding="valid"`` models, and
+the input channels and number of classes.
+"""
+from __future__ import annotations
+
+import math
+import weakref
+from typing import Any, Callable, Iterator
+
+import keras
+import numpy as np
+
+__all__ = ["BLEND_MODES", "TTA_MODES", "model_geometry", "predict_tiled"]
+
+BLEND_MODES = ("gaussian", "linear", "none")
+TTA_MODES = (None, "flips", "d4")
+
+# Number of elements per temporary chunk in whole-image passes (finite check, normalisation).
+_CHUNK_ELEMENTS = 1 << 20
+
+_GEOMETRY_CACHE: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
+_PREDICT_FN_CACHE: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
+
+
+# --------------------------------------------------------------------------------------------
+# Model geometry
+# --------------------------------------------------------------------------------------------
+def _iter_layers(layer: Any) -> Iterator[Any]:
+    """Every layer, with nested models and sequentials expanded."""
+    for sub in getattr(layer, "layers", []) or []:
+        yield sub
+        if getattr(sub, "layers", None):
+            yield from _iter_layers(sub)
+
+
+def _pair(v: Any) -> tuple[int, int]:
+    if isinstance(v, (list, tuple)):
+        return int(v[0]), int(v[-1])
+    return int(v), int(v)
+
+
+def _static_dim(d: Any) -> int | None:
+    return None if d is None else int(d)
+
+
+def _probe_output_size(model: keras.Model, size: tuple[int, int], channels: int) -> tuple[int, int]:
+    """Spatial output size for a ``size`` input: symbolic first, a real forward pass as fallback."""
+    shape = (1, size[0], size[1], channels)
+    try:
+        out = model.compute_output_shape(shape)
+        if out[1] is not None and out[2] is not None:
+            return int(out[1]), int(out[2])
+    except Exception:  # noqa: BLE001 - some layers cannot compute shapes symbolically
+        pass
+    y = model(np.zeros(shape, dtype="float32"), training=False)
+    return int(y.shape[1]), int(y.shape[2])
+
+
+def model_geometry(model: keras.Model) -> dict:
+    """What the tiler needs to know about ``model``.
+
+    Returns a dict with:
+
+    - ``depth``: resolution levels = number of stride-2 downsamplings (``enc{i}_pool``) + 1.
+    - ``divisor``: product of the downsampling strides (``2**(depth-1)`` for a U-Net); the step
+      between accepted input sizes.
+    - ``margin``: context pixels lost on each side (0 for ``padding="same"``; for
+      ``padding="valid"`` measured as ``(input - output) / 2`` on the model itself).
+    - ``padding``: ``"same"`` or ``"valid"``.
+    - ``min_input``: the smallest accepted input side; accepted sides are
+      ``min_input + k * divisor``.
+    - ``fixed_size``: ``(H, W)`` when the model's input size is fixed (then only that size is
+      accepted), else ``None``.
+    - ``channels``: input channels; ``num_classes``: output channels.
+
+    Raises:
+        ValueError: the model is not a single-input image model, or its output size does not
+            follow ``output = input - 2 * margin`` (e.g. a model that changes resolution).
+    """
+    try:
+        cached = _GEOMETRY_CACHE.get(model)
+    except TypeError:  # pragma: no cover - unhashable / not weak-referenceable
+        cached = None
+    if cached is not None:
+        return dict(cached)
+
+    in_shape = model.input_shape
+    out_shape = model.output_shape
+    if isinstance(in_shape, list) or len(in_shape) != 4:
+        raise ValueError(
+            f"model must take one (batch, H, W, C) image input, got input_shape={in_shape!r}"
+        )
+    if isinstance(out_shape, list) or len(out_shape) != 4:
+        raise ValueError(
+            f"model must have one (batch, H, W, K) output, got output_shape={out_shape!r}"
+        )
+    channels = _static_dim(in_shape[-1])
+    num_classes = _static_dim(out_shape[-1])
+    if channels is None or num_classes is None:
+        raise ValueError(
+            f"model needs static channel counts, got input_shape={in_shape!r}, "
+            f"output_shape={out_shape!r}"
+        )
+
+    divisor, n_down, valid_conv = 1, 0, False
+    for layer in _iter_layers(model):
+        name = type(layer).__name__
+        if "Transpose" in name:
+            continue
+        if isinstance(layer, (keras.layers.MaxPooling2D, keras.layers.AveragePooling2D)):
+            s = _pair(layer.strides if layer.strides is not None else layer.pool_size)[0]
+            if s > 1:
+                divisor *= s
+                n_down += 1
+        elif isinstance(layer, keras.layers.Conv2D):
+            s = _pair(layer.strides)[0]
+            if s > 1:
+                divisor *= s
+                n_down += 1
+            if layer.padding == "valid" and max(_pair(layer.kernel_size)) > 1:
+                valid_conv = True
+    depth = n_down + 1
+
+    fixed = (_static_dim(in_shape[1]), _static_dim(in_shape[2]))
+    if fixed[0] is not None and fixed[1] is not None:
+        out_hw = (_static_dim(out_shape[1]), _static_dim(out_shape[2]))
+        if None in out_hw:
+            out_hw = _probe_output_size(model, fixed, channels)
+        dh, dw = fixed[0] - out_hw[0], fixed[1] - out_hw[1]
+        if dh != dw or dh < 0 or dh % 2:
+            raise ValueError(
+                f"model maps a fixed {fixed} input to a {out_hw} output; predict_tiled needs "
+                "output = input - 2 * margin on both axes"
+            )
+        geom = dict(
+            depth=depth, divisor=divisor, margin=dh // 2, padding="valid" if dh else "same",
+            min_input=min(fixed), fixed_size=fixed, channels=channels, num_classes=num_classes,
+        )
+    elif fixed[0] is not None or fixed[1] is not None:
+        raise ValueError(
+            f"model input_shape={in_shape!r} fixes only one spatial side; use (None, None, C) "
+            "or a fully fixed size"
+        )
+    else:
+        if valid_conv:
+            from zf_unet.models.unet import output_size
+
+            s0 = next(
+                (s for s in range(1, 64 * divisor + 4096) if output_size(s, depth, "valid")), None
+            )
+            if s0 is None:  # pragma: no cover - output_size always finds one
+                raise ValueError("could not find an input size this valid-padding model accepts")
+            margins = set()
+            for s in (s0, s0 + divisor):
+                oh, ow = _probe_output_size(model, (s, s), channels)
+                if oh != ow or (s - oh) % 2 or oh <= 0:
+                    raise ValueError(
+                        f"model maps a {s}x{s} input to {oh}x{ow}; predict_tiled needs "
+                        "output = input - 2 * margin"
+                    )
+                margins.add((s - oh) // 2)
+            if len(margins) != 1:
+                raise ValueError(
+                    f"model's context margin is not constant ({sorted(margins)}); cannot tile it"
+                )
+            margin, padding, min_input = margins.pop(), "valid", s0
+        else:
+            s = divisor * max(1, math.ceil(16 / divisor))
+            oh, ow = _probe_output_size(model, (s, s), channels)
+            if (oh, ow) != (s, s):
+                raise ValueError(
+                    f"model maps a {s}x{s} input to {oh}x{ow}, but it has no valid-padding "
+                    "convolution; predict_tiled needs output = input - 2 * margin"
+                )
+            margin, padding, min_input = 0, "same", divisor
+        geom = dict(
+            depth=depth, divisor=divisor, margin=margin, padding=padding, min_input=min_input,
+            fixed_size=None, channels=channels, num_classes=num_classes,
+        )
+    try:
+        _GEOMETRY_CACHE[model] = dict(geom)
+    except TypeError:  # pragma: no cover
+        pass
+    return geom
+
+
+# --------------------------------------------------------------------------------------------
+# Tiling plan
+# --------------------------------------------------------------------------------------------
+def _max_output_tile(geom: dict, tile_size: int) -> tuple[int, int]:
+    """Largest output tile (per axis) whose input tile is <= ``tile_size``."""
+    if geom["fixed_size"] is not None:
+        fh, fw = geom["fixed_size"]
+        return fh - 2 * geom["margin"], fw - 2 * geom["margin"]
+    s0, div = geom["min_input"], geom["divisor"]
+    if tile_size < s0:
+        raise ValueError(
+            f"tile_size={tile_size} is too small for this model: its smallest accepted input "
+            f"is {s0} px (accepted sizes are {s0} + k * {div})"
+        )
+    t_in = s0 + (tile_size - s0) // div * div
+    t_out = t_in - 2 * geom["margin"]
+    return t_out, t_out
+
+
+def _fit_output_tile(geom: dict, length: int, t_max: int) -> int:
+    """Output tile for an axis of ``length`` px: the largest allowed, or the smallest accepted
+    one that covers the whole axis when the image is smaller than that."""
+    if geom["fixed_size"] is not None:
+        return t_max
+    out0 = geom["min_input"] - 2 * geom["margin"]
+    div = geom["divisor"]
+    need = out0 + max(0, math.ceil((length - out0) / div)) * div
+    return min(t_max, need)
+
+
+def _tile_starts(length: int, tile: int, overlap: int) -> np.ndarray:
+    """Output-tile start positions along one axis (evenly spread, overlap >= ``overlap``)."""
+    if length <= tile:
+        return np.array([-((tile - length) // 2)], dtype=np.int64)
+    n = math.ceil((length - tile) / (tile - overlap)) + 1
+    return np.round(np.linspace(0, length - tile, n)).astype(np.int64)
+
+
+def _window(tile: int, blend: str, overlap: int) -> np.ndarray:
+    """1-D blend weights (float64, all > 0, max 1)."""
+    i = np.arange(tile, dtype=np.float64)
+    if blend == "gaussian":
+        sigma = tile / 8.0  # nnU-Net's choice
+        w = np.exp(-0.5 * ((i - (tile - 1) / 2.0) / sigma) ** 2)
+        w /= w.max()
+        return np.maximum(w, 1e-6)
+    if blend == "linear":
+        return np.minimum(1.0, np.minimum(i + 1, tile - i) / (overlap + 1.0))
+    return np.ones(tile, dtype=np.float64)
+
+
+def _mirror_index(idx: np.ndarray, length: int) -> np.ndarray:
+    """Map any integer positions into ``[0, length)`` by (repeated) mirror reflection without
+    repeating the edge pixel, i.e. ``np.pad(mode="reflect")`` applied as often as needed."""
+    if length == 1:
+        return np.zeros_like(idx)
+    period = 2 * (length - 1)
+    m = np.mod(idx, period)
+    return np.where(m >= length, period - m, m)
+
+
+def _axis_source(start: int, size: int, length: int) -> slice | np.ndarray:
+    if start >= 0 and start + size <= length:
+        return slice(start, start + size)
+    return _mirror_index(np.arange(start, start + size), length)
+
+
+# --------------------------------------------------------------------------------------------
+# Input handling
+# --------------------------------------------------------------------------------------------
+def _as_stack(image: Any, channels: int) -> tuple[np.ndarray, bool]:
+    """View ``image`` as ``(N, H, W, C)`` (no copy); return it and whether it was a stack."""
+    arr = image if isinstance(image, np.ndarray) else np.asarray(image)
+    if arr.ndim == 2:
+        if channels != 1:
+            raise ValueError(
+                f"image is 2-D {arr.shape} (one grayscale image) but the model expects "
+                f"{channels} channels; pass (H, W, {channels})"
+            )
+        return arr[None, :, :, None], False
+    if arr.ndim == 3:
+        last = arr.shape[-1]
+        if last == channels:
+            return arr[None], False
+        if channels == 1 and last > 4:
+            return arr[..., None], True
+        if channels == 1:
+            raise ValueError(
+                f"image of shape {arr.shape} looks like (H, W, C) with C={last} channels, but "
+                "the model expects 1 channel. For a stack of grayscale images this narrow, "
+                f"pass a 4-D array (N, H, W, 1)"
+            )
+        raise ValueError(
+            f"image of shape {arr.shape} has {last} channels in its last axis but the model "
+            f"expects {channels}; pass (H, W, {channels}) or (N, H, W, {channels})"
+        )
+    if arr.ndim == 4:
+        if arr.shape[-1] != channels:
+            raise ValueError(
+                f"image stack of shape {arr.shape} has {arr.shape[-1]} channels but the model "
+                f"expects {channels}"
+            )
+        return arr, True
+    raise ValueError(
+        f"image must be (H, W), (H, W, C), (N, H, W) or (N, H, W, C); got ndim={arr.ndim} "
+        f"with shape {arr.shape}"
+    )
+
+
+def _scale_for(dtype: np.dtype) -> float:
+    if dtype == np.bool_:
+        return 1.0
+    if np.issubdtype(dtype, np.unsignedinteger):
+        return 1.0 / float(np.iinfo(dtype).max)
+    if np.issubdtype(dtype, np.floating):
+        return 1.0
+    raise ValueError(
+        f"image dtype {dtype} is not supported: use uint8 / uint16 (scaled by the dtype maximum) "
+        "or float in [0, 1]"
+    )
+
+
+def _check_finite(stack: np.ndarray) -> None:
+    if not np.issubdtype(stack.dtype, np.floating):
+        return
+    n, h, w, c = stack.shape
+    rows = max(1, _CHUNK_ELEMENTS // max(1, w * c))
+    for i in range(n):
+        for r in range(0, h, rows):
+            chunk = stack[i, r : r + rows]
+            if not np.isfinite(chunk).all():
+                bad = np.argwhere(~np.isfinite(chunk))[0]
+                where = (i, r + int(bad[0]), int(bad[1]), int(bad[2]))
+                raise ValueError(
+                    f"image contains NaN or Inf pixels (first at (n, y, x, c) = {where}); "
+                    "image values must be finite"
+                )
+
+
+# --------------------------------------------------------------------------------------------
+# Prediction
+# --------------------------------------------------------------------------------------------
+def _tta_transforms(tta: str | None) -> list[tuple[Callable, Callable]]:
+    """(forward, inverse) pairs acting on (B, H, W, C) arrays."""
+    ident = (lambda x: x, lambda y: y)
+    if tta is None:
+        return [ident]
+    flips = [
+        ident,
+        (lambda x: x[:, :, ::-1], lambda y: y[:, :, ::-1]),  # horizontal
+        (lambda x: x[:, ::-1], lambda y: y[:, ::-1]),  # vertical
+        (lambda x: x[:, ::-1, ::-1], lambda y: y[:, ::-1, ::-1]),  # both (= rot180)
+    ]
+    if tta == "flips":
+        return flips
+    out = []
+    for k in range(4):
+        out.append(
+            (lambda x, k=k: np.rot90(x, k, axes=(1, 2)), lambda y, k=k: np.rot90(y, -k, axes=(1, 2)))
+        )
+        out.append(
+            (
+                lambda x, k=k: np.rot90(x[:, :, ::-1], k, axes=(1, 2)),
+                lambda y, k=k: np.rot90(y, -k, axes=(1, 2))[:, :, ::-1],
+            )
+        )
+    return out
+
+
+# Batches of one shape that justify tracing a graph specialised to that shape (about 10-20 %
+# faster on CPU than the shape-generic graph, but each new shape costs a trace).
+_SPECIALISE_AFTER_CALLS = 32
+_SPECIALISED_PER_MODEL = 4
+
+
+def _predict_fn(model: keras.Model, geom: dict, shape: tuple, calls: int) -> Callable:
+    """``model(x, training=False)`` as a cached ``tf.function``: a shape-generic graph (traced
+    once per model for every batch / tile size), or, for long runs, one specialised to
+    ``shape`` (an LRU of a few per model). Graphs hold only a weak reference to the model,
+    so caching them does not keep the model alive."""
+    import tensorflow as tf
+
+    try:
+        entry = _PREDICT_FN_CACHE.get(model)
+    except TypeError:  # pragma: no cover - not weak-referenceable
+        entry = None
+    if entry is None:
+        entry = {"generic": None, "shapes": {}}
+        try:
+            _PREDICT_FN_CACHE[model] = entry
+        except TypeError:  # pragma: no cover
+            pass
+    model_ref = weakref.ref(model)
+
+    def _make(spec_shape: tuple) -> Callable:
+        spec = tf.TensorSpec(spec_shape, tf.float32)
+
+        @tf.function(input_signature=[spec], autograph=False)
+        def _graph(x):
+            return model_ref()(x, training=False)
+
+        return lambda x: np.asarray(_graph(tf.constant(x)), dtype=np.float32)
+
+    if calls >= _SPECIALISE_AFTER_CALLS:
+        shapes = entry["shapes"]
+        fn = shapes.pop(shape, None) or _make(shape)
+        shapes[shape] = fn  # most recently used last
+        while len(shapes) > _SPECIALISED_PER_MODEL:
+            shapes.pop(next(iter(shapes)))
+        return fn
+    if entry["generic"] is None:
+        fixed = geom["fixed_size"] or (None, None)
+        entry["generic"] = _make((None, fixed[0], fixed[1], geom["channels"]))
+    return entry["generic"]
+
+
+def _predict_batch(predict: Callable, x: np.ndarray, transforms, expect: tuple) -> np.ndarray:
+    acc = None
+    for fwd, inv in transforms:
+        y = inv(predict(np.ascontiguousarray(fwd(x))))
+        if y.shape != expect:
+            raise RuntimeError(
+                f"model returned {y.shape} for a tile batch of {x.shape}, expected {expect}; "
+                "its geometry differs from what model_geometry() measured"
+            )
+        if acc is None:
+            acc = np.array(y, dtype=np.float32, copy=True)
+        else:
+            acc += y
+    if len(transforms) > 1:
+        acc /= np.float32(len(transforms))
+    return acc
+
+
+def _check_int(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def predict_tiled(
+    model: keras.Model,
+    image: Any,
+    tile_size: int = 256,
+    overlap: int = 64,
+    blend: str = "gaussian",
+    tta: str | None = None,
+    batch_size: int = 4,
+    threshold: float | None = None,
+) -> np.ndarray:
+    """Predict an image of any size with the paper's overlap-tile strategy.
+
+    Args:
+        model: a Keras model mapping ``(B, h, w, C)`` float32 images in [0, 1] to
+            ``(B, h', w', K)`` probabilities, with ``h' = h`` (``padding="same"``) or
+            ``h' = h - 2 * margin`` (``padding="valid"``), e.g. from ``zf_unet.build_unet``.
+        image: one of
+            ``(H, W)`` grayscale image (model with 1 channel);
+            ``(H, W, C)`` image, if ``C`` equals the model's input channels;
+            ``(N, H, W)`` stack of grayscale images: any other 3-D array when the model has 1
+            input channel and the last axis is longer than 4 (a 3-D array whose last axis is
+            2..4 but differs from the model's channels is an error, not a stack; pass
+            ``(N, H, W, 1)`` for stacks of images 1..4 px wide);
+            ``(N, H, W, C)`` stack.
+            ``H``, ``W`` >= 1, any size. uint8 / uint16 / bool are scaled by the dtype maximum;
+            floats must be finite and are used as they are (expected in [0, 1]).
+        tile_size: side of the model's input tile in pixels, rounded down to a size the model
+            accepts (a multiple of ``2**(depth-1)`` for ``"same"`` models; for ``"valid"``
+            models the output tile is ``tile - 2 * margin``). Smaller images use the smallest
+            accepted tile that covers them. Ignored for models with a fixed input size.
+        overlap: minimum overlap in output pixels between neighbouring tiles; must be smaller
+            than the output tile. Tiles are spread evenly, so the real overlap can be larger.
+        blend: weight window over each output tile: ``"gaussian"`` (sigma = tile / 8, as in
+            nnU-Net), ``"linear"`` (ramps over ``overlap`` pixels at the tile edges) or
+            ``"none"`` (plain average in the overlaps). Accumulated predictions are divided by
+            the accumulated weights, so blending never changes a constant prediction.
+        tta: test-time augmentation: ``None``; ``"flips"`` (identity, horizontal, vertical,
+            both: 4 predictions); ``"d4"`` (the 8 rotations / reflections of the square; tiles
+            are made square). Each tile batch is transformed, predicted, transformed back and
+            averaged.
+        batch_size: tiles per model call (per TTA transform).
+        threshold: ``None`` returns probabilities. Otherwise returns uint8 labels: ``p >
+            threshold`` for one class, the argmax over classes (value ignored) for several.
+
+    Returns:
+        float32 ``(H, W, K)`` (or ``(N, H, W, K)`` for stacks); with ``threshold`` uint8
+        ``(H, W)`` (or ``(N, H, W)``).
+
+    Raises:
+        ValueError: bad ``image`` shape / channels / dtype / NaN-Inf pixels, ``tile_size`` too
+            small for the model, ``overlap`` not smaller than the tile, unknown ``blend`` or
+            ``tta``, non-positive ``batch_size``.
+    """
+    tile_size = _check_int("tile_size", tile_size, 1)
+    overlap = _check_int("overlap", overlap, 0)
+    batch_size = _check_int("batch_size", batch_size, 1)
+    if overlap >= tile_size:
+        raise ValueError(f"overlap={overlap} must be smaller than tile_size={tile_size}")
+    if blend not in BLEND_MODES:
+        raise ValueError(f"blend must be one of {BLEND_MODES}, got {blend!r}")
+    if tta not in TTA_MODES:
+        raise ValueError(f"tta must be one of {TTA_MODES}, got {tta!r}")
+    if threshold is not None:
+        try:
+            threshold = float(threshold)
+        except (TypeError, ValueError):
+            raise ValueError(f"threshold must be None or a number, got {threshold!r}") from None
+        if not math.isfinite(threshold):
+            raise ValueError(f"threshold must be finite, got {threshold!r}")
+
+    geom = model_geometry(model)
+    channels, num_classes, margin = geom["channels"], geom["num_classes"], geom["margin"]
+    stack, is_stack = _as_stack(image, channels)
+    n_img, height, width, _ = stack.shape
+    if height < 1 or width < 1:
+        raise ValueError(f"image must have H, W >= 1, got shape {np.shape(image)}")
+    if stack.dtype == object or np.issubdtype(stack.dtype, np.complexfloating):
+        raise ValueError(f"image dtype {stack.dtype} is not supported")
+    scale = np.float32(_scale_for(stack.dtype))
+    _check_finite(stack)
+
+    t_max = _max_output_tile(geom, tile_size)
+    if t_max[0] < 1 or t_max[1] < 1:  # pragma: no cover - guarded by model_geometry
+        raise ValueError(f"tile_size={tile_size} leaves no output pixels for this model")
+    if geom["fixed_size"] is None:
+        out_h = _fit_output_tile(geom, height, t_max[0])
+        out_w = _fit_output_tile(geom, width, t_max[1])
+        if tta == "d4" and out_h != out_w:
+            out_h = out_w = max(out_h, out_w)
+    else:
+        out_h, out_w = t_max
+        if tta == "d4" and out_h != out_w:
+            raise ValueError(f"tta='d4' needs a square model input, got fixed size {geom['fixed_size']}")
+    # Overlap only matters along axes that are split into several tiles.
+    for axis, length, tile in (("height", height, out_h), ("width", width, out_w)):
+        if length > tile and overlap >= tile:
+            raise ValueError(
+                f"overlap={overlap} must be smaller than the output tile ({tile} px along "
+                f"{axis} after fitting tile_size={tile_size} to the model)"
+            )
+    in_h, in_w = out_h + 2 * margin, out_w + 2 * margin
+
+    ys = _tile_starts(height, out_h, overlap)
+    xs = _tile_starts(width, out_w, overlap)
+    wy, wx = _window(out_h, blend, overlap), _window(out_w, blend, overlap)
+    weight2d = (wy[:, None] * wx[None, :]).astype(np.float32)[:, :, None]
+
+    # Separable normaliser: sum over the tile grid of wy(y - y0) * wx(x - x0).
+    def _norm1d(starts: np.ndarray, w: np.ndarray, length: int) -> np.ndarray:
+        acc = np.zeros(length, dtype=np.float64)
+        for s in starts:
+            a, b = max(0, s), min(length, s + len(w))
+            acc[a:b] += w[a - s : b - s]
+        return acc
+
+    inv_ry = 1.0 / _norm1d(ys, wy, height)
+    inv_rx = 1.0 / _norm1d(xs, wx, width)
+
+    tiles = [(n, int(y0), int(x0)) for n in range(n_img) for y0 in ys for x0 in xs]
+    tiles_per_image = len(ys) * len(xs)
+    bs = min(batch_size, len(tiles))
+    transforms = _tta_transforms(tta)
+    predict = _predict_fn(
+        model, geom, (bs, in_h, in_w, channels), math.ceil(len(tiles) / bs) * len(transforms)
+    )
+    buf = np.zeros((bs, in_h, in_w, channels), dtype=np.float32)
+
+    if threshold is None:
+        result = np.zeros((n_img, height, width, num_classes), dtype=np.float32)
+        accumulators: dict[int, np.ndarray] = {}
+    else:
+        label_dtype = np.uint8 if num_classes <= 256 else np.int32
+        result = np.zeros((n_img, height, width), dtype=label_dtype)
+        accumulators = {}
+
+    def _accumulator(n: int) -> np.ndarray:
+        if threshold is None:
+            return result[n]
+        if n not in accumulators:
+            accumulators[n] = np.zeros((height, width, num_classes), dtype=np.float32)
+        return accumulators[n]
+
+    def _finish(n: int) -> None:
+        acc = _accumulator(n)
+        rows = max(1, _CHUNK_ELEMENTS // max(1, width * num_classes))
+        for r in range(0, height, rows):
+            norm = (inv_ry[r : r + rows, None] * inv_rx[None, :]).astype(np.float32)
+            block = acc[r : r + rows]
+            block *= norm[:, :, None]
+            if threshold is not None:
+                if num_classes == 1:
+                    result[n, r : r + rows] = block[..., 0] > threshold
+                else:
+                    result[n, r : r + rows] = np.argmax(block, axis=-1)
+        if threshold is not None:
+            del accumulators[n]
+
+    for b0 in range(0, len(tiles), bs):
+        batch = tiles[b0 : b0 + bs]
+        for k, (n, y0, x0) in enumerate(batch):
+            rsrc = _axis_source(y0 - margin, in_h, height)
+            csrc = _axis_source(x0 - margin, in_w, width)
+            img = stack[n]
+            if isinstance(rsrc, slice) or isinstance(csrc, slice):
+                # Slice first (a view), then gather: only the tile itself is copied.
+                tile = img[rsrc][:, csrc] if isinstance(rsrc, slice) else img[:, csrc][rsrc]
+            else:
+                tile = img[np.ix_(rsrc, csrc)]
+            np.multiply(tile, scale, out=buf[k], casting="unsafe")
+        pred = _predict_batch(predict, buf, transforms, (bs, out_h, out_w, num_classes))
+        for k, (n, y0, x0) in enumerate(batch):
+            a, b = max(0, y0), min(height, y0 + out_h)
+            c, d = max(0, x0), min(width, x0 + out_w)
+            p = pred[k, a - y0 : b - y0, c - x0 : d - x0]
+            p *= weight2d[a - y0 : b - y0, c - x0 : d - x0]
+            _accumulator(n)[a:b, c:d] += p
+            if (b0 + k + 1) % tiles_per_image == 0:  # last tile of image n
+                _finish(n)
+
+    return result if is_stack else result[0]
