@@ -218,7 +218,9 @@ def test_tta_equals_average_of_manual_transforms(same_model):
     d4 = []
     for k in range(4):
         d4.append((lambda a, k=k: np.rot90(a, k), lambda a, k=k: np.rot90(a, -k)))
-        d4.append((lambda a, k=k: np.rot90(a.T, k), lambda a, k=k: np.rot90(a, -k).transpose(1, 0, 2)))
+        d4.append(
+            (lambda a, k=k: np.rot90(a.T, k), lambda a, k=k: np.rot90(a, -k).transpose(1, 0, 2))
+        )
     plain = predict_tiled(same_model, img, tile_size=64, overlap=16)
     for tta, transforms in (("flips", flips), ("d4", d4)):
         out = predict_tiled(same_model, img, tile_size=64, overlap=16, tta=tta)

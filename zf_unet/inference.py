@@ -357,7 +357,10 @@ def _tta_transforms(tta: str | None) -> list[tuple[Callable, Callable]]:
     out = []
     for k in range(4):
         out.append(
-            (lambda x, k=k: np.rot90(x, k, axes=(1, 2)), lambda y, k=k: np.rot90(y, -k, axes=(1, 2)))
+            (
+                lambda x, k=k: np.rot90(x, k, axes=(1, 2)),
+                lambda y, k=k: np.rot90(y, -k, axes=(1, 2)),
+            )
         )
         out.append(
             (
@@ -515,8 +518,6 @@ def predict_tiled(
     n_img, height, width, _ = stack.shape
     if height < 1 or width < 1:
         raise ValueError(f"image must have H, W >= 1, got shape {np.shape(image)}")
-    if stack.dtype == object or np.issubdtype(stack.dtype, np.complexfloating):
-        raise ValueError(f"image dtype {stack.dtype} is not supported")
     scale = np.float32(_scale_for(stack.dtype))
     _check_finite(stack)
 
@@ -531,7 +532,9 @@ def predict_tiled(
     else:
         out_h, out_w = t_max
         if tta == "d4" and out_h != out_w:
-            raise ValueError(f"tta='d4' needs a square model input, got fixed size {geom['fixed_size']}")
+            raise ValueError(
+                f"tta='d4' needs a square model input, got fixed size {geom['fixed_size']}"
+            )
     # Overlap only matters along axes that are split into several tiles.
     for axis, length, tile in (("height", height, out_h), ("width", width, out_w)):
         if length > tile and overlap >= tile:
@@ -558,6 +561,12 @@ def predict_tiled(
     inv_rx = 1.0 / _norm1d(xs, wx, width)
 
     tiles = [(n, int(y0), int(x0)) for n in range(n_img) for y0 in ys for x0 in xs]
+    if not tiles:  # empty stack (N = 0)
+        if threshold is None:
+            result = np.zeros((0, height, width, num_classes), dtype=np.float32)
+        else:
+            result = np.zeros((0, height, width), dtype=np.uint8)
+        return result
     tiles_per_image = len(ys) * len(xs)
     bs = min(batch_size, len(tiles))
     transforms = _tta_transforms(tta)
