@@ -162,6 +162,49 @@ def make_batches(n_batches: int, batch: int, size: int, seed: int = 0):
     return x, y
 
 
+class StepClock:
+    """Per-step wall time plus the share of the machine's CPU time that *other* processes
+    (and hypervisor steal) used meanwhile, from ``/proc/stat`` and ``/proc/self/stat``.
+
+    On a shared machine a step during which another job ran is slower for reasons that have
+    nothing to do with the code measured; such steps are reported but not used for the median
+    when enough quiet ones exist (see ``--quiet``)."""
+
+    def __init__(self, quiet: float):
+        self.quiet = quiet
+        self.ncpu = max(1, sum(1 for ln in open("/proc/stat") if ln[:3] == "cpu" and ln[3] != " ")
+                        ) if os.path.exists("/proc/stat") else 1
+        self.hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        self.steps: list[tuple[float, float]] = []
+        self._last = None
+
+    @staticmethod
+    def _read() -> tuple[float, int, int]:
+        t = time.perf_counter()
+        try:
+            with open("/proc/stat", encoding="ascii") as fh:
+                v = [int(a) for a in fh.readline().split()[1:]]
+            busy = v[0] + v[1] + v[2] + v[5] + v[6] + (v[7] if len(v) > 7 else 0)
+            with open("/proc/self/stat", encoding="ascii") as fh:
+                f = fh.read().rsplit(")", 1)[1].split()
+            own = int(f[11]) + int(f[12])
+        except (OSError, ValueError, IndexError):
+            busy = own = 0
+        return t, busy, own
+
+    def mark(self) -> None:
+        """Call before the first step and after every step."""
+        now = self._read()
+        if self._last is not None:
+            dt = now[0] - self._last[0]
+            foreign = max(0, (now[1] - self._last[1]) - (now[2] - self._last[2]))
+            self.steps.append((dt, foreign / (self.hz * self.ncpu * dt)))
+        self._last = now
+
+    def n_quiet(self) -> int:
+        return sum(1 for _, f in self.steps if f < self.quiet)
+
+
 # --------------------------------------------------------------------------- PyTorch child
 
 
@@ -191,12 +234,19 @@ def run_torch(spec: dict, args: argparse.Namespace) -> dict:
         opt.step()
         return float(loss)
 
-    times, losses = [], []
-    for i in range(args.warmup + args.steps):
+    warm, losses = [], []
+    for i in range(args.warmup):
         t0 = time.perf_counter()
         losses.append(step(i))
-        times.append(time.perf_counter() - t0)
-    return {"step_times": times[args.warmup:], "warmup_times": times[:args.warmup],
+        warm.append(time.perf_counter() - t0)
+    clock = StepClock(args.quiet)
+    clock.mark()
+    i = args.warmup
+    while clock.n_quiet() < args.steps and len(clock.steps) < args.steps * args.patience:
+        losses.append(step(i))
+        clock.mark()
+        i += 1
+    return {"steps": clock.steps, "warmup_times": warm,
             "params": keras_param_count(model), "loss_first": losses[0], "loss_last": losses[-1],
             "threads": torch.get_num_threads(), "version": torch.__version__,
             "mkldnn_bf16": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())}
@@ -331,39 +381,57 @@ def run_zf(spec: dict, args: argparse.Namespace) -> dict:
         if spec["prefetch"]:
             ds = ds.prefetch(tf.data.AUTOTUNE)
         spe = spec["spe"]
+        # One callback per execution of `spe` steps: time executions, report per step.
         warm_exec = max(1, math.ceil(args.warmup / spe))
-        timed_exec = max(5, math.ceil(args.steps / spe)) if spe > 1 else args.steps
-        stamps: list[float] = []
+        want = max(5, math.ceil(args.steps / spe)) if spe > 1 else args.steps
+        clock = StepClock(args.quiet)
+        warm: list[float] = []
+        t_prev = [0.0]
 
         class Stamp(keras.callbacks.Callback):
             def on_train_begin(self, logs=None):
-                stamps.append(time.perf_counter())
+                t_prev[0] = time.perf_counter()
 
             def on_train_batch_end(self, batch, logs=None):
-                stamps.append(time.perf_counter())
+                if len(warm) < warm_exec:
+                    now = time.perf_counter()
+                    warm.append((now - t_prev[0]) / spe)
+                    t_prev[0] = now
+                    if len(warm) == warm_exec:
+                        clock.mark()
+                    return
+                clock.mark()
+                if clock.n_quiet() >= want or len(clock.steps) >= want * args.patience:
+                    self.model.stop_training = True
 
-        hist = model.fit(ds, epochs=1, steps_per_epoch=(warm_exec + timed_exec) * spe,
+        hist = model.fit(ds, epochs=1, steps_per_epoch=(warm_exec + want * args.patience) * spe,
                          verbose=0, callbacks=[Stamp()])
-        per_exec = [b - a for a, b in zip(stamps, stamps[1:])]
-        if len(per_exec) != warm_exec + timed_exec:
-            raise RuntimeError(f"expected {warm_exec + timed_exec} callbacks, got {len(per_exec)}")
-        times = [t / spe for t in per_exec]
-        warm, timed = times[:warm_exec], times[warm_exec:]
+        clock.steps = [(dt / spe, f) for dt, f in clock.steps]
         loss_first = loss_last = float(hist.history["loss"][-1])
     else:
         xs = [tf.constant(x[i:i + args.batch]) for i in range(0, len(x), args.batch)]
         if spec["bf16_input"]:
             xs = [tf.cast(t, tf.bfloat16) for t in xs]
         ys = [tf.constant(y[i:i + args.batch]) for i in range(0, len(y), args.batch)]
-        times, losses = [], []
-        for i in range(args.warmup + args.steps):
-            t0 = time.perf_counter()
+        warm, losses = [], []
+
+        def step(i: int) -> None:
             out = model.train_on_batch(xs[i % len(xs)], ys[i % len(ys)])
-            times.append(time.perf_counter() - t0)
             losses.append(float(out if not isinstance(out, list) else out[0]))
-        warm, timed = times[:args.warmup], times[args.warmup:]
+
+        for i in range(args.warmup):
+            t0 = time.perf_counter()
+            step(i)
+            warm.append(time.perf_counter() - t0)
+        clock = StepClock(args.quiet)
+        clock.mark()
+        i = args.warmup
+        while clock.n_quiet() < args.steps and len(clock.steps) < args.steps * args.patience:
+            step(i)
+            clock.mark()
+            i += 1
         loss_first, loss_last = losses[0], losses[-1]
-    return {"step_times": timed, "warmup_times": warm, "params": params, "policy": policy,
+    return {"steps": clock.steps, "warmup_times": warm, "params": params, "policy": policy,
             "jit_compile": model.jit_compile, "steps_per_execution": model.steps_per_execution,
             "loss_first": loss_first, "loss_last": loss_last,
             "inter": tf.config.threading.get_inter_op_parallelism_threads(),
@@ -411,7 +479,8 @@ def run_child(name: str, args: argparse.Namespace) -> dict:
     env.setdefault("KERAS_BACKEND", "tensorflow")
     env.update(spec["env"])
     cmd = [sys.executable, os.path.abspath(__file__), "--child", name, "--steps", str(args.steps),
-           "--warmup", str(args.warmup), "--batch", str(args.batch), "--size", str(args.size)]
+           "--warmup", str(args.warmup), "--batch", str(args.batch), "--size", str(args.size),
+           "--quiet", str(args.quiet), "--patience", str(args.patience)]
     t0 = time.perf_counter()
     try:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)
@@ -425,6 +494,14 @@ def run_child(name: str, args: argparse.Namespace) -> dict:
             return res
     tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
     return {"error": f"exit {proc.returncode}: " + " | ".join(tail)}
+
+
+def pick_steps(runs: list[dict], quiet: float) -> tuple[list[float], int, int]:
+    """Step times of the quiet steps of ``runs`` (all steps if fewer than 5 are quiet),
+    the number of quiet steps and of all steps."""
+    steps = [s for r in runs for s in r["steps"]]
+    calm = [dt for dt, foreign in steps if foreign < quiet]
+    return (calm if len(calm) >= 5 else [dt for dt, _ in steps]), len(calm), len(steps)
 
 
 def fmt(v: float) -> str:
@@ -444,6 +521,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="run the variant list this many times interleaved; steps are pooled")
     p.add_argument("--quick", action="store_true",
                    help=f"5 steps, 2 warm-up, variants {' '.join(QUICK_VARIANTS)}")
+    p.add_argument("--quiet", type=float, default=0.1,
+                   help="a step is 'quiet' when other processes used less than this share of "
+                        "all CPUs meanwhile (0.1)")
+    p.add_argument("--patience", type=int, default=3,
+                   help="time up to PATIENCE*STEPS steps to collect STEPS quiet ones (3)")
     p.add_argument("--timeout", type=int, default=600, help="seconds per variant process")
     p.add_argument("--json", help="also write all raw results to this JSON file")
     p.add_argument("--list", action="store_true", help="list variants and modifiers and exit")
@@ -495,58 +577,63 @@ def main(argv: list[str] | None = None) -> int:
             if "error" in res:
                 print(f"  round {r + 1} {v}: ERROR {res['error']}", flush=True)
             else:
-                med = args.batch / statistics.median(res["step_times"])
-                print(f"  round {r + 1} {v}: {med:.2f} img/s "
-                      f"({res['wall_s']:.0f} s incl. start-up)", flush=True)
+                times, nq, n = pick_steps([res], args.quiet)
+                print(f"  round {r + 1} {v}: {args.batch / statistics.median(times):.2f} img/s, "
+                      f"{nq}/{n} quiet steps ({res['wall_s']:.0f} s incl. start-up)", flush=True)
     load1 = os.getloadavg()
 
     rows = []
     ref_ips = None
-    ref_round = [None] * args.rounds
+    ref_round: list[float | None] = [None] * args.rounds
     for v in variants:
         ok = [r for r in results[v] if "error" not in r]
         if not ok:
             continue
-        times = [t for r in ok for t in r["step_times"]]
+        times, nq, n = pick_steps(ok, args.quiet)
         ips = [args.batch / t for t in times]
         med = args.batch / statistics.median(times)
-        rows.append((v, med, min(ips), max(ips), ok))
+        rows.append((v, med, min(ips), max(ips), nq, n, ok))
         if v == REFERENCE:
             ref_ips = med
-            ref_round = [args.batch / statistics.median(r["step_times"]) if "error" not in r
-                         else None for r in results[v]]
+            ref_round = [None if "error" in r else
+                         args.batch / statistics.median(pick_steps([r], args.quiet)[0])
+                         for r in results[v]]
 
     print()
     per_round = args.rounds > 1 and ref_ips is not None
-    head = "| framework / variant | precision | img/s median | min..max | ratio vs PyTorch bf16 CL |"
-    sep = "|---|---|---:|---:|---:|"
+    head = ("| framework / variant | precision | img/s median | min..max | "
+            "ratio vs PyTorch bf16 CL | quiet steps |")
+    sep = "|---|---|---:|---:|---:|---:|"
     if per_round:
         head += " ratio per round |"
         sep += "---|"
     print(head)
     print(sep)
-    for v, med, lo, hi, ok in rows:
+    for v, med, lo, hi, nq, n, ok in rows:
         spec = parse_variant(v)
         ratio = f"{med / ref_ips:.2f}x" if ref_ips else "n/a"
         line = (f"| {spec['label']} (`{v}`) | {spec['precision']} | {fmt(med)} | "
-                f"{fmt(lo)}..{fmt(hi)} | {ratio} |")
+                f"{fmt(lo)}..{fmt(hi)} | {ratio} | {nq}/{n}{'' if nq >= 5 else ' (noisy)'} |")
         if per_round:
             rr = []
             for r, ref in zip(results[v], ref_round):
                 if "error" in r or ref is None:
                     rr.append("-")
                 else:
-                    rr.append(f"{args.batch / statistics.median(r['step_times']) / ref:.2f}")
+                    ips_r = args.batch / statistics.median(pick_steps([r], args.quiet)[0])
+                    rr.append(f"{ips_r / ref:.2f}")
             line += " " + " / ".join(rr) + " |"
         print(line)
     for v in variants:
         for r in results[v]:
             if "error" in r:
-                print(f"| `{v}` | | failed: {r['error'][:200]} | | |")
-
+                print(f"| `{v}` | | failed: {r['error'][:200]} | | | |")
+    print(f"\nimg/s = batch / step time; median over the timed steps during which other "
+          f"processes used < {args.quiet:.0%} of the CPUs ('quiet'; all steps if fewer than 5 "
+          "were quiet), pooled over rounds.")
     print()
-    zf_params = next((r[4][0]["params"] for r in rows if r[0].startswith("zf")), None)
-    pt_params = next((r[4][0]["params"] for r in rows if r[0].startswith("torch")), None)
+    zf_params = next((r[-1][0]["params"] for r in rows if r[0].startswith("zf")), None)
+    pt_params = next((r[-1][0]["params"] for r in rows if r[0].startswith("torch")), None)
     if zf_params is not None:
         print(f"zf_unet.ZF_UNET_224().count_params() = {zf_params:,}")
     if pt_params is not None:

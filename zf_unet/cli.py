@@ -70,6 +70,54 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_model(path: str):
+    import keras
+
+    from zf_unet.errors import DataError
+
+    p = __import__("pathlib").Path(path)
+    if not p.is_file():
+        raise DataError(f"{p}: model file not found (expected a .keras file)")
+    try:
+        return keras.saving.load_model(p, compile=False)
+    except Exception as exc:  # noqa: BLE001 - any loader failure is a bad model file
+        raise DataError(f"{p}: cannot load as a Keras model ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0][:200]})") from None
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from zf_unet.inference import predict_files
+
+    model = _load_model(args.model)
+    written = predict_files(model, args.inputs, args.out, tile_size=args.tile_size,
+                            overlap=args.overlap, tta=args.tta, threshold=args.threshold,
+                            batch_size=args.batch_size)
+    print(f"wrote {len(written)} files to {args.out}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from zf_unet.evaluation import evaluate_model, format_report, run_config_for
+
+    model = _load_model(args.model)
+    cfg = run_config_for(args.model)
+    if args.val_indices:
+        from zf_unet.config import Config
+
+        cfg = (cfg or Config()).override([f"data.val_indices=[{args.val_indices}]"])
+    result = evaluate_model(model, args.data, split=args.split, config=cfg,
+                            tile_size=args.tile_size, overlap=args.overlap, tta=args.tta)
+    print(format_report(result))
+    if args.json:
+        from zf_unet.io_utils import write_json_atomic
+
+        write_json_atomic(result, args.json)
+        print(f"wrote {args.json}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="zf-unet", description="Keras 3 U-Net toolkit.")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
@@ -101,6 +149,29 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--fresh", action="store_true", help="delete the run folder and start over")
     tr.add_argument("--quiet", action="store_true")
     tr.set_defaults(func=_cmd_train)
+
+    pr = sub.add_parser("predict", help="overlap-tile prediction of images, folders, TIFF stacks")
+    pr.add_argument("inputs", nargs="+", help="image files, folders or multi-page TIFF stacks")
+    pr.add_argument("--model", required=True, help=".keras model")
+    pr.add_argument("--out", default="predictions", help="output folder")
+    pr.add_argument("--tile-size", dest="tile_size", type=int, default=256)
+    pr.add_argument("--overlap", type=int, default=64)
+    pr.add_argument("--tta", choices=["flips", "d4"], help="test-time augmentation")
+    pr.add_argument("--threshold", type=float, default=0.5)
+    pr.add_argument("--batch-size", dest="batch_size", type=int, default=4)
+    pr.set_defaults(func=_cmd_predict)
+
+    ev = sub.add_parser("evaluate", help="ISBI-style scores (pixel error, Rand error, VI, IoU)")
+    ev.add_argument("--model", required=True, help=".keras model (its run's config.toml sets "
+                    "the split)")
+    ev.add_argument("--data", required=True, help="folder with images/ and masks/")
+    ev.add_argument("--split", choices=["val", "train", "all"], default="val")
+    ev.add_argument("--val-indices", dest="val_indices", help="e.g. 20,21,22,23")
+    ev.add_argument("--tile-size", dest="tile_size", type=int, default=256)
+    ev.add_argument("--overlap", type=int, default=64)
+    ev.add_argument("--tta", choices=["flips", "d4"])
+    ev.add_argument("--json", help="also write the full result as JSON")
+    ev.set_defaults(func=_cmd_evaluate)
 
     show = sub.add_parser("show-augment", help="write a PNG grid of augmented training samples")
     show.add_argument("data", help="folder with images/ and masks/, or 'synthetic'")
@@ -135,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return int(args.func(args) or 0)
-    except (ZFUNetError, FileNotFoundError) as exc:
+    except (ZFUNetError, FileNotFoundError, ValueError) as exc:
         print(f"zf-unet {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

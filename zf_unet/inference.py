@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterator
 import keras
 import numpy as np
 
-__all__ = ["BLEND_MODES", "TTA_MODES", "model_geometry", "predict_tiled"]
+__all__ = ["BLEND_MODES", "TTA_MODES", "model_geometry", "predict_files", "predict_tiled"]
 
 BLEND_MODES = ("gaussian", "linear", "none")
 TTA_MODES = (None, "flips", "d4")
@@ -628,3 +628,86 @@ def predict_tiled(
                 _finish(n)
 
     return result if is_stack else result[0]
+
+
+# --------------------------------------------------------------------------- files
+
+IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
+
+
+def _collect_inputs(inputs: list) -> list:
+    from pathlib import Path
+
+    from zf_unet.errors import DataError
+
+    files = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise DataError(f"{p}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+            files += found
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise DataError(f"{p}: no such file or folder")
+    return files
+
+
+def predict_files(model: keras.Model, inputs: list, out_dir: Any, *, tile_size: int = 256,
+                  overlap: int = 64, tta: str | None = None, threshold: float = 0.5,
+                  batch_size: int = 4) -> list:
+    """Predict image files, folders of images and multi-page TIFF stacks into ``out_dir``.
+
+    For every input ``stem`` it writes ``stem_prob.tif`` (float32 probabilities, ``(H, W, K)``
+    or a stack), ``stem_mask.png`` (labels; a binary model's mask is 0/255 with 255 = class 1,
+    the ISBI convention; a stack gives ``stem_mask.tif``) and ``stem_overlay.png`` (first
+    slice). Returns the list of written paths.
+    """
+    from pathlib import Path
+
+    import tifffile
+    from PIL import Image
+
+    from zf_unet.data.io import read_image, read_stack
+    from zf_unet.io_utils import atomic_path
+    from zf_unet.plots import overlay
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for path in _collect_inputs(inputs):
+        is_tiff = path.suffix.lower() in (".tif", ".tiff")
+        arr = read_stack(path) if is_tiff else read_image(path)
+        if arr.ndim == 4 and arr.shape[0] == 1:
+            arr = arr[0]
+        probs = predict_tiled(model, arr, tile_size=tile_size, overlap=overlap, tta=tta,
+                              batch_size=batch_size)
+        k = probs.shape[-1]
+        labels = (probs[..., 0] > threshold).astype(np.uint8) * 255 if k == 1 else \
+            np.argmax(probs, axis=-1).astype(np.uint8)
+        prob_path = out / f"{path.stem}_prob.tif"
+        with atomic_path(prob_path) as tmp:
+            tifffile.imwrite(tmp, probs.astype(np.float32), photometric="minisblack")
+        written.append(prob_path)
+        stack = labels.ndim == 3
+        mask_path = out / (f"{path.stem}_mask.tif" if stack else f"{path.stem}_mask.png")
+        with atomic_path(mask_path) as tmp:
+            if stack:
+                tifffile.imwrite(tmp, labels, photometric="minisblack")
+            else:
+                Image.fromarray(labels).save(tmp, format="PNG")
+        written.append(mask_path)
+        first = arr[0] if stack else arr
+        first_labels = labels[0] if stack else labels
+        img = first.astype(np.float32)
+        if np.issubdtype(first.dtype, np.integer):
+            img = img / float(np.iinfo(first.dtype).max)
+        # overlay() tints label 0 (membrane / background) in red.
+        rgb = (overlay(img if img.ndim == 2 else img[..., :3], first_labels) * 255).astype(np.uint8)
+        ov_path = out / f"{path.stem}_overlay.png"
+        with atomic_path(ov_path) as tmp:
+            Image.fromarray(rgb).save(tmp, format="PNG")
+        written.append(ov_path)
+    return written
