@@ -157,3 +157,18 @@ def test_multiworker_two_processes_end_with_identical_weights(tmp_path):
     assert initial_kernel_changed
     # Only the chief (worker 0) wrote the run folder's model files.
     assert (tmp_path / "run" / "final.keras").exists()
+
+
+def test_unet_plus_plus_deep_supervision_trains_without_extra_code(tmp_path):
+    cfg = Config().override(TINY + ["train.epochs=1", 'train.precision="float32"',
+                                    'model.architecture="unet_plus_plus"', "model.depth=3",
+                                    "model.deep_supervision=true"])
+    history, run = train(cfg, tmp_path / "run", verbose=0)
+    model = history.model
+    assert model.output_names == ["L1", "L2"]
+    assert "val_L2_dice" in history.history and "val_L1_dice" in history.history
+    assert json.loads((run / "best.json").read_text())["monitor"] == "val_L2_dice"
+    import zf_unet
+
+    pruned = zf_unet.prune(keras.saving.load_model(run / "best.keras"), 1)
+    assert len(pruned.outputs) == 1

@@ -70,6 +70,8 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
+    architecture: str = "unet"     # unet | unet_plus_plus
+    deep_supervision: bool = False  # unet_plus_plus: one head per nested level L1..L(depth-1)
     depth: int = 5                 # resolution levels (depth - 1 poolings)
     filters: int = 32              # channels at the top level, doubled per level
     batch_norm: bool = True
@@ -164,6 +166,7 @@ class Config:
 
 _CHOICES = {
     ("AugmentConfig", "interpolation"): ("bilinear", "bicubic"),
+    ("ModelConfig", "architecture"): ("unet", "unet_plus_plus"),
     ("ModelConfig", "upsampling"): ("nearest", "bilinear", "transpose"),
     ("ModelConfig", "padding"): ("same", "valid"),
     ("LossConfig", "name"): ("bce_dice", "dice", "jaccard", "weighted_ce"),

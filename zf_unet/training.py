@@ -28,7 +28,7 @@ from zf_unet.data.pipeline import make_datasets
 from zf_unet.data.synthetic import make_synthetic
 from zf_unet.errors import ConfigError
 from zf_unet.io_utils import atomic_path, save_model_atomic, write_json_atomic
-from zf_unet.models import build_unet
+from zf_unet.models import build_unet, build_unet_plus_plus, repeat_targets
 from zf_unet.precision import resolve_precision
 
 __all__ = ["AtomicBackupAndRestore", "BestModelCheckpoint", "make_strategy", "train"]
@@ -182,6 +182,20 @@ def make_loss(cfg: Config) -> keras.losses.Loss:
     return zl.WeightedCrossEntropy()
 
 
+def make_model(cfg: Config, channels: int, sync_batch_norm: bool = False) -> keras.Model:
+    """The U-Net or U-Net++ that ``cfg.model`` describes, for ``channels`` input channels."""
+    m = cfg.model
+    common = dict(num_classes=cfg.data.num_classes, depth=m.depth, filters=m.filters,
+                  batch_norm=m.batch_norm, dropout=m.dropout, upsampling=m.upsampling,
+                  sync_batch_norm=sync_batch_norm)
+    if m.architecture == "unet_plus_plus":
+        if m.padding != "same":
+            raise ConfigError("model.padding must be 'same' for unet_plus_plus")
+        return build_unet_plus_plus((None, None, channels), deep_supervision=m.deep_supervision,
+                                    **common)
+    return build_unet((None, None, channels), padding=m.padding, **common)
+
+
 def make_optimizer(cfg: Config, steps_per_epoch: int) -> keras.optimizers.Optimizer:
     o = cfg.optimizer
     lr: Any = o.learning_rate
@@ -305,20 +319,33 @@ def train(config: Config | str | Path | dict, out_dir: str | Path = "runs/run",
         monitor = cfg.train.monitor
         if val_ds is None and monitor.startswith("val_"):
             monitor = monitor[4:]
-        m = cfg.model
         with strategy.scope():
-            model = build_unet((None, None, channels), num_classes=cfg.data.num_classes,
-                               depth=m.depth, filters=m.filters, batch_norm=m.batch_norm,
-                               dropout=m.dropout, upsampling=m.upsampling, padding=m.padding,
-                               sync_batch_norm=strategy.num_replicas_in_sync > 1)
+            model = make_model(cfg, channels, sync_batch_norm=strategy.num_replicas_in_sync > 1)
+            outputs = list(model.output_names)
+            k = cfg.data.num_classes
+            if len(outputs) > 1:
+                # Deep supervision: the same loss on every head, averaged (equal weights).
+                metrics: Any = {name: [zm.DiceCoefficient(num_classes=k), zm.IoU(num_classes=k)]
+                                for name in outputs}
+                loss: Any = {name: make_loss(cfg) for name in outputs}
+                loss_weights: Any = {name: 1.0 / len(outputs) for name in outputs}
+                if monitor.removeprefix("val_") in ("dice", "iou"):
+                    metric = monitor.removeprefix("val_")
+                    monitor = monitor.replace(metric, f"{outputs[-1]}_{metric}")
+            else:
+                metrics = [zm.DiceCoefficient(num_classes=k), zm.IoU(num_classes=k)]
+                loss, loss_weights = make_loss(cfg), None
             model.compile(
                 optimizer=make_optimizer(cfg, max(1, steps)),
-                loss=make_loss(cfg),
-                metrics=[zm.DiceCoefficient(num_classes=cfg.data.num_classes),
-                         zm.IoU(num_classes=cfg.data.num_classes)],
+                loss=loss,
+                loss_weights=loss_weights,
+                metrics=metrics,
                 steps_per_execution=cfg.train.steps_per_execution,
                 jit_compile=False,  # XLA is slower on CPU and loses oneDNN bf16 kernels
             )
+        if len(outputs) > 1:
+            train_ds = repeat_targets(train_ds, len(outputs))
+            val_ds = None if val_ds is None else repeat_targets(val_ds, len(outputs))
         if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
             _work_around_keras_multiworker_build(model, train_ds)
         callbacks: list = [
