@@ -26,8 +26,10 @@ number of batches (see ``Puller``).
 Training figures: 2 warm-up steps, then the median of max(5, --repeats) steps.
 Prints a Markdown table and the ratio of pipeline throughput to training consumption.
 
-Run:  TF_CPP_MIN_LOG_LEVEL=2 .venv/bin/python benchmarks/pipeline.py  (about 4-5 minutes on
-2 cores; --quick: about 1-2 minutes, fewer images and steps, for a smoke run only)
+Run:  TF_CPP_MIN_LOG_LEVEL=2 .venv/bin/python benchmarks/pipeline.py  (4-6 minutes on the
+shared 2-core CPU, mostly the 14 training steps; --quick: about 2 minutes, fewer images and
+steps, for a smoke run only). Falls back to synthetic 512x512 data (and says so) when the
+ISBI folder (``zf_unet.paths.isbi2012_dir()``, ``$ZF_UNET_DATA``) is missing.
 """
 from __future__ import annotations
 
@@ -125,7 +127,8 @@ def main() -> None:
         repeats = min(repeats, 2)
         n_scipy, n_scipy_tf, n_zf_batches, train_warmup, train_steps = 8, 16, 4, 1, 2
     else:
-        n_scipy, n_scipy_tf, n_zf_batches, train_warmup, train_steps = 16, 48, 32, 2, max(5, repeats)
+        n_scipy, n_scipy_tf, n_zf_batches = 16, 48, 32
+        train_warmup, train_steps = 2, max(5, repeats)
     t_total = time.perf_counter()
     tmp = tempfile.TemporaryDirectory()
     data_dir, data_note = find_data(tmp.name)
@@ -144,7 +147,6 @@ def main() -> None:
     print(f"border weight maps (one-time precompute): {t_weights:.2f} s for {len(masks)} images",
           flush=True)
     n_img = len(images)
-    results: list[tuple[str, list[float]]] = []
 
     # ---- 1. SciPy per-image loop
     rng = np.random.default_rng(1)
@@ -238,7 +240,7 @@ def main() -> None:
         finally:
             keras.mixed_precision.set_global_policy("float32")
         print(f"  {train[-1][0]}: {statistics.median(train[-1][1]):.2f} img/s", flush=True)
-        del model
+        model = None
         gc.collect()
     results.extend(train)
 

@@ -86,6 +86,7 @@ MODIFIERS = {
     "adamw": ("`keras.optimizers.AdamW(weight_decay=0.004)`", {}),
     "lossbf16": ("BCE+Dice computed in bfloat16 instead of float32", {}),
     "noprefetch": ("tf.data without `.prefetch`", {}),
+    "metrics": ("`zf_unet.training`'s metrics (Dice, IoU, mean Dice)", {}),
     "bf16in": ("dataset yields bfloat16 images (cast in tf.data, not in the model)", {}),
 }
 RESULT_TAG = "@@TRAIN_SPEED_RESULT@@ "
@@ -109,7 +110,7 @@ def parse_variant(name: str) -> dict:
     spec = {"name": name, "framework": "zf_unet", "precision": precision, "mode": mode,
             "jit": None, "spe": 1, "inter": None, "intra": None, "env": {}, "fusedbn": False,
             "bnf32": False, "optimizer": "adam", "loss_bf16": False, "prefetch": True,
-            "bf16_input": False}
+            "bf16_input": False, "metrics": False}
     descr = []
     for mod in mods:
         key = mod.rstrip("0123456789")
@@ -145,6 +146,8 @@ def parse_variant(name: str) -> dict:
             spec["prefetch"] = False
         elif mod == "bf16in":
             spec["bf16_input"] = True
+        elif mod == "metrics":
+            spec["metrics"] = True
     spec["label"] = label + "".join(f" + {d}" for d in descr)
     return spec
 
@@ -312,7 +315,8 @@ def _fused_adam_class():
     return FusedAdam
 
 
-def run_zf(spec: dict, args: argparse.Namespace) -> dict:
+def build_zf(spec: dict):
+    """The compiled ``zf_unet.ZF_UNET_224()`` of a zf-* variant; returns ``(model, policy)``."""
     import tensorflow as tf
 
     if spec["inter"] is not None:
@@ -341,7 +345,6 @@ def run_zf(spec: dict, args: argparse.Namespace) -> dict:
                 return layer.__class__.from_config(cfg)
 
             model = keras.models.clone_model(model, clone_function=clone)
-    params = model.count_params()
 
     if spec["optimizer"] == "fadam":
         optimizer = _fused_adam_class()()
@@ -366,11 +369,25 @@ def run_zf(spec: dict, args: argparse.Namespace) -> dict:
 
         loss = BCEDiceLossBF16()
     compile_kwargs = {"optimizer": optimizer, "loss": loss}
+    if spec["metrics"]:
+        from zf_unet import metrics as zm
+
+        compile_kwargs["metrics"] = [zm.DiceCoefficient(), zm.IoU(),
+                                     zm.DiceCoefficient(target_class_ids=[0, 1], name="dice_mean")]
     if spec["jit"] is not None:
         compile_kwargs["jit_compile"] = spec["jit"]
     if spec["spe"] != 1:
         compile_kwargs["steps_per_execution"] = spec["spe"]
     model.compile(**compile_kwargs)
+    return model, policy
+
+
+def run_zf(spec: dict, args: argparse.Namespace) -> dict:
+    import keras
+    import tensorflow as tf
+
+    model, policy = build_zf(spec)
+    params = model.count_params()
 
     x, y = make_batches(4, args.batch, args.size)
     if spec["mode"] == "fit":
