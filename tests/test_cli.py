@@ -61,3 +61,20 @@ def test_cli_bad_input_exits_2_with_one_message(tmp_path, capsys):
     err = capsys.readouterr().err
     assert str(missing) in err and "images/" in err and "Traceback" not in err
     assert not (tmp_path / "g.png").exists()
+
+
+def test_cli_export_refuses_to_overwrite_and_checks_sizes(tmp_path, capsys):
+    import zf_unet
+    from zf_unet.io_utils import save_model_atomic
+
+    model_path = save_model_atomic(zf_unet.build_unet((None, None, 1), depth=3, filters=4),
+                                   tmp_path / "m.keras")
+    out = tmp_path / "serving"
+    assert main(["export", "--model", str(model_path), "--out", str(out)]) == 0
+    assert (out / "1" / "saved_model.pb").exists()
+    before = (out / "1" / "saved_model.pb").read_bytes()
+    assert main(["export", "--model", str(model_path), "--out", str(out)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert (out / "1" / "saved_model.pb").read_bytes() == before  # nothing damaged
+    assert main(["export", "--model", str(model_path), "--out", str(tmp_path / "m.tflite"),
+                 "--format", "tflite", "--input-size", "65", "96"]) == 2

@@ -118,6 +118,44 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from zf_unet.errors import ConfigError
+
+    model = _load_model(args.model)
+    if args.format == "saved_model":
+        from zf_unet.export import export_saved_model
+
+        try:
+            path = export_saved_model(
+                model, args.out, version=args.model_version, tiled=args.tiled,
+                tile_size=args.tile_size, overlap=args.overlap, batch_size=args.batch_size,
+                input_dtype=args.input_dtype, threshold=args.threshold,
+                overwrite=args.overwrite)
+        except FileExistsError:
+            raise ConfigError(f"{Path(args.out) / str(args.model_version)} already exists; use "
+                              "another --version or --overwrite") from None
+        print(f"wrote {path} ({'tiled' if args.tiled else 'untiled'}, input "
+              f"{args.input_dtype}); serve with --model_base_path={Path(args.out).resolve()}; "
+              f"inspect with: saved_model_cli show --dir {path} --all")
+    elif args.format == "tflite":
+        from zf_unet.export import export_tflite
+
+        size = args.input_size or [args.tile_size, args.tile_size]
+        path = export_tflite(model, args.out, input_size=tuple(size), quantize=args.quantize)
+        print(f"wrote {path} (TFLite, input 1x{size[0]}x{size[1]} float32 in [0, 1])")
+    else:
+        from zf_unet.export import export_onnx
+
+        try:
+            path = export_onnx(model, args.out)
+        except ImportError as exc:
+            raise ConfigError(str(exc)) from None
+        print(f"wrote {path} (ONNX, input 'image' float32 [batch, H, W, C] in [0, 1])")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="zf-unet", description="Keras 3 U-Net toolkit.")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
@@ -172,6 +210,32 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--tta", choices=["flips", "d4"])
     ev.add_argument("--json", help="also write the full result as JSON")
     ev.set_defaults(func=_cmd_evaluate)
+
+    ex = sub.add_parser("export", help="export a .keras model for TF Serving (SavedModel), "
+                        "TFLite or ONNX")
+    ex.add_argument("--model", required=True, help=".keras model")
+    ex.add_argument("--out", required=True, help="SavedModel base folder (writes OUT/VERSION/), "
+                    "or the .tflite / .onnx file")
+    ex.add_argument("--format", choices=["saved_model", "tflite", "onnx"], default="saved_model")
+    # dest differs from the top-level --version flag (print the package version)
+    ex.add_argument("--version", dest="model_version", type=int, default=1,
+                    help="SavedModel version subfolder (default 1)")
+    ex.add_argument("--tiled", action="store_true",
+                    help="overlap-tile prediction inside the SavedModel (large images)")
+    ex.add_argument("--tile-size", dest="tile_size", type=int, default=256,
+                    help="tile side (--tiled); TFLite input size when --input-size is not given")
+    ex.add_argument("--overlap", type=int, default=64)
+    ex.add_argument("--batch-size", dest="batch_size", type=int, default=4,
+                    help="tiles per model call (--tiled)")
+    ex.add_argument("--input-dtype", dest="input_dtype", choices=["uint8", "uint16", "float32"],
+                    default="uint8", help="dtype of the SavedModel's 'image' input")
+    ex.add_argument("--threshold", type=float, default=0.5, help="mask = probability > this")
+    ex.add_argument("--overwrite", action="store_true", help="replace an existing version")
+    ex.add_argument("--input-size", dest="input_size", type=int, nargs=2, metavar=("H", "W"),
+                    help="TFLite fixed input size (default TILE_SIZE TILE_SIZE)")
+    ex.add_argument("--quantize", action="store_true",
+                    help="TFLite dynamic-range quantisation (int8 weights)")
+    ex.set_defaults(func=_cmd_export)
 
     show = sub.add_parser("show-augment", help="write a PNG grid of augmented training samples")
     show.add_argument("data", help="folder with images/ and masks/, or 'synthetic'")

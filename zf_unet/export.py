@@ -1,0 +1,568 @@
+"""Serving exports: TF Serving SavedModels, TFLite and ONNX files.
+
+``export_saved_model(model, "serving/isbi", version=1)`` writes ``serving/isbi/1/``, the
+layout TF Serving watches (``--model_base_path=serving/isbi``). The SavedModel needs neither
+zf_unet nor Keras to run: ``tf.saved_model.load(...).signatures["serving_default"]`` or TF
+Serving is enough. Its signatures:
+
+``serving_default``
+    input ``image``: ``[batch, H, W, C]`` uint8 (default; ``input_dtype="uint16"`` and
+    ``"float32"`` also exist), ``H`` and ``W`` any size >= 1.
+    outputs ``probabilities``: float32 ``[batch, H, W, K]`` (float32 also for mixed-precision
+    models); ``mask``: uint8 ``[batch, H, W]`` labels (``p > threshold`` for one class, the
+    argmax for several; int32 for more than 256 classes).
+``mask_only``
+    the same input, only the ``mask`` output (a REST response without the probability map
+    is several times smaller).
+
+Everything the training pipeline did to an image happens inside the graph:
+uint8 / 255 and uint16 / 65535 (``zf_unet.data.to_float_image``); float32 is used as it is
+(it must be finite, expected in [0, 1]). Sizes the U-Net cannot take are padded by mirror
+reflection and the output is cropped back:
+
+- untiled (``tiled=False``): the whole image in one model call. Each axis of length ``L`` is
+  padded to the smallest accepted output length ``P >= L`` (a multiple of ``2**(depth-1)``
+  for ``padding="same"`` models), ``(P - L) // 2`` pixels before and the rest after, plus
+  the context margin on both sides for ``padding="valid"`` models. Peak memory grows with
+  the image: use ``tiled=True`` for large images.
+- tiled (``tiled=True``): the overlap-tile strategy of ``zf_unet.inference.predict_tiled``
+  in TensorFlow ops, with the same tile size fitting, the same tile starts (evenly spread,
+  ``round(linspace(0, L - tile, n))``, one centred tile for short axes), the same blend
+  window (Gaussian, sigma = tile / 8; or linear / none) normalised by the weight sum, and
+  the same mirrored context. Tiles are read straight from the input by mirrored indices
+  (no padded copy of the image), predicted ``batch_size`` at a time in a ``tf.while_loop``
+  and accumulated into one float32 canvas. Outputs equal ``predict_tiled(model, image,
+  tile_size, overlap, blend, batch_size=batch_size)`` up to float32 rounding (~1e-7).
+
+Mirror padding is ``numpy.pad(mode="reflect")`` applied as often as needed (the edge pixel
+is not repeated; images smaller than the padding are reflected back and forth, a 1-pixel
+axis is repeated), the rule ``predict_tiled`` uses.
+
+``padding="valid"`` models are supported in both modes (their margin is mirrored too).
+Models with a fixed input size (e.g. ``ZF_UNET_224``) need ``tiled=True``.
+
+``export_tflite`` writes a fixed-size float32 TFLite model and ``export_onnx`` an ONNX
+model (dynamic batch / H / W); both are the bare network (float32 input in [0, 1], output
+probabilities, no padding or thresholding in the graph).
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from zf_unet.inference import BLEND_MODES, _max_output_tile, model_geometry
+from zf_unet.io_utils import atomic_path
+
+__all__ = [
+    "INPUT_DTYPES",
+    "export_onnx",
+    "export_saved_model",
+    "export_tflite",
+    "make_serving_fn",
+]
+
+INPUT_DTYPES = ("uint8", "uint16", "float32")
+
+#: Name of the JSON file (inside ``<version>/assets.extra/``) describing an export.
+EXPORT_INFO = "zf_unet_export.json"
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------
+def _as_model(model: Any) -> keras.Model:
+    if isinstance(model, (str, os.PathLike)):
+        p = Path(model)
+        if not p.is_file():
+            raise FileNotFoundError(f"{p}: model file not found (expected a .keras file)")
+        return keras.saving.load_model(p, compile=False)
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"model must be a keras.Model or a .keras path, got {type(model).__name__}")
+    return model
+
+
+def _check_int(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _is_mixed(model: keras.Model) -> bool:
+    return any(
+        getattr(layer.dtype_policy, "compute_dtype", "float32")
+        != getattr(layer.dtype_policy, "variable_dtype", "float32")
+        for layer in model.layers
+    )
+
+
+def _float32_clone(model: keras.Model) -> keras.Model:
+    """``model`` rebuilt with a float32 dtype policy in every layer and the same weights
+    (TFLite and ONNX converters need float32 graphs); ``model`` itself if it is float32."""
+    if not _is_mixed(model):
+        return model
+
+    def _clone_layer(layer: keras.layers.Layer) -> keras.layers.Layer:
+        cfg = layer.get_config()
+        cfg["dtype"] = "float32"
+        return layer.__class__.from_config(cfg)
+
+    clone = keras.models.clone_model(model, clone_function=_clone_layer)
+    clone.set_weights(model.get_weights())
+    return clone
+
+
+def _ceil_div(a: tf.Tensor, b: Any) -> tf.Tensor:
+    """ceil(a / b) for int32 tensors of any sign and positive ``b``."""
+    return -tf.math.floordiv(-a, b)
+
+
+def _mirror(idx: tf.Tensor, length: tf.Tensor) -> tf.Tensor:
+    """Indices mapped into ``[0, length)`` by repeated mirror reflection (edge not repeated);
+    ``zf_unet.inference._mirror_index`` in TensorFlow. A 1-pixel axis maps everything to 0."""
+    period = tf.maximum(2 * (length - 1), 1)
+    m = tf.math.floormod(idx, period)
+    return tf.where(m >= length, period - m, m)
+
+
+def _window(tile: tf.Tensor, blend: str, overlap: int) -> tf.Tensor:
+    """1-D float64 blend weights of ``zf_unet.inference._window`` for a dynamic ``tile``."""
+    t = tf.cast(tile, tf.float64)
+    i = tf.range(t, dtype=tf.float64)
+    if blend == "gaussian":
+        sigma = t / 8.0
+        w = tf.exp(-0.5 * tf.square((i - (t - 1.0) / 2.0) / sigma))
+        w = w / tf.reduce_max(w)
+        return tf.maximum(w, 1e-6)
+    if blend == "linear":
+        return tf.minimum(tf.constant(1.0, tf.float64),
+                          tf.minimum(i + 1.0, t - i) / (float(overlap) + 1.0))
+    return tf.ones_like(i)
+
+
+def _tile_starts(length: tf.Tensor, tile: tf.Tensor, overlap: int) -> tf.Tensor:
+    """Output tile starts along one axis, exactly as ``zf_unet.inference._tile_starts``:
+    one centred tile when ``length <= tile``, else ``round(linspace(0, length - tile, n))``
+    (float64, round half to even, last start = ``length - tile``)."""
+
+    def _single() -> tf.Tensor:
+        return tf.reshape(-tf.math.floordiv(tile - length, 2), [1])
+
+    def _spread() -> tf.Tensor:
+        stride = tf.maximum(tile - overlap, 1)
+        n = _ceil_div(length - tile, stride) + 1
+        delta = tf.cast(length - tile, tf.float64)
+        step = delta / tf.cast(tf.maximum(n - 1, 1), tf.float64)
+        y = tf.range(n, dtype=tf.float64) * step
+        y = tf.concat([y[:-1], tf.reshape(delta, [1])], axis=0)  # numpy sets the end exactly
+        return tf.cast(tf.round(y), tf.int32)
+
+    return tf.cond(length <= tile, _single, _spread)
+
+
+def _norm_1d(starts: tf.Tensor, window: tf.Tensor, length: tf.Tensor) -> tf.Tensor:
+    """Sum of the windows of all tiles at every position ``[0, length)`` (float64)."""
+    tile = tf.shape(window)[0]
+    pos = starts[:, None] + tf.range(tile)[None, :]
+    inside = (pos >= 0) & (pos < length)
+    vals = tf.where(inside, tf.broadcast_to(window[None, :], tf.shape(pos)),
+                    tf.zeros([], tf.float64))
+    return tf.math.unsorted_segment_sum(
+        tf.reshape(vals, [-1]), tf.reshape(tf.clip_by_value(pos, 0, length - 1), [-1]), length
+    )
+
+
+class _Plan:
+    """What the serving graph needs to know about a model (all static Python values)."""
+
+    def __init__(self, model: keras.Model, tiled: bool, tile_size: int, overlap: int,
+                 blend: str, batch_size: int, input_dtype: str, threshold: float) -> None:
+        geom = model_geometry(model)
+        self.channels = geom["channels"]
+        self.num_classes = geom["num_classes"]
+        self.margin = geom["margin"]
+        self.divisor = geom["divisor"]
+        self.fixed = geom["fixed_size"]
+        self.out0 = geom["min_input"] - 2 * geom["margin"]
+        self.geom = geom
+        self.tiled = bool(tiled)
+        self.tile_size, self.overlap, self.blend = tile_size, overlap, blend
+        self.batch_size = batch_size
+        self.input_dtype = input_dtype
+        self.threshold = float(threshold)
+        if self.tiled:
+            self.t_max = _max_output_tile(geom, tile_size)
+            if overlap >= min(self.t_max):
+                raise ValueError(
+                    f"overlap={overlap} must be smaller than the output tile "
+                    f"({min(self.t_max)} px after fitting tile_size={tile_size} to the model)"
+                )
+        else:
+            if self.fixed is not None:
+                raise ValueError(
+                    f"this model has a fixed input size {self.fixed}; an untiled export would "
+                    "only accept that size. Export it with tiled=True (tiles of the fixed "
+                    "size cover images of any size)."
+                )
+            self.t_max = None
+
+    def info(self) -> dict:
+        return dict(
+            tiled=self.tiled, tile_size=self.tile_size if self.tiled else None,
+            overlap=self.overlap if self.tiled else None,
+            blend=self.blend if self.tiled else None,
+            batch_size=self.batch_size if self.tiled else None,
+            input_dtype=self.input_dtype, threshold=self.threshold,
+            geometry={k: (list(v) if isinstance(v, tuple) else v) for k, v in self.geom.items()},
+        )
+
+    # ---------------------------------------------------------------- graph pieces
+    def normalise(self, x: tf.Tensor) -> tf.Tensor:
+        if self.input_dtype == "uint8":
+            return tf.cast(x, tf.float32) / 255.0
+        if self.input_dtype == "uint16":
+            return tf.cast(x, tf.float32) / 65535.0
+        return tf.cast(x, tf.float32)
+
+    def axis_tile(self, length: tf.Tensor, axis: int) -> tf.Tensor:
+        """Output tile length along an axis (``_fit_output_tile``); untiled: unbounded."""
+        if self.fixed is not None:
+            return tf.constant(self.t_max[axis], tf.int32)
+        need = self.out0 + tf.maximum(0, _ceil_div(length - self.out0, self.divisor)) * self.divisor
+        if self.t_max is None:
+            return need
+        return tf.minimum(tf.constant(self.t_max[axis], tf.int32), need)
+
+    def labels(self, probs: tf.Tensor) -> tf.Tensor:
+        if self.num_classes == 1:
+            return tf.cast(probs[..., 0] > self.threshold, tf.uint8)
+        dtype = tf.uint8 if self.num_classes <= 256 else tf.int32
+        return tf.cast(tf.argmax(probs, axis=-1), dtype)
+
+
+def _predict_untiled(model: keras.Model, plan: _Plan, image: tf.Tensor) -> tf.Tensor:
+    shape = tf.shape(image)
+    h, w = shape[1], shape[2]
+    th, tw = plan.axis_tile(h, 0), plan.axis_tile(w, 1)
+    y0, x0 = -tf.math.floordiv(th - h, 2), -tf.math.floordiv(tw - w, 2)
+    m = plan.margin
+    rows = _mirror(tf.range(th + 2 * m) + (y0 - m), h)
+    cols = _mirror(tf.range(tw + 2 * m) + (x0 - m), w)
+    x = tf.gather(tf.gather(image, rows, axis=1), cols, axis=2)
+    probs = tf.cast(model(plan.normalise(x), training=False), tf.float32)
+    return probs[:, -y0 : -y0 + h, -x0 : -x0 + w, :]
+
+
+def _predict_tiled(model: keras.Model, plan: _Plan, image: tf.Tensor) -> tf.Tensor:
+    shape = tf.shape(image)
+    n_img, h, w = shape[0], shape[1], shape[2]
+    k, m, bs = plan.num_classes, plan.margin, plan.batch_size
+    th, tw = plan.axis_tile(h, 0), plan.axis_tile(w, 1)
+    in_h, in_w = th + 2 * m, tw + 2 * m
+    ys = _tile_starts(h, th, plan.overlap)
+    xs = _tile_starts(w, tw, plan.overlap)
+    ny, nx = tf.size(ys), tf.size(xs)
+
+    wy, wx = _window(th, plan.blend, plan.overlap), _window(tw, plan.blend, plan.overlap)
+    weight2d = tf.cast(wy[:, None] * wx[None, :], tf.float32)[:, :, None]
+    inv_y = 1.0 / _norm_1d(ys, wy, h)
+    inv_x = 1.0 / _norm_1d(xs, wx, w)
+    norm2d = tf.cast(inv_y[:, None] * inv_x[None, :], tf.float32)[None, :, :, None]
+
+    # Canvas covering every tile: a single centred tile may stick out of a short axis.
+    off_y, off_x = tf.maximum(0, -ys[0]), tf.maximum(0, -xs[0])
+    canvas = tf.zeros(tf.stack([n_img, tf.maximum(h, th), tf.maximum(w, tw), k]), tf.float32)
+    n_tiles = n_img * ny * nx
+    n_batches = _ceil_div(n_tiles, bs)
+    fixed = plan.fixed
+
+    def body(b: tf.Tensor, acc: tf.Tensor) -> tuple:
+        t = tf.range(b * bs, tf.minimum(n_tiles, (b + 1) * bs))  # tile order (n, y, x)
+        n = t // (ny * nx)
+        ty0 = tf.gather(ys, (t // nx) % ny)
+        tx0 = tf.gather(xs, t % nx)
+        cnt = tf.size(t)
+        rows = _mirror(ty0[:, None] - m + tf.range(in_h)[None, :], h)  # [B, in_h]
+        cols = _mirror(tx0[:, None] - m + tf.range(in_w)[None, :], w)  # [B, in_w]
+        grid = tf.stack([cnt, in_h, in_w])
+        idx = tf.stack([
+            tf.broadcast_to(n[:, None, None], grid),
+            tf.broadcast_to(rows[:, :, None], grid),
+            tf.broadcast_to(cols[:, None, :], grid),
+        ], axis=-1)
+        tiles = plan.normalise(tf.gather_nd(image, idx))
+        if fixed is not None:
+            tiles = tf.ensure_shape(tiles, [None, fixed[0], fixed[1], plan.channels])
+        pred = tf.cast(model(tiles, training=False), tf.float32) * weight2d
+        ogrid = tf.stack([cnt, th, tw])
+        oidx = tf.stack([
+            tf.broadcast_to(n[:, None, None], ogrid),
+            tf.broadcast_to((ty0 + off_y)[:, None, None] + tf.range(th)[None, :, None], ogrid),
+            tf.broadcast_to((tx0 + off_x)[:, None, None] + tf.range(tw)[None, None, :], ogrid),
+        ], axis=-1)
+        return b + 1, tf.tensor_scatter_nd_add(acc, oidx, pred)
+
+    _, canvas = tf.while_loop(
+        lambda b, acc: b < n_batches, body, (tf.constant(0), canvas),
+        shape_invariants=(tf.TensorShape([]), tf.TensorShape([None, None, None, k])),
+        parallel_iterations=1,
+    )
+    return canvas[:, off_y : off_y + h, off_x : off_x + w, :] * norm2d
+
+
+def _validate(tiled: bool, tile_size: Any, overlap: Any, blend: str, batch_size: Any,
+              input_dtype: str, threshold: Any) -> tuple:
+    tile_size = _check_int("tile_size", tile_size, 1)
+    overlap = _check_int("overlap", overlap, 0)
+    batch_size = _check_int("batch_size", batch_size, 1)
+    if tiled and overlap >= tile_size:
+        raise ValueError(f"overlap={overlap} must be smaller than tile_size={tile_size}")
+    if blend not in BLEND_MODES:
+        raise ValueError(f"blend must be one of {BLEND_MODES}, got {blend!r}")
+    if input_dtype not in INPUT_DTYPES:
+        raise ValueError(f"input_dtype must be one of {INPUT_DTYPES}, got {input_dtype!r}")
+    try:
+        threshold = float(threshold)
+    except (TypeError, ValueError):
+        raise ValueError(f"threshold must be a number, got {threshold!r}") from None
+    if not np.isfinite(threshold):
+        raise ValueError(f"threshold must be finite, got {threshold!r}")
+    return tile_size, overlap, batch_size, threshold
+
+
+def _serving_fns(model: keras.Model, *, tiled: bool = False, tile_size: int = 256,
+                 overlap: int = 64, blend: str = "gaussian", batch_size: int = 4,
+                 input_dtype: str = "uint8", threshold: float = 0.5) -> tuple:
+    tile_size, overlap, batch_size, threshold = _validate(
+        tiled, tile_size, overlap, blend, batch_size, input_dtype, threshold
+    )
+    plan = _Plan(model, tiled, tile_size, overlap, blend, batch_size, input_dtype, threshold)
+    spec = tf.TensorSpec([None, None, None, plan.channels], tf.as_dtype(input_dtype),
+                         name="image")
+    predict = _predict_tiled if plan.tiled else _predict_untiled
+
+    def _probs(image: tf.Tensor) -> tf.Tensor:
+        shape = tf.shape(image)
+        checks = [tf.debugging.assert_positive(
+            shape[1:3], message="image height and width must be >= 1")]
+        if input_dtype == "float32":
+            checks.append(tf.debugging.assert_all_finite(
+                image, "image contains NaN or Inf pixels; values must be finite"))
+        with tf.control_dependencies(checks):
+            image = tf.identity(image)
+        return predict(model, plan, image)
+
+    @tf.function(input_signature=[spec], autograph=False)
+    def serving_default(image):
+        probs = _probs(image)
+        return {"probabilities": probs, "mask": plan.labels(probs)}
+
+    @tf.function(input_signature=[spec], autograph=False)
+    def mask_only(image):
+        return {"mask": plan.labels(_probs(image))}
+
+    return serving_default, mask_only, spec, plan
+
+
+def make_serving_fn(model: Any, *, tiled: bool = False, tile_size: int = 256, overlap: int = 64,
+                    blend: str = "gaussian", batch_size: int = 4, input_dtype: str = "uint8",
+                    threshold: float = 0.5) -> Callable:
+    """The ``serving_default`` function of ``export_saved_model`` as an in-process
+    ``tf.function``: ``fn(image)`` -> ``{"probabilities": ..., "mask": ...}`` (see the module
+    docstring). Useful to check an export before writing it."""
+    fn, _, _, _ = _serving_fns(_as_model(model), tiled=tiled, tile_size=tile_size,
+                               overlap=overlap, blend=blend, batch_size=batch_size,
+                               input_dtype=input_dtype, threshold=threshold)
+    return fn
+
+
+# --------------------------------------------------------------------------------------------
+# SavedModel for TF Serving
+# --------------------------------------------------------------------------------------------
+def export_saved_model(
+    model: Any,
+    path: str | os.PathLike,
+    version: int = 1,
+    *,
+    tiled: bool = False,
+    tile_size: int = 256,
+    overlap: int = 64,
+    blend: str = "gaussian",
+    batch_size: int = 4,
+    input_dtype: str = "uint8",
+    threshold: float = 0.5,
+    overwrite: bool = False,
+    verbose: bool = False,
+) -> Path:
+    """Write a TF Serving SavedModel to ``path/<version>/`` and return that folder.
+
+    Args:
+        model: a ``keras.Model`` from ``zf_unet.build_unet`` (or any single-input image model
+            ``predict_tiled`` accepts), or the path of a ``.keras`` file.
+        path: the model's base folder (TF Serving's ``--model_base_path``).
+        version: integer >= 1; the version subfolder.
+        tiled: overlap-tile prediction inside the graph (any image size with bounded
+            memory); else one model call on the mirror-padded whole image.
+        tile_size, overlap, blend, batch_size: tiling parameters, as in ``predict_tiled``
+            (used when ``tiled``).
+        input_dtype: dtype of the ``image`` input: ``"uint8"`` (scaled by 1/255, the
+            default), ``"uint16"`` (1/65535) or ``"float32"`` (in [0, 1], used as it is).
+        threshold: the ``mask`` output of a one-class model is ``probabilities > threshold``.
+        overwrite: replace an existing ``path/<version>`` (else ``FileExistsError``).
+        verbose: let Keras print the exported variables.
+
+    The version folder appears atomically: the SavedModel is written into a hidden temporary
+    folder in ``path`` (not a number, so TF Serving ignores it) and renamed when complete.
+    With ``overwrite=True`` the old version is renamed away first and deleted afterwards, so
+    for a moment neither exists (TF Serving keeps serving the version it has loaded).
+
+    Raises:
+        FileExistsError: ``path/<version>`` exists and ``overwrite`` is False.
+        ValueError: bad parameters, or an untiled export of a fixed-input-size model.
+    """
+    model = _as_model(model)
+    version = _check_int("version", version, 1)
+    serving_default, mask_only, spec, plan = _serving_fns(
+        model, tiled=tiled, tile_size=tile_size, overlap=overlap, blend=blend,
+        batch_size=batch_size, input_dtype=input_dtype, threshold=threshold,
+    )
+    base = Path(path)
+    final = base / str(version)
+    if final.exists() and not overwrite:
+        raise FileExistsError(
+            f"{final} already exists; pick another version or pass overwrite=True"
+        )
+    base.mkdir(parents=True, exist_ok=True)
+    tmp = _hidden_dir(base, f".{version}.tmp-")
+    old = None
+    try:
+        archive = keras.export.ExportArchive()
+        archive.track(model)
+        archive.add_endpoint("serving_default", serving_default)
+        archive.add_endpoint("mask_only", mask_only)
+        archive.write_out(str(tmp), verbose=verbose)
+        extra = tmp / "assets.extra"
+        extra.mkdir(exist_ok=True)
+        info = dict(plan.info(), version=version, model_name=model.name,
+                    tensorflow=tf.__version__, keras=keras.__version__,
+                    signatures={"serving_default": ["probabilities", "mask"],
+                                "mask_only": ["mask"]})
+        (extra / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+        if final.exists():  # overwrite=True (checked above)
+            old = _hidden_dir(base, f".{version}.old-")
+            os.replace(final, old / "v")
+        os.rename(tmp, final)  # fails if another export created `final` meanwhile
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and not final.exists() and (old / "v").exists():
+            os.replace(old / "v", final)  # put the previous version back
+        raise
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _hidden_dir(base: Path, prefix: str) -> Path:
+    """A new empty folder ``base/<prefix><random>``. Unlike ``tempfile.mkdtemp`` (mode 0700)
+    it gets the usual permissions (0777 minus the umask), which the version folder keeps
+    after the rename, so a server running as another user can read it."""
+    while True:
+        path = base / f"{prefix}{secrets.token_hex(4)}"
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:  # pragma: no cover - 1 in 4 billion
+            continue
+
+
+# --------------------------------------------------------------------------------------------
+# TFLite and ONNX
+# --------------------------------------------------------------------------------------------
+def export_tflite(model: Any, path: str | os.PathLike, input_size: Sequence[int] = (256, 256),
+                  quantize: bool = False) -> Path:
+    """Write a TFLite flatbuffer for one fixed input size and return its path.
+
+    The graph is the bare network: input ``[1, H, W, C]`` float32 in [0, 1] (``H, W`` =
+    ``input_size``, a size the model accepts: a multiple of ``2**(depth-1)`` for
+    ``padding="same"``), output ``[1, H', W', K]`` float32 probabilities. Mixed-precision
+    models are converted from a float32 copy. ``quantize=True`` applies dynamic-range
+    quantisation (int8 weights, float activations; about 4x smaller, not bit-exact).
+    """
+    model = _float32_clone(_as_model(model))
+    geom = model_geometry(model)
+    if isinstance(input_size, (int, np.integer)):
+        input_size = (int(input_size), int(input_size))
+    if len(input_size) != 2:
+        raise ValueError(f"input_size must be (height, width), got {input_size!r}")
+    h, w = (_check_int("input_size", int(s) if isinstance(s, np.integer) else s, 1)
+            for s in input_size)
+    _check_size(geom, (h, w))
+    spec = tf.TensorSpec([1, h, w, geom["channels"]], tf.float32, name="image")
+
+    @tf.function(input_signature=[spec], autograph=False)
+    def probabilities(image):
+        return {"probabilities": tf.cast(model(image, training=False), tf.float32)}
+
+    # ExportArchive -> SavedModel -> converter: converting the concrete function directly
+    # (from_concrete_functions) does not freeze Keras 3 variables and gives NaN outputs.
+    with tempfile.TemporaryDirectory() as saved:
+        archive = keras.export.ExportArchive()
+        archive.track(model)
+        archive.add_endpoint("serving_default", probabilities)
+        archive.write_out(saved, verbose=False)
+        converter = tf.lite.TFLiteConverter.from_saved_model(saved)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        if quantize:
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        flatbuffer = converter.convert()
+    with atomic_path(path) as tmp:
+        Path(tmp).write_bytes(flatbuffer)
+    return Path(path)
+
+
+def _check_size(geom: dict, size: tuple) -> None:
+    from zf_unet.models.unet import valid_input_sizes
+
+    if geom["fixed_size"] is not None:
+        if tuple(size) != tuple(geom["fixed_size"]):
+            raise ValueError(f"this model only accepts {geom['fixed_size']}, got {tuple(size)}")
+        return
+    s0, div = geom["min_input"], geom["divisor"]
+    for s in size:
+        if s < s0 or (s - s0) % div:
+            padding = geom["padding"]
+            raise ValueError(
+                f"input size {s} is not accepted by this model (accepted: {s0} + k * {div}); "
+                f"nearest: {valid_input_sizes(geom['depth'], padding, near=s)}"
+            )
+
+
+def export_onnx(model: Any, path: str | os.PathLike, opset: int | None = None) -> Path:
+    """Write an ONNX model (Keras 3 ``model.export(format="onnx")``, i.e. tf2onnx) and return
+    its path. Input ``image`` float32 ``[batch, H, W, C]`` in [0, 1] with batch, H and W
+    dynamic (H, W must be sizes the model accepts; no padding in the graph); output float32
+    probabilities ``[batch, H', W', K]``. Mixed-precision models are exported from a float32
+    copy. Needs ``pip install tf2onnx onnx`` (and ``onnxruntime`` to run it)."""
+    try:
+        import tf2onnx  # noqa: F401
+    except ImportError as exc:
+        raise ImportError(
+            "export_onnx needs tf2onnx and onnx: pip install tf2onnx onnx onnxruntime"
+        ) from exc
+    model = _float32_clone(_as_model(model))
+    geom = model_geometry(model)
+    fixed = geom["fixed_size"] or (None, None)
+    spec = tf.TensorSpec([None, fixed[0], fixed[1], geom["channels"]], tf.float32, name="image")
+    with atomic_path(path) as tmp:
+        model.export(str(tmp), format="onnx", input_signature=[spec], verbose=False,
+                     opset_version=opset)
+    return Path(path)
