@@ -276,6 +276,10 @@ def _fused_bn_class():
             if training and self.trainable:
                 y, mean, var = tf.compat.v1.nn.fused_batch_norm(
                     x, gamma, beta, epsilon=self.epsilon, data_format="NHWC", is_training=True)
+                # The fused kernel returns the Bessel-corrected variance; Keras keeps the biased
+                # one, so undo the n / (n - 1) factor to match keras.layers.BatchNormalization.
+                n = tf.cast(tf.size(x) // c, tf.float32)
+                var = var * (n - 1.0) / tf.maximum(n, 2.0)
                 m = self.momentum
                 self.moving_mean.assign(self.moving_mean * m + mean * (1.0 - m))
                 self.moving_variance.assign(self.moving_variance * m + var * (1.0 - m))
@@ -602,7 +606,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     ref_ips = None
     ref_round: list[float | None] = [None] * args.rounds
-    for v in variants:
+    for v in dict.fromkeys(variants):  # a variant listed twice is pooled into one row
         ok = [r for r in results[v] if "error" not in r]
         if not ok:
             continue
@@ -617,7 +621,7 @@ def main(argv: list[str] | None = None) -> int:
                          for r in results[v]]
 
     print()
-    per_round = args.rounds > 1 and ref_ips is not None
+    per_round = args.rounds > 1 and ref_ips is not None and len(set(variants)) == len(variants)
     head = ("| framework / variant | precision | img/s median | min..max | "
             "ratio vs PyTorch bf16 CL | quiet steps |")
     sep = "|---|---|---:|---:|---:|---:|"
@@ -641,7 +645,7 @@ def main(argv: list[str] | None = None) -> int:
                     rr.append(f"{ips_r / ref:.2f}")
             line += " " + " / ".join(rr) + " |"
         print(line)
-    for v in variants:
+    for v in dict.fromkeys(variants):
         for r in results[v]:
             if "error" in r:
                 print(f"| `{v}` | | failed: {r['error'][:200]} | | | |")

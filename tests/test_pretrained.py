@@ -1,0 +1,79 @@
+"""Pretrained weights: manifests, checksums, the download path (tested with file:// URLs)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import zf_unet
+from zf_unet import pretrained
+from zf_unet.errors import DataError
+from zf_unet.io_utils import save_model_atomic
+
+
+@pytest.fixture
+def weights_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("ZF_UNET_WEIGHTS", str(tmp_path / "weights"))
+    monkeypatch.setenv("ZF_UNET_CACHE", str(tmp_path / "cache"))
+    model = zf_unet.build_unet((None, None, 1), depth=2, filters=2)
+    src = save_model_atomic(model, tmp_path / "src.keras")
+    pretrained.write_manifest(src, tmp_path / "weights" / "tiny", name="tiny",
+                              normalisation="uint8 / 255")
+    return tmp_path, model
+
+
+def test_load_verified_model(weights_env):
+    tmp_path, model = weights_env
+    assert "tiny" in pretrained.list_pretrained()
+    loaded = pretrained.load_pretrained("tiny")
+    x = np.random.default_rng(0).random((1, 16, 16, 1), dtype=np.float32)
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
+
+
+def test_checksum_mismatch_is_refused(weights_env):
+    tmp_path, _ = weights_env
+    manifest_path = tmp_path / "weights" / "tiny" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["sha256"] = "0" * 64
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(DataError, match="sha256"):
+        pretrained.load_pretrained("tiny")
+
+
+def test_download_path_with_local_url(weights_env):
+    tmp_path, _ = weights_env
+    folder = tmp_path / "weights" / "tiny"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    hosted = tmp_path / "hosted.keras"
+    (folder / "model.keras").rename(hosted)
+    manifest["url"] = hosted.as_uri()
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    model = pretrained.load_pretrained("tiny")
+    assert (tmp_path / "cache" / "weights" / "tiny" / "model.keras").exists()
+    assert model.count_params() == manifest["parameters"]
+    # A download whose checksum does not match is not kept.
+    with pytest.raises(DataError, match="sha256"):
+        pretrained.fetch(hosted.as_uri(), tmp_path / "x.keras", "f" * 64)
+    assert not (tmp_path / "x.keras").exists()
+
+
+def test_unknown_name_lists_available(weights_env):
+    with pytest.raises(DataError, match="tiny"):
+        pretrained.load_pretrained("nope")
+
+
+@pytest.mark.isbi
+def test_shipped_isbi_weights_segment_a_validation_slice(isbi_dir):
+    from PIL import Image
+
+    manifest = pretrained.list_pretrained()["isbi2012_unet_f16"]
+    assert manifest["sha256"] == pretrained.sha256_of(f"{manifest['_dir']}/model.keras")
+    assert manifest["bytes"] <= 25 * 2**20
+    model = pretrained.load_pretrained("isbi2012_unet_f16")
+    image = np.asarray(Image.open(isbi_dir / "images" / "22.png"))
+    truth = np.asarray(Image.open(isbi_dir / "masks" / "22.png")) > 127
+    probs = zf_unet.inference.predict_tiled(model, image, tile_size=256, overlap=32)[..., 0]
+    error = zf_unet.metrics.pixel_error(probs, truth, threshold=0.45)
+    trivial = 1.0 - truth.mean()  # everything "cell interior"
+    assert error < 0.13 and error < 0.6 * trivial, (error, trivial)

@@ -1,0 +1,123 @@
+"""Pretrained weights: a manifest per model, sha256-checked, loaded without custom_objects.
+
+Layout of a weights folder (``weights/`` in the repository, or ``$ZF_UNET_WEIGHTS``)::
+
+    weights/<name>/manifest.json   # name, architecture, normalisation, training config, data,
+                                   # metrics, file, sha256, url (optional)
+    weights/<name>/<file>.keras
+
+``load_pretrained(name)`` finds the manifest, fetches the file from ``url`` into the cache if
+it is not on disk (downloads go to a temporary file, are checked against ``sha256`` and only
+then renamed into place), verifies the checksum and loads the model.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from zf_unet.errors import DataError
+
+MANIFEST = "manifest.json"
+
+
+def weights_dirs() -> list[Path]:
+    """Where manifests are searched: ``$ZF_UNET_WEIGHTS``, the repository's ``weights/``, and
+    the download cache (``$ZF_UNET_CACHE/weights`` or ``~/.cache/zf_unet/weights``)."""
+    dirs = []
+    if os.environ.get("ZF_UNET_WEIGHTS"):
+        dirs.append(Path(os.environ["ZF_UNET_WEIGHTS"]).expanduser())
+    dirs.append(Path(__file__).resolve().parent.parent / "weights")
+    dirs.append(cache_dir())
+    return dirs
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("ZF_UNET_CACHE")
+    return (Path(base).expanduser() if base else Path.home() / ".cache" / "zf_unet") / "weights"
+
+
+def sha256_of(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def list_pretrained() -> dict[str, dict]:
+    """``{name: manifest}`` of every model found in :func:`weights_dirs`."""
+    found: dict[str, dict] = {}
+    for d in weights_dirs():
+        if not d.is_dir():
+            continue
+        for m in sorted(d.glob(f"*/{MANIFEST}")):
+            manifest = json.loads(m.read_text(encoding="utf-8"))
+            manifest["_dir"] = str(m.parent)
+            found.setdefault(manifest["name"], manifest)
+    return found
+
+
+def fetch(url: str, dest: str | Path, sha256: str, timeout: float = 60.0) -> Path:
+    """Download ``url`` to ``dest`` atomically, keeping it only if its sha256 matches."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
+            shutil.copyfileobj(resp, out)
+        got = sha256_of(tmp)
+        if got != sha256:
+            raise DataError(f"{url}: downloaded file has sha256 {got}, expected {sha256}; "
+                            "not saved")
+        os.replace(tmp, dest)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return dest
+
+
+def load_pretrained(name: str, *, url: str | None = None) -> Any:
+    """Load pretrained model ``name`` (see :func:`list_pretrained`) as a ``keras.Model``.
+
+    Raises:
+        DataError: unknown name, a missing file without a URL, or a checksum mismatch.
+    """
+    import keras
+
+    available = list_pretrained()
+    if name not in available:
+        raise DataError(f"pretrained model {name!r} not found; available: "
+                        f"{sorted(available) or 'none'} (searched {[str(d) for d in weights_dirs()]})")
+    manifest = available[name]
+    path = Path(manifest["_dir"]) / manifest["file"]
+    if not path.exists():
+        source = url or manifest.get("url")
+        if not source:
+            raise DataError(f"{path}: weights file missing and the manifest has no url")
+        path = fetch(source, cache_dir() / name / manifest["file"], manifest["sha256"])
+    got = sha256_of(path)
+    if got != manifest["sha256"]:
+        raise DataError(f"{path}: sha256 {got} does not match the manifest's "
+                        f"{manifest['sha256']} (corrupt or replaced file)")
+    return keras.saving.load_model(path, compile=False)
+
+
+def write_manifest(model_path: str | Path, folder: str | Path, **fields: Any) -> Path:
+    """Copy ``model_path`` (compile-free) into ``folder`` and write its manifest."""
+    import keras
+
+    from zf_unet.io_utils import save_model_atomic, write_json_atomic
+
+    folder = Path(folder)
+    model = keras.saving.load_model(model_path, compile=False)
+    target = save_model_atomic(model, folder / "model.keras")
+    manifest = {**fields, "file": target.name, "sha256": sha256_of(target),
+                "parameters": int(model.count_params()),
+                "bytes": target.stat().st_size}
+    return write_json_atomic(manifest, folder / MANIFEST)
