@@ -338,9 +338,10 @@ def train(config: Config | str | Path | dict, out_dir: str | Path = "runs/run",
                 metrics: Any = {name: _metrics(k) for name in outputs}
                 loss: Any = {name: make_loss(cfg) for name in outputs}
                 loss_weights: Any = {name: 1.0 / len(outputs) for name in outputs}
-                if monitor.removeprefix("val_") in ("dice", "iou"):
-                    metric = monitor.removeprefix("val_")
-                    monitor = monitor.replace(metric, f"{outputs[-1]}_{metric}")
+                # Per-head metrics are logged as "L4_dice" etc.: monitor the deepest head.
+                metric = monitor.removeprefix("val_")
+                if metric != "loss" and not metric.startswith(tuple(f"{o}_" for o in outputs)):
+                    monitor = monitor[: len(monitor) - len(metric)] + f"{outputs[-1]}_{metric}"
             else:
                 metrics = _metrics(k)
                 loss, loss_weights = make_loss(cfg), None
