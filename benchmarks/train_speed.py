@@ -195,14 +195,28 @@ class StepClock:
             busy = own = 0
         return t, busy, own
 
-    def mark(self) -> None:
-        """Call before the first step and after every step."""
+    def start(self) -> None:
+        self._last = self._read()
+
+    def stop(self) -> tuple[float, float]:
+        """Record and return ``(seconds, foreign CPU share)`` since :meth:`start`."""
         now = self._read()
-        if self._last is not None:
-            dt = now[0] - self._last[0]
-            foreign = max(0, (now[1] - self._last[1]) - (now[2] - self._last[2]))
-            self.steps.append((dt, foreign / (self.hz * self.ncpu * dt)))
-        self._last = now
+        dt = now[0] - self._last[0]
+        foreign = max(0, (now[1] - self._last[1]) - (now[2] - self._last[2]))
+        self.steps.append((dt, foreign / (self.hz * self.ncpu * dt)))
+        return self.steps[-1]
+
+    def wait_quiet(self, budget: list[float]) -> None:
+        """Sleep in 0.5 s slices while other processes keep the CPUs busy, spending at most
+        ``budget[0]`` seconds in all (the list is updated in place)."""
+        while budget[0] > 0:
+            a = self._read()
+            time.sleep(0.5)
+            b = self._read()
+            budget[0] -= b[0] - a[0]
+            busy = max(0, (b[1] - a[1]) - (b[2] - a[2])) / (self.hz * self.ncpu * (b[0] - a[0]))
+            if busy < self.quiet:
+                return
 
     def n_quiet(self) -> int:
         return sum(1 for _, f in self.steps if f < self.quiet)
@@ -211,7 +225,9 @@ class StepClock:
 # --------------------------------------------------------------------------- PyTorch child
 
 
-def run_torch(spec: dict, args: argparse.Namespace) -> dict:
+def torch_stepper(spec: dict, args: argparse.Namespace):
+    """``(step, info)``: ``step(i)`` runs one PyTorch training step on batch ``i % 4`` and
+    returns the loss; ``info`` describes the model and the build."""
     import numpy as np
     import torch
 
@@ -237,22 +253,30 @@ def run_torch(spec: dict, args: argparse.Namespace) -> dict:
         opt.step()
         return float(loss)
 
+    info = {"params": keras_param_count(model), "threads": torch.get_num_threads(),
+            "version": torch.__version__,
+            "mkldnn_bf16": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())}
+    return step, info
+
+
+def run_torch(spec: dict, args: argparse.Namespace) -> dict:
+    step, info = torch_stepper(spec, args)
     warm, losses = [], []
     for i in range(args.warmup):
         t0 = time.perf_counter()
         losses.append(step(i))
         warm.append(time.perf_counter() - t0)
     clock = StepClock(args.quiet)
-    clock.mark()
     i = args.warmup
+    budget = [float(args.wait)]
     while clock.n_quiet() < args.steps and len(clock.steps) < args.steps * args.patience:
+        clock.wait_quiet(budget)
+        clock.start()
         losses.append(step(i))
-        clock.mark()
+        clock.stop()
         i += 1
-    return {"steps": clock.steps, "warmup_times": warm,
-            "params": keras_param_count(model), "loss_first": losses[0], "loss_last": losses[-1],
-            "threads": torch.get_num_threads(), "version": torch.__version__,
-            "mkldnn_bf16": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())}
+    return {"steps": clock.steps, "warmup_times": warm, "loss_first": losses[0],
+            "loss_last": losses[-1], **info}
 
 
 # --------------------------------------------------------------------------- zf_unet child
@@ -387,13 +411,50 @@ def build_zf(spec: dict):
 
 
 def run_zf(spec: dict, args: argparse.Namespace) -> dict:
+    model, policy = build_zf(spec)  # first: thread settings must precede any TensorFlow op
     import keras
     import tensorflow as tf
 
-    model, policy = build_zf(spec)
     params = model.count_params()
 
+    # --paired: after every timed zf_unet step (execution), one PyTorch bf16 channels-last
+    # step in the same process, so both see the same machine load; the per-pair time ratio
+    # is then robust against other jobs on a shared machine.
+    ref_step, ref_info = (torch_stepper(parse_variant(REFERENCE), args) if args.paired
+                          else (None, None))
+    ref_clock = StepClock(args.quiet)
+    clock = StepClock(args.quiet)
+    spe = spec["spe"]
+    warm_exec = max(1, math.ceil(args.warmup / spe))
+    want = max(5, math.ceil(args.steps / spe)) if spe > 1 else args.steps
+    limit = want * args.patience
+
+    def n_done() -> int:
+        if ref_step is None:
+            return clock.n_quiet()
+        return sum(1 for a, b in zip(clock.steps, ref_clock.steps)
+                   if a[1] < args.quiet and b[1] < args.quiet)
+
+    budget = [float(args.wait)]
+
+    def after_step(k: int) -> bool:
+        """Called after execution ``k`` (0-based, warm-up included); True = stop."""
+        if ref_step is not None:
+            if k == 0:
+                for j in range(max(1, args.warmup)):  # warm the reference up too
+                    ref_step(j)
+            elif k >= warm_exec:
+                clock.wait_quiet(budget)
+                ref_clock.start()
+                ref_step(k)
+                ref_clock.stop()
+        done = k >= warm_exec - 1 and (n_done() >= want or len(clock.steps) >= limit)
+        if not done and k >= warm_exec - 1:
+            clock.wait_quiet(budget)
+        return done
+
     x, y = make_batches(4, args.batch, args.size)
+    warm: list[float] = []
     if spec["mode"] == "fit":
         ds = tf.data.Dataset.from_tensor_slices((x, y))
         if spec["bf16_input"]:
@@ -401,31 +462,24 @@ def run_zf(spec: dict, args: argparse.Namespace) -> dict:
         ds = ds.batch(args.batch, drop_remainder=True).repeat()
         if spec["prefetch"]:
             ds = ds.prefetch(tf.data.AUTOTUNE)
-        spe = spec["spe"]
         # One callback per execution of `spe` steps: time executions, report per step.
-        warm_exec = max(1, math.ceil(args.warmup / spe))
-        want = max(5, math.ceil(args.steps / spe)) if spe > 1 else args.steps
-        clock = StepClock(args.quiet)
-        warm: list[float] = []
-        t_prev = [0.0]
+        count = [0]
 
         class Stamp(keras.callbacks.Callback):
-            def on_train_begin(self, logs=None):
-                t_prev[0] = time.perf_counter()
+            def on_train_batch_begin(self, batch, logs=None):
+                clock.start()
 
             def on_train_batch_end(self, batch, logs=None):
-                if len(warm) < warm_exec:
-                    now = time.perf_counter()
-                    warm.append((now - t_prev[0]) / spe)
-                    t_prev[0] = now
-                    if len(warm) == warm_exec:
-                        clock.mark()
-                    return
-                clock.mark()
-                if clock.n_quiet() >= want or len(clock.steps) >= want * args.patience:
+                dt, _ = clock.stop()
+                k = count[0]
+                count[0] += 1
+                if k < warm_exec:
+                    clock.steps.pop()
+                    warm.append(dt / spe)
+                if after_step(k):
                     self.model.stop_training = True
 
-        hist = model.fit(ds, epochs=1, steps_per_epoch=(warm_exec + want * args.patience) * spe,
+        hist = model.fit(ds, epochs=1, steps_per_epoch=(warm_exec + limit) * spe,
                          verbose=0, callbacks=[Stamp()])
         clock.steps = [(dt / spe, f) for dt, f in clock.steps]
         loss_first = loss_last = float(hist.history["loss"][-1])
@@ -434,25 +488,24 @@ def run_zf(spec: dict, args: argparse.Namespace) -> dict:
         if spec["bf16_input"]:
             xs = [tf.cast(t, tf.bfloat16) for t in xs]
         ys = [tf.constant(y[i:i + args.batch]) for i in range(0, len(y), args.batch)]
-        warm, losses = [], []
-
-        def step(i: int) -> None:
-            out = model.train_on_batch(xs[i % len(xs)], ys[i % len(ys)])
+        losses = []
+        k = 0
+        while True:
+            clock.start()
+            out = model.train_on_batch(xs[k % len(xs)], ys[k % len(ys)])
+            dt, _ = clock.stop()
             losses.append(float(out if not isinstance(out, list) else out[0]))
-
-        for i in range(args.warmup):
-            t0 = time.perf_counter()
-            step(i)
-            warm.append(time.perf_counter() - t0)
-        clock = StepClock(args.quiet)
-        clock.mark()
-        i = args.warmup
-        while clock.n_quiet() < args.steps and len(clock.steps) < args.steps * args.patience:
-            step(i)
-            clock.mark()
-            i += 1
+            if k < warm_exec:
+                clock.steps.pop()
+                warm.append(dt)
+            if after_step(k):
+                break
+            k += 1
         loss_first, loss_last = losses[0], losses[-1]
-    return {"steps": clock.steps, "warmup_times": warm, "params": params, "policy": policy,
+    extra = {}
+    if ref_step is not None:
+        extra = {"ref_steps": ref_clock.steps, "ref_info": ref_info}
+    return {**extra, "steps": clock.steps, "warmup_times": warm, "params": params, "policy": policy,
             "jit_compile": model.jit_compile, "steps_per_execution": model.steps_per_execution,
             "loss_first": loss_first, "loss_last": loss_last,
             "inter": tf.config.threading.get_inter_op_parallelism_threads(),
@@ -501,7 +554,9 @@ def run_child(name: str, args: argparse.Namespace) -> dict:
     env.update(spec["env"])
     cmd = [sys.executable, os.path.abspath(__file__), "--child", name, "--steps", str(args.steps),
            "--warmup", str(args.warmup), "--batch", str(args.batch), "--size", str(args.size),
-           "--quiet", str(args.quiet), "--patience", str(args.patience)]
+           "--quiet", str(args.quiet), "--patience", str(args.patience), "--wait", str(args.wait)]
+    if args.paired and spec["framework"] == "zf_unet":
+        cmd.append("--paired")
     t0 = time.perf_counter()
     try:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)
@@ -523,6 +578,18 @@ def pick_steps(runs: list[dict], quiet: float) -> tuple[list[float], int, int]:
     steps = [s for r in runs for s in r["steps"]]
     calm = [dt for dt, foreign in steps if foreign < quiet]
     return (calm if len(calm) >= 5 else [dt for dt, _ in steps]), len(calm), len(steps)
+
+
+def paired_ratio(runs: list[dict], quiet: float) -> tuple[float, int, int] | None:
+    """Median over step pairs of (PyTorch reference step time / zf_unet step time), i.e. the
+    zf_unet speed relative to the reference measured at the same moment; pairs where either
+    step was not quiet are left out when at least 5 quiet pairs exist."""
+    pairs = [(a, b) for r in runs if "ref_steps" in r for a, b in zip(r["steps"], r["ref_steps"])]
+    if not pairs:
+        return None
+    calm = [(a, b) for a, b in pairs if a[1] < quiet and b[1] < quiet]
+    use = calm if len(calm) >= 5 else pairs
+    return statistics.median(b[0] / a[0] for a, b in use), len(calm), len(pairs)
 
 
 def fmt(v: float) -> str:
@@ -547,6 +614,12 @@ def main(argv: list[str] | None = None) -> int:
                         "all CPUs meanwhile (0.1)")
     p.add_argument("--patience", type=int, default=3,
                    help="time up to PATIENCE*STEPS steps to collect STEPS quiet ones (3)")
+    p.add_argument("--wait", type=float, default=60,
+                   help="seconds each variant process may sleep, in all, waiting for other "
+                        "processes to leave the CPUs before a timed step (60)")
+    p.add_argument("--no-paired", dest="paired", action="store_false",
+                   help="do not interleave PyTorch reference steps with the zf_unet steps")
+    p.add_argument("--paired", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--timeout", type=int, default=600, help="seconds per variant process")
     p.add_argument("--json", help="also write all raw results to this JSON file")
     p.add_argument("--list", action="store_true", help="list variants and modifiers and exit")
@@ -584,6 +657,7 @@ def main(argv: list[str] | None = None) -> int:
         print("PyTorch is not installed: running only the zf_unet rows. For the comparison "
               "install the CPU wheel: pip install torch==2.13.0", flush=True)
         variants = [v for v in variants if not v.startswith("torch")]
+        args.paired = False
 
     info = machine_info()
     load0 = os.getloadavg()
@@ -622,9 +696,13 @@ def main(argv: list[str] | None = None) -> int:
 
     print()
     per_round = args.rounds > 1 and ref_ips is not None and len(set(variants)) == len(variants)
+    any_paired = any("ref_steps" in r for row in rows for r in row[-1])
     head = ("| framework / variant | precision | img/s median | min..max | "
             "ratio vs PyTorch bf16 CL | quiet steps |")
     sep = "|---|---|---:|---:|---:|---:|"
+    if any_paired:
+        head += " paired ratio (quiet pairs) |"
+        sep += "---:|"
     if per_round:
         head += " ratio per round |"
         sep += "---|"
@@ -635,6 +713,10 @@ def main(argv: list[str] | None = None) -> int:
         ratio = f"{med / ref_ips:.2f}x" if ref_ips else "n/a"
         line = (f"| {spec['label']} (`{v}`) | {spec['precision']} | {fmt(med)} | "
                 f"{fmt(lo)}..{fmt(hi)} | {ratio} | {nq}/{n}{'' if nq >= 5 else ' (noisy)'} |")
+        if any_paired:
+            pr = paired_ratio(ok, args.quiet)
+            line += (" 1.00x (reference) |" if v == REFERENCE else " - |" if pr is None else
+                     f" {pr[0]:.2f}x ({pr[1]}/{pr[2]}{'' if pr[1] >= 5 else ', noisy'}) |")
         if per_round:
             rr = []
             for r, ref in zip(results[v], ref_round):
@@ -652,6 +734,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nimg/s = batch / step time; median over the timed steps during which other "
           f"processes used < {args.quiet:.0%} of the CPUs ('quiet'; all steps if fewer than 5 "
           "were quiet), pooled over rounds.")
+    if any_paired:
+        print("Paired ratio: in each zf_unet process one PyTorch bf16 channels-last step runs "
+              "after every zf_unet step; median over step pairs of (PyTorch step time / zf_unet "
+              "step time). Both halves of a pair see the same machine load, so this is the "
+              "ratio to trust on a shared machine.")
     print()
     zf_params = next((r[-1][0]["params"] for r in rows if r[0].startswith("zf")), None)
     pt_params = next((r[-1][0]["params"] for r in rows if r[0].startswith("torch")), None)
