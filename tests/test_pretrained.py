@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import zf_unet
-from zf_unet import pretrained
+from zf_unet import hub as pretrained
 from zf_unet.errors import DataError
 from zf_unet.io_utils import save_model_atomic
 
@@ -67,10 +67,10 @@ def test_unknown_name_lists_available(weights_env):
 def test_shipped_isbi_weights_segment_a_validation_slice(isbi_dir):
     from PIL import Image
 
-    manifest = pretrained.list_pretrained()["isbi2012_unet_f16"]
+    manifest = pretrained.list_pretrained()["isbi2012-em"]
     assert manifest["sha256"] == pretrained.sha256_of(f"{manifest['_dir']}/model.keras")
     assert manifest["bytes"] <= 25 * 2**20
-    model = pretrained.load_pretrained("isbi2012_unet_f16")
+    model = zf_unet.pretrained("isbi2012-em")
     image = np.asarray(Image.open(isbi_dir / "images" / "22.png"))
     truth = np.asarray(Image.open(isbi_dir / "masks" / "22.png")) > 127
     probs = zf_unet.inference.predict_tiled(model, image, tile_size=256, overlap=32)[..., 0]

@@ -13,13 +13,13 @@ Public API (everything else is internal)::
     zf_unet.data                     # synthetic EM-like data, readers, augmentation, pipelines
     zf_unet.train(config, out_dir)   # model.fit with checkpoints, resume, precision, strategies
     zf_unet.predict_tiled(model, image)  # overlap-tile prediction for any image size
-    zf_unet.pretrained.load_pretrained(name)  # shipped weights, sha256-checked
+    zf_unet.pretrained(name)         # shipped weights (weights/), sha256-checked
     zf_unet.export_saved_model(model, path)   # TF Serving SavedModel (path/<version>/)
 """
 from __future__ import annotations
 
 from zf_unet import _backend  # noqa: F401  (must run before keras is used)
-from zf_unet import data, losses, metrics, models, pretrained
+from zf_unet import data, hub, losses, metrics, models
 from zf_unet.config import Config
 from zf_unet.models import (
     ZF_UNET_224,
@@ -33,6 +33,8 @@ from zf_unet.models import (
 from zf_unet.export import export_saved_model
 from zf_unet.inference import predict_tiled
 from zf_unet.training import train
+
+pretrained = hub.load_pretrained  # zf_unet.pretrained("isbi2012-em") -> keras.Model
 
 __version__ = "0.1.0"
 
@@ -49,6 +51,7 @@ __all__ = [
     "metrics",
     "models",
     "predict_tiled",
+    "hub",
     "pretrained",
     "prune",
     "train",

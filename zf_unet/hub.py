@@ -1,4 +1,5 @@
-"""Pretrained weights: a manifest per model, sha256-checked, loaded without custom_objects.
+"""Pretrained weights (``zf_unet.pretrained(name)``): a manifest per model, sha256-checked,
+loaded without custom_objects.
 
 Layout of a weights folder (``weights/`` in the repository, or ``$ZF_UNET_WEIGHTS``)::
 
@@ -6,7 +7,7 @@ Layout of a weights folder (``weights/`` in the repository, or ``$ZF_UNET_WEIGHT
                                    # metrics, file, sha256, url (optional)
     weights/<name>/<file>.keras
 
-``load_pretrained(name)`` finds the manifest, fetches the file from ``url`` into the cache if
+``zf_unet.pretrained(name)`` (= ``load_pretrained``) finds the manifest, fetches the file from ``url`` into the cache if
 it is not on disk (downloads go to a temporary file, are checked against ``sha256`` and only
 then renamed into place), verifies the checksum and loads the model.
 """
