@@ -172,3 +172,35 @@ def test_unet_plus_plus_deep_supervision_trains_without_extra_code(tmp_path):
 
     pruned = zf_unet.prune(keras.saving.load_model(run / "best.keras"), 1)
     assert len(pruned.outputs) == 1
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_restart_continues(tmp_path):
+    """Kill `zf-unet train` with SIGKILL during epoch 2, restart it: all epochs end up run."""
+    import signal
+    import time
+
+    cfg_path = tmp_path / "c.toml"
+    cfg_path.write_text(Config().override(TINY + [
+        "train.epochs=4", 'train.precision="float32"', "data.samples_per_epoch=160",
+        "data.synthetic_n=16"]).to_toml())
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "zf_unet.cli", "train", "--config", str(cfg_path),
+           "--out", str(out), "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    meta = out / "backup" / "training_metadata.json"
+    deadline = time.time() + 240
+    while time.time() < deadline and not meta.exists():
+        time.sleep(0.2)
+    assert meta.exists(), "epoch 1 never finished"
+    time.sleep(0.5)  # somewhere inside epoch 2
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = json.loads(meta.read_text())["epoch"]
+    assert 1 <= done_before < 4
+    keras.saving.load_model(out / "best.keras")  # the best checkpoint is never half-written
+    assert subprocess.run(cmd, capture_output=True, timeout=300).returncode == 0
+    log = read_csv_log(out / "log.csv")
+    assert len(log["loss"]) == 4  # epochs 0..3, each once after de-duplication
+    assert json.loads(meta.read_text())["epoch"] == 4
+    keras.saving.load_model(out / "final.keras")

@@ -358,12 +358,15 @@ def train(config: Config | str | Path | dict, out_dir: str | Path = "runs/run",
             val_ds = None if val_ds is None else repeat_targets(val_ds, len(outputs))
         if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
             _work_around_keras_multiworker_build(model, train_ds)
+        # Order matters for a kill between two writes: the log row and the best model are
+        # written before the backup that marks the epoch as done, so a resumed run may repeat
+        # an epoch (read_csv_log keeps its last row) but never loses one.
         callbacks: list = [
-            AtomicBackupAndRestore(write_dir / "backup", write=True),
+            keras.callbacks.TerminateOnNaN(),
+            keras.callbacks.CSVLogger(str(write_dir / "log.csv"), append=True),
             BestModelCheckpoint(run / "best.keras", run / "last.keras", monitor,
                                 cfg.train.monitor_mode, write=chief),
-            keras.callbacks.CSVLogger(str(write_dir / "log.csv"), append=True),
-            keras.callbacks.TerminateOnNaN(),
+            AtomicBackupAndRestore(write_dir / "backup", write=True),
             _CurvesAtEnd(write_dir / "log.csv", run / "training_curves.png", chief),
         ]
         if cfg.optimizer.schedule == "plateau":
