@@ -82,6 +82,9 @@ MODIFIERS = {
     "fpmath": ("`TF_SET_ONEDNN_FPMATH_MODE=BF16`", {"TF_SET_ONEDNN_FPMATH_MODE": "BF16"}),
     "fusedbn": ("BatchNorm via `tf.compat.v1.nn.fused_batch_norm` (bf16 in, fp32 stats)", {}),
     "bnf32": ("BatchNorm layers with a float32 dtype policy", {}),
+    "muldrop": ("SpatialDropout2D as one broadcast multiply by a (B,1,1,C) mask (no select)",
+                {}),
+    "amp": ("float32 model + grappler `auto_mixed_precision_onednn_bfloat16`", {}),
     "fadam": ("Adam update as one fused `ResourceApplyAdam` kernel per variable", {}),
     "adamw": ("`keras.optimizers.AdamW(weight_decay=0.004)`", {}),
     "lossbf16": ("BCE+Dice computed in bfloat16 instead of float32", {}),
@@ -110,7 +113,7 @@ def parse_variant(name: str) -> dict:
     spec = {"name": name, "framework": "zf_unet", "precision": precision, "mode": mode,
             "jit": None, "spe": 1, "inter": None, "intra": None, "env": {}, "fusedbn": False,
             "bnf32": False, "optimizer": "adam", "loss_bf16": False, "prefetch": True,
-            "bf16_input": False, "metrics": False}
+            "bf16_input": False, "metrics": False, "muldrop": False, "amp": False}
     descr = []
     for mod in mods:
         key = mod.rstrip("0123456789")
@@ -148,6 +151,10 @@ def parse_variant(name: str) -> dict:
             spec["bf16_input"] = True
         elif mod == "metrics":
             spec["metrics"] = True
+        elif mod == "muldrop":
+            spec["muldrop"] = True
+        elif mod == "amp":
+            spec["amp"] = True
     spec["label"] = label + "".join(f" + {d}" for d in descr)
     return spec
 
@@ -317,6 +324,26 @@ def _fused_bn_class():
     return FusedBatchNorm
 
 
+def _mul_dropout_class():
+    import keras
+    from keras import ops
+
+    class MulSpatialDropout2D(keras.layers.SpatialDropout2D):
+        """``SpatialDropout2D`` as ``x * mask``, the ``(B, 1, 1, C)`` mask holding 0 or
+        ``1 / (1 - rate)``: one broadcast multiply forward and backward instead of
+        ``tf.nn.experimental.stateless_dropout``'s full-size select."""
+
+        def call(self, inputs, training=False):
+            if not (training and self.rate > 0) or self.data_format != "channels_last":
+                return super().call(inputs, training=training)
+            shape = ops.shape(inputs)
+            u = keras.random.uniform((shape[0], 1, 1, shape[3]), seed=self.seed_generator)
+            keep = ops.cast(u >= self.rate, inputs.dtype) * (1.0 / (1.0 - self.rate))
+            return inputs * keep
+
+    return MulSpatialDropout2D
+
+
 def _fused_adam_class():
     import keras
     import tensorflow as tf
@@ -351,6 +378,9 @@ def build_zf(spec: dict):
         tf.config.threading.set_inter_op_parallelism_threads(spec["inter"])
     if spec["intra"] is not None:
         tf.config.threading.set_intra_op_parallelism_threads(spec["intra"])
+    if spec["amp"]:
+        tf.config.optimizer.set_experimental_options(
+            {"auto_mixed_precision_onednn_bfloat16": True})
 
     import keras
 
@@ -361,8 +391,10 @@ def build_zf(spec: dict):
     keras.utils.set_random_seed(0)
     with precision_scope(spec["precision"]) as policy:
         model = zf_unet.ZF_UNET_224()
-        if spec["fusedbn"] or spec["bnf32"]:
+        if spec["fusedbn"] or spec["bnf32"] or spec["muldrop"]:
             bn_cls = _fused_bn_class() if spec["fusedbn"] else keras.layers.BatchNormalization
+            drop_cls = (_mul_dropout_class() if spec["muldrop"]
+                        else keras.layers.SpatialDropout2D)
 
             def clone(layer):
                 cfg = layer.get_config()
@@ -370,6 +402,8 @@ def build_zf(spec: dict):
                     if spec["bnf32"]:
                         cfg["dtype"] = "float32"
                     return bn_cls.from_config(cfg)
+                if isinstance(layer, keras.layers.SpatialDropout2D):
+                    return drop_cls.from_config(cfg)
                 return layer.__class__.from_config(cfg)
 
             model = keras.models.clone_model(model, clone_function=clone)

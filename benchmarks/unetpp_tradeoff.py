@@ -5,8 +5,8 @@
 
 Both models come from the recipes in configs/ (same data, patches, epochs and loss). Speed:
 median ms of a forward pass on one 512x512 image after warm-up, each variant in its own
-process. Peak memory: the growth of the process's peak RSS during that prediction, beyond the
-loaded model. Accuracy: overlap-tile prediction of the validation slices 20-23 (no TTA),
+process. Peak memory: the growth of the process's peak RSS from the loaded model to the end
+of the timed predictions (activations, workspace; the TF runtime and weights excluded). Accuracy: overlap-tile prediction of the validation slices 20-23 (no TTA),
 scored with zf_unet.evaluation (threshold chosen by Rand error).
 """
 from __future__ import annotations
@@ -47,8 +47,8 @@ def child(args) -> None:
 
     model = load_variant(args, args.child)
     x = np.random.default_rng(0).random((1, 512, 512, 1), dtype=np.float32)
-    model(x, training=False)  # build + first trace
     rss_loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    model(x, training=False)  # first call: builds and allocates the activations
     times = []
     for _ in range(args.repeats + 2):
         t = time.perf_counter()
