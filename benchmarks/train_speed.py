@@ -155,7 +155,8 @@ def parse_variant(name: str) -> dict:
             spec["muldrop"] = True
         elif mod == "amp":
             spec["amp"] = True
-    spec["label"] = label + "".join(f" + {d}" for d in descr)
+    spec["label"] = label + "".join(f" +{m}" for m in mods)
+    spec["descr"] = dict(zip(mods, descr))
     return spec
 
 
@@ -744,8 +745,10 @@ def main(argv: list[str] | None = None) -> int:
     print(sep)
     for v, med, lo, hi, nq, n, ok in rows:
         spec = parse_variant(v)
+        if any(not math.isfinite(r["loss_last"]) for r in ok):
+            spec["label"] += " **(loss NaN)**"
         ratio = f"{med / ref_ips:.2f}x" if ref_ips else "n/a"
-        line = (f"| {spec['label']} (`{v}`) | {spec['precision']} | {fmt(med)} | "
+        line = (f"| {spec['label']} | {spec['precision']} | {fmt(med)} | "
                 f"{fmt(lo)}..{fmt(hi)} | {ratio} | {nq}/{n}{'' if nq >= 5 else ' (noisy)'} |")
         if any_paired:
             pr = paired_ratio(ok, args.quiet)
@@ -765,6 +768,9 @@ def main(argv: list[str] | None = None) -> int:
         for r in results[v]:
             if "error" in r:
                 print(f"| `{v}` | | failed: {r['error'][:200]} | | | |")
+    used = {m: d for v in dict.fromkeys(variants) for m, d in parse_variant(v).get("descr", {}).items()}
+    if used:
+        print("\nModifiers: " + "; ".join(f"`+{m}` = {d}" for m, d in used.items()) + ".")
     print(f"\nimg/s = batch / step time; median over the timed steps during which other "
           f"processes used < {args.quiet:.0%} of the CPUs ('quiet'; all steps if fewer than 5 "
           "were quiet), pooled over rounds.")

@@ -97,8 +97,6 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    import json
-
     from zf_unet.evaluation import evaluate_model, format_report, run_config_for
 
     model = _load_model(args.model)

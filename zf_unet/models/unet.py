@@ -95,6 +95,28 @@ def _check_input_shape(input_shape: Sequence[int | None], depth: int, padding: s
     return (h, w, int(c))
 
 
+def check_builder_args(input_shape: Sequence[int | None], num_classes: int, depth: int,
+                       filters: int | Sequence[int], upsampling: str, padding: str,
+                       output_activation: str | None) -> tuple[int, tuple, list[int], str | None]:
+    """Validate the options shared by the U-Net builders.
+
+    Returns ``(depth, input_shape, filters per level, output activation)`` with ``"auto"``
+    resolved to sigmoid (1 class) or softmax (several).
+    """
+    depth = int(depth)
+    if depth < 2:
+        raise ValueError(f"depth must be >= 2 (at least one pooling), got {depth}")
+    if upsampling not in UPSAMPLING_MODES:
+        raise ValueError(f"upsampling must be one of {UPSAMPLING_MODES}, got {upsampling!r}")
+    if int(num_classes) < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes!r}")
+    shape = _check_input_shape(input_shape, depth, padding)
+    widths = level_filters(filters, depth)
+    if output_activation == "auto":
+        output_activation = "sigmoid" if num_classes == 1 else "softmax"
+    return depth, shape, widths, output_activation
+
+
 def build_unet(
     input_shape: Sequence[int | None] = (None, None, 1),
     num_classes: int = 1,
@@ -142,19 +164,10 @@ def build_unet(
         float32 probabilities (or logits). ``H' = H`` for ``same``; see ``output_size`` for
         ``valid``.
     """
-    depth = int(depth)
-    if depth < 2:
-        raise ValueError(f"depth must be >= 2 (at least one pooling), got {depth}")
     if padding not in PADDING_MODES:
         raise ValueError(f"padding must be one of {PADDING_MODES}, got {padding!r}")
-    if upsampling not in UPSAMPLING_MODES:
-        raise ValueError(f"upsampling must be one of {UPSAMPLING_MODES}, got {upsampling!r}")
-    if int(num_classes) < 1:
-        raise ValueError(f"num_classes must be >= 1, got {num_classes!r}")
-    shape = _check_input_shape(input_shape, depth, padding)
-    widths = level_filters(filters, depth)
-    if output_activation == "auto":
-        output_activation = "sigmoid" if num_classes == 1 else "softmax"
+    depth, shape, widths, output_activation = check_builder_args(
+        input_shape, num_classes, depth, filters, upsampling, padding, output_activation)
 
     inputs = keras.Input(shape=shape, name="image")
     x = inputs

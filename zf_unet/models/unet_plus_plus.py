@@ -38,8 +38,8 @@ from typing import Any, Sequence
 import keras
 from keras import layers
 
-from zf_unet.models.blocks import PADDING_MODES, UPSAMPLING_MODES, double_conv_layer, upsample
-from zf_unet.models.unet import _check_input_shape, level_filters
+from zf_unet.models.blocks import PADDING_MODES, double_conv_layer, upsample
+from zf_unet.models.unet import check_builder_args
 
 __all__ = [
     "build_unet_plus_plus",
@@ -103,9 +103,6 @@ def build_unet_plus_plus(
     upsampling="transpose"``, one class) it has 9,041,601 parameters, 9,041,700 with deep
     supervision, like the official Keras code (MrGiovanni/UNetPlusPlus).
     """
-    depth = int(depth)
-    if depth < 2:
-        raise ValueError(f"depth must be >= 2 (at least one pooling), got {depth}")
     if padding != "same":
         if padding in PADDING_MODES:
             raise ValueError(
@@ -113,14 +110,8 @@ def build_unet_plus_plus(
                 "pathways concatenate maps from several depths, which must keep equal sizes"
             )
         raise ValueError(f"padding must be 'same' for U-Net++, got {padding!r}")
-    if upsampling not in UPSAMPLING_MODES:
-        raise ValueError(f"upsampling must be one of {UPSAMPLING_MODES}, got {upsampling!r}")
-    if int(num_classes) < 1:
-        raise ValueError(f"num_classes must be >= 1, got {num_classes!r}")
-    shape = _check_input_shape(input_shape, depth, padding)
-    widths = level_filters(filters, depth)
-    if output_activation == "auto":
-        output_activation = "sigmoid" if num_classes == 1 else "softmax"
+    depth, shape, widths, output_activation = check_builder_args(
+        input_shape, num_classes, depth, filters, upsampling, padding, output_activation)
 
     def block(x: Any, i: int, j: int) -> Any:
         rate = 0.0 if (i == 0 and j >= 1) else dropout
