@@ -233,11 +233,16 @@ class StepClock:
 # --------------------------------------------------------------------------- PyTorch child
 
 
-def torch_stepper(spec: dict, args: argparse.Namespace):
+def torch_stepper(spec: dict, args: argparse.Namespace, all_cores: bool = False):
     """``(step, info)``: ``step(i)`` runs one PyTorch training step on batch ``i % 4`` and
-    returns the loss; ``info`` describes the model and the build."""
+    returns the loss; ``info`` describes the model and the build. ``all_cores``: use one
+    thread per core whatever ``OMP_NUM_THREADS`` says (the paired reference)."""
     import numpy as np
     import torch
+
+    if all_cores:
+        torch.set_num_threads(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                              else (os.cpu_count() or 1))
 
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from torch_unet import ZFUNet224, bce_dice_loss, keras_param_count
@@ -455,8 +460,8 @@ def run_zf(spec: dict, args: argparse.Namespace) -> dict:
     # --paired: after every timed zf_unet step (execution), one PyTorch bf16 channels-last
     # step in the same process, so both see the same machine load; the per-pair time ratio
     # is then robust against other jobs on a shared machine.
-    ref_step, ref_info = (torch_stepper(parse_variant(REFERENCE), args) if args.paired
-                          else (None, None))
+    ref_step, ref_info = (torch_stepper(parse_variant(REFERENCE), args, all_cores=True)
+                          if args.paired else (None, None))
     ref_clock = StepClock(args.quiet)
     clock = StepClock(args.quiet)
     spe = spec["spe"]
