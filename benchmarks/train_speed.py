@@ -2,32 +2,44 @@
 
 Every variant trains the ZF_UNET_224 architecture (224x224x3 inputs, 1 sigmoid output channel,
 31,466,757 parameters) with batch 8, the BCE + Dice loss (``0.5 * BCE + soft Dice``) and Adam,
-on in-memory random batches. It reports training images/s: the median of ``--steps`` timed
-steps after ``--warmup`` steps, and the ratio to PyTorch bf16 autocast + channels-last
-measured in the same run.
+on in-memory random batches, and reports training images/s: the median of ``--steps`` timed
+steps after ``--warmup`` untimed ones, and the ratio to PyTorch bf16 autocast + channels-last.
 
-Base variants (the default list is ``DEFAULT_VARIANTS``):
+Base variants (the default list is ``DEFAULT_VARIANTS``; ``--list`` prints everything):
 
-    torch-fp32       PyTorch fp32, NCHW (contiguous)
-    torch-bf16-cl    PyTorch ``torch.autocast("cpu", dtype=torch.bfloat16)`` + channels-last
-                     (the reference every ratio is computed against)
-    torch-bf16       bf16 autocast, NCHW;  torch-fp32-cl   fp32, channels-last
+    torch-fp32       PyTorch 2.13 fp32, NCHW (benchmarks/torch_unet.py, the same network)
+    torch-bf16-cl    PyTorch ``torch.autocast("cpu", dtype=torch.bfloat16)`` + channels-last:
+                     the reference every ratio is computed against
+    torch-bf16, torch-fp32-cl   the other two combinations
     zf-bf16-fit      ``zf_unet.ZF_UNET_224()`` built under ``precision_scope("mixed_bfloat16")``,
-                     compiled with ``BCEDiceLoss()`` + ``keras.optimizers.Adam()``, trained with
-                     ``model.fit`` on a ``tf.data`` pipeline of in-memory batches (+ prefetch)
+                     compiled with ``zf_unet.losses.BCEDiceLoss()`` + ``keras.optimizers.Adam()``
+                     (Keras defaults otherwise: ``jit_compile="auto"``, which is False on a
+                     CPU-only machine), trained with ``model.fit`` on a ``tf.data`` pipeline of
+                     in-memory batches with ``.prefetch``
     zf-bf16-tob      the same model trained with ``model.train_on_batch``
     zf-fp32-fit, zf-fp32-tob   the float32 policy
 
-A zf_unet variant may carry modifiers, joined with ``+`` (``zf-bf16-fit+inter1+fadam``);
-``--list`` prints them. Each variant runs in its own fresh Python process (thread pools,
-environment variables and ``tf.config.threading`` only take effect before TensorFlow starts);
-``--rounds N`` runs the whole list N times interleaved and pools the steps of each variant,
-which evens out other load on a shared machine.
+A zf_unet variant may carry modifiers joined with ``+`` (``zf-bf16-fit+fusedbn+inter1``): thread
+settings, environment variables, compile options, a fused BatchNorm, a fused Adam update, ...
+Each variant runs in a fresh Python process, since thread pools, environment variables and
+``tf.config.threading`` only take effect before TensorFlow starts.
 
-Run (about 3-4 minutes on 2 cores):
+Shared machines. Other jobs on the CPUs distort timings a lot (PyTorch's OpenMP threads slow
+down 5-6x when another process takes a core; TensorFlow about 2x). So the script
+  * records for every step the share of the CPUs other processes used meanwhile
+    (``/proc/stat``); steps with less than ``--quiet`` (10 %) are "quiet", and the medians use
+    the quiet steps only (all steps, marked "noisy", when fewer than 5 were quiet); it times
+    up to ``--patience`` x ``--steps`` steps and sleeps up to ``--wait`` s for quiet moments;
+  * runs, inside every zf_unet process, one PyTorch bf16 channels-last step after every timed
+    zf_unet step (``--no-paired`` turns this off). Both halves of each pair see the same load,
+    so the median per-pair time ratio ("paired ratio") is the robust comparison; the ratio of
+    separately measured medians is shown as well;
+  * ``--rounds N`` repeats the whole list N times, interleaved, and pools the steps.
+
+Run (4-6 minutes on 2 cores):
     python benchmarks/train_speed.py
     python benchmarks/train_speed.py --quick
-    python benchmarks/train_speed.py --variants torch-bf16-cl zf-bf16-fit zf-bf16-fit+inter1 \
+    python benchmarks/train_speed.py --variants torch-bf16-cl zf-bf16-fit zf-bf16-fit+fusedbn \
         --rounds 2
 """
 from __future__ import annotations
@@ -52,9 +64,9 @@ DEFAULT_VARIANTS = [
     "zf-fp32-fit",
     "zf-bf16-fit",
     "zf-bf16-tob",
-    "zf-bf16-fit+inter1+fadam",
+    "zf-bf16-fit+fusedbn",
 ]
-QUICK_VARIANTS = [REFERENCE, "zf-bf16-fit", "zf-bf16-fit+inter1+fadam"]
+QUICK_VARIANTS = [REFERENCE, "zf-bf16-fit", "zf-bf16-fit+fusedbn"]
 
 TORCH_BASES = {
     "torch-fp32": ("PyTorch fp32 (NCHW)", "float32", False, False),
@@ -79,6 +91,8 @@ MODIFIERS = {
     "caller": ("`TF_ONEDNN_THREADPOOL_USE_CALLER_THREAD=1`",
                {"TF_ONEDNN_THREADPOOL_USE_CALLER_THREAD": "1"}),
     "sysalloc": ("`TF_ONEDNN_USE_SYSTEM_ALLOCATOR=1`", {"TF_ONEDNN_USE_SYSTEM_ALLOCATOR": "1"}),
+    "nomemopt": ("`TF_MKL_OPTIMIZE_PRIMITIVE_MEMUSE=false` (cache oneDNN backward primitives)",
+                 {"TF_MKL_OPTIMIZE_PRIMITIVE_MEMUSE": "false"}),
     "fpmath": ("`TF_SET_ONEDNN_FPMATH_MODE=BF16`", {"TF_SET_ONEDNN_FPMATH_MODE": "BF16"}),
     "fusedbn": ("BatchNorm via `tf.compat.v1.nn.fused_batch_norm` (bf16 in, fp32 stats)", {}),
     "bnf32": ("BatchNorm layers with a float32 dtype policy", {}),
@@ -108,7 +122,8 @@ def parse_variant(name: str) -> dict:
         return {"name": name, "framework": "torch", "label": label, "precision": precision,
                 "autocast": autocast, "channels_last": cl, "env": {}}
     if base not in ZF_BASES:
-        raise ValueError(f"unknown variant {base!r}; known: {sorted(TORCH_BASES) + sorted(ZF_BASES)}")
+        known = sorted(TORCH_BASES) + sorted(ZF_BASES)
+        raise ValueError(f"unknown variant {base!r}; known: {known}")
     label, precision, mode = ZF_BASES[base]
     spec = {"name": name, "framework": "zf_unet", "precision": precision, "mode": mode,
             "jit": None, "spe": 1, "inter": None, "intra": None, "env": {}, "fusedbn": False,
@@ -546,7 +561,8 @@ def run_zf(spec: dict, args: argparse.Namespace) -> dict:
     if ref_step is not None:
         extra = {"ref_steps": ref_clock.steps, "ref_info": ref_info}
     return {**extra, "steps": clock.steps, "warmup_times": warm, "params": params, "policy": policy,
-            "jit_compile": model.jit_compile, "steps_per_execution": model.steps_per_execution,
+            "jit_compile": model.jit_compile, "run_eagerly": model.run_eagerly,
+            "steps_per_execution": model.steps_per_execution,
             "loss_first": loss_first, "loss_last": loss_last,
             "inter": tf.config.threading.get_inter_op_parallelism_threads(),
             "intra": tf.config.threading.get_intra_op_parallelism_threads()}
@@ -595,8 +611,7 @@ def run_child(name: str, args: argparse.Namespace) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--child", name, "--steps", str(args.steps),
            "--warmup", str(args.warmup), "--batch", str(args.batch), "--size", str(args.size),
            "--quiet", str(args.quiet), "--patience", str(args.patience), "--wait", str(args.wait)]
-    if args.paired and spec["framework"] == "zf_unet":
-        cmd.append("--paired")
+    cmd.append("--paired" if args.paired and spec["framework"] == "zf_unet" else "--no-paired")
     t0 = time.perf_counter()
     try:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)
@@ -659,7 +674,7 @@ def main(argv: list[str] | None = None) -> int:
                         "processes to leave the CPUs before a timed step (60)")
     p.add_argument("--no-paired", dest="paired", action="store_false",
                    help="do not interleave PyTorch reference steps with the zf_unet steps")
-    p.add_argument("--paired", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--paired", dest="paired", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--timeout", type=int, default=600, help="seconds per variant process")
     p.add_argument("--json", help="also write all raw results to this JSON file")
     p.add_argument("--list", action="store_true", help="list variants and modifiers and exit")
@@ -773,7 +788,8 @@ def main(argv: list[str] | None = None) -> int:
         for r in results[v]:
             if "error" in r:
                 print(f"| `{v}` | | failed: {r['error'][:200]} | | | |")
-    used = {m: d for v in dict.fromkeys(variants) for m, d in parse_variant(v).get("descr", {}).items()}
+    used = {m: d for v in dict.fromkeys(variants)
+            for m, d in parse_variant(v).get("descr", {}).items()}
     if used:
         print("\nModifiers: " + "; ".join(f"`+{m}` = {d}" for m, d in used.items()) + ".")
     print(f"\nimg/s = batch / step time; median over the timed steps during which other "
@@ -797,6 +813,7 @@ def main(argv: list[str] | None = None) -> int:
         r = ok[0]
         if v.startswith("zf"):
             print(f"{v}: policy={r['policy']} jit_compile={r['jit_compile']} "
+                  f"run_eagerly={r.get('run_eagerly')} "
                   f"steps_per_execution={r['steps_per_execution']} inter_op={r['inter']} "
                   f"intra_op={r['intra']} loss {r['loss_first']:.4f}")
         else:
