@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from typing import Sequence
 
@@ -71,18 +72,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _load_model(path: str):
-    import keras
+    """The ``--model`` argument: a ``.keras`` file or ``pretrained:NAME``."""
+    from zf_unet.inference import load_model_file
 
-    from zf_unet.errors import DataError
-
-    p = __import__("pathlib").Path(path)
-    if not p.is_file():
-        raise DataError(f"{p}: model file not found (expected a .keras file)")
-    try:
-        return keras.saving.load_model(p, compile=False)
-    except Exception as exc:  # noqa: BLE001 - any loader failure is a bad model file
-        raise DataError(f"{p}: cannot load as a Keras model ({type(exc).__name__}: "
-                        f"{str(exc).splitlines()[0][:200]})") from None
+    return load_model_file(path)
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
@@ -105,7 +98,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         from zf_unet.config import Config
 
         cfg = (cfg or Config()).override([f"data.val_indices=[{args.val_indices}]"])
-    result = evaluate_model(model, args.data, split=args.split, config=cfg,
+    result = evaluate_model(model, args.data, split=args.split, config=cfg, name=args.model,
                             tile_size=args.tile_size, overlap=args.overlap, tta=args.tta)
     print(format_report(result))
     if args.json:
@@ -152,6 +145,24 @@ def _cmd_export(args: argparse.Namespace) -> int:
             raise ConfigError(str(exc)) from None
         print(f"wrote {path} (ONNX, input 'image' float32 [batch, H, W, C] in [0, 1])")
     return 0
+
+
+def _cmd_check_data(args: argparse.Namespace) -> int:
+    from zf_unet.doctor import check_data
+    from zf_unet.errors import DataError
+
+    report = check_data(args.data, num_classes=args.num_classes, patch_size=args.patch_size)
+    print(report.format())
+    if args.json:
+        from zf_unet.io_utils import write_json_atomic
+
+        write_json_atomic(report.to_dict(), args.json)
+        print(f"wrote {args.json}")
+    if report.unreadable:
+        more = f" (and {len(report.unreadable) - 1} more)" if len(report.unreadable) > 1 else ""
+        raise DataError(f"{len(report.unreadable)} file(s) cannot be read: "
+                        f"{report.unreadable[0]}{more}")
+    return report.exit_code
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -235,6 +246,23 @@ def build_parser() -> argparse.ArgumentParser:
                     help="TFLite dynamic-range quantisation (int8 weights)")
     ex.set_defaults(func=_cmd_export)
 
+    ck = sub.add_parser(
+        "check-data", help="check a training folder (images/ + masks/) and report problems",
+        description="Read every image/mask pair of DIR with the training readers and report "
+        "sizes, dtypes, channels, mask value conventions, class frequencies, empty masks and "
+        "likely problems (size mismatches, bad mask values, NaN pixels, one class only, "
+        "severe imbalance, mixed conventions, images smaller than the patch size).",
+        epilog="exit status: 0 no problems found; 1 problems found (errors or warnings, "
+        "listed in the report); 2 unreadable input (DIR missing or not an images/ + masks/ "
+        "folder, unpaired file names, or files that cannot be decoded).")
+    ck.add_argument("data", metavar="DIR", help="folder with images/ and masks/")
+    ck.add_argument("--num-classes", dest="num_classes", type=int,
+                    help="K for class-id masks (values 0..K-1); default: binary masks")
+    ck.add_argument("--patch-size", dest="patch_size", type=int,
+                    help="training patch size; smaller images are reported")
+    ck.add_argument("--json", help="also write the report as JSON")
+    ck.set_defaults(func=_cmd_check_data)
+
     show = sub.add_parser("show-augment", help="write a PNG grid of augmented training samples")
     show.add_argument("data", help="folder with images/ and masks/, or 'synthetic'")
     show.add_argument("--out", default="augment_grid.png", help="PNG to write")
@@ -252,7 +280,45 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Start-up lines TensorFlow's C++ side prints before absl logging is initialised; they
+#: ignore TF_CPP_MIN_LOG_LEVEL (oneDNN notice, CPU feature guard).
+_TF_BANNER = re.compile(r"^([IW]\d{4} |WARNING: All log messages before absl::InitializeLog|"
+                        r"To enable the following instructions|This TensorFlow binary is)")
+
+
+def _import_tensorflow_quietly() -> None:
+    """Import TensorFlow with its start-up banner kept off stderr (other output is replayed),
+    so that an error exits with one message. ``ZF_UNET_TF_LOGS=1`` keeps the banner."""
+    if "tensorflow" in sys.modules or os.environ.get("ZF_UNET_TF_LOGS") == "1":
+        return
+    import tempfile
+
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no real stderr (embedded interpreters)
+        return
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            import tensorflow  # noqa: F401
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            for line in tmp.read().decode("utf-8", "replace").splitlines():
+                if line.strip() and not _TF_BANNER.match(line):
+                    print(line, file=sys.stderr)
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception as one line (multi-line messages joined)."""
+    text = " ".join(part.strip() for part in str(exc).splitlines() if part.strip())
+    return text or type(exc).__name__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (2 = bad input, with one message)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -264,12 +330,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    _import_tensorflow_quietly()
     from zf_unet.errors import ZFUNetError
 
     try:
         return int(args.func(args) or 0)
-    except (ZFUNetError, FileNotFoundError, ValueError) as exc:
-        print(f"zf-unet {args.command}: error: {exc}", file=sys.stderr)
+    except (ZFUNetError, ValueError, OSError) as exc:
+        # OSError: missing / unreadable / unwritable paths (permissions, full disk, ...)
+        print(f"zf-unet {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

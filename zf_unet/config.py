@@ -109,6 +109,12 @@ class TrainConfig:
     early_stopping_patience: int = 0  # 0 = off
     steps_per_execution: int = 1
     tensorboard: bool = True
+    # true: tf.config.experimental.enable_op_determinism() before training, so two runs with
+    # the same seed, config, data and machine give bit-identical weights (CPU: small cost;
+    # GPU: deterministic cuDNN kernels, slower, and ops without one raise an error). It stays
+    # on for the rest of the Python process. See docs/reliability.md.
+    deterministic: bool = False
+    collapse_warning: bool = True  # warn when predictions collapse to one class (per epoch)
 
 
 @dataclass

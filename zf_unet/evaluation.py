@@ -33,6 +33,8 @@ def split_for(data: DataSplit, split: str, cfg: Config | None) -> DataSplit:
 
 def run_config_for(model_path: str | Path) -> Config | None:
     """The ``config.toml`` saved next to a model by ``zf_unet.train``, if any."""
+    if str(model_path).startswith("pretrained:"):
+        return None
     cfg_path = Path(model_path).parent / "config.toml"
     return Config.from_toml(cfg_path) if cfg_path.is_file() else None
 
@@ -69,22 +71,36 @@ def evaluate_arrays(probs: Sequence[np.ndarray], masks: Sequence[np.ndarray],
 def evaluate_model(model: keras.Model | str | Path, data: Any, *, split: str = "val",
                    config: Config | None = None, tile_size: int = 256, overlap: int = 64,
                    tta: str | None = None, thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
-                   batch_size: int = 4) -> dict:
+                   batch_size: int = 4, name: str | None = None) -> dict:
     """Predict every image of ``split`` with overlap-tile inference and score it.
 
-    ``model`` may be a path; its run folder's ``config.toml`` then decides the split unless
-    ``config`` is given. Binary models only (probability of class 1 = cell interior).
-    """
-    from zf_unet.inference import predict_tiled
+    ``model`` may be a path (or ``"pretrained:NAME"``); its run folder's ``config.toml`` then
+    decides the split unless ``config`` is given. Binary models only (probability of class 1
+    = cell interior). ``name`` is the model's name in error messages (default: its path).
 
+    Raises:
+        DataError: a model file that cannot be loaded, data that cannot be read, or images
+            whose channel count differs from the model's.
+        ConfigError: a model with more than one class, or an empty split.
+    """
+    from zf_unet.errors import DataError
+    from zf_unet.inference import load_model_file, model_geometry, predict_tiled
+
+    name = name or (str(model) if isinstance(model, (str, Path)) else "model")
     if isinstance(model, (str, Path)):
         if config is None:
             config = run_config_for(model)
-        model = keras.saving.load_model(model, compile=False)
-    if model.output_shape[-1] != 1:
-        raise ConfigError("evaluate scores binary (1-class) models; this model outputs "
-                          f"{model.output_shape[-1]} classes")
+        model = load_model_file(model)
+    geom = model_geometry(model)
+    if geom["num_classes"] != 1:
+        raise ConfigError(f"{name}: evaluate scores binary (1-class) models; this model "
+                          f"outputs {geom['num_classes']} classes")
     samples = split_for(load_source(data), split, config)
+    for img, img_name in zip(samples.images, samples.names or [""] * len(samples)):
+        if img.shape[-1] != geom["channels"]:
+            raise DataError(f"{name}: the model expects {geom['channels']}-channel images but "
+                            f"{img_name or 'the data'} has {img.shape[-1]} channel(s); "
+                            "expected a model trained on this kind of data")
     probs = [predict_tiled(model, img, tile_size=tile_size, overlap=overlap, tta=tta,
                            batch_size=batch_size)[..., 0] for img in samples.images]
     result = evaluate_arrays(probs, [m > 0 for m in samples.masks], thresholds)

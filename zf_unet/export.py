@@ -81,10 +81,9 @@ EXPORT_INFO = "zf_unet_export.json"
 # --------------------------------------------------------------------------------------------
 def _as_model(model: Any) -> keras.Model:
     if isinstance(model, (str, os.PathLike)):
-        p = Path(model)
-        if not p.is_file():
-            raise FileNotFoundError(f"{p}: model file not found (expected a .keras file)")
-        return keras.saving.load_model(p, compile=False)
+        from zf_unet.inference import load_model_file
+
+        return load_model_file(model)  # DataError naming the file if it cannot be used
     if not isinstance(model, keras.Model):
         raise TypeError(f"model must be a keras.Model or a .keras path, got {type(model).__name__}")
     return model
@@ -426,6 +425,7 @@ def export_saved_model(
 
     Raises:
         FileExistsError: ``path/<version>`` exists and ``overwrite`` is False.
+        DataError: ``model`` is a path that cannot be loaded as an image model.
         ValueError: bad parameters, or an untiled export of a fixed-input-size model.
     """
     model = _as_model(model)

@@ -58,10 +58,27 @@ def list_pretrained() -> dict[str, dict]:
         if not d.is_dir():
             continue
         for m in sorted(d.glob(f"*/{MANIFEST}")):
-            manifest = json.loads(m.read_text(encoding="utf-8"))
+            manifest = _read_manifest(m)
             manifest["_dir"] = str(m.parent)
             found.setdefault(manifest["name"], manifest)
     return found
+
+
+def _read_manifest(path: Path) -> dict:
+    """A manifest as a dict, checked for the keys the loader needs."""
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path}: cannot read the weights manifest ({type(exc).__name__}: "
+                        f"{exc}); expected a JSON object") from None
+    if not isinstance(manifest, dict):
+        raise DataError(f"{path}: the weights manifest holds {type(manifest).__name__}; "
+                        "expected a JSON object")
+    missing = [k for k in ("name", "file", "sha256") if not isinstance(manifest.get(k), str)]
+    if missing:
+        raise DataError(f"{path}: the weights manifest lacks {missing}; expected string "
+                        "fields name, file and sha256")
+    return manifest
 
 
 def fetch(url: str, dest: str | Path, sha256: str, timeout: float = 60.0) -> Path:
@@ -70,8 +87,12 @@ def fetch(url: str, dest: str | Path, sha256: str, timeout: float = 60.0) -> Pat
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
-            shutil.copyfileobj(resp, out)
+        try:
+            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
+                shutil.copyfileobj(resp, out)
+        except (OSError, ValueError) as exc:  # URLError, timeouts, unknown URL types
+            raise DataError(f"{url}: download failed ({type(exc).__name__}: {exc}); "
+                            f"{dest} was not written") from None
         got = sha256_of(tmp)
         if got != sha256:
             raise DataError(f"{url}: downloaded file has sha256 {got}, expected {sha256}; "
@@ -105,8 +126,13 @@ def load_pretrained(name: str, *, url: str | None = None) -> Any:
     got = sha256_of(path)
     if got != manifest["sha256"]:
         raise DataError(f"{path}: sha256 {got} does not match the manifest's "
-                        f"{manifest['sha256']} (corrupt or replaced file)")
-    return keras.saving.load_model(path, compile=False)
+                        f"{manifest['sha256']} (corrupt or replaced file); expected the "
+                        "file the manifest describes: delete it to download it again")
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except Exception as exc:  # noqa: BLE001 - a file that matches its checksum but not Keras
+        raise DataError(f"{path}: cannot load as a Keras model ({type(exc).__name__}: "
+                        f"{(str(exc).splitlines() or [''])[0][:200]})") from None
 
 
 def write_manifest(model_path: str | Path, folder: str | Path, **fields: Any) -> Path:

@@ -25,7 +25,8 @@ from typing import Any, Callable, Iterator
 import keras
 import numpy as np
 
-__all__ = ["BLEND_MODES", "TTA_MODES", "model_geometry", "predict_files", "predict_tiled"]
+__all__ = ["BLEND_MODES", "TTA_MODES", "load_model_file", "model_geometry", "predict_files",
+           "predict_tiled"]
 
 BLEND_MODES = ("gaussian", "linear", "none")
 TTA_MODES = (None, "flips", "d4")
@@ -635,6 +636,52 @@ def predict_tiled(
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
 
 
+def load_model_file(path: Any, *, image_model: bool = True) -> keras.Model:
+    """Load a ``.keras`` file (compile-free) with errors that name the file.
+
+    Args:
+        path: the ``.keras`` file, or ``"pretrained:NAME"`` for a model of
+            :func:`zf_unet.hub.list_pretrained` (sha256-checked).
+        image_model: also check that it is a single-input image model that
+            :func:`predict_tiled` can use (see :func:`model_geometry`).
+
+    Raises:
+        DataError: missing file, a file Keras cannot load (not a ``.keras`` archive, another
+            library's model, a corrupt download), or not an image model.
+    """
+    from pathlib import Path
+
+    from zf_unet.errors import DataError
+
+    text = str(path)
+    if text.startswith("pretrained:"):
+        from zf_unet.hub import load_pretrained
+
+        model = load_pretrained(text[len("pretrained:"):])
+    else:
+        p = Path(text)
+        if not p.exists():
+            raise DataError(f"{p}: model file not found (expected a .keras file)")
+        if not p.is_file():
+            raise DataError(f"{p}: is a folder; expected a .keras model file")
+        if p.suffix.lower() != ".keras":
+            raise DataError(f"{p}: expected a .keras model file (Keras 3 format), got "
+                            f"{p.suffix or 'no extension'!r}")
+        try:
+            model = keras.saving.load_model(p, compile=False)
+        except Exception as exc:  # noqa: BLE001 - any loader failure is a bad model file
+            first = (str(exc).strip().splitlines() or [""])[0][:200]
+            raise DataError(f"{p}: cannot load as a Keras model; expected a .keras file saved "
+                            f"by model.save() ({type(exc).__name__}: {first})") from None
+    if image_model:
+        try:
+            model_geometry(model)
+        except ValueError as exc:
+            raise DataError(f"{text}: not an image segmentation model that zf_unet can use: "
+                            f"{exc}") from None
+    return model
+
+
 def _collect_inputs(inputs: list) -> list:
     from pathlib import Path
 
@@ -655,6 +702,30 @@ def _collect_inputs(inputs: list) -> list:
     return files
 
 
+def _read_input(path: Any) -> np.ndarray:
+    """An input of :func:`predict_files`: ``(H, W, C)`` image or ``(N, H, W, C)`` stack."""
+    from zf_unet.data.io import read_image, read_stack
+
+    is_tiff = path.suffix.lower() in (".tif", ".tiff")
+    arr = read_stack(path) if is_tiff else read_image(path)
+    if arr.ndim == 4 and arr.shape[0] == 1:
+        arr = arr[0]
+    return arr
+
+
+def _check_input(model: keras.Model, path: Any, arr: np.ndarray) -> None:
+    """Raise a :class:`DataError` naming ``path`` if ``predict_tiled`` would refuse ``arr``."""
+    from zf_unet.errors import DataError
+
+    geom = model_geometry(model)
+    try:
+        stack, _ = _as_stack(arr, geom["channels"])
+        _scale_for(stack.dtype)
+        _check_finite(stack)
+    except ValueError as exc:
+        raise DataError(f"{path}: {exc}") from None
+
+
 def predict_files(model: keras.Model, inputs: list, out_dir: Any, *, tile_size: int = 256,
                   overlap: int = 64, tta: str | None = None, threshold: float = 0.5,
                   batch_size: int = 4) -> list:
@@ -664,24 +735,42 @@ def predict_files(model: keras.Model, inputs: list, out_dir: Any, *, tile_size: 
     or a stack), ``stem_mask.png`` (labels; a binary model's mask is 0/255 with 255 = class 1,
     the ISBI convention; a stack gives ``stem_mask.tif``) and ``stem_overlay.png`` (first
     slice). Returns the list of written paths.
+
+    Every input is read and checked (readable, channels, dtype, finite values) before the
+    first file is written, so a bad input leaves ``out_dir`` as it was. Each output file is
+    replaced atomically.
+
+    Raises:
+        DataError: a missing, unreadable or unusable input (the message names the file).
+        ValueError: bad ``tile_size`` / ``overlap`` / ``tta`` / ``batch_size`` for the model.
     """
     from pathlib import Path
 
     import tifffile
     from PIL import Image
 
-    from zf_unet.data.io import read_image, read_stack
+    from zf_unet.errors import DataError
     from zf_unet.io_utils import atomic_path
     from zf_unet.plots import overlay
 
+    paths = _collect_inputs(inputs)
+    for path in paths:  # check everything before writing anything
+        _check_input(model, path, _read_input(path))
+    # Argument errors (tile size, overlap, TTA) surface on a tiny probe, before any write.
+    geom = model_geometry(model)
+    predict_tiled(model, np.zeros((1, 1, geom["channels"]), np.float32), tile_size=tile_size,
+                  overlap=overlap, tta=tta, batch_size=batch_size)
+    try:
+        threshold = float(threshold)
+    except (TypeError, ValueError):
+        raise ValueError(f"threshold must be a number, got {threshold!r}") from None
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out}: exists and is not a folder; expected an output folder")
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for path in _collect_inputs(inputs):
-        is_tiff = path.suffix.lower() in (".tif", ".tiff")
-        arr = read_stack(path) if is_tiff else read_image(path)
-        if arr.ndim == 4 and arr.shape[0] == 1:
-            arr = arr[0]
+    for path in paths:
+        arr = _read_input(path)
         probs = predict_tiled(model, arr, tile_size=tile_size, overlap=overlap, tta=tta,
                               batch_size=batch_size)
         k = probs.shape[-1]

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -31,7 +33,10 @@ from zf_unet.io_utils import atomic_path, save_model_atomic, write_json_atomic
 from zf_unet.models import build_unet, build_unet_plus_plus, repeat_targets
 from zf_unet.precision import resolve_precision
 
-__all__ = ["AtomicBackupAndRestore", "BestModelCheckpoint", "make_strategy", "train"]
+__all__ = ["AtomicBackupAndRestore", "BestModelCheckpoint", "CollapseWarning", "make_strategy",
+           "recover_backup", "train"]
+
+logger = logging.getLogger("zf_unet")
 
 
 # --------------------------------------------------------------------------- strategies
@@ -105,9 +110,49 @@ class BestModelCheckpoint(keras.callbacks.Callback):
             save_model_atomic(self.model, self.last_path)
 
 
+_PENDING, _COMMITTED = ".pending", ".committed"
+
+
+def recover_backup(backup_dir: str | Path) -> None:
+    """Finish or drop a backup that a kill interrupted (see :class:`AtomicBackupAndRestore`).
+
+    A ``.committed`` folder is a complete backup whose files were being moved into place:
+    the move is finished. A ``.pending`` folder is an incomplete backup: it is deleted, and
+    the previous backup stays in force.
+    """
+    d = Path(backup_dir)
+    committed, pending = d / _COMMITTED, d / _PENDING
+    if committed.is_dir():
+        for f in sorted(committed.iterdir()):
+            os.replace(f, d / f.name)
+        committed.rmdir()
+    if pending.exists():
+        shutil.rmtree(pending, ignore_errors=True)
+
+
+def _completed_epochs(backup_dir: str | Path) -> int:
+    """Epochs completed according to the backup (0 without one)."""
+    meta = Path(backup_dir) / "training_metadata.json"
+    if not meta.exists():
+        return 0
+    try:
+        return int(json.loads(meta.read_text())["epoch"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{meta}: unreadable backup metadata ({exc}); delete the run's "
+                          "backup/ folder to restart from epoch 0, or use --fresh") from None
+
+
 class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
-    """``BackupAndRestore`` whose files are replaced atomically, and which also backs up the
-    optimizer state (moments, iteration count, so LR schedules continue where they were)."""
+    """``BackupAndRestore`` whose backups are committed as a whole, and which also backs up
+    the optimizer state (moments, iteration count, so LR schedules continue where they were).
+
+    A backup is three files: ``latest.weights.h5``, ``optimizer.npz`` and
+    ``training_metadata.json`` (the number of completed epochs). They are written into
+    ``backup/.pending/``; renaming that folder to ``.committed`` is the commit point; then the
+    files are moved into ``backup/``. A kill at any moment leaves either the previous backup or
+    the new one (completed by :func:`recover_backup` on the next start), never weights of one
+    epoch with the epoch count or optimizer state of another.
+    """
 
     def __init__(self, backup_dir: str | Path, write: bool = True):
         super().__init__(str(backup_dir), save_freq="epoch", delete_checkpoint=False,
@@ -118,18 +163,25 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
     def _save_model(self) -> None:
         if not self.write:
             return
-        Path(self.backup_dir).mkdir(parents=True, exist_ok=True)
-        with atomic_path(self._weights_path) as tmp:
-            self.model.save_weights(str(tmp))
+        d = Path(self.backup_dir)
+        d.mkdir(parents=True, exist_ok=True)
+        recover_backup(d)
+        pending = d / _PENDING
+        pending.mkdir()
+        self.model.save_weights(str(pending / Path(self._weights_path).name))
         opt = self.model.optimizer
-        with atomic_path(self._optimizer_path) as tmp:
-            with open(tmp, "wb") as fh:
-                np.savez(fh, *[np.asarray(v) for v in opt.variables])
-        with atomic_path(self._training_metadata_path) as tmp:
-            tmp.write_text(json.dumps({"epoch": self._current_epoch,
-                                       "batch": self._last_batch_seen}))
+        with open(pending / self._optimizer_path.name, "wb") as fh:
+            np.savez(fh, *[np.asarray(v) for v in opt.variables])
+        (pending / Path(self._training_metadata_path).name).write_text(
+            json.dumps({"epoch": self._current_epoch, "batch": self._last_batch_seen}))
+        for f in pending.iterdir():  # on disk before the commit point
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        os.rename(pending, d / _COMMITTED)  # the commit point
+        recover_backup(d)  # move the files into place
 
     def _load_model(self) -> None:
+        recover_backup(self.backup_dir)
         super()._load_model()
         if os.path.exists(self._weights_path) and self._optimizer_path.exists():
             opt = self.model.optimizer
@@ -140,6 +192,104 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
             if len(values) == len(opt.variables):
                 for var, value in zip(opt.variables, values):
                     var.assign(value)
+
+
+class CollapseWarning(keras.callbacks.Callback):
+    """Warn when a model's predictions collapse to one class while the truth is mixed.
+
+    At the end of every epoch the model predicts up to ``max_batches`` batches of ``data``
+    (``(x, y)`` or ``(x, y, weight)`` batches: a ``tf.data.Dataset``, a list of batches, or
+    one ``(x, y)`` tuple of arrays). If one class takes more than ``1 - fraction`` of the
+    predicted pixels (e.g. the predicted foreground stays below 0.5 % or above 99.5 %) while
+    that class covers less than ``1 - fraction`` of the true pixels, it logs a warning on the
+    ``"zf_unet"`` logger and prints the same line, after ``patience`` such epochs in a row.
+
+    Binary models (one output channel) predict class 1 where ``p > threshold``; others the
+    argmax. For several outputs (deep supervision) the last one is checked. Every measurement
+    is kept in ``self.history`` (``epoch``, ``predicted``, ``truth`` class shares,
+    ``collapsed``) and every warning in ``self.warnings``.
+    """
+
+    def __init__(self, data: Any, *, fraction: float = 0.005, threshold: float = 0.5,
+                 max_batches: int = 8, patience: int = 1, label: str = "validation"):
+        super().__init__()
+        if not 0.0 < fraction < 0.5:
+            raise ValueError(f"fraction must be in (0, 0.5), got {fraction!r}")
+        if int(max_batches) < 1 or int(patience) < 1:
+            raise ValueError("max_batches and patience must be >= 1")
+        self.data, self.fraction, self.threshold = data, float(fraction), float(threshold)
+        self.max_batches, self.patience, self.label = int(max_batches), int(patience), label
+        self.history: list[dict] = []
+        self.warnings: list[str] = []
+        self._streak = 0
+
+    def _batches(self) -> Any:
+        data = self.data
+        if isinstance(data, tuple) and len(data) in (2, 3) and not isinstance(
+                data[0], (tuple, list)):
+            return [data]
+        if isinstance(data, tf.data.Dataset):
+            return data.take(self.max_batches)
+        return data
+
+    @staticmethod
+    def _last(t: Any) -> Any:
+        if isinstance(t, dict):
+            return list(t.values())[-1]
+        if isinstance(t, (list, tuple)):
+            return t[-1]
+        return t
+
+    def measure(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(predicted, truth)`` pixel counts per class over the checked batches."""
+        pred_counts: np.ndarray | None = None
+        true_counts: np.ndarray | None = None
+        for i, batch in enumerate(self._batches()):
+            if i >= self.max_batches:
+                break
+            x, y = batch[0], self._last(batch[1])
+            pred = np.asarray(self._last(self.model.predict_on_batch(x)), np.float32)
+            y = np.asarray(y)
+            k = pred.shape[-1]
+            if y.shape[1:3] != pred.shape[1:3]:  # padding="valid": centre-crop the truth
+                dy, dx = (y.shape[1] - pred.shape[1]) // 2, (y.shape[2] - pred.shape[2]) // 2
+                y = y[:, dy:dy + pred.shape[1], dx:dx + pred.shape[2]]
+            if k == 1:
+                p_cls = (pred[..., 0] > self.threshold).astype(np.int64)
+                t_cls = (y[..., 0] > 0.5).astype(np.int64)
+            else:
+                p_cls = np.argmax(pred, axis=-1)
+                t_cls = np.argmax(y, axis=-1) if y.shape[-1] == k and k > 1 else \
+                    np.rint(y[..., 0]).astype(np.int64)
+            n = max(k, 2)
+            pc = np.bincount(p_cls.ravel(), minlength=n)[:n]
+            tc = np.bincount(np.clip(t_cls.ravel(), 0, n - 1), minlength=n)[:n]
+            pred_counts = pc if pred_counts is None else pred_counts + pc
+            true_counts = tc if true_counts is None else true_counts + tc
+        if pred_counts is None or true_counts is None:
+            return None
+        return pred_counts, true_counts
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        counts = self.measure()
+        if counts is None:
+            return
+        pred = counts[0] / max(1, counts[0].sum())
+        truth = counts[1] / max(1, counts[1].sum())
+        top = int(np.argmax(pred))
+        collapsed = bool(pred[top] > 1.0 - self.fraction and truth[top] < 1.0 - self.fraction)
+        self.history.append({"epoch": epoch, "predicted": pred.tolist(),
+                             "truth": truth.tolist(), "collapsed": collapsed})
+        self._streak = self._streak + 1 if collapsed else 0
+        if collapsed and self._streak >= self.patience:
+            msg = (f"CollapseWarning: epoch {epoch + 1}: predictions collapsed to one class: "
+                   f"{100 * pred[top]:.2f} % of {self.label} pixels are predicted as class "
+                   f"{top}, but the truth has {100 * truth[top]:.2f} % class {top} "
+                   f"({self._streak} epoch(s) in a row). Check the mask convention "
+                   "(zf-unet check-data), the class balance, the loss and the learning rate.")
+            self.warnings.append(msg)
+            logger.warning(msg)
+            print(msg, flush=True)
 
 
 class _CurvesAtEnd(keras.callbacks.Callback):
@@ -166,6 +316,51 @@ def read_csv_log(path: str | Path) -> dict[str, list[float]]:
             if k != "epoch" and v not in ("", None):
                 history.setdefault(k, []).append(float(v))
     return history
+
+
+def repair_csv_log(path: str | Path, next_epoch: int) -> None:
+    """Make ``log.csv`` hold exactly one row per completed epoch ``0 .. next_epoch - 1``.
+
+    A run killed after logging an epoch but before its backup re-runs that epoch; a kill in
+    the middle of a write leaves half a line. Rows of epochs ``>= next_epoch`` and broken
+    lines are dropped (for a repeated epoch the last row is kept) and the file is replaced
+    atomically, so the resumed run appends each epoch once.
+    """
+    path = Path(path)
+    if not path.exists():
+        return
+    text = path.read_text(encoding="utf-8", errors="replace")
+    lines = text.splitlines(keepends=True)
+    if not lines or not lines[0].endswith("\n"):
+        path.unlink()  # no complete header: the first row never finished
+        return
+    columns = len(next(csv.reader([lines[0]])))
+    rows: dict[int, str] = {}
+    for line in lines[1:]:
+        if not line.endswith("\n"):
+            continue
+        fields = next(csv.reader([line]), [])
+        try:
+            epoch = int(fields[0])
+        except (IndexError, ValueError):
+            continue
+        if len(fields) == columns and 0 <= epoch < next_epoch:
+            rows[epoch] = line
+    repaired = lines[0] + "".join(rows[e] for e in sorted(rows))
+    if repaired != text:
+        with atomic_path(path) as tmp:
+            tmp.write_text(repaired, encoding="utf-8")
+
+
+def _remove_stale_temporaries(folder: Path, names: list[str]) -> None:
+    """Delete the temporary files ``atomic_path`` leaves when a process is killed mid-write
+    (``.best.XXXXXXXX.keras`` for ``best.keras``)."""
+    for name in names:
+        stem, suffix = name.split(".", 1)
+        pattern = re.compile(rf"^\.{re.escape(stem)}\.[A-Za-z0-9_]{{8}}\.{re.escape(suffix)}$")
+        for f in folder.glob(f".{stem}.*"):
+            if pattern.match(f.name) and f.is_file():
+                f.unlink()
 
 
 # --------------------------------------------------------------------------- pieces
@@ -295,6 +490,14 @@ def train(config: Config | str | Path | dict, out_dir: str | Path = "runs/run",
     ``best.keras`` (+ ``best.json``), ``last.keras``, ``final.keras``, ``log.csv``,
     ``training_curves.png``, ``tensorboard/``, ``backup/`` and ``summary.json``.
 
+    The data is loaded and checked and the model built before anything is written, so a bad
+    config or bad data leaves an existing run folder as it was (with ``fresh=True`` too). A
+    run killed at any moment (even SIGKILL) resumes from its last completed epoch; ``log.csv``
+    then holds each epoch once (see :func:`repair_csv_log`). ``train.deterministic`` turns on
+    ``tf.config.experimental.enable_op_determinism()`` for this process (bit-identical
+    reruns); a :class:`CollapseWarning` watches the validation (else training) predictions
+    unless ``train.collapse_warning = false``.
+
     Returns:
         ``(history, run_dir)``; ``history.history`` covers the epochs run in this call.
     """
@@ -306,22 +509,23 @@ def train(config: Config | str | Path | dict, out_dir: str | Path = "runs/run",
         cfg = config
     # A multi-worker strategy must exist before TensorFlow runs any op.
     strategy = strategy or make_strategy(cfg.train.strategy)
+    if cfg.train.deterministic:
+        # Process-wide and permanent: every later op uses deterministic kernels, and tf.data
+        # keeps element order. Seeds come from train.seed.
+        tf.config.experimental.enable_op_determinism()
     run = Path(out_dir)
+    if run.exists() and not run.is_dir():
+        raise ConfigError(f"{run}: exists and is not a folder; expected a run folder")
     chief = _is_chief()
-    if fresh and chief and run.exists():
-        shutil.rmtree(run)
     # Non-chief workers of a multi-worker run write to a private scratch folder.
     write_dir = run if chief else run / f".worker-{os.getpid()}"
-    write_dir.mkdir(parents=True, exist_ok=True)
-    if chief:
-        with atomic_path(run / "config.toml") as tmp:
-            tmp.write_text(cfg.to_toml(), encoding="utf-8")
 
     keras.utils.set_random_seed(cfg.train.seed)
     policy = resolve_precision(cfg.train.precision)
     old_policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(policy)
     try:
+        # Everything that can fail on bad input happens before the first write.
         train_ds, val_ds, channels = make_data(cfg, cfg.train.seed)
         steps = int(train_ds.cardinality().numpy())
         if cfg.train.strategy == "multiworker":
@@ -358,9 +562,23 @@ def train(config: Config | str | Path | dict, out_dir: str | Path = "runs/run",
             val_ds = None if val_ds is None else repeat_targets(val_ds, len(outputs))
         if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
             _work_around_keras_multiworker_build(model, train_ds)
+
+        # First writes: the run folder, after a kill made consistent again.
+        if fresh and chief and run.exists():
+            shutil.rmtree(run)
+        write_dir.mkdir(parents=True, exist_ok=True)
+        if chief:
+            _remove_stale_temporaries(run, ["best.keras", "last.keras", "final.keras",
+                                            "best.json", "summary.json", "config.toml",
+                                            "log.csv", "training_curves.png"])
+            with atomic_path(run / "config.toml") as tmp:
+                tmp.write_text(cfg.to_toml(), encoding="utf-8")
+        recover_backup(write_dir / "backup")
+        repair_csv_log(write_dir / "log.csv", _completed_epochs(write_dir / "backup"))
+
         # Order matters for a kill between two writes: the log row and the best model are
         # written before the backup that marks the epoch as done, so a resumed run may repeat
-        # an epoch (read_csv_log keeps its last row) but never loses one.
+        # an epoch (repair_csv_log then drops its first row) but never loses one.
         callbacks: list = [
             keras.callbacks.TerminateOnNaN(),
             keras.callbacks.CSVLogger(str(write_dir / "log.csv"), append=True),
@@ -379,6 +597,11 @@ def train(config: Config | str | Path | dict, out_dir: str | Path = "runs/run",
                 patience=cfg.train.early_stopping_patience))
         if cfg.train.tensorboard and chief:
             callbacks.append(keras.callbacks.TensorBoard(str(run / "tensorboard")))
+        if cfg.train.collapse_warning and cfg.train.strategy in ("default", "mirrored"):
+            if val_ds is not None:
+                callbacks.append(CollapseWarning(val_ds, label="validation"))
+            else:  # one training batch, drawn once
+                callbacks.append(CollapseWarning(list(train_ds.take(1)), label="training"))
         callbacks += list(extra_callbacks or [])
 
         t0 = time.perf_counter()
@@ -389,6 +612,7 @@ def train(config: Config | str | Path | dict, out_dir: str | Path = "runs/run",
             save_model_atomic(model, run / "final.keras")
             summary = {
                 "precision": policy,
+                "deterministic": bool(cfg.train.deterministic),
                 "strategy": cfg.train.strategy,
                 "replicas": int(strategy.num_replicas_in_sync),
                 "epochs_run_this_call": len(history.epoch),

@@ -1,0 +1,396 @@
+"""The data doctor: ``check_data(folder)`` / ``zf-unet check-data DIR``.
+
+It reads a training folder (``images/`` + ``masks/``, paired by file name) with the same
+readers training uses (:mod:`zf_unet.data.io`), keeps going past bad files, and reports:
+
+* what it saw: number of pairs, image sizes, dtypes, channels and value range, the mask
+  value conventions (``{0, 1}``, ``{0, 255}``, class ids, RGB colours), class frequencies,
+  empty and single-class masks;
+* problems that make training fail or learn nothing (errors): unreadable files, image/mask
+  size mismatches, mask values that fit no convention, NaN/Inf pixels, float images outside
+  [0, 1], mixed channel counts or dtypes, masks that all hold one class;
+* likely mistakes (warnings): severe class imbalance, classes that never occur, mixed
+  mask conventions, mostly empty masks, JPEG masks, images smaller than the patch size.
+
+The CLI exits 0 when nothing was found, 1 when there are problems (errors or warnings) and
+2 when the folder cannot be read as a data set or some files cannot be decoded.
+"""
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from zf_unet.data.io import describe_dataset, find_pairs, normalize_mask, read_image
+from zf_unet.errors import DataError
+
+__all__ = ["DataReport", "Problem", "check_data"]
+
+#: Smallest side a default U-Net (depth 5: 4 poolings) can take without mirror padding.
+MIN_SIDE = 16
+_LISTED = 5
+
+
+@dataclass
+class Problem:
+    """One finding: ``severity`` is ``"error"`` (training fails or learns nothing) or
+    ``"warning"`` (a likely mistake); ``files`` lists the affected files."""
+
+    severity: str
+    code: str
+    message: str
+    files: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"severity": self.severity, "code": self.code, "message": self.message,
+                "files": list(self.files)}
+
+
+@dataclass
+class DataReport:
+    """What :func:`check_data` found. ``summary`` has the keys of
+    :func:`zf_unet.data.io.describe_dataset` (over the pairs that could be read)."""
+
+    path: str
+    num_pairs: int = 0
+    num_checked: int = 0
+    num_classes: int | None = None
+    patch_size: int | None = None
+    summary: dict[str, Any] = field(default_factory=dict)
+    conventions: dict[str, int] = field(default_factory=dict)
+    problems: list[Problem] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    unreadable: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when there is nothing to report (no problem, no unreadable file)."""
+        return not self.problems and not self.unreadable
+
+    @property
+    def exit_code(self) -> int:
+        """0 fine, 1 problems found, 2 some files cannot be read."""
+        if self.unreadable:
+            return 2
+        return 1 if self.problems else 0
+
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "error"]
+
+    def warnings(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "warning"]
+
+    def to_dict(self) -> dict:
+        """JSON-serialisable form (class ids become strings in JSON)."""
+        return {
+            "path": self.path, "num_pairs": self.num_pairs, "num_checked": self.num_checked,
+            "num_classes": self.num_classes, "patch_size": self.patch_size,
+            "summary": self.summary, "conventions": self.conventions,
+            "problems": [p.to_dict() for p in self.problems], "notes": list(self.notes),
+            "unreadable": list(self.unreadable), "exit_code": self.exit_code,
+        }
+
+    def format(self) -> str:
+        """A readable multi-line report."""
+        s = self.summary
+        lines = [f"data: {self.path}",
+                 f"  pairs: {self.num_pairs} image/mask pair(s), {self.num_checked} readable"]
+        if s:
+            sizes = ", ".join(f"{k} ({v})" for k, v in list(s["sizes"].items())[:_LISTED])
+            if len(s["sizes"]) > _LISTED:
+                sizes += f" and {len(s['sizes']) - _LISTED} more"
+            lo, hi = s["image_value_range"]
+            lines += [
+                f"  image sizes (WxH): {sizes}",
+                f"  image dtypes: {', '.join(s['image_dtypes'])}; channels: "
+                f"{', '.join(str(c) for c in s['channels'])}; values {_num(lo)} .. {_num(hi)}",
+                "  mask conventions: " + ", ".join(f"{k} ({v})" for k, v in
+                                                  self.conventions.items()),
+                "  classes (share of mask pixels / masks containing it): " + ", ".join(
+                    f"{c}: {100 * f:.2f} % / {s['masks_with_class'][c]}"
+                    for c, f in s["class_frequencies"].items()),
+                f"  empty masks (class 0 only): {s['empty_masks']}; single-class masks: "
+                f"{s['single_class_masks']}",
+            ]
+        for note in self.notes:
+            lines.append(f"  note: {note}")
+        if self.unreadable:
+            lines.append(f"unreadable files ({len(self.unreadable)}):")
+            lines += [f"  {msg}" for msg in self.unreadable]
+        if self.problems:
+            lines.append(f"problems ({len(self.errors())} error(s), "
+                         f"{len(self.warnings())} warning(s)):")
+            for p in self.problems:
+                lines.append(f"  {p.severity.upper():7s} {p.message}")
+        elif not self.unreadable:
+            lines.append("no problems found")
+        return "\n".join(lines)
+
+
+def _num(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() else f"{v:.4g}"
+
+
+def _listed(names: list[str]) -> str:
+    shown = ", ".join(names[:_LISTED])
+    return shown + (f" and {len(names) - _LISTED} more" if len(names) > _LISTED else "")
+
+
+def _convention(raw: np.ndarray, num_classes: int | None) -> str:
+    """Name of the value convention of a raw mask as read from its file."""
+    if raw.ndim == 3 and raw.shape[2] >= 3:
+        rgb = raw[:, :, :3]
+        if not (np.array_equal(rgb[..., 0], rgb[..., 1])
+                and np.array_equal(rgb[..., 0], rgb[..., 2])):
+            return "RGB colours"
+    gray = raw[:, :, 0] if raw.ndim == 3 else raw
+    values = np.unique(gray)
+    if values.size == 1 and values[0] == 0:
+        return "all 0"
+    if np.all((values == 0) | (values == 1)):
+        return "{0, 1}"
+    if np.all((values == 0) | (values == 255)):
+        return "{0, 255}"
+    is_int = gray.dtype.kind in "ui" or bool(np.all(values == np.round(values)))
+    if is_int and values.min() >= 0 and num_classes is not None and values.max() < num_classes:
+        return f"class ids 0..{num_classes - 1}"
+    return "other values"
+
+
+class _Totals:
+    """Running merge of per-pair :func:`describe_dataset` summaries (bounded memory)."""
+
+    def __init__(self) -> None:
+        self.sizes: Counter[str] = Counter()
+        self.heights: list[int] = []
+        self.widths: list[int] = []
+        self.channels: set[int] = set()
+        self.dtypes: set[str] = set()
+        self.vmin, self.vmax = math.inf, -math.inf
+        self.pixels: Counter[int] = Counter()
+        self.with_class: Counter[int] = Counter()
+        self.empty: list[int] = []
+        self.single = 0
+        self.n = 0
+
+    def add(self, d: dict) -> None:
+        self.sizes.update(d["sizes"])
+        self.heights += d["height_range"]
+        self.widths += d["width_range"]
+        self.channels.update(d["channels"])
+        self.dtypes.update(d["image_dtypes"])
+        self.vmin = min(self.vmin, d["image_value_range"][0])
+        self.vmax = max(self.vmax, d["image_value_range"][1])
+        self.pixels.update(d["class_pixel_counts"])
+        self.with_class.update(d["masks_with_class"])
+        if d["empty_masks"]:
+            self.empty.append(self.n)
+        self.single += d["single_class_masks"]
+        self.n += 1
+
+    def summary(self) -> dict:
+        if not self.n:
+            return {}
+        total = sum(self.pixels.values())
+        return {
+            "num_samples": self.n,
+            "sizes": dict(sorted(self.sizes.items())),
+            "height_range": [min(self.heights), max(self.heights)],
+            "width_range": [min(self.widths), max(self.widths)],
+            "channels": sorted(self.channels),
+            "image_dtypes": sorted(self.dtypes),
+            "image_value_range": [self.vmin, self.vmax],
+            "class_pixel_counts": dict(sorted(self.pixels.items())),
+            "class_frequencies": {c: n / total for c, n in sorted(self.pixels.items())},
+            "masks_with_class": dict(sorted(self.with_class.items())),
+            "foreground_fraction": 1.0 - self.pixels.get(0, 0) / total,
+            "empty_masks": len(self.empty),
+            "empty_mask_indices": list(self.empty),
+            "single_class_masks": self.single,
+        }
+
+
+def check_data(path: str | Path, num_classes: int | None = None, *,
+               patch_size: int | None = None, imbalance: float = 0.01) -> DataReport:
+    """Check a training folder (``images/`` + ``masks/``) and report what is wrong with it.
+
+    Args:
+        path: the folder (the layout :func:`zf_unet.data.io.find_pairs` reads).
+        num_classes: K for integer class-id masks (values ``0..K-1``); ``None`` expects
+            binary masks ({0, 1} or {0, 255}), as training with ``data.num_classes = 1``.
+        patch_size: the training patch size; images smaller than it are reported.
+            ``None``: images with a side below 16 px (a depth-5 U-Net's minimum) are.
+        imbalance: a class with less than this share of all mask pixels is "severe
+            imbalance".
+
+    Returns:
+        A :class:`DataReport`; ``report.exit_code`` is 0 (fine), 1 (problems) or 2
+        (unreadable files). Bad files do not stop the check: every pair is looked at.
+
+    Raises:
+        DataError: the folder cannot be read as a data set (missing, no ``images/`` or
+            ``masks/``, empty, unpaired file names, duplicate names) or a bad argument.
+    """
+    if num_classes is not None and (isinstance(num_classes, bool) or
+                                    not isinstance(num_classes, (int, np.integer))
+                                    or not 1 <= num_classes <= 256):
+        raise DataError(f"num_classes={num_classes!r}: expected an int from 1 to 256")
+    if patch_size is not None and (isinstance(patch_size, bool) or
+                                   not isinstance(patch_size, (int, np.integer))
+                                   or patch_size < 1):
+        raise DataError(f"patch_size={patch_size!r}: expected a positive int or None")
+    root = Path(path)
+    pairs = find_pairs(root)
+    report = DataReport(path=str(root), num_pairs=len(pairs),
+                        num_classes=None if num_classes is None else int(num_classes),
+                        patch_size=None if patch_size is None else int(patch_size))
+    totals = _Totals()
+    conventions: Counter[str] = Counter()
+    found: dict[str, list[str]] = {}  # problem code -> file names (or messages)
+    first: tuple[str, int, str] | None = None  # (image name, channels, dtype)
+    min_side = int(patch_size) if patch_size is not None else MIN_SIDE
+
+    def rel(p: Path) -> str:
+        return f"{p.parent.name}/{p.name}"
+
+    for img_path, mask_path in pairs:
+        img_name, mask_name = rel(img_path), rel(mask_path)
+        try:
+            image = read_image(img_path)
+        except DataError as exc:
+            report.unreadable.append(str(exc))
+            continue
+        try:
+            raw = read_image(mask_path, keep_palette_indices=True)
+        except DataError as exc:
+            report.unreadable.append(str(exc))
+            continue
+        if raw.shape[:2] != image.shape[:2]:
+            found.setdefault("size_mismatch", []).append(
+                f"{mask_name} is {raw.shape[1]}x{raw.shape[0]} but {img_name} is "
+                f"{image.shape[1]}x{image.shape[0]}")
+            continue
+        if mask_path.suffix.lower() in (".jpg", ".jpeg"):
+            found.setdefault("jpeg_masks", []).append(mask_name)
+        channels, dtype = int(image.shape[2]), str(image.dtype)
+        if first is None:
+            first = (img_name, channels, dtype)
+        elif channels != first[1]:
+            found.setdefault("mixed_channels", []).append(f"{img_name} ({channels})")
+        elif dtype != first[2]:
+            found.setdefault("mixed_dtypes", []).append(f"{img_name} ({dtype})")
+        if image.dtype.kind == "f":
+            finite = np.isfinite(image)
+            if not finite.all():
+                found.setdefault("nan_pixels", []).append(
+                    f"{img_name} ({int(np.size(finite) - np.count_nonzero(finite))} pixel(s))")
+                continue
+            lo, hi = float(image.min()), float(image.max())
+            if lo < -1e-3 or hi > 1.0 + 1e-3:
+                found.setdefault("float_range", []).append(f"{img_name} ([{lo:.3g}, {hi:.3g}])")
+        if min(image.shape[:2]) < min_side:
+            found.setdefault("small_images", []).append(
+                f"{img_name} ({image.shape[1]}x{image.shape[0]})")
+        conventions[_convention(raw, num_classes)] += 1
+        try:
+            mask = normalize_mask(raw, num_classes=num_classes, source=mask_name)
+        except DataError as exc:
+            found.setdefault("bad_mask_values", []).append(str(exc))
+            continue
+        totals.add(describe_dataset([image], [mask]))
+        report.num_checked += 1
+
+    report.summary = totals.summary()
+    report.conventions = dict(conventions.most_common())
+    _add_problems(report, found, first, min_side, imbalance)
+    return report
+
+
+def _add_problems(report: DataReport, found: dict[str, list[str]],
+                  first: tuple[str, int, str] | None, min_side: int, imbalance: float) -> None:
+    """Turn the per-file findings and the totals into problems and notes."""
+    add = report.problems.append
+    k = report.num_classes
+    if "size_mismatch" in found:
+        items = found["size_mismatch"]
+        add(Problem("error", "size_mismatch",
+                    f"{len(items)} mask(s) differ in size from their image: {_listed(items)}; "
+                    "expected each mask to have its image's width and height", items))
+    if "bad_mask_values" in found:
+        items = found["bad_mask_values"]
+        add(Problem("error", "bad_mask_values",
+                    f"{len(items)} mask(s) hold values that fit no convention; first: {items[0]}",
+                    items))
+    if "nan_pixels" in found:
+        items = found["nan_pixels"]
+        add(Problem("error", "nan_pixels", f"{len(items)} image(s) hold NaN or Inf values: "
+                    f"{_listed(items)}; expected finite values", items))
+    if "float_range" in found:
+        items = found["float_range"]
+        add(Problem("error", "float_range", f"{len(items)} float image(s) outside [0, 1]: "
+                    f"{_listed(items)}; scale float images to [0, 1] or save integer images",
+                    items))
+    if first is not None:
+        for code, what in (("mixed_channels", "channel count"), ("mixed_dtypes", "dtype")):
+            if code in found:
+                items = found[code]
+                ref = first[1] if code == "mixed_channels" else first[2]
+                add(Problem("error", code, f"{len(items)} image(s) differ in {what} from "
+                            f"{first[0]} ({ref}): {_listed(items)}; expected one {what} for "
+                            "all images", items))
+    s = report.summary
+    if s:
+        freqs = s["class_frequencies"]
+        if len(freqs) == 1:
+            (only,) = freqs
+            add(Problem("error", "one_class",
+                        f"every mask holds only class {only}: there is nothing to learn (a "
+                        f"model would predict class {only} everywhere); expected at least two "
+                        "classes"))
+        else:
+            expected = range(k) if k is not None and k > 1 else range(2)
+            missing = [c for c in expected if c not in freqs]
+            if missing:
+                add(Problem("warning", "missing_classes",
+                            f"class(es) {missing} never occur in the masks (num_classes="
+                            f"{k if k is not None else 1})"))
+            rare = {c: f for c, f in freqs.items() if f < imbalance}
+            if rare:
+                text = ", ".join(f"class {c} is {100 * f:.2f} %" for c, f in rare.items())
+                add(Problem("warning", "imbalance",
+                            f"severe class imbalance: {text} of all mask pixels (below "
+                            f"{100 * imbalance:g} %); consider loss.name = 'dice' or "
+                            "'bce_dice', border weights, or more positive examples"))
+            n_empty = s["empty_masks"]
+            if n_empty * 2 > s["num_samples"]:
+                add(Problem("warning", "empty_masks",
+                            f"{n_empty} of {s['num_samples']} masks are empty (class 0 only)"))
+            elif n_empty:
+                report.notes.append(f"{n_empty} mask(s) are empty (class 0 only)")
+        if len(s["sizes"]) > 1:
+            report.notes.append(f"{len(s['sizes'])} different image sizes: train with "
+                                "data.patch_size (or batch size 1)")
+    binary = [c for c in report.conventions if c in ("{0, 1}", "{0, 255}")]
+    if len(binary) == 2:
+        add(Problem("warning", "mixed_conventions",
+                    f"masks mix conventions: {report.conventions['{0, 1}']} hold {{0, 1}} and "
+                    f"{report.conventions['{0, 255}']} hold {{0, 255}}; both are read as 0/1, "
+                    "but a mix often means masks from different sources or exports"))
+    elif binary == ["{0, 255}"]:
+        report.notes.append("masks use {0, 255}: 255 is read as class 1")
+    if "jpeg_masks" in found:
+        items = found["jpeg_masks"]
+        add(Problem("warning", "jpeg_masks", f"{len(items)} mask(s) are JPEG files: "
+                    f"{_listed(items)}; JPEG compression changes mask values, save masks as "
+                    "PNG or TIFF", items))
+    if "small_images" in found:
+        items = found["small_images"]
+        what = (f"the patch size {report.patch_size}" if report.patch_size is not None
+                else f"{min_side} px (a depth-5 U-Net's smallest input)")
+        add(Problem("warning", "small_images",
+                    f"{len(items)} image(s) have a side smaller than {what}: {_listed(items)}; "
+                    "they are mostly mirror padding in training", items))
