@@ -10,9 +10,14 @@ from zf_unet.io_utils import savefig_atomic
 
 
 def _plt():
+    import sys
+
     import matplotlib
 
-    matplotlib.use("Agg", force=False)
+    # Headless default, but never switch the backend of a session that already uses pyplot:
+    # in a notebook that would turn off inline figures for every later cell.
+    if "matplotlib.pyplot" not in sys.modules:
+        matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
     return plt
