@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 from typing import Sequence
 
@@ -280,37 +279,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-#: Start-up lines TensorFlow's C++ side prints before absl logging is initialised; they
-#: ignore TF_CPP_MIN_LOG_LEVEL (oneDNN notice, CPU feature guard).
-_TF_BANNER = re.compile(r"^([IW]\d{4} |WARNING: All log messages before absl::InitializeLog|"
-                        r"To enable the following instructions|This TensorFlow binary is)")
-
-
-def _import_tensorflow_quietly() -> None:
-    """Import TensorFlow with its start-up banner kept off stderr (other output is replayed),
-    so that an error exits with one message. ``ZF_UNET_TF_LOGS=1`` keeps the banner."""
-    if "tensorflow" in sys.modules or os.environ.get("ZF_UNET_TF_LOGS") == "1":
-        return
-    import tempfile
-
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError):  # no real stderr (embedded interpreters)
-        return
-    with tempfile.TemporaryFile() as tmp:
-        os.dup2(tmp.fileno(), 2)
-        try:
-            import tensorflow  # noqa: F401
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            tmp.seek(0)
-            for line in tmp.read().decode("utf-8", "replace").splitlines():
-                if line.strip() and not _TF_BANNER.match(line):
-                    print(line, file=sys.stderr)
-
-
 def _one_line(exc: BaseException) -> str:
     """An exception as one line (multi-line messages joined)."""
     text = " ".join(part.strip() for part in str(exc).splitlines() if part.strip())
@@ -330,7 +298,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    _import_tensorflow_quietly()
     from zf_unet.errors import ZFUNetError
 
     try:

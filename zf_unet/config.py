@@ -89,7 +89,7 @@ class LossConfig:
 
 @dataclass
 class OptimizerConfig:
-    name: str = "adam"             # adam | adamw | sgd
+    name: str = "adam"             # adam (Keras Adam, fused kernel: FusedAdam) | adamw | sgd
     learning_rate: float = 1e-3
     weight_decay: float = 0.0      # adamw / sgd
     momentum: float = 0.99         # sgd (the paper used 0.99)
@@ -119,6 +119,14 @@ class TrainConfig:
 
 @dataclass
 class Config:
+    """A training run's settings: sections ``data``, ``model``, ``loss``, ``optimizer``, ``train``.
+
+    ``Config.from_toml(path)`` reads a TOML file (unknown keys and bad values are errors that
+    name the key), ``override(["section.key=value", ...])`` returns a changed copy (what
+    ``zf-unet train --set`` does), and ``to_toml()`` writes it back. Every field and its default
+    is listed in the dataclasses above.
+    """
+
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -184,13 +192,16 @@ _CHOICES = {
 }
 
 
-def _build(cls: type, d: Mapping[str, Any], where: str) -> Any:
+def _build(cls: type, d: Mapping[str, Any], where: str, section: str = "") -> Any:
+    """``cls`` from the table ``d``; ``where`` (file or ``--set``) and ``section`` (e.g.
+    ``data.augment``) name the place in error messages."""
+    place = f"{where} [{section}]" if section else where
     if not isinstance(d, Mapping):
-        raise ConfigError(f"{where}: expected a table, got {type(d).__name__}")
+        raise ConfigError(f"{place}: expected a table, got {type(d).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - set(fields))
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; expected some of {sorted(fields)}")
+        raise ConfigError(f"{place}: unknown key(s) {unknown}; expected some of {sorted(fields)}")
     kwargs = {}
     for name, f in fields.items():
         if name not in d:
@@ -198,12 +209,13 @@ def _build(cls: type, d: Mapping[str, Any], where: str) -> Any:
         value = d[name]
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         if dataclasses.is_dataclass(default):
-            kwargs[name] = _build(type(default), value, f"{where}.{name}" if where else name)
+            kwargs[name] = _build(type(default), value, where,
+                                  f"{section}.{name}" if section else name)
             continue
-        kwargs[name] = _coerce(value, default, f"{where} [{cls.__name__}] {name}")
+        kwargs[name] = _coerce(value, default, f"{place} {name}")
         choices = _CHOICES.get((cls.__name__, name))
         if choices and kwargs[name] not in choices:
-            raise ConfigError(f"{where}: {name} = {value!r}; expected one of {list(choices)}")
+            raise ConfigError(f"{place}: {name} = {value!r}; expected one of {list(choices)}")
     return cls(**kwargs)
 
 

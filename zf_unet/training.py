@@ -409,7 +409,9 @@ def make_optimizer(cfg: Config, steps_per_epoch: int) -> keras.optimizers.Optimi
         lr = keras.optimizers.schedules.CosineDecay(
             o.learning_rate, decay_steps=total, alpha=min(1.0, o.min_learning_rate / o.learning_rate))
     if o.name == "adam":
-        return keras.optimizers.Adam(lr)
+        from zf_unet.optimizers import FusedAdam
+
+        return FusedAdam(lr)  # keras.optimizers.Adam's arithmetic, one fused kernel per variable
     if o.name == "adamw":
         return keras.optimizers.AdamW(lr, weight_decay=o.weight_decay or 1e-4)
     return keras.optimizers.SGD(lr, momentum=o.momentum, weight_decay=o.weight_decay or None)
@@ -435,6 +437,31 @@ def make_data(cfg: Config, seed: int) -> tuple[tf.data.Dataset, tf.data.Dataset 
         samples_per_epoch=d.samples_per_epoch or None)
     channels = int(train_ds.element_spec[0].shape[-1])
     return train_ds, val_ds, channels
+
+
+def check_input_sizes(cfg: Config, datasets: dict[str, tf.data.Dataset | None]) -> None:
+    """Raise a :class:`ConfigError` if the model ``cfg.model`` cannot take the (static) image
+    sizes of ``datasets`` (``{"training": train_ds, "validation": val_ds}``), naming the
+    nearest sizes it can take, before TensorFlow fails with a shape error inside ``fit``."""
+    from zf_unet.models.unet import output_size, valid_input_sizes
+
+    m = cfg.model
+    for label, ds in datasets.items():
+        if ds is None:
+            continue
+        spec = ds.element_spec[0]
+        for side in (spec.shape[1], spec.shape[2]):
+            if side is None or output_size(int(side), m.depth, m.padding) is not None:
+                continue
+            nearest = valid_input_sizes(m.depth, m.padding, near=int(side))
+            rule = (f"a multiple of 2**(depth-1) = {2 ** (m.depth - 1)}" if m.padding == "same"
+                    else "a size whose feature maps stay even before every pooling")
+            where = (f"data.patch_size = {cfg.data.patch_size}" if cfg.data.patch_size
+                     else f"the {label} images (data.patch_size = 0: whole images)")
+            raise ConfigError(
+                f"{where}: a depth-{m.depth} U-Net with padding={m.padding!r} cannot take "
+                f"{label} inputs of {int(side)} px; expected {rule} (nearest: {nearest}), or "
+                "another model.depth")
 
 
 def _distribute_options(ds: tf.data.Dataset | None) -> tf.data.Dataset | None:
@@ -527,6 +554,7 @@ def train(config: Config | str | Path | dict, out_dir: str | Path = "runs/run",
     try:
         # Everything that can fail on bad input happens before the first write.
         train_ds, val_ds, channels = make_data(cfg, cfg.train.seed)
+        check_input_sizes(cfg, {"training": train_ds, "validation": val_ds})
         steps = int(train_ds.cardinality().numpy())
         if cfg.train.strategy == "multiworker":
             train_ds, val_ds = _distribute_options(train_ds), _distribute_options(val_ds)

@@ -141,7 +141,9 @@ def _read_pillow(p: Path, keep_palette_indices: bool) -> np.ndarray:
             else:  # L, LA, RGB, RGBA, I, I;16*, F
                 arr = np.asarray(im)
     except Exception as exc:  # noqa: BLE001 - any decoder failure means an unreadable file
-        raise DataError(f"{p}: cannot read image ({type(exc).__name__}: {exc})") from exc
+        raise DataError(f"{p}: cannot read image ({type(exc).__name__}: {exc}); expected a "
+                        f"complete {p.suffix.lstrip('.').upper()} file (is it corrupt, "
+                        "truncated or misnamed?)") from exc
     if arr.dtype.byteorder == ">":  # I;16B and friends
         arr = arr.astype(arr.dtype.newbyteorder("="))
     if arr.ndim == 2:
@@ -173,7 +175,8 @@ def _read_tiff(p: Path) -> np.ndarray:
     except DataError:
         raise
     except Exception as exc:  # noqa: BLE001 - any decoder failure means an unreadable file
-        raise DataError(f"{p}: cannot read TIFF ({type(exc).__name__}: {exc})") from exc
+        raise DataError(f"{p}: cannot read TIFF ({type(exc).__name__}: {exc}); expected a "
+                        "complete TIFF file (is it corrupt, truncated or misnamed?)") from exc
     if "Y" not in axes or "X" not in axes or len(axes) != arr.ndim:
         raise DataError(f"{p}: TIFF has axes {axes!r} (shape {arr.shape}); expected Y and X axes")
     page_axes = [i for i, a in enumerate(axes) if a not in "YXSC"]
@@ -493,7 +496,9 @@ class _Consistency:
 
     def check(self, image: np.ndarray, name: str) -> None:
         if image.dtype.kind == "f" and not np.all(np.isfinite(image)):
-            raise DataError(f"{name}: image holds NaN or Inf values")
+            y, x, c = (int(v) for v in np.argwhere(~np.isfinite(image))[0])
+            raise DataError(f"{name}: image holds NaN or Inf values (first at (y, x, c) = "
+                            f"({y}, {x}, {c})); expected finite pixel values")
         if self.first is None:
             self.first = (name, image.shape[2], image.dtype)
             return
@@ -600,7 +605,8 @@ def _iter_stacks(
             f"({_wxh(volume.shape[1:3])}) (sizes are width x height)"
         )
     if volume.dtype.kind == "f" and not np.all(np.isfinite(volume)):
-        raise DataError(f"{vol_p}: image stack holds NaN or Inf values")
+        raise DataError(f"{vol_p}: image stack holds NaN or Inf values; expected finite pixel "
+                        "values")
     for i in range(volume.shape[0]):
         mask, scaled = _normalize_mask(
             labels[i], convention, num_classes, palette, f"{lab_p} (slice {i})", table

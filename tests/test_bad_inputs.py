@@ -1,0 +1,555 @@
+"""Every bad input gets one clear error, through the Python API and through the CLI.
+
+One table (``CASES``): each case builds a bad input in a fresh folder, next to files a user
+already has (a run folder, earlier predictions, an export, a JSON report). The test then
+
+* calls the public Python API and checks the error type, that the message names the file or
+  argument, and that it says what was expected;
+* runs the same input through ``zf_unet.cli.main`` and checks exit code 2, exactly one line
+  on stderr with the same information, and no traceback;
+* checks that the files the user already had are byte-identical afterwards.
+
+A few cases also run through the installed ``zf-unet`` console script in a subprocess, where
+stderr must be exactly one line (TensorFlow's start-up banner included).
+
+``python tests/test_bad_inputs.py`` prints the table of docs/reliability.md.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+import zf_unet
+from zf_unet.cli import main
+from zf_unet.config import Config
+from zf_unet.errors import ConfigError, DataError, ZFUNetError
+from zf_unet.evaluation import evaluate_model
+from zf_unet.inference import load_model_file, predict_files
+from zf_unet.io_utils import save_model_atomic
+
+ROOT = Path(__file__).resolve().parent.parent
+ZF_UNET = Path(sys.executable).parent / "zf-unet"
+# Training never starts in these cases; if one did, this keeps it to a second.
+TINY = ["--set", "model.depth=3", "--set", "model.filters=4", "--epochs", "1", "--quiet"]
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def write_folder(root: Path, n: int = 3, size: int = 32, masks: str = "0/255",
+                 seed: int = 0) -> Path:
+    """``root/images/00i.png`` (uint8 gray) + ``root/masks/00i.png``: ``"0/255"`` binary
+    masks or ``"ids"`` class ids 0..2."""
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (size, size), dtype=np.uint8)).save(
+            root / "images" / f"{i:03d}.png")
+        mask = np.zeros((size, size), np.uint8)
+        mask[size // 4: 3 * size // 4, size // 4:] = 1
+        if masks == "ids":
+            mask[: size // 4] = 2
+        else:
+            mask *= 255
+        Image.fromarray(mask).save(root / "masks" / f"{i:03d}.png")
+    return root
+
+
+@dataclass
+class Models:
+    """Small saved models shared by the cases (built once per module)."""
+
+    gray: Path       # 1 channel in, 1 class out, depth 3
+    rgb: Path        # 3 channels in
+    multiclass: Path  # 3 classes out
+    dense: Path      # a valid .keras file that is not an image model
+    zip: Path        # a zip file named .keras
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> Models:
+    return make_models(tmp_path_factory.mktemp("models"))
+
+
+def make_models(d: Path) -> Models:
+    import keras
+
+    keras.utils.set_random_seed(0)
+    gray = save_model_atomic(zf_unet.build_unet((None, None, 1), depth=3, filters=4),
+                             d / "gray.keras")
+    rgb = save_model_atomic(zf_unet.build_unet((None, None, 3), depth=3, filters=4),
+                            d / "rgb.keras")
+    multi = save_model_atomic(zf_unet.build_unet((None, None, 1), num_classes=3, depth=3,
+                                                 filters=4), d / "multiclass.keras")
+    inp = keras.Input((8,))
+    dense = save_model_atomic(keras.Model(inp, keras.layers.Dense(2)(inp)), d / "dense.keras")
+    with zipfile.ZipFile(d / "random.keras", "w") as z:
+        z.writestr("notes.txt", "not a model")
+    return Models(gray, rgb, multi, dense, d / "random.keras")
+
+
+def existing_run(tmp: Path, model: Path) -> Path:
+    """A run folder as ``zf-unet train`` leaves it (files a failed command must not touch)."""
+    run = tmp / "run"
+    run.mkdir()
+    (run / "config.toml").write_text(Config().override(["train.epochs=2"]).to_toml())
+    (run / "log.csv").write_text("epoch,loss,val_dice\n0,0.9,0.5\n1,0.8,0.6\n")
+    (run / "best.json").write_text('{"best": 0.6, "epoch": 1, "monitor": "val_dice"}\n')
+    shutil.copy(model, run / "best.keras")
+    return run
+
+
+def existing_predictions(tmp: Path, model: Path) -> tuple[Path, Path]:
+    """A good image and the output folder of an earlier ``zf-unet predict`` of it."""
+    good = tmp / "good.png"
+    Image.fromarray(np.full((24, 24), 100, np.uint8)).save(good)
+    out = tmp / "predictions"
+    out.mkdir()
+    for name in ("good_prob.tif", "good_mask.png", "good_overlay.png"):
+        (out / name).write_bytes(b"an earlier result " + name.encode())
+    return good, out
+
+
+def snapshot(paths: list[Path]) -> dict[str, bytes | None]:
+    """Every file under ``paths`` with its bytes (``None`` for a missing path)."""
+    snap: dict[str, bytes | None] = {}
+    for p in paths:
+        if not p.exists():
+            snap[str(p)] = None
+        elif p.is_file():
+            snap[str(p)] = p.read_bytes()
+        else:
+            for f in sorted(p.rglob("*")):
+                snap[str(f)] = f.read_bytes() if f.is_file() else b"<dir>"
+    return snap
+
+
+# --------------------------------------------------------------------------- the table
+
+
+@dataclass
+class Bad:
+    """One bad input: how the API and the CLI are called and what the error must say."""
+
+    api: Callable[[], Any]
+    error: type[Exception]
+    cli: list[str] | None
+    names: list[str]   # file or argument names the message must contain
+    expect: str        # regex: what was expected (searched case-insensitively)
+    guard: list[Path] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+
+
+CASES: dict[str, tuple[str, Callable[[Path, Models], Bad]]] = {}
+
+
+def case(name: str, what: str) -> Callable:
+    def register(fn: Callable[[Path, Models], Bad]) -> Callable[[Path, Models], Bad]:
+        CASES[name] = (what, fn)
+        return fn
+    return register
+
+
+@case("corrupt_png", "a PNG in images/ that is not an image")
+def _corrupt_png(tmp: Path, m: Models) -> Bad:
+    data = write_folder(tmp / "data")
+    (data / "images" / "001.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    run = existing_run(tmp, m.gray)
+    return Bad(lambda: zf_unet.data.make_datasets(data, patch_size=32), DataError,
+               ["train", "--data", str(data), "--out", str(run)] + TINY,
+               ["images/001.png"], r"cannot read image .*expected a complete PNG file", [run])
+
+
+@case("truncated_tiff", "a TIFF cut off in the middle, given to predict")
+def _truncated_tiff(tmp: Path, m: Models) -> Bad:
+    full = tmp / "full.tif"
+    tifffile.imwrite(full, np.random.default_rng(0).integers(0, 256, (64, 64), np.uint8))
+    bad = tmp / "cut.tif"
+    bad.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    good, out = existing_predictions(tmp, m.gray)
+    model = load_model_file(m.gray)
+    return Bad(lambda: predict_files(model, [good, bad], out), DataError,
+               ["predict", str(good), str(bad), "--model", str(m.gray), "--out", str(out)],
+               ["cut.tif"], r"cannot read TIFF .*expected a complete TIFF file", [out])
+
+
+@case("size_mismatch", "a mask whose size differs from its image")
+def _size_mismatch(tmp: Path, m: Models) -> Bad:
+    data = write_folder(tmp / "data")
+    Image.fromarray(np.zeros((30, 32), np.uint8)).save(data / "masks" / "001.png")
+    run = existing_run(tmp, m.gray)
+    return Bad(lambda: zf_unet.data.load_folder(data), DataError,
+               ["train", "--data", str(data), "--out", str(run)] + TINY,
+               ["masks/001.png", "images/001.png"], r"32x30 does not match .*\(32x32\)", [run])
+
+
+@case("rgb_mask", "an RGB colour mask where class ids are expected")
+def _rgb_mask(tmp: Path, m: Models) -> Bad:
+    data = write_folder(tmp / "data", masks="ids")
+    rgb = np.zeros((32, 32, 3), np.uint8)
+    rgb[:16, :, 0] = 200
+    rgb[16:, :, 1] = 90
+    Image.fromarray(rgb).save(data / "masks" / "002.png")
+    run = existing_run(tmp, m.gray)
+    return Bad(lambda: zf_unet.data.make_datasets(data, num_classes=3), DataError,
+               ["train", "--data", str(data), "--out", str(run),
+                "--set", "data.num_classes=3"] + TINY,
+               ["masks/002.png"], r"RGB mask .*no palette.*class ids", [run])
+
+
+@case("mask_values_outside_classes", "mask values outside 0..K-1 (num_classes=3)")
+def _outside(tmp: Path, m: Models) -> Bad:
+    data = write_folder(tmp / "data", masks="ids")
+    mask = np.zeros((32, 32), np.uint8)
+    mask[5:9, 5:9] = 7
+    Image.fromarray(mask).save(data / "masks" / "000.png")
+    run = existing_run(tmp, m.gray)
+    return Bad(lambda: zf_unet.data.make_datasets(data, num_classes=3), DataError,
+               ["train", "--data", str(data), "--out", str(run),
+                "--set", "data.num_classes=3"] + TINY,
+               ["masks/000.png", "num_classes=3"], r"\[7\] are outside the class ids 0\.\.2",
+               [run])
+
+
+@case("empty_mask_folder", "masks/ exists but holds no images")
+def _empty_masks(tmp: Path, m: Models) -> Bad:
+    data = write_folder(tmp / "data")
+    for f in (data / "masks").iterdir():
+        f.unlink()
+    run = existing_run(tmp, m.gray)
+    return Bad(lambda: zf_unet.data.find_pairs(data), DataError,
+               ["train", "--data", str(data), "--out", str(run)] + TINY,
+               ["masks"], r"no image files; expected files ending in \.png", [run])
+
+
+@case("mismatched_names", "image and mask file names that do not pair up")
+def _names(tmp: Path, m: Models) -> Bad:
+    data = write_folder(tmp / "data")
+    (data / "masks" / "001.png").rename(data / "masks" / "001_mask.png")
+    run = existing_run(tmp, m.gray)
+    return Bad(lambda: zf_unet.data.make_datasets(data), DataError,
+               ["train", "--data", str(data), "--out", str(run)] + TINY,
+               ["001.png", "001_mask.png"], r"paired by file name", [run])
+
+
+@case("nan_in_training_image", "a float32 TIFF training image holding NaN")
+def _nan_train(tmp: Path, m: Models) -> Bad:
+    data = write_folder(tmp / "data")
+    for i in range(3):
+        (data / "images" / f"{i:03d}.png").unlink()
+        img = np.random.default_rng(i).random((32, 32), dtype=np.float32)
+        if i == 1:
+            img[4, 7] = np.nan
+        tifffile.imwrite(data / "images" / f"{i:03d}.tif", img)
+    run = existing_run(tmp, m.gray)
+    return Bad(lambda: zf_unet.data.make_datasets(data), DataError,
+               ["train", "--data", str(data), "--out", str(run)] + TINY,
+               ["images/001.tif", "(4, 7, 0)"], r"NaN or Inf .*expected finite", [run])
+
+
+@case("nan_in_predict_input", "an image with Inf pixels given to predict")
+def _nan_predict(tmp: Path, m: Models) -> Bad:
+    img = np.random.default_rng(0).random((20, 20), dtype=np.float32)
+    img[3, 4] = np.inf
+    bad = tmp / "inf.tif"
+    tifffile.imwrite(bad, img)
+    good, out = existing_predictions(tmp, m.gray)
+    model = load_model_file(m.gray)
+    return Bad(lambda: predict_files(model, [good, bad], out), DataError,
+               ["predict", str(good), str(bad), "--model", str(m.gray), "--out", str(out)],
+               ["inf.tif", "(0, 3, 4, 0)"], r"values must be finite", [out])
+
+
+@case("wrong_channels_predict", "an RGB image given to a 1-channel model")
+def _channels(tmp: Path, m: Models) -> Bad:
+    bad = tmp / "colour.png"
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(bad)
+    good, out = existing_predictions(tmp, m.gray)
+    model = load_model_file(m.gray)
+    return Bad(lambda: predict_files(model, [good, bad], out), DataError,
+               ["predict", str(good), str(bad), "--model", str(m.gray), "--out", str(out)],
+               ["colour.png"], r"C=3 channels, but the model expects 1 channel", [out])
+
+
+@case("fixed_size_impossible", "a fixed input size the U-Net depth cannot take (30 px, "
+      "depth 3); CLI: a TFLite export at 30x30")
+def _fixed_size(tmp: Path, m: Models) -> Bad:
+    out = tmp / "m.tflite"
+    out.write_bytes(b"an earlier export")
+    return Bad(lambda: zf_unet.build_unet((30, 30, 1), depth=3), ValueError,
+               ["export", "--model", str(m.gray), "--out", str(out), "--format", "tflite",
+                "--input-size", "30", "30"],
+               ["30"], r"(multiple of 2\*\*\(depth-1\) = 4|accepted: 4 \+ k \* 4).*"
+                       r"(N|n)earest.*\[28, 32\]", [out])
+
+
+@case("patch_size_vs_depth", "a training patch size the model depth cannot take "
+      "(patch 20, depth 4)")
+def _patch_size(tmp: Path, m: Models) -> Bad:
+    run = existing_run(tmp, m.gray)
+    sets = ["data.synthetic_n=4", "data.synthetic_size=40", "data.patch_size=20",
+            "model.depth=4", "model.filters=4", "train.epochs=1", "train.tensorboard=false"]
+    cli = ["train", "--out", str(run), "--quiet"]
+    for s in sets:
+        cli += ["--set", s]
+    return Bad(lambda: zf_unet.train(Config().override(sets), run, verbose=0), ConfigError,
+               cli, ["data.patch_size = 20"], r"multiple of 2\*\*\(depth-1\) = 8 "
+               r"\(nearest: \[16, 24\]\)", [run])
+
+
+@case("tile_size_too_small", "a tile size below the model's smallest input")
+def _tile(tmp: Path, m: Models) -> Bad:
+    good, out = existing_predictions(tmp, m.gray)
+    model = load_model_file(m.gray)
+    return Bad(lambda: zf_unet.predict_tiled(model, np.zeros((9, 9), np.uint8), tile_size=2,
+                                             overlap=0), ValueError,
+               ["predict", str(good), "--model", str(m.gray), "--out", str(out),
+                "--tile-size", "2", "--overlap", "0"],
+               ["tile_size=2"], r"smallest accepted input is 4 px", [out])
+
+
+@case("missing_path", "a data folder that does not exist")
+def _missing(tmp: Path, m: Models) -> Bad:
+    missing = tmp / "no_such_folder"
+    report = tmp / "eval.json"
+    report.write_text('{"earlier": true}\n')
+    return Bad(lambda: zf_unet.data.make_datasets(missing), DataError,
+               ["evaluate", "--model", str(m.gray), "--data", str(missing), "--json",
+                str(report)],
+               ["no_such_folder"], r"not a folder; expected a folder with images/ and masks/",
+               [report])
+
+
+@case("missing_model", "a model file that does not exist")
+def _missing_model(tmp: Path, m: Models) -> Bad:
+    good, out = existing_predictions(tmp, m.gray)
+    missing = tmp / "best.keras"
+    return Bad(lambda: load_model_file(missing), DataError,
+               ["predict", str(good), "--model", str(missing), "--out", str(out)],
+               ["best.keras"], r"model file not found \(expected a \.keras file\)", [out])
+
+
+@case("zip_not_a_model", "a .keras file that is a zip of something else")
+def _zip(tmp: Path, m: Models) -> Bad:
+    data = write_folder(tmp / "data")
+    report = tmp / "eval.json"
+    report.write_text('{"earlier": true}\n')
+    return Bad(lambda: evaluate_model(m.zip, data), DataError,
+               ["evaluate", "--model", str(m.zip), "--data", str(data), "--json", str(report)],
+               ["random.keras"], r"cannot load as a Keras model; expected a \.keras file "
+               r"saved by model\.save\(\)", [report])
+
+
+@case("not_an_image_model", "a Keras model that is not an image model (Dense), exported")
+def _dense(tmp: Path, m: Models) -> Bad:
+    out = tmp / "serving"
+    (out / "1").mkdir(parents=True)
+    (out / "1" / "saved_model.pb").write_bytes(b"an earlier export")
+    return Bad(lambda: zf_unet.export_saved_model(m.dense, out, version=2), DataError,
+               ["export", "--model", str(m.dense), "--out", str(out), "--version", "2"],
+               ["dense.keras"], r"not an image segmentation model .*must take one "
+               r"\(batch, H, W, C\) image input", [out])
+
+
+@case("model_channels_differ", "a 3-channel model evaluated on 1-channel data")
+def _other_model(tmp: Path, m: Models) -> Bad:
+    data = write_folder(tmp / "data")
+    report = tmp / "eval.json"
+    report.write_text('{"earlier": true}\n')
+    return Bad(lambda: evaluate_model(m.rgb, data, split="all"), DataError,
+               ["evaluate", "--model", str(m.rgb), "--data", str(data), "--split", "all",
+                "--json", str(report)],
+               ["rgb.keras", "000.png"], r"expects 3-channel images but .* has 1 channel",
+               [report])
+
+
+@case("multiclass_model_evaluate", "a 3-class model given to evaluate (binary scores only)")
+def _multiclass(tmp: Path, m: Models) -> Bad:
+    data = write_folder(tmp / "data")
+    report = tmp / "eval.json"
+    report.write_text('{"earlier": true}\n')
+    return Bad(lambda: evaluate_model(m.multiclass, data), ConfigError,
+               ["evaluate", "--model", str(m.multiclass), "--data", str(data), "--json",
+                str(report)],
+               ["multiclass.keras"], r"binary \(1-class\) models; this model outputs 3",
+               [report])
+
+
+@case("pretrained_checksum", "pretrained weights whose sha256 differs from the manifest")
+def _checksum(tmp: Path, m: Models) -> Bad:
+    from zf_unet import hub
+
+    weights = tmp / "weights"
+    hub.write_manifest(m.gray, weights / "tiny", name="tiny")
+    with open(weights / "tiny" / "model.keras", "ab") as fh:
+        fh.write(b"tampered")
+    good, out = existing_predictions(tmp, m.gray)
+    env = {"ZF_UNET_WEIGHTS": str(weights), "ZF_UNET_CACHE": str(tmp / "cache")}
+    return Bad(lambda: zf_unet.pretrained("tiny"), DataError,
+               ["predict", str(good), "--model", "pretrained:tiny", "--out", str(out)],
+               ["tiny/model.keras"], r"does not match the manifest's [0-9a-f]{64}",
+               [out, weights], env)
+
+
+@case("config_unknown_key", "a TOML config with a misspelt key")
+def _bad_key(tmp: Path, m: Models) -> Bad:
+    cfg = tmp / "bad.toml"
+    cfg.write_text("[train]\nepoch = 3\n")
+    run = existing_run(tmp, m.gray)
+    return Bad(lambda: Config.from_toml(cfg), ConfigError,
+               ["train", "--config", str(cfg), "--out", str(run)],
+               ["bad.toml", "epoch"], r"unknown key\(s\).*expected some of .*epochs", [run])
+
+
+@case("config_bad_value", "a config value outside its choices (--set)")
+def _bad_value(tmp: Path, m: Models) -> Bad:
+    run = existing_run(tmp, m.gray)
+    return Bad(lambda: Config().override(["model.upsampling=cubic"]), ConfigError,
+               ["train", "--out", str(run), "--set", "model.upsampling=cubic"],
+               ["upsampling", "cubic"], r"expected one of \['nearest', 'bilinear', 'transpose'\]",
+               [run])
+
+
+@case("float_image_range", "float images outside [0, 1]")
+def _float_range(tmp: Path, m: Models) -> Bad:
+    data = write_folder(tmp / "data")
+    for i in range(3):
+        (data / "images" / f"{i:03d}.png").unlink()
+        tifffile.imwrite(data / "images" / f"{i:03d}.tif",
+                         np.full((32, 32), 180.0 if i == 2 else 0.5, np.float32))
+    run = existing_run(tmp, m.gray)
+    return Bad(lambda: zf_unet.data.make_datasets(data), DataError,
+               ["train", "--data", str(data), "--out", str(run)] + TINY,
+               ["002.tif"], r"expected \[0, 1\]", [run])
+
+
+# --------------------------------------------------------------------------- tests
+
+
+def _check_message(text: str, bad: Bad) -> None:
+    for name in bad.names:
+        assert name in text, f"{name!r} not named in: {text}"
+    assert re.search(bad.expect, text, re.IGNORECASE | re.DOTALL), \
+        f"{bad.expect!r} not found in: {text}"
+
+
+def test_the_table_has_at_least_twelve_kinds():
+    assert len(CASES) >= 12
+    assert sum(1 for name in CASES if CASES[name][1] is not None) == len(CASES)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_bad_input(name, tmp_path, models, monkeypatch, capsys):
+    _, build = CASES[name]
+    bad = build(tmp_path, models)
+    for key, value in bad.env.items():
+        monkeypatch.setenv(key, value)
+    before = snapshot(bad.guard)
+    assert bad.guard and all(v is not None for v in before.values())
+
+    with pytest.raises(Exception) as info:
+        bad.api()
+    assert isinstance(info.value, bad.error), repr(info.value)
+    assert isinstance(info.value, (ZFUNetError, ValueError))
+    _check_message(str(info.value), bad)
+    assert snapshot(bad.guard) == before, "the API call changed files the user had"
+
+    if bad.cli is not None:
+        capsys.readouterr()
+        assert main(bad.cli) == 2
+        out, err = capsys.readouterr()
+        assert "Traceback" not in err + out
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert len(lines) == 1, err
+        assert lines[0].startswith(f"zf-unet {bad.cli[0]}: error: "), lines[0]
+        _check_message(lines[0], bad)
+        assert snapshot(bad.guard) == before, "the command changed files the user had"
+
+
+SUBPROCESS_CASES = ["corrupt_png", "wrong_channels_predict", "zip_not_a_model",
+                    "config_bad_value"]
+
+
+def test_console_script_prints_one_line_and_no_traceback(tmp_path, models):
+    """The installed ``zf-unet`` script, in fresh processes (run side by side)."""
+    assert ZF_UNET.exists(), ZF_UNET
+    procs = {}
+    for name in SUBPROCESS_CASES:
+        work = tmp_path / name
+        work.mkdir()
+        bad = CASES[name][1](work, models)
+        env = dict(os.environ, **bad.env)
+        env.pop("ZF_UNET_TF_LOGS", None)
+        procs[name] = (bad, snapshot(bad.guard), subprocess.Popen(
+            [str(ZF_UNET)] + bad.cli, env=env, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True))
+    for name, (bad, before, proc) in procs.items():
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 2, (name, err)
+        assert "Traceback" not in out + err
+        lines = err.strip().splitlines()
+        assert len(lines) == 1, (name, err)  # not even TensorFlow's start-up banner
+        assert lines[0].startswith(f"zf-unet {bad.cli[0]}: error: ")
+        _check_message(lines[0], bad)
+        assert snapshot(bad.guard) == before, name
+
+
+def test_docs_list_every_case():
+    text = (ROOT / "docs" / "reliability.md").read_text()
+    missing = [name for name in CASES if f"`{name}`" not in text]
+    assert not missing, f"docs/reliability.md lacks {missing}: run python {__file__}"
+
+
+# --------------------------------------------------------------------------- docs table
+
+
+def markdown_table() -> str:
+    """The docs table: each case with the API error and the message users see."""
+    import tempfile
+
+    rows = ["| case | bad input | API error | CLI | message |", "|---|---|---|---|---|"]
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(tmp)
+        m = make_models(base / "models")
+        for name, (what, build) in CASES.items():
+            work = base / name
+            work.mkdir()
+            bad = build(work, m)
+            saved = {k: os.environ.get(k) for k in bad.env}
+            os.environ.update(bad.env)
+            try:
+                bad.api()
+                msg, kind = "(no error!)", "-"
+            except Exception as exc:  # noqa: BLE001 - recorded for the table
+                msg, kind = str(exc), type(exc).__name__
+            finally:
+                for k, v in saved.items():
+                    if v is None:
+                        os.environ.pop(k, None)
+                    else:
+                        os.environ[k] = v
+            for prefix in (str(work) + "/", str(base / "models") + "/"):
+                msg = msg.replace(prefix, "")
+            cli = f"`zf-unet {bad.cli[0]}`" if bad.cli else "-"
+            msg = msg.replace("|", "\\|").replace("\n", " ")
+            rows.append(f"| `{name}` | {what} | `{kind}` | {cli} → 2 | {msg} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    print(markdown_table())
