@@ -12,8 +12,9 @@ Base variants (the default list is ``DEFAULT_VARIANTS``; ``--list`` prints every
                      the reference every ratio is computed against
     torch-bf16, torch-fp32-cl   the other two combinations
     zf-bf16-fit      ``zf_unet.ZF_UNET_224()`` built under ``precision_scope("mixed_bfloat16")``,
-                     compiled with ``zf_unet.losses.BCEDiceLoss()`` + ``keras.optimizers.Adam()``
-                     (Keras defaults otherwise: ``jit_compile="auto"``, which is False on a
+                     (``FusedBatchNormalization`` layers, the builders' default), compiled with
+                     ``zf_unet.losses.BCEDiceLoss()`` + ``zf_unet.optimizers.FusedAdam()`` (what
+                     ``zf_unet.train`` uses for ``adam``; Keras defaults otherwise: ``jit_compile="auto"``, which is False on a
                      CPU-only machine), trained with ``model.fit`` on a ``tf.data`` pipeline of
                      in-memory batches with ``.prefetch``
     zf-bf16-tob      the same model trained with ``model.train_on_batch``
@@ -64,9 +65,9 @@ DEFAULT_VARIANTS = [
     "zf-fp32-fit",
     "zf-bf16-fit",
     "zf-bf16-tob",
-    "zf-bf16-fit+fusedbn",
+    "zf-bf16-fit+kerasbn+kerasadam",
 ]
-QUICK_VARIANTS = [REFERENCE, "zf-bf16-fit", "zf-bf16-fit+fusedbn"]
+QUICK_VARIANTS = [REFERENCE, "zf-bf16-fit", "zf-bf16-fit+kerasbn+kerasadam"]
 
 TORCH_BASES = {
     "torch-fp32": ("PyTorch fp32 (NCHW)", "float32", False, False),
@@ -96,10 +97,13 @@ MODIFIERS = {
     "fpmath": ("`TF_SET_ONEDNN_FPMATH_MODE=BF16`", {"TF_SET_ONEDNN_FPMATH_MODE": "BF16"}),
     "fusedbn": ("BatchNorm via `tf.compat.v1.nn.fused_batch_norm` (bf16 in, fp32 stats)", {}),
     "bnf32": ("BatchNorm layers with a float32 dtype policy", {}),
+    "kerasbn": ("`keras.layers.BatchNormalization` instead of zf_unet's default "
+                "`FusedBatchNormalization` (the path before zf_unet 0.2)", {}),
     "muldrop": ("SpatialDropout2D as one broadcast multiply by a (B,1,1,C) mask (no select)",
                 {}),
     "amp": ("float32 model + grappler `auto_mixed_precision_onednn_bfloat16`", {}),
-    "fadam": ("Adam update as one fused `ResourceApplyAdam` kernel per variable", {}),
+    "kerasadam": ("`keras.optimizers.Adam` instead of zf_unet's default `FusedAdam` (one "
+                  "fused `ResourceApplyAdam` kernel per variable)", {}),
     "adamw": ("`keras.optimizers.AdamW(weight_decay=0.004)`", {}),
     "lossbf16": ("BCE+Dice computed in bfloat16 instead of float32", {}),
     "noprefetch": ("tf.data without `.prefetch`", {}),
@@ -113,7 +117,7 @@ RESULT_TAG = "@@TRAIN_SPEED_RESULT@@ "
 
 
 def parse_variant(name: str) -> dict:
-    """``'zf-bf16-fit+inter1+fadam'`` -> a dict describing the run; raises ValueError."""
+    """``'zf-bf16-fit+inter1+kerasadam'`` -> a dict describing the run; raises ValueError."""
     base, *mods = name.split("+")
     if base in TORCH_BASES:
         if mods:
@@ -127,7 +131,8 @@ def parse_variant(name: str) -> dict:
     label, precision, mode = ZF_BASES[base]
     spec = {"name": name, "framework": "zf_unet", "precision": precision, "mode": mode,
             "jit": None, "spe": 1, "inter": None, "intra": None, "env": {}, "fusedbn": False,
-            "bnf32": False, "optimizer": "adam", "loss_bf16": False, "prefetch": True,
+            "bnf32": False, "kerasbn": False, "optimizer": "adam", "loss_bf16": False,
+            "prefetch": True,
             "bf16_input": False, "metrics": False, "muldrop": False, "amp": False}
     descr = []
     for mod in mods:
@@ -156,7 +161,9 @@ def parse_variant(name: str) -> dict:
             spec["fusedbn"] = True
         elif mod == "bnf32":
             spec["bnf32"] = True
-        elif mod in ("fadam", "adamw"):
+        elif mod == "kerasbn":
+            spec["kerasbn"] = True
+        elif mod in ("kerasadam", "adamw"):
             spec["optimizer"] = mod
         elif mod == "lossbf16":
             spec["loss_bf16"] = True
@@ -365,32 +372,6 @@ def _mul_dropout_class():
     return MulSpatialDropout2D
 
 
-def _fused_adam_class():
-    import keras
-    import tensorflow as tf
-
-    class FusedAdam(keras.optimizers.Adam):
-        """``keras.optimizers.Adam`` whose update is TensorFlow's fused ``ResourceApplyAdam``:
-        one multithreaded kernel per variable instead of ~11 element-wise passes."""
-
-        def update_step(self, gradient, variable, learning_rate):
-            if self.amsgrad:
-                return super().update_step(gradient, variable, learning_rate)
-            dtype = variable.dtype
-            idx = self._get_variable_index(variable)
-            step = tf.cast(self.iterations + 1, dtype)
-            beta_1 = tf.cast(self.beta_1, dtype)
-            beta_2 = tf.cast(self.beta_2, dtype)
-            tf.raw_ops.ResourceApplyAdam(
-                var=variable.handle, m=self._momentums[idx].handle,
-                v=self._velocities[idx].handle, beta1_power=tf.pow(beta_1, step),
-                beta2_power=tf.pow(beta_2, step), lr=tf.cast(learning_rate, dtype),
-                beta1=beta_1, beta2=beta_2, epsilon=tf.cast(self.epsilon, dtype),
-                grad=tf.cast(gradient, dtype), use_locking=False)
-
-    return FusedAdam
-
-
 def build_zf(spec: dict):
     """The compiled ``zf_unet.ZF_UNET_224()`` of a zf-* variant; returns ``(model, policy)``."""
     import tensorflow as tf
@@ -412,7 +393,7 @@ def build_zf(spec: dict):
     keras.utils.set_random_seed(0)
     with precision_scope(spec["precision"]) as policy:
         model = zf_unet.ZF_UNET_224()
-        if spec["fusedbn"] or spec["bnf32"] or spec["muldrop"]:
+        if spec["fusedbn"] or spec["bnf32"] or spec["muldrop"] or spec["kerasbn"]:
             bn_cls = _fused_bn_class() if spec["fusedbn"] else keras.layers.BatchNormalization
             drop_cls = (_mul_dropout_class() if spec["muldrop"]
                         else keras.layers.SpatialDropout2D)
@@ -422,6 +403,8 @@ def build_zf(spec: dict):
                 if isinstance(layer, keras.layers.BatchNormalization):
                     if spec["bnf32"]:
                         cfg["dtype"] = "float32"
+                    if not (spec["fusedbn"] or spec["bnf32"] or spec["kerasbn"]):
+                        return layer.__class__.from_config(cfg)
                     return bn_cls.from_config(cfg)
                 if isinstance(layer, keras.layers.SpatialDropout2D):
                     return drop_cls.from_config(cfg)
@@ -429,12 +412,14 @@ def build_zf(spec: dict):
 
             model = keras.models.clone_model(model, clone_function=clone)
 
-    if spec["optimizer"] == "fadam":
-        optimizer = _fused_adam_class()()
+    if spec["optimizer"] == "kerasadam":
+        optimizer = keras.optimizers.Adam()
     elif spec["optimizer"] == "adamw":
         optimizer = keras.optimizers.AdamW()
     else:
-        optimizer = keras.optimizers.Adam()
+        from zf_unet.optimizers import FusedAdam
+
+        optimizer = FusedAdam()
     loss = BCEDiceLoss()
     if spec["loss_bf16"]:
         from keras import ops

@@ -1,5 +1,10 @@
 """Model builders: U-Net (and the classic ZF_UNET_224), U-Net++ and their blocks."""
-from zf_unet.models.blocks import CenterCropToMatch, double_conv_layer, upsample
+from zf_unet.models.blocks import (
+    CenterCropToMatch,
+    FusedBatchNormalization,
+    double_conv_layer,
+    upsample,
+)
 from zf_unet.models.unet import (
     ZF_UNET_224,
     build_unet,
@@ -18,6 +23,7 @@ from zf_unet.models.unet_plus_plus import (
 
 __all__ = [
     "CenterCropToMatch",
+    "FusedBatchNormalization",
     "ZF_UNET_224",
     "build_unet",
     "build_unet_plus_plus",

@@ -7,6 +7,7 @@ import keras
 from keras import layers
 
 from zf_unet.models.blocks import (
+    FusedBatchNormalization,
     PADDING_MODES,
     UPSAMPLING_MODES,
     crop_to_match,
@@ -131,6 +132,7 @@ def build_unet(
     kernel_initializer: str = "he_normal",
     name: str = "unet",
     sync_batch_norm: bool = False,
+    fused_batch_norm: bool = True,
 ) -> keras.Model:
     """Build a U-Net as a functional ``keras.Model``.
 
@@ -158,6 +160,9 @@ def build_unet(
         name: model name.
         sync_batch_norm: BatchNorm statistics synchronised across the replicas of a
             ``tf.distribute`` strategy (set by ``zf_unet.train`` when there are several).
+        fused_batch_norm: BatchNorm layers are ``FusedBatchNormalization`` (same computation
+            as ``keras.layers.BatchNormalization``, TensorFlow's fused kernel; faster under
+            mixed precision). ``False`` uses the Keras layer.
 
     Returns:
         ``keras.Model`` mapping ``(B, H, W, C)`` float images to ``(B, H', W', num_classes)``
@@ -175,13 +180,13 @@ def build_unet(
     for level in range(depth - 1):
         x = double_conv_layer(
             x, widths[level], dropout, batch_norm, padding, kernel_initializer, name=f"enc{level}",
-            sync_batch_norm=sync_batch_norm,
+            sync_batch_norm=sync_batch_norm, fused_batch_norm=fused_batch_norm,
         )
         skips.append(x)
         x = layers.MaxPooling2D(pool_size=2, name=f"enc{level}_pool")(x)
     x = double_conv_layer(
         x, widths[-1], dropout, batch_norm, padding, kernel_initializer, name="bottleneck",
-        sync_batch_norm=sync_batch_norm,
+        sync_batch_norm=sync_batch_norm, fused_batch_norm=fused_batch_norm,
     )
     for level in reversed(range(depth - 1)):
         x = upsample(x, upsampling, widths[level], kernel_initializer, name=f"dec{level}_up")
@@ -193,10 +198,13 @@ def build_unet(
         x = double_conv_layer(
             x, widths[level], block_dropout, batch_norm, padding, kernel_initializer,
             name=f"dec{level}", sync_batch_norm=sync_batch_norm,
+            fused_batch_norm=fused_batch_norm,
         )
     x = layers.Conv2D(int(num_classes), 1, kernel_initializer=kernel_initializer, name="head_conv")(x)
     if head_batch_norm:
-        x = layers.BatchNormalization(axis=-1, synchronized=sync_batch_norm, name="head_bn")(x)
+        bn_cls = (FusedBatchNormalization if fused_batch_norm and not sync_batch_norm
+                  else layers.BatchNormalization)
+        x = bn_cls(axis=-1, synchronized=sync_batch_norm, name="head_bn")(x)
     outputs = layers.Activation(
         output_activation or "linear", dtype="float32", name="head_activation"
     )(x)

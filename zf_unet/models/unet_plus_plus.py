@@ -71,6 +71,7 @@ def build_unet_plus_plus(
     name: str = "unet_plus_plus",
     sync_batch_norm: bool = False,
     padding: str = "same",
+    fused_batch_norm: bool = True,
 ) -> keras.Model:
     """Build a U-Net++ as a functional ``keras.Model``.
 
@@ -94,6 +95,7 @@ def build_unet_plus_plus(
         name: model name.
         sync_batch_norm: BatchNorm synchronised across ``tf.distribute`` replicas.
         padding: only ``"same"`` is supported (the nested skips need equal sizes).
+        fused_batch_norm: ``FusedBatchNormalization`` layers (as in ``build_unet``).
 
     Returns:
         ``keras.Model`` mapping ``(B, H, W, C)`` to ``(B, H, W, num_classes)`` float32 (a list of
@@ -117,7 +119,7 @@ def build_unet_plus_plus(
         rate = 0.0 if (i == 0 and j >= 1) else dropout
         return double_conv_layer(
             x, widths[i], rate, batch_norm, padding, kernel_initializer, name=f"x{i}_{j}",
-            sync_batch_norm=sync_batch_norm,
+            sync_batch_norm=sync_batch_norm, fused_batch_norm=fused_batch_norm,
         )
 
     inputs = keras.Input(shape=shape, name="image")
