@@ -16,7 +16,6 @@ stderr must be exactly one line (TensorFlow's start-up banner included).
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -170,7 +169,7 @@ def _corrupt_png(tmp: Path, m: Models) -> Bad:
     (data / "images" / "001.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     run = existing_run(tmp, m.gray)
     return Bad(lambda: zf_unet.data.make_datasets(data, patch_size=32), DataError,
-               ["train", "--data", str(data), "--out", str(run)] + TINY,
+               ["train", "--data", str(data), "--out", str(run), "--fresh"] + TINY,
                ["images/001.png"], r"cannot read image .*expected a complete PNG file", [run])
 
 
@@ -306,7 +305,8 @@ def _patch_size(tmp: Path, m: Models) -> Bad:
     cli = ["train", "--out", str(run), "--quiet"]
     for s in sets:
         cli += ["--set", s]
-    return Bad(lambda: zf_unet.train(Config().override(sets), run, verbose=0), ConfigError,
+    return Bad(lambda: zf_unet.train(Config().override(sets), run, fresh=True, verbose=0),
+               ConfigError,
                cli, ["data.patch_size = 20"], r"multiple of 2\*\*\(depth-1\) = 8 "
                r"\(nearest: \[16, 24\]\)", [run])
 
@@ -518,10 +518,18 @@ def test_docs_list_every_case():
 
 
 def markdown_table() -> str:
-    """The docs table: each case with the API error and the message users see."""
+    """The docs table: each case with the API error and the CLI's stderr line."""
+    import contextlib
+    import io
     import tempfile
 
-    rows = ["| case | bad input | API error | CLI | message |", "|---|---|---|---|---|"]
+    def clean(text: str, prefixes: list[str]) -> str:
+        for prefix in prefixes:
+            text = text.replace(prefix, "")
+        text = re.sub(r"\b[0-9a-f]{64}\b", "<sha256>", text)
+        return text.replace("|", "\\|").replace("\n", " ").strip()
+
+    rows = ["| case | bad input | Python API | `zf-unet` (exit 2), stderr |", "|---|---|---|---|"]
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
         m = make_models(base / "models")
@@ -532,21 +540,23 @@ def markdown_table() -> str:
             saved = {k: os.environ.get(k) for k in bad.env}
             os.environ.update(bad.env)
             try:
-                bad.api()
-                msg, kind = "(no error!)", "-"
-            except Exception as exc:  # noqa: BLE001 - recorded for the table
-                msg, kind = str(exc), type(exc).__name__
+                try:
+                    bad.api()
+                    api = "(no error!)"
+                except Exception as exc:  # noqa: BLE001 - recorded for the table
+                    api = f"`{type(exc).__name__}`: {exc}"
+                err = io.StringIO()
+                with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+                    code = main(bad.cli) if bad.cli else None
             finally:
                 for k, v in saved.items():
                     if v is None:
                         os.environ.pop(k, None)
                     else:
                         os.environ[k] = v
-            for prefix in (str(work) + "/", str(base / "models") + "/"):
-                msg = msg.replace(prefix, "")
-            cli = f"`zf-unet {bad.cli[0]}`" if bad.cli else "-"
-            msg = msg.replace("|", "\\|").replace("\n", " ")
-            rows.append(f"| `{name}` | {what} | `{kind}` | {cli} → 2 | {msg} |")
+            prefixes = [str(work) + "/", str(base / "models") + "/"]
+            cli = clean(err.getvalue(), prefixes) if code == 2 else f"(exit {code}!)"
+            rows.append(f"| `{name}` | {what} | {clean(api, prefixes)} | {cli} |")
     return "\n".join(rows)
 
 

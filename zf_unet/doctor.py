@@ -98,7 +98,7 @@ class DataReport:
         """A readable multi-line report."""
         s = self.summary
         lines = [f"data: {self.path}",
-                 f"  pairs: {self.num_pairs} image/mask pair(s), {self.num_checked} readable"]
+                 f"  pairs: {self.num_pairs} image/mask pair(s), {self.num_checked} usable"]
         if s:
             sizes = ", ".join(f"{k} ({v})" for k, v in list(s["sizes"].items())[:_LISTED])
             if len(s["sizes"]) > _LISTED:

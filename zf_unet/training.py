@@ -31,12 +31,16 @@ from zf_unet.data.synthetic import make_synthetic
 from zf_unet.errors import ConfigError
 from zf_unet.io_utils import atomic_path, save_model_atomic, write_json_atomic
 from zf_unet.models import build_unet, build_unet_plus_plus, repeat_targets
+import zf_unet.optimizers  # noqa: F401,E402 - registers FusedAdam for keras load_model
 from zf_unet.precision import resolve_precision
 
 __all__ = ["AtomicBackupAndRestore", "BestModelCheckpoint", "CollapseWarning", "make_strategy",
            "recover_backup", "train"]
 
 logger = logging.getLogger("zf_unet")
+# Library practice: no output through logging's last-resort handler (CollapseWarning prints
+# its line itself); applications that configure logging still get every record.
+logger.addHandler(logging.NullHandler())
 
 
 # --------------------------------------------------------------------------- strategies
@@ -329,7 +333,8 @@ def repair_csv_log(path: str | Path, next_epoch: int) -> None:
     path = Path(path)
     if not path.exists():
         return
-    text = path.read_text(encoding="utf-8", errors="replace")
+    with open(path, encoding="utf-8", errors="replace", newline="") as fh:
+        text = fh.read()  # line endings kept as written (CSVLogger: \r\n)
     lines = text.splitlines(keepends=True)
     if not lines or not lines[0].endswith("\n"):
         path.unlink()  # no complete header: the first row never finished
@@ -349,7 +354,8 @@ def repair_csv_log(path: str | Path, next_epoch: int) -> None:
     repaired = lines[0] + "".join(rows[e] for e in sorted(rows))
     if repaired != text:
         with atomic_path(path) as tmp:
-            tmp.write_text(repaired, encoding="utf-8")
+            with open(tmp, "w", encoding="utf-8", newline="") as fh:
+                fh.write(repaired)
 
 
 def _remove_stale_temporaries(folder: Path, names: list[str]) -> None:
