@@ -160,6 +160,7 @@ def test_sigkill_three_times_then_finish(config, reference, tmp_path):
         assert new_done >= done  # progress is never lost
         done = new_done
         kills_in_epoch.append((done, round(delay, 2)))
+    print("kills (completed epochs, delay s):", kills_in_epoch)
     assert 1 <= done < EPOCHS, kills_in_epoch
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=400)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
