@@ -204,3 +204,24 @@ def test_sigkill_mid_epoch_then_restart_continues(tmp_path):
     assert len(log["loss"]) == 4  # epochs 0..3, each once after de-duplication
     assert json.loads(meta.read_text())["epoch"] == 4
     keras.saving.load_model(out / "final.keras")
+
+
+def test_train_without_validation_set(tmp_path):
+    """No validation data (val_fraction=0): best checkpoint by training loss, curves drawn."""
+    cfg = Config().override(TINY + ["train.epochs=2", 'train.precision="float32"',
+                                     "data.val_fraction=0.0", 'train.monitor="loss"'])
+    history, run = train(cfg, tmp_path / "run", verbose=0)
+    assert history.epoch == [0, 1]
+    assert not any(k.startswith("val_") for k in history.history)
+    assert (run / "training_curves.png").stat().st_size > 0
+    assert json.loads((run / "best.json").read_text())["monitor"] == "loss"
+    log = read_csv_log(run / "log.csv")
+    assert len(log["loss"]) == 2 and all(np.isfinite(log["loss"]))
+
+
+def test_read_csv_log_turns_na_into_nan(tmp_path):
+    path = tmp_path / "log.csv"
+    path.write_text("epoch,loss,val_loss\n0,0.5,NA\n1,0.4,0.3\n1,0.35,0.25\n")
+    log = read_csv_log(path)
+    assert log["loss"] == [0.5, 0.35]
+    assert np.isnan(log["val_loss"][0]) and log["val_loss"][1] == 0.25

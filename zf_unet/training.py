@@ -309,7 +309,8 @@ class _CurvesAtEnd(keras.callbacks.Callback):
 
 
 def read_csv_log(path: str | Path) -> dict[str, list[float]]:
-    """``CSVLogger`` file -> ``{metric: [value per epoch]}`` (last entry wins per epoch)."""
+    """``CSVLogger`` file -> ``{metric: [value per epoch]}`` (last entry wins per epoch; "NA"
+    and other non-numbers become NaN)."""
     rows: dict[int, dict[str, str]] = {}
     with open(path, newline="") as fh:
         for row in csv.DictReader(fh):
@@ -317,8 +318,13 @@ def read_csv_log(path: str | Path) -> dict[str, list[float]]:
     history: dict[str, list[float]] = {}
     for epoch in sorted(rows):
         for k, v in rows[epoch].items():
-            if k != "epoch" and v not in ("", None):
-                history.setdefault(k, []).append(float(v))
+            if k == "epoch" or v in ("", None):
+                continue
+            try:  # Keras's CSVLogger writes "NA" for a metric missing from an epoch
+                value = float(v)
+            except ValueError:
+                value = float("nan")
+            history.setdefault(k, []).append(value)
     return history
 
 
