@@ -18,7 +18,8 @@ import sys
 from pathlib import Path
 
 API_MD = Path(__file__).resolve().parent.parent / "docs" / "api.md"
-NAMESPACES = ("zf_unet", "zf_unet.data", "zf_unet.losses", "zf_unet.metrics", "zf_unet.models")
+NAMESPACES = ("zf_unet", "zf_unet.data", "zf_unet.losses", "zf_unet.metrics", "zf_unet.models",
+              "zf_unet.optimizers")
 
 HEADER = """# API reference
 

@@ -10,6 +10,7 @@ Public API (everything else is internal)::
     zf_unet.ensemble(model)          # U-Net++ average of the supervised heads
     zf_unet.losses                   # Dice, BCE+Dice, Jaccard, weighted cross-entropy
     zf_unet.metrics                  # Dice/IoU Keras metrics, ISBI-style NumPy scores
+    zf_unet.optimizers               # FusedAdam: Keras Adam as one fused kernel per variable
     zf_unet.data                     # synthetic EM-like data, readers, augmentation, pipelines
     zf_unet.train(config, out_dir)   # model.fit with checkpoints, resume, precision, strategies
     zf_unet.predict_tiled(model, image)  # overlap-tile prediction for any image size
@@ -19,7 +20,7 @@ Public API (everything else is internal)::
 from __future__ import annotations
 
 from zf_unet import _backend  # noqa: F401  (must run before keras is used)
-from zf_unet import data, hub, losses, metrics, models
+from zf_unet import data, hub, losses, metrics, models, optimizers
 from zf_unet.config import Config
 from zf_unet.models import (
     ZF_UNET_224,
@@ -50,6 +51,7 @@ __all__ = [
     "losses",
     "metrics",
     "models",
+    "optimizers",
     "predict_tiled",
     "hub",
     "pretrained",

@@ -7,6 +7,8 @@ import keras
 import tensorflow as tf
 from keras.src.backend.common.stateless_scope import in_stateless_scope
 
+__all__ = ["FusedAdam"]
+
 
 @keras.saving.register_keras_serializable(package="zf_unet")
 class FusedAdam(keras.optimizers.Adam):
