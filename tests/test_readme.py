@@ -359,10 +359,14 @@ def _run_block(key: str, namespace: dict, extra: dict | None = None) -> dict:
 
 
 def test_mapped_python_blocks_name_existing_tests():
+    checked = []
     for key, (kind, refs) in PY_BLOCKS.items():
         if kind == "mapped":
             for ref in refs:
-                _test_function(ref)
+                func = _test_function(ref)
+                assert callable(func) and func.__name__ == ref.split("::")[1], ref
+                checked.append(ref)
+    assert all("::test_" in ref for ref in checked)
 
 
 def test_python_example_trains_saves_and_reloads(tmp_path, monkeypatch):
