@@ -19,7 +19,7 @@ from pathlib import Path
 
 API_MD = Path(__file__).resolve().parent.parent / "docs" / "api.md"
 NAMESPACES = ("zf_unet", "zf_unet.data", "zf_unet.losses", "zf_unet.metrics", "zf_unet.models",
-              "zf_unet.optimizers")
+              "zf_unet.optimizers", "zf_unet.postprocess")
 
 HEADER = """# API reference
 

@@ -71,25 +71,26 @@ def test_metrics_serialize():
 # ------------------------------------------------------------------ ISBI-style NumPy scores
 
 
-def ref_adapted_rand_error(gt, seg):
-    """Adapted Rand error from its definition (contingency table), gt label 0 ignored."""
+def ref_isbi_rand_error(gt, seg):
+    """ISBI / SNEMI3D foreground-restricted Rand error by enumerating every ordered pixel pair.
+
+    Pairs of pixels inside true cells (gt > 0), self-pairs included; a pixel the segmentation
+    leaves at 0 is a segment of its own (it only pairs with itself).
+    """
     keep = gt.ravel() > 0
     g, s = gt.ravel()[keep], seg.ravel()[keep]
-    n = g.size
-    _, gi = np.unique(g, return_inverse=True)
-    _, si = np.unique(s, return_inverse=True)
-    table = np.zeros((gi.max() + 1, si.max() + 1))
-    np.add.at(table, (gi, si), 1)
-    sum_p2 = (table**2).sum() - n
-    sum_a2 = (table.sum(1) ** 2).sum() - n
-    sum_b2 = (table.sum(0) ** 2).sum() - n
-    precision, recall = sum_p2 / sum_b2, sum_p2 / sum_a2
+    idx = np.arange(g.size)
+    same_true = g[:, None] == g[None, :]
+    same_seg = ((s[:, None] == s[None, :]) & (s[:, None] > 0)) | (idx[:, None] == idx[None, :])
+    tp = np.sum(same_true & same_seg)
+    precision, recall = tp / same_seg.sum(), tp / same_true.sum()
     return 1 - 2 * precision * recall / (precision + recall)
 
 
 def ref_vi(gt, seg):
     keep = gt.ravel() > 0
-    g, s = gt.ravel()[keep], seg.ravel()[keep]
+    g, s = gt.ravel()[keep], seg.ravel()[keep].astype(np.int64)
+    s = np.where(s > 0, s, -1 - np.arange(s.size))  # unassigned pixels: one segment each
     _, gi = np.unique(g, return_inverse=True)
     _, si = np.unique(s, return_inverse=True)
     table = np.zeros((gi.max() + 1, si.max() + 1))
@@ -102,7 +103,7 @@ def ref_vi(gt, seg):
     return (h_x_given_y + h_y_given_x) / np.log(2)  # bits
 
 
-def cells(seed, size=48, n=6):
+def cells(seed, size=32, n=5):
     """Binary membrane mask: Voronoi cells with 1-px membranes."""
     r = np.random.default_rng(seed)
     pts = r.uniform(0, size, (n, 2))
@@ -120,9 +121,10 @@ def test_rand_error_and_vi_match_definitions(seed):
     pred = truth.copy()
     r = np.random.default_rng(seed + 10)
     # Merge two cells by erasing a membrane stretch, and split one by drawing a line.
-    pred[r.integers(5, 40), :] = 0
+    pred[r.integers(5, 27), :] = 0
+    pred[:, r.integers(5, 27)] = 1
     gt_lab, seg_lab = M.label_cells(truth), M.label_cells(pred)
-    assert M.rand_error(pred, truth) == pytest.approx(ref_adapted_rand_error(gt_lab, seg_lab), abs=1e-9)
+    assert M.rand_error(pred, truth) == pytest.approx(ref_isbi_rand_error(gt_lab, seg_lab), abs=1e-9)
     assert M.variation_of_information(pred, truth) == pytest.approx(ref_vi(gt_lab, seg_lab), abs=1e-9)
     assert M.rand_error(truth, truth) == pytest.approx(0.0, abs=1e-12)
     assert M.variation_of_information(truth, truth) == pytest.approx(0.0, abs=1e-12)
@@ -134,6 +136,31 @@ def test_rand_error_of_everything_merged_is_large():
     assert M.rand_error(np.ones_like(truth), truth) > 0.5
 
 
+def test_rand_error_hand_cases():
+    truth = np.ones((2, 2), np.uint8)  # one 4-pixel cell
+    # Nothing assigned: 4 singletons. Pairs in the same true cell: 16; in the same predicted
+    # segment: the 4 self-pairs, all correct. Precision 1, recall 1/4, F = 0.4.
+    assert M.rand_error(np.zeros((2, 2), np.uint8), truth) == pytest.approx(0.6)
+    # Two predicted halves: same-segment pairs 2*4 = 8, all inside the cell: recall 1/2.
+    halves = np.array([[1, 1], [2, 2]])
+    assert M.rand_error(halves, truth, pred_is_labels=True) == pytest.approx(1 - 2 / 3)
+    assert M.rand_pair_counts(halves, truth) == (8.0, 0.0, 8.0)
+
+
+def test_thick_predicted_membrane_is_not_a_merge():
+    """Predicted membrane inside true cells must not join the cells it touches (ISBI rule)."""
+    from skimage.metrics import adapted_rand_error
+
+    truth = cells(4, size=64, n=40)  # small cells, as in EM slices
+    thick = ndimage.binary_erosion(truth, border_value=1).astype(np.uint8)  # 3-px membranes
+    thick_err = M.rand_error(thick, truth)
+    # scikit-image's adapted Rand treats all predicted-membrane pixels as one big segment.
+    one_segment_err = adapted_rand_error(M.label_cells(truth), M.label_cells(thick),
+                                         ignore_labels=(0,))[0]
+    assert thick_err < 0.5 * one_segment_err
+    assert M.rand_error(np.ones_like(truth), truth) > 3 * thick_err  # a real merge still costs
+
+
 def test_pixel_dice_iou_scores():
     t = np.zeros((4, 4), np.uint8)
     t[:2] = 1
@@ -141,6 +168,9 @@ def test_pixel_dice_iou_scores():
     p[:1] = 0.9
     p[3, 0] = 0.7
     assert M.pixel_error(p, t) == pytest.approx(5 / 16)
+    assert M.pixel_counts(p, t) == (4.0, 1.0, 4.0)  # TP, FP, FN of the foreground
+    assert M.isbi_pixel_error(p, t) == pytest.approx(1 - 8 / 13)
+    assert M.f_error(0, 0, 0) == 0.0
     assert M.dice_score(p, t) == pytest.approx(2 * 4 / (5 + 8))
     assert M.iou_score(p, t) == pytest.approx(4 / 9)
     assert M.dice_score(p, t, foreground=False) == pytest.approx(2 * 7 / (11 + 8))
@@ -153,6 +183,32 @@ def test_evaluate_probability_map_picks_best_threshold():
     truth = cells(5)
     prob = np.where(truth > 0, 0.65, 0.35).astype(np.float32)
     out = M.evaluate_probability_map(prob, truth)
-    assert 0.35 < out["best"]["threshold"] < 0.65
+    assert 0.35 <= out["best"]["threshold"] < 0.65 and 0.35 <= out["best"]["pixel_threshold"] < 0.65
     assert out["best"]["pixel_error"] == 0.0 and out["best"]["rand_error"] == pytest.approx(0.0)
-    assert len(out["per_threshold"]) == 9
+    assert len(out["per_threshold"]) == len(M.DEFAULT_THRESHOLDS) == 19
+
+
+def test_score_thresholds_sums_counts_over_images_and_picks_each_best():
+    r = np.random.default_rng(7)
+    truths = [cells(s) for s in (10, 11, 12)]
+    probs = [np.clip(t * 0.6 + 0.2 + r.normal(0, 0.2, t.shape), 0, 1) for t in truths]
+    ths = (0.3, 0.5, 0.7)
+    out = M.score_thresholds(probs, truths, ths)
+    for row, th in zip(out["per_threshold"], ths):
+        pix = np.sum([M.pixel_counts(p, t, th) for p, t in zip(probs, truths)], axis=0)
+        pairs = np.sum([M.rand_pair_counts(M.label_cells(p, th), M.label_cells(t))
+                        for p, t in zip(probs, truths)], axis=0)
+        assert row["pixel_error"] == pytest.approx(M.f_error(*pix))
+        assert row["rand_error"] == pytest.approx(M.f_error(*pairs))
+        assert row["misclassification_rate"] == pytest.approx(
+            np.mean([M.pixel_error(p, t, th) for p, t in zip(probs, truths)]))
+    rows = out["per_threshold"]
+    best_pix = min(rows, key=lambda x: x["pixel_error"])
+    best_rand = min(rows, key=lambda x: x["rand_error"])
+    b = out["best"]
+    assert (b["pixel_error"], b["pixel_threshold"]) == (best_pix["pixel_error"], best_pix["threshold"])
+    assert (b["rand_error"], b["threshold"]) == (best_rand["rand_error"], best_rand["threshold"])
+    assert b["dice_foreground"] == best_pix["dice_foreground"]
+    assert len(out["per_image_at_best"]) == 3
+    with pytest.raises(ValueError, match="as many truths"):
+        M.score_thresholds(probs, truths[:2])

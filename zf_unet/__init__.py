@@ -14,13 +14,14 @@ Public API (everything else is internal)::
     zf_unet.data                     # synthetic EM-like data, readers, augmentation, pipelines
     zf_unet.train(config, out_dir)   # model.fit with checkpoints, resume, precision, strategies
     zf_unet.predict_tiled(model, image)  # overlap-tile prediction for any image size
+    zf_unet.watershed_cells(prob)    # cells (int labels) from a probability map
     zf_unet.pretrained(name)         # shipped weights (weights/), sha256-checked
     zf_unet.export_saved_model(model, path)   # TF Serving SavedModel (path/<version>/)
 """
 from __future__ import annotations
 
 from zf_unet import _backend  # noqa: F401  (must run before keras is used)
-from zf_unet import data, hub, losses, metrics, models, optimizers
+from zf_unet import data, hub, losses, metrics, models, optimizers, postprocess
 from zf_unet.config import Config
 from zf_unet.models import (
     ZF_UNET_224,
@@ -33,6 +34,7 @@ from zf_unet.models import (
 )
 from zf_unet.export import export_saved_model
 from zf_unet.inference import predict_tiled
+from zf_unet.postprocess import watershed_cells
 from zf_unet.training import train
 
 pretrained = hub.load_pretrained  # zf_unet.pretrained("isbi2012-em") -> keras.Model
@@ -52,11 +54,13 @@ __all__ = [
     "metrics",
     "models",
     "optimizers",
+    "postprocess",
     "predict_tiled",
     "hub",
     "pretrained",
     "prune",
     "train",
     "valid_input_sizes",
+    "watershed_cells",
     "__version__",
 ]

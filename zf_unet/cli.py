@@ -83,7 +83,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     model = _load_model(args.model)
     written = predict_files(model, args.inputs, args.out, tile_size=args.tile_size,
                             overlap=args.overlap, tta=args.tta, threshold=args.threshold,
-                            batch_size=args.batch_size)
+                            batch_size=args.batch_size,
+                            cells=args.seed_threshold if args.cells else None)
     print(f"wrote {len(written)} files to {args.out}")
     return 0
 
@@ -98,7 +99,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
         cfg = (cfg or Config()).override([f"data.val_indices=[{args.val_indices}]"])
     result = evaluate_model(model, args.data, split=args.split, config=cfg, name=args.model,
-                            tile_size=args.tile_size, overlap=args.overlap, tta=args.tta)
+                            tile_size=args.tile_size, overlap=args.overlap, tta=args.tta,
+                            segmentation=args.segmentation)
     print(format_report(result))
     if args.json:
         from zf_unet.io_utils import write_json_atomic
@@ -205,6 +207,10 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--tta", choices=["flips", "d4"], help="test-time augmentation")
     pr.add_argument("--threshold", type=float, default=0.5)
     pr.add_argument("--batch-size", dest="batch_size", type=int, default=4)
+    pr.add_argument("--cells", action="store_true", help="also write NAME_cells.tif: cell labels "
+                    "from a seeded watershed of the probability map (binary models)")
+    pr.add_argument("--seed-threshold", dest="seed_threshold", type=float, default=0.8,
+                    help="--cells: seeds are the regions with p > this (default 0.8)")
     pr.set_defaults(func=_cmd_predict)
 
     ev = sub.add_parser("evaluate", help="ISBI-style scores (pixel error, Rand error, VI, IoU)")
@@ -216,6 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--tile-size", dest="tile_size", type=int, default=256)
     ev.add_argument("--overlap", type=int, default=64)
     ev.add_argument("--tta", choices=["flips", "d4"])
+    ev.add_argument("--segmentation", choices=["threshold", "watershed"], default="threshold",
+                    help="cells for the Rand error: connected components of p > threshold "
+                    "(default, no post-processing) or a seeded watershed (seeds p > threshold)")
     ev.add_argument("--json", help="also write the full result as JSON")
     ev.set_defaults(func=_cmd_evaluate)
 

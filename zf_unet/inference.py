@@ -728,13 +728,15 @@ def _check_input(model: keras.Model, path: Any, arr: np.ndarray) -> None:
 
 def predict_files(model: keras.Model, inputs: list, out_dir: Any, *, tile_size: int = 256,
                   overlap: int = 64, tta: str | None = None, threshold: float = 0.5,
-                  batch_size: int = 4) -> list:
+                  batch_size: int = 4, cells: float | None = None) -> list:
     """Predict image files, folders of images and multi-page TIFF stacks into ``out_dir``.
 
     For every input ``stem`` it writes ``stem_prob.tif`` (float32 probabilities, ``(H, W, K)``
     or a stack), ``stem_mask.png`` (labels; a binary model's mask is 0/255 with 255 = class 1,
     the ISBI convention; a stack gives ``stem_mask.tif``) and ``stem_overlay.png`` (first
-    slice). Returns the list of written paths.
+    slice). With ``cells`` (a seed threshold in (0, 1)), a binary model also gets
+    ``stem_cells.tif``: uint32 cell labels from ``zf_unet.watershed_cells`` (0 = none).
+    Returns the list of written paths.
 
     Every input is read and checked (readable, channels, dtype, finite values) before the
     first file is written, so a bad input leaves ``out_dir`` as it was. Each output file is
@@ -764,6 +766,13 @@ def predict_files(model: keras.Model, inputs: list, out_dir: Any, *, tile_size: 
         threshold = float(threshold)
     except (TypeError, ValueError):
         raise ValueError(f"threshold must be a number, got {threshold!r}") from None
+    if cells is not None:
+        from zf_unet.postprocess import watershed_cells
+
+        if geom["num_classes"] != 1:
+            raise ValueError(f"cells: cell labels need a binary (1-class) model, this one has "
+                             f"{geom['num_classes']} classes")
+        watershed_cells(np.zeros((2, 2), np.float32), seed_threshold=cells)  # checks the value
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise DataError(f"{out}: exists and is not a folder; expected an output folder")
@@ -788,6 +797,14 @@ def predict_files(model: keras.Model, inputs: list, out_dir: Any, *, tile_size: 
             else:
                 Image.fromarray(labels).save(tmp, format="PNG")
         written.append(mask_path)
+        if cells is not None:
+            maps = probs[..., 0] if stack else probs[None, ..., 0]
+            cell_labels = np.stack([watershed_cells(m, seed_threshold=cells) for m in maps])
+            cells_path = out / f"{path.stem}_cells.tif"
+            with atomic_path(cells_path) as tmp:
+                tifffile.imwrite(tmp, (cell_labels if stack else cell_labels[0]).astype(np.uint32),
+                                 photometric="minisblack")
+            written.append(cells_path)
         first = arr[0] if stack else arr
         first_labels = labels[0] if stack else labels
         img = first.astype(np.float32)
