@@ -7,7 +7,7 @@ Both models come from the recipes in configs/ (same data, patches, epochs and lo
 median ms of a forward pass on one 512x512 image after warm-up, each variant in its own
 process. Peak memory: the growth of the process's peak RSS from the loaded model to the end
 of the timed predictions (activations, workspace; the TF runtime and weights excluded). Accuracy: overlap-tile prediction of the validation slices 20-23 (no TTA),
-scored with zf_unet.evaluation (threshold chosen by Rand error).
+scored with zf_unet.evaluation (ISBI 2012 scores, each at its best threshold).
 """
 from __future__ import annotations
 
