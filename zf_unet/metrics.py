@@ -213,6 +213,19 @@ def rand_pair_counts(pred_labels: np.ndarray,
     return same_both, same_pred - same_both, same_true - same_both
 
 
+def _cells_pair(pred: np.ndarray, truth: np.ndarray, threshold: float, pred_is_labels: bool,
+                truth_is_labels: bool) -> tuple[np.ndarray, np.ndarray]:
+    """``(pred, truth)`` as 2-D int64 cell labels: label images as given (``(H, W)`` or
+    ``(H, W, 1)``), binary / probability maps through ``label_cells``."""
+    def cells(x: np.ndarray, is_labels: bool, th: float) -> np.ndarray:
+        if not is_labels:
+            return label_cells(x, th).astype(np.int64)
+        x = np.asarray(x)
+        return (x[..., 0] if x.ndim == 3 and x.shape[-1] == 1 else x).astype(np.int64)
+
+    return cells(pred, pred_is_labels, threshold), cells(truth, truth_is_labels, 0.5)
+
+
 def rand_error(pred: np.ndarray, truth: np.ndarray, threshold: float = 0.5,
                pred_is_labels: bool = False, truth_is_labels: bool = False) -> float:
     """ISBI 2012 foreground-restricted Rand error: ``1 - F-score`` of ``rand_pair_counts``.
@@ -221,12 +234,7 @@ def rand_error(pred: np.ndarray, truth: np.ndarray, threshold: float = 0.5,
     ``label_cells``; label images are used as they are. 0 = identical segmentations.
     Over a stack, sum the counts of all slices and apply ``f_error``.
     """
-    t = np.asarray(truth).astype(np.int64) if truth_is_labels else label_cells(truth)
-    p = np.asarray(pred).astype(np.int64) if pred_is_labels else label_cells(pred, threshold)
-    if t.ndim == 3 and t.shape[-1] == 1:
-        t = t[..., 0]
-    if p.ndim == 3 and p.shape[-1] == 1:
-        p = p[..., 0]
+    p, t = _cells_pair(pred, truth, threshold, pred_is_labels, truth_is_labels)
     if t.max() == 0:
         return 0.0 if p.max() == 0 else 1.0
     return f_error(*rand_pair_counts(p, t))
@@ -240,12 +248,7 @@ def variation_of_information(pred: np.ndarray, truth: np.ndarray, threshold: flo
     prediction leaves unassigned (label 0) are single-pixel segments."""
     from skimage.metrics import variation_of_information as skvi
 
-    t = np.asarray(truth).astype(np.int64) if truth_is_labels else label_cells(truth)
-    p = np.asarray(pred).astype(np.int64) if pred_is_labels else label_cells(pred, threshold)
-    if t.ndim == 3 and t.shape[-1] == 1:
-        t = t[..., 0]
-    if p.ndim == 3 and p.shape[-1] == 1:
-        p = p[..., 0]
+    p, t = _cells_pair(pred, truth, threshold, pred_is_labels, truth_is_labels)
     if t.max() == 0:
         return 0.0
     unassigned = (p == 0) & (t > 0)
