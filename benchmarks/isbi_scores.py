@@ -9,7 +9,7 @@ validation slices 20-23 with overlap-tile inference (tile 256, overlap 64, Gauss
 without TTA and with d4 (8 views). Scores follow the ISBI 2012 scripts
 (``zf_unet.evaluation.evaluate_arrays``): pixel error = 1 - F-score of cell pixels, Rand
 error = 1 - F-score of the foreground-restricted Rand index, each at its best threshold
-(0.05..0.95); cells are connected components of ``p > t`` (no post-processing, as in the
+(0.1, 0.2, ..., 0.9); cells are connected components of ``p > t`` (no post-processing, as in the
 paper) or a seeded watershed with seeds ``p > t``.
 
 Because the best threshold is picked on the validation slices themselves (the challenge's

@@ -71,8 +71,8 @@ def test_metrics_serialize():
 # ------------------------------------------------------------------ ISBI-style NumPy scores
 
 
-def ref_isbi_rand_error(gt, seg):
-    """ISBI / SNEMI3D foreground-restricted Rand error by enumerating every ordered pixel pair.
+def ref_isbi_rand_counts(gt, seg):
+    """ISBI 2012 foreground-restricted Rand (TP, FP, FN) by enumerating every ordered pixel pair.
 
     Pairs of pixels inside true cells (gt > 0), self-pairs included; a pixel the segmentation
     leaves at 0 is a segment of its own (it only pairs with itself).
@@ -83,7 +83,12 @@ def ref_isbi_rand_error(gt, seg):
     same_true = g[:, None] == g[None, :]
     same_seg = ((s[:, None] == s[None, :]) & (s[:, None] > 0)) | (idx[:, None] == idx[None, :])
     tp = np.sum(same_true & same_seg)
-    precision, recall = tp / same_seg.sum(), tp / same_true.sum()
+    return tp, same_seg.sum() - tp, same_true.sum() - tp
+
+
+def ref_isbi_rand_error(gt, seg):
+    tp, fp, fn = ref_isbi_rand_counts(gt, seg)
+    precision, recall = tp / (tp + fp), tp / (tp + fn)
     return 1 - 2 * precision * recall / (precision + recall)
 
 
@@ -124,8 +129,9 @@ def test_rand_error_and_vi_match_definitions(seed):
     pred[r.integers(5, 27), :] = 0
     pred[:, r.integers(5, 27)] = 1
     gt_lab, seg_lab = M.label_cells(truth), M.label_cells(pred)
-    assert M.rand_error(pred, truth) == pytest.approx(ref_isbi_rand_error(gt_lab, seg_lab), abs=1e-9)
-    assert M.variation_of_information(pred, truth) == pytest.approx(ref_vi(gt_lab, seg_lab), abs=1e-9)
+    ref_rand, ref_v = ref_isbi_rand_error(gt_lab, seg_lab), ref_vi(gt_lab, seg_lab)
+    assert M.rand_error(pred, truth) == pytest.approx(ref_rand, abs=1e-9)
+    assert M.variation_of_information(pred, truth) == pytest.approx(ref_v, abs=1e-9)
     assert M.rand_error(truth, truth) == pytest.approx(0.0, abs=1e-12)
     assert M.variation_of_information(truth, truth) == pytest.approx(0.0, abs=1e-12)
     assert M.rand_error(pred, truth) > 0.0
@@ -167,9 +173,9 @@ def test_pixel_dice_iou_scores():
     p = np.zeros((4, 4), np.float32)
     p[:1] = 0.9
     p[3, 0] = 0.7
-    assert M.pixel_error(p, t) == pytest.approx(5 / 16)
+    assert M.misclassification_rate(p, t) == pytest.approx(5 / 16)
     assert M.pixel_counts(p, t) == (4.0, 1.0, 4.0)  # TP, FP, FN of the foreground
-    assert M.isbi_pixel_error(p, t) == pytest.approx(1 - 8 / 13)
+    assert M.pixel_error(p, t) == pytest.approx(1 - 8 / 13)  # ISBI: 1 - F-score
     assert M.f_error(0, 0, 0) == 0.0
     assert M.dice_score(p, t) == pytest.approx(2 * 4 / (5 + 8))
     assert M.iou_score(p, t) == pytest.approx(4 / 9)
@@ -185,7 +191,8 @@ def test_evaluate_probability_map_picks_best_threshold():
     out = M.evaluate_probability_map(prob, truth)
     assert 0.35 <= out["best"]["threshold"] < 0.65 and 0.35 <= out["best"]["pixel_threshold"] < 0.65
     assert out["best"]["pixel_error"] == 0.0 and out["best"]["rand_error"] == pytest.approx(0.0)
-    assert len(out["per_threshold"]) == len(M.DEFAULT_THRESHOLDS) == 19
+    assert M.DEFAULT_THRESHOLDS == (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+    assert len(out["per_threshold"]) == 9
 
 
 def test_score_thresholds_sums_counts_over_images_and_picks_each_best():
@@ -195,20 +202,50 @@ def test_score_thresholds_sums_counts_over_images_and_picks_each_best():
     ths = (0.3, 0.5, 0.7)
     out = M.score_thresholds(probs, truths, ths)
     for row, th in zip(out["per_threshold"], ths):
-        pix = np.sum([M.pixel_counts(p, t, th) for p, t in zip(probs, truths)], axis=0)
-        pairs = np.sum([M.rand_pair_counts(M.label_cells(p, th), M.label_cells(t))
-                        for p, t in zip(probs, truths)], axis=0)
-        assert row["pixel_error"] == pytest.approx(M.f_error(*pix))
-        assert row["rand_error"] == pytest.approx(M.f_error(*pairs))
+        # Independent references: NumPy pixel counts and brute-force pair counts, summed.
+        pix = np.sum([((p > th) & (t > 0)).sum() for p, t in zip(probs, truths)]), \
+            np.sum([((p > th) & (t == 0)).sum() for p, t in zip(probs, truths)]), \
+            np.sum([((p <= th) & (t > 0)).sum() for p, t in zip(probs, truths)])
+        gts = [ndimage.label(t > 0)[0] for t in truths]
+        segs = [ndimage.label(p > th)[0] for p in probs]
+        tp, fp, fn = np.sum([ref_isbi_rand_counts(g, s) for g, s in zip(gts, segs)], axis=0)
+        assert row["pixel_error"] == pytest.approx(1 - 2 * pix[0] / (2 * pix[0] + pix[1] + pix[2]))
+        assert row["rand_error"] == pytest.approx(1 - 2 * tp / (2 * tp + fp + fn))
         assert row["misclassification_rate"] == pytest.approx(
-            np.mean([M.pixel_error(p, t, th) for p, t in zip(probs, truths)]))
+            np.mean([M.misclassification_rate(p, t, th) for p, t in zip(probs, truths)]))
     rows = out["per_threshold"]
     best_pix = min(rows, key=lambda x: x["pixel_error"])
     best_rand = min(rows, key=lambda x: x["rand_error"])
     b = out["best"]
-    assert (b["pixel_error"], b["pixel_threshold"]) == (best_pix["pixel_error"], best_pix["threshold"])
+    assert (b["pixel_error"], b["pixel_threshold"]) == (best_pix["pixel_error"],
+                                                        best_pix["threshold"])
     assert (b["rand_error"], b["threshold"]) == (best_rand["rand_error"], best_rand["threshold"])
     assert b["dice_foreground"] == best_pix["dice_foreground"]
     assert len(out["per_image_at_best"]) == 3
     with pytest.raises(ValueError, match="as many truths"):
         M.score_thresholds(probs, truths[:2])
+    with pytest.raises(ValueError, match="probability map 1 has dtype uint8"):
+        M.score_thresholds([probs[0], (probs[1] * 255).astype(np.uint8)], truths[:2])
+
+
+def test_label_ids_may_be_huge_and_sparse_but_not_bool_or_negative():
+    truth = M.label_cells(cells(6))
+    pred = M.label_cells(cells(7))
+    expected = M.rand_pair_counts(pred, truth)
+    big_t = np.where(truth > 0, truth.astype(np.int64) * 2**40 + 7, 0)
+    big_p = np.where(pred > 0, pred.astype(np.int64) * 2**33 + 3, 0)
+    assert M.rand_pair_counts(big_p, big_t) == expected
+    with pytest.raises(ValueError, match="integer cell labels.*bool"):
+        M.rand_pair_counts(pred > 0, truth)
+    with pytest.raises(ValueError, match="negative labels"):
+        M.rand_error(pred - 1, truth, pred_is_labels=True)
+
+
+def test_empty_truth_is_scored_the_same_everywhere():
+    empty = np.zeros((8, 8), np.uint8)
+    some = np.zeros((8, 8), np.float32)
+    some[2:5, 2:5] = 0.9
+    assert M.rand_error(empty, empty) == 0.0 and M.rand_error(some, empty) == 1.0
+    out = M.score_thresholds([some, np.zeros_like(some)], [empty, empty], thresholds=(0.5,))
+    assert [r["rand_error"] for r in out["per_image_at_best"]] == [1.0, 0.0]
+    assert out["best"]["rand_error"] == 0.5

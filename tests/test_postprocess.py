@@ -1,4 +1,5 @@
-"""Seeded watershed cells (zf_unet.watershed_cells), `predict --cells`, `evaluate --segmentation`."""
+"""Seeded watershed cells (zf_unet.watershed_cells), `predict --cells`,
+`evaluate --segmentation`."""
 from __future__ import annotations
 
 import numpy as np
@@ -53,6 +54,8 @@ def test_mask_threshold_small_seeds_and_no_seeds():
     (np.zeros((2, 3, 4), np.float32), {}, "2-D"),
     (np.full((4, 4), np.nan, np.float32), {}, "finite"),
     (np.zeros((4, 4), np.uint8), {}, "float"),
+    (np.zeros((4, 4), bool), {}, "not labels"),
+    (np.zeros((4, 4), np.float32), {"seed_threshold": 0.5, "mask_threshold": 0.6}, "below"),
     (np.zeros((4, 4), np.float32), {"seed_threshold": 1.5}, "seed_threshold"),
     (np.zeros((4, 4), np.float32), {"mask_threshold": 0.0}, "mask_threshold"),
     (np.zeros((4, 4), np.float32), {"min_seed_size": 0}, "min_seed_size"),
@@ -67,10 +70,11 @@ def test_evaluate_arrays_with_watershed_segmentation():
     ths = (0.5, 0.7, 0.9)
     plain = evaluate_arrays([prob], [truth], ths)
     ws = evaluate_arrays([prob], [truth], ths, segmentation="watershed")
-    assert plain["best"]["segmentation"] == "threshold" and ws["best"]["segmentation"] == "watershed"
+    assert plain["best"]["segmentation"] == "threshold"
+    assert ws["best"]["segmentation"] == "watershed"
     assert ws["best"]["rand_error"] == pytest.approx(0.0, abs=1e-12)
     assert plain["per_threshold"][0]["rand_error"] == pytest.approx(1 / 3)  # 0.5 merges them
-    assert ws["best"]["pixel_error"] == plain["best"]["pixel_error"]  # pixel scores unchanged
+    assert ws["best"]["pixel_error"] == plain["best"]["pixel_error"]  # pixel scores the same
     with pytest.raises(zf_unet.errors.ConfigError, match="segmentation"):
         evaluate_arrays([prob], [truth], segmentation="graphcut")
 
@@ -102,11 +106,16 @@ def test_cli_predict_cells_for_an_image_and_a_stack(tmp_path, tiny_model_path, c
     rc = main(["predict", str(tmp_path / "a.png"), "--model", str(tiny_model_path), "--out",
                str(tmp_path / "p2")])
     assert rc == 0 and not (tmp_path / "p2" / "a_cells.tif").exists()
-    rc = main(["predict", str(tmp_path / "a.png"), "--model", str(tiny_model_path), "--out",
-               str(tmp_path / "p3"), "--cells", "--seed-threshold", "2"])
-    assert rc == 2
+    with pytest.raises(SystemExit) as exc:  # argparse: usage + one error line, exit 2
+        main(["predict", str(tmp_path / "a.png"), "--model", str(tiny_model_path), "--out",
+              str(tmp_path / "p3"), "--cells", "--seed-threshold", "2"])
+    assert exc.value.code == 2
     err = capsys.readouterr().err
-    assert "seed_threshold must be between 0 and 1, got 2.0" in err and "Traceback" not in err
+    assert "--seed-threshold" in err and "expected a value between 0 and 1, got 2" in err
+    assert "Traceback" not in err
+    rc = main(["predict", str(tmp_path / "a.png"), "--model", str(tiny_model_path), "--out",
+               str(tmp_path / "p3"), "--seed-threshold", "0.7"])
+    assert rc == 2 and "--seed-threshold only applies with --cells" in capsys.readouterr().err
     assert not (tmp_path / "p3").exists()
 
 
@@ -118,6 +127,7 @@ def test_cli_predict_cells_refuses_multiclass_models(tmp_path, capsys):
                str(tmp_path / "p"), "--cells"])
     assert rc == 2
     assert "binary (1-class) model" in capsys.readouterr().err
+    assert not (tmp_path / "p").exists()  # refused before anything was written
 
 
 def test_cli_evaluate_watershed(tmp_path, tiny_model_path, capsys):
@@ -125,10 +135,12 @@ def test_cli_evaluate_watershed(tmp_path, tiny_model_path, capsys):
     for sub in ("images", "masks"):
         (tmp_path / "d" / sub).mkdir(parents=True)
     for i, (img, m) in enumerate(zip(images, masks)):
-        Image.fromarray((img[..., 0] * 255).astype(np.uint8)).save(tmp_path / "d/images" / f"{i}.png")
-        Image.fromarray((m[..., 0] > 0).astype(np.uint8) * 255).save(tmp_path / "d/masks" / f"{i}.png")
+        name = f"{i}.png"
+        Image.fromarray((img[..., 0] * 255).astype(np.uint8)).save(tmp_path / "d/images" / name)
+        Image.fromarray((m[..., 0] > 0).astype(np.uint8) * 255).save(tmp_path / "d/masks" / name)
     rc = main(["evaluate", "--model", str(tiny_model_path), "--data", str(tmp_path / "d"),
-               "--split", "all", "--segmentation", "watershed", "--json", str(tmp_path / "r.json")])
+               "--split", "all", "--segmentation", "watershed",
+               "--json", str(tmp_path / "r.json")])
     assert rc == 0
     out = capsys.readouterr().out
     assert "cells: seeded watershed" in out and "pixel error (1 - F-score)" in out

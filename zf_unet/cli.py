@@ -77,14 +77,35 @@ def _load_model(path: str):
     return load_model_file(path)
 
 
+def _probability(flag: str):
+    """argparse type: a number strictly between 0 and 1, errors naming ``flag``."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not 0.0 < value < 1.0:
+            raise argparse.ArgumentTypeError(f"expected a value between 0 and 1, got {text}")
+        return value
+
+    parse.__name__ = flag  # argparse names the type in "invalid <name> value" messages
+    return parse
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
     from zf_unet.inference import predict_files
 
+    if args.seed_threshold is not None and not args.cells:
+        from zf_unet.errors import ConfigError
+
+        raise ConfigError("--seed-threshold only applies with --cells (cell labels); "
+                          "add --cells or drop it")
     model = _load_model(args.model)
     written = predict_files(model, args.inputs, args.out, tile_size=args.tile_size,
                             overlap=args.overlap, tta=args.tta, threshold=args.threshold,
                             batch_size=args.batch_size,
-                            cells=args.seed_threshold if args.cells else None)
+                            cells=(0.8 if args.seed_threshold is None else args.seed_threshold)
+                            if args.cells else None)
     print(f"wrote {len(written)} files to {args.out}")
     return 0
 
@@ -209,8 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--batch-size", dest="batch_size", type=int, default=4)
     pr.add_argument("--cells", action="store_true", help="also write NAME_cells.tif: cell labels "
                     "from a seeded watershed of the probability map (binary models)")
-    pr.add_argument("--seed-threshold", dest="seed_threshold", type=float, default=0.8,
-                    help="--cells: seeds are the regions with p > this (default 0.8)")
+    pr.add_argument("--seed-threshold", dest="seed_threshold",
+                    type=_probability("--seed-threshold"),
+                    help="with --cells: seeds are the regions with p > this (default 0.8)")
     pr.set_defaults(func=_cmd_predict)
 
     ev = sub.add_parser("evaluate", help="ISBI-style scores (pixel error, Rand error, VI, IoU)")

@@ -88,6 +88,9 @@ def evaluate_model(model: keras.Model | str | Path, data: Any, *, split: str = "
     from zf_unet.inference import load_model_file, model_geometry, predict_tiled
 
     name = name or (str(model) if isinstance(model, (str, Path)) else "model")
+    if segmentation not in SEGMENTATIONS:  # before any prediction
+        raise ConfigError(f"segmentation must be one of {', '.join(SEGMENTATIONS)}, "
+                          f"got {segmentation!r}")
     if isinstance(model, (str, Path)):
         if config is None:
             config = run_config_for(model)
@@ -118,7 +121,8 @@ def format_report(result: dict) -> str:
     lines = [
         f"{len(result['images'])} image(s), split={result['split']}; cells: {cells}",
         "ISBI 2012 scores, each at its best threshold:",
-        f"  pixel error (1 - F-score)  {b['pixel_error']:.4f}   threshold {b['pixel_threshold']:.2f}",
+        f"  pixel error (1 - F-score)  {b['pixel_error']:.4f}   threshold "
+        f"{b['pixel_threshold']:.2f}",
         f"  Rand error (fg-restricted) {b['rand_error']:.4f}   threshold {b['threshold']:.2f}",
         f"  variation of information   {b['variation_of_information']:.4f} bits, threshold "
         f"{b['threshold']:.2f}",

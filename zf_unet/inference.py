@@ -744,7 +744,8 @@ def predict_files(model: keras.Model, inputs: list, out_dir: Any, *, tile_size: 
 
     Raises:
         DataError: a missing, unreadable or unusable input (the message names the file).
-        ValueError: bad ``tile_size`` / ``overlap`` / ``tta`` / ``batch_size`` for the model.
+        ValueError: bad ``tile_size`` / ``overlap`` / ``tta`` / ``batch_size`` for the model,
+            or ``cells`` outside (0, 1) or given for a multi-class model.
     """
     from pathlib import Path
 

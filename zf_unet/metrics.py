@@ -119,16 +119,14 @@ def _binary(x: np.ndarray, threshold: float = 0.5, name: str = "array") -> np.nd
     return x > threshold if np.issubdtype(x.dtype, np.floating) else x > 0
 
 
-def pixel_error(pred: np.ndarray, truth: np.ndarray, threshold: float = 0.5) -> float:
-    """Misclassification rate: the fraction of pixels whose binary label differs.
-
-    ``pred`` may be a probability map, thresholded at ``threshold``. This was the 2012
-    challenge's first "pixel error"; the leaderboard's is ``isbi_pixel_error``.
-    """
+def _confusion(pred: np.ndarray, truth: np.ndarray,
+               threshold: float) -> tuple[float, float, float, float]:
+    """``(TP, FP, FN, TN)`` pixel counts of the foreground of ``pred > threshold`` vs truth."""
     p, t = _binary(pred, threshold, "pred"), _binary(truth, 0.5, "truth")
     if p.shape != t.shape:
         raise ValueError(f"pred shape {p.shape} != truth shape {t.shape}")
-    return float(np.mean(p != t))
+    tp, fp, fn = (np.count_nonzero(p & t), np.count_nonzero(p & ~t), np.count_nonzero(~p & t))
+    return float(tp), float(fp), float(fn), float(p.size - tp - fp - fn)
 
 
 def f_error(tp: float, fp: float, fn: float) -> float:
@@ -137,44 +135,48 @@ def f_error(tp: float, fp: float, fn: float) -> float:
     return 0.0 if denom == 0 else float(1.0 - 2.0 * tp / denom)
 
 
+def _ratio(num: float, denom: float) -> float:
+    return 1.0 if denom == 0 else float(num / denom)
+
+
 def pixel_counts(pred: np.ndarray, truth: np.ndarray,
                  threshold: float = 0.5) -> tuple[float, float, float]:
-    """``(TP, FP, FN)`` pixel counts of the foreground (cell interior = positive class)."""
-    p, t = _binary(pred, threshold, "pred"), _binary(truth, 0.5, "truth")
-    if p.shape != t.shape:
-        raise ValueError(f"pred shape {p.shape} != truth shape {t.shape}")
-    return (float(np.count_nonzero(p & t)), float(np.count_nonzero(p & ~t)),
-            float(np.count_nonzero(~p & t)))
+    """``(TP, FP, FN)`` pixel counts of the foreground (cell interior = positive class).
+
+    ``pred``: ``(H, W)`` probability map (float, thresholded at ``threshold``) or binary map
+    (bool / integer, non-zero = cell); ``truth``: binary map of the same size.
+    """
+    return _confusion(pred, truth, threshold)[:3]
 
 
-def isbi_pixel_error(pred: np.ndarray, truth: np.ndarray, threshold: float = 0.5) -> float:
-    """ISBI 2012 pixel error: ``1 - F-score`` of the cell-interior pixels at ``threshold``.
+def pixel_error(pred: np.ndarray, truth: np.ndarray, threshold: float = 0.5) -> float:
+    """ISBI 2012 pixel error: ``1 - F-score`` of the cell-interior pixels (``pixel_counts``).
 
-    This is the "pixel error" of the challenge leaderboard (the U-Net paper reports 0.0611);
-    over a stack, sum ``pixel_counts`` of all slices and apply ``f_error``.
+    This is the "pixel error" of the challenge leaderboard (the U-Net paper reports 0.0611
+    on its test stack); over a stack, sum ``pixel_counts`` of all slices, then ``f_error``.
     """
     return f_error(*pixel_counts(pred, truth, threshold))
+
+
+def misclassification_rate(pred: np.ndarray, truth: np.ndarray, threshold: float = 0.5) -> float:
+    """Fraction of pixels whose binary label differs (the 2012 challenge's first pixel error)."""
+    tp, fp, fn, tn = _confusion(pred, truth, threshold)
+    return float((fp + fn) / (tp + fp + fn + tn))
 
 
 def dice_score(pred: np.ndarray, truth: np.ndarray, threshold: float = 0.5,
                foreground: bool = True) -> float:
     """Dice of the foreground (``foreground=False``: of the background) of binary maps;
     1.0 when both are empty."""
-    p, t = _binary(pred, threshold, "pred"), _binary(truth, 0.5, "truth")
-    if not foreground:
-        p, t = ~p, ~t
-    denom = p.sum() + t.sum()
-    return 1.0 if denom == 0 else float(2.0 * np.logical_and(p, t).sum() / denom)
+    tp, fp, fn, tn = _confusion(pred, truth, threshold)
+    return _ratio(2 * tp, 2 * tp + fp + fn) if foreground else _ratio(2 * tn, 2 * tn + fp + fn)
 
 
 def iou_score(pred: np.ndarray, truth: np.ndarray, threshold: float = 0.5,
               foreground: bool = True) -> float:
     """IoU of the foreground (or background) of binary maps; 1.0 when both are empty."""
-    p, t = _binary(pred, threshold, "pred"), _binary(truth, 0.5, "truth")
-    if not foreground:
-        p, t = ~p, ~t
-    union = np.logical_or(p, t).sum()
-    return 1.0 if union == 0 else float(np.logical_and(p, t).sum() / union)
+    tp, fp, fn, tn = _confusion(pred, truth, threshold)
+    return _ratio(tp, tp + fp + fn) if foreground else _ratio(tn, tn + fp + fn)
 
 
 def label_cells(mask: np.ndarray, threshold: float = 0.5, connectivity: int = 1) -> np.ndarray:
@@ -184,30 +186,51 @@ def label_cells(mask: np.ndarray, threshold: float = 0.5, connectivity: int = 1)
     return labels.astype(np.int32)
 
 
+def _check_labels(x: np.ndarray, name: str) -> np.ndarray:
+    x = np.asarray(x)
+    if x.ndim == 3 and x.shape[-1] == 1:
+        x = x[..., 0]
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D (H, W) label image, got shape {x.shape}")
+    if not np.issubdtype(x.dtype, np.integer):
+        raise ValueError(f"{name} must hold integer cell labels (0 = none), got dtype {x.dtype}; "
+                         "turn binary or probability maps into cells with label_cells")
+    if x.size and x.min() < 0:
+        raise ValueError(f"{name} has negative labels (min {x.min()}); expected 0 = none, "
+                         "1.. = cells")
+    return x
+
+
 def rand_pair_counts(pred_labels: np.ndarray,
                      truth_labels: np.ndarray) -> tuple[float, float, float]:
-    """Foreground-restricted Rand pair counts ``(TP, FP, FN)`` of two label images ``(H, W)``.
+    """Foreground-restricted Rand pair counts ``(TP, FP, FN)`` of two integer label images
+    ``(H, W)`` (0 = no cell, any other value = a cell id).
 
-    Ordered pixel pairs (self-pairs included, the N^2 normalisation of the ISBI 2012 and
-    SNEMI3D scripts) are counted over pixels that are inside a cell in the truth (label > 0).
-    A pair is positive in a segmentation when both pixels carry the same label; pixels the
-    prediction leaves unassigned (label 0, e.g. predicted membrane) are single-pixel segments.
-    TP: same cell in both; FP: same predicted segment, different true cells; FN: the reverse.
+    Ordered pixel pairs, self-pairs included (the N^2 normalisation of the ISBI 2012 script,
+    Fiji's ``RandError.foregroundRestrictedStatsN2``), are counted over the pixels inside a
+    cell in the truth. A pair is positive in a segmentation when both pixels carry the same
+    label; pixels the prediction leaves unassigned (0, e.g. predicted membrane) are
+    single-pixel segments. TP: same cell in both; FP: same predicted segment, different true
+    cells; FN: the reverse.
     """
-    t_all, p_all = np.asarray(truth_labels), np.asarray(pred_labels)
+    t_all = _check_labels(truth_labels, "truth_labels")
+    p_all = _check_labels(pred_labels, "pred_labels")
     if t_all.shape != p_all.shape:
         raise ValueError(f"pred shape {p_all.shape} != truth shape {t_all.shape}")
     inside = t_all > 0
-    t = t_all[inside].astype(np.int64)
-    p = p_all[inside].astype(np.int64)
-    if t.size == 0:
+    if not inside.any():
         return 0.0, 0.0, 0.0
+    t = np.unique(t_all[inside], return_inverse=True)[1].ravel()  # 0..n_true-1
+    p = p_all[inside]
     assigned = p > 0
     singletons = float(np.count_nonzero(~assigned))
+    p = np.unique(p[assigned], return_inverse=True)[1].ravel()  # 0..n_pred-1
+    t_assigned = t[assigned]
     true_sizes = np.bincount(t).astype(np.float64)
-    pred_sizes = np.bincount(p[assigned]).astype(np.float64)
-    joint = np.unique(t[assigned] * (int(p.max()) + 1) + p[assigned], return_counts=True)[1]
-    same_both = float(np.sum(joint.astype(np.float64) ** 2)) + singletons
+    pred_sizes = np.bincount(p).astype(np.float64)
+    key = t_assigned * (int(p.max(initial=0)) + 1) + p  # < n_true * n_pred
+    joint = np.unique(key, return_counts=True)[1].astype(np.float64)
+    same_both = float(np.sum(joint**2)) + singletons
     same_pred = float(np.sum(pred_sizes**2)) + singletons
     same_true = float(np.sum(true_sizes**2))
     return same_both, same_pred - same_both, same_true - same_both
@@ -220,10 +243,16 @@ def _cells_pair(pred: np.ndarray, truth: np.ndarray, threshold: float, pred_is_l
     def cells(x: np.ndarray, is_labels: bool, th: float) -> np.ndarray:
         if not is_labels:
             return label_cells(x, th).astype(np.int64)
-        x = np.asarray(x)
-        return (x[..., 0] if x.ndim == 3 and x.shape[-1] == 1 else x).astype(np.int64)
+        return _check_labels(x, "label image").astype(np.int64)
 
     return cells(pred, pred_is_labels, threshold), cells(truth, truth_is_labels, 0.5)
+
+
+def _rand_f_error(counts: Sequence[float], truth_has_cells: bool, pred_has_cells: bool) -> float:
+    """``f_error`` of Rand pair counts; without true cells: 0 if the prediction has none, else 1."""
+    if not truth_has_cells:
+        return 0.0 if not pred_has_cells else 1.0
+    return f_error(*counts)
 
 
 def rand_error(pred: np.ndarray, truth: np.ndarray, threshold: float = 0.5,
@@ -231,13 +260,12 @@ def rand_error(pred: np.ndarray, truth: np.ndarray, threshold: float = 0.5,
     """ISBI 2012 foreground-restricted Rand error: ``1 - F-score`` of ``rand_pair_counts``.
 
     Binary maps (or probability maps, at ``threshold``) are turned into cells with
-    ``label_cells``; label images are used as they are. 0 = identical segmentations.
+    ``label_cells``; integer label images ``(H, W)`` are used as they are (``*_is_labels``).
+    0 = identical segmentations. Without true cells: 0 if the prediction has none, else 1.
     Over a stack, sum the counts of all slices and apply ``f_error``.
     """
     p, t = _cells_pair(pred, truth, threshold, pred_is_labels, truth_is_labels)
-    if t.max() == 0:
-        return 0.0 if p.max() == 0 else 1.0
-    return f_error(*rand_pair_counts(p, t))
+    return _rand_f_error(rand_pair_counts(p, t), t.max() > 0, p.max() > 0)
 
 
 def variation_of_information(pred: np.ndarray, truth: np.ndarray, threshold: float = 0.5,
@@ -258,27 +286,42 @@ def variation_of_information(pred: np.ndarray, truth: np.ndarray, threshold: flo
     return float(np.sum(skvi(t, p, ignore_labels=(0,))))
 
 
-DEFAULT_THRESHOLDS: tuple[float, ...] = tuple(float(t) for t in np.round(np.arange(0.05, 0.96, 0.05), 2))
+# The ISBI 2012 scripts step the threshold by 0.1 from 0.0 to 1.0; both ends are degenerate.
+DEFAULT_THRESHOLDS: tuple[float, ...] = tuple(
+    float(t) for t in np.round(np.arange(0.1, 0.95, 0.1), 1))
 
 
 def score_thresholds(probs: Sequence[np.ndarray], truths: Sequence[np.ndarray],
                      thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
                      segment: Callable[[np.ndarray, float], np.ndarray] | None = None) -> dict:
-    """ISBI-style scores of foreground probability maps ``(H, W)`` float in [0, 1] against
-    binary truths ``(H, W)`` (non-zero = cell interior), at every threshold.
+    """ISBI-style scores of foreground probability maps against binary truths, per threshold.
 
-    Per threshold: the ISBI pixel error and Rand error of the whole set (counts summed over the
-    images, as the challenge scripts do), the misclassification rate, and the mean VI, Dice and
-    IoU. Cells are ``segment(prob, threshold)`` (int labels, 0 = unassigned); the default is
-    ``label_cells(prob > threshold)``. As in the challenge, each score is best at its own
-    threshold: ``best`` holds the pixel error, misclassification rate, Dice and IoU at
-    ``pixel_threshold`` and the Rand error and VI at ``threshold`` (the lowest Rand error).
+    Args:
+        probs: ``(H, W)`` (or ``(H, W, 1)``) float maps in [0, 1], P(cell interior).
+        truths: binary maps of the same sizes (bool / integer: non-zero = cell; float: > 0.5).
+        thresholds: levels to try (default 0.1, 0.2, ..., 0.9).
+        segment: ``segment(prob, threshold) -> (H, W)`` int cell labels (0 = unassigned);
+            default ``label_cells(prob > threshold)``.
+
+    Per threshold, the pixel error and the Rand error are those of the whole set: the counts of
+    all images are summed, as the challenge scripts do (``pixel_counts``, ``rand_pair_counts``).
+    The misclassification rate, VI, Dice and IoU are means over the images. As in the
+    challenge, each score is best at its own threshold: ``best`` holds the pixel error,
+    misclassification rate, Dice and IoU at ``pixel_threshold`` (the lowest pixel error; ties:
+    the lower threshold) and the Rand error and VI at ``threshold`` (the lowest Rand error;
+    ties: the lower VI, then the lower threshold). ``per_image_at_best`` mixes the two the same
+    way, with per-image (not summed) pixel and Rand errors.
     """
     if len(probs) != len(truths) or not len(probs):
         raise ValueError(f"need as many truths as probability maps (got {len(probs)} maps, "
                          f"{len(truths)} truths), at least one")
     if not len(thresholds):
         raise ValueError("thresholds must name at least one level")
+    for i, prob in enumerate(probs):
+        dtype = np.asarray(prob).dtype
+        if not (np.issubdtype(dtype, np.floating) or dtype == bool):
+            raise ValueError(f"probability map {i} has dtype {dtype}; expected float "
+                             "probabilities in [0, 1] (scale integer maps first)")
     truth_bin = [_binary(t, 0.5, "truth") for t in truths]
     truth_cells = [label_cells(t) for t in truth_bin]
     rows, per_image_rows = [], []
@@ -286,28 +329,31 @@ def score_thresholds(probs: Sequence[np.ndarray], truths: Sequence[np.ndarray],
         th = float(th)
         pix, pairs, per_image = np.zeros(3), np.zeros(3), []
         for prob, t_bin, t_lab in zip(probs, truth_bin, truth_cells):
-            counts = np.array(pixel_counts(prob, t_bin, th))
+            tp, fp, fn, tn = _confusion(prob, t_bin, th)
             cells = label_cells(prob, th) if segment is None else np.asarray(segment(prob, th))
             rand = np.array(rand_pair_counts(cells, t_lab))
-            pix, pairs = pix + counts, pairs + rand
+            pix, pairs = pix + (tp, fp, fn), pairs + rand
             per_image.append({
-                "pixel_error": f_error(*counts),
-                "misclassification_rate": pixel_error(prob, t_bin, th),
-                "rand_error": f_error(*rand) if t_lab.max() > 0 else 0.0,
+                "pixel_error": f_error(tp, fp, fn),
+                "misclassification_rate": (fp + fn) / (tp + fp + fn + tn),
+                "rand_error": _rand_f_error(rand, t_lab.max() > 0, cells.max() > 0),
                 "variation_of_information": variation_of_information(
                     cells, t_lab, pred_is_labels=True, truth_is_labels=True),
-                "dice_foreground": dice_score(prob, t_bin, th),
-                "dice_background": dice_score(prob, t_bin, th, foreground=False),
-                "iou_foreground": iou_score(prob, t_bin, th),
-                "iou_background": iou_score(prob, t_bin, th, foreground=False),
+                "dice_foreground": _ratio(2 * tp, 2 * tp + fp + fn),
+                "dice_background": _ratio(2 * tn, 2 * tn + fp + fn),
+                "iou_foreground": _ratio(tp, tp + fp + fn),
+                "iou_background": _ratio(tn, tn + fp + fn),
             })
         row = {k: float(np.mean([r[k] for r in per_image])) for k in per_image[0]}
-        row.update(threshold=th, pixel_error=f_error(*pix), rand_error=f_error(*pairs))
+        # Without any true cell there are no pairs: keep the per-image rule's mean.
+        row.update(threshold=th, pixel_error=f_error(*pix),
+                   rand_error=f_error(*pairs) if pairs.any() else row["rand_error"])
         rows.append(row)
         per_image_rows.append(per_image)
     i_pix = min(range(len(rows)), key=lambda i: (rows[i]["pixel_error"], rows[i]["threshold"]))
     i_seg = min(range(len(rows)), key=lambda i: (rows[i]["rand_error"],
-                                                 rows[i]["variation_of_information"]))
+                                                 rows[i]["variation_of_information"],
+                                                 rows[i]["threshold"]))
     seg_keys = ("rand_error", "variation_of_information")
 
     def pick(a: dict, b: dict) -> dict:
@@ -337,8 +383,8 @@ __all__ = [
     "evaluate_probability_map",
     "f_error",
     "iou_score",
-    "isbi_pixel_error",
     "label_cells",
+    "misclassification_rate",
     "pixel_counts",
     "pixel_error",
     "rand_error",

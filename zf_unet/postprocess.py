@@ -39,13 +39,17 @@ def watershed_cells(prob: np.ndarray, seed_threshold: float = 0.8, min_seed_size
     if p.ndim != 2:
         raise ValueError(f"prob must be a 2-D (H, W) or (H, W, 1) probability map, got shape "
                          f"{p.shape}")
-    if not np.issubdtype(p.dtype, np.floating) or not np.all(np.isfinite(p)):
-        raise ValueError("prob must be a finite float probability map in [0, 1], got "
-                         f"dtype {p.dtype}" + ("" if np.issubdtype(p.dtype, np.floating)
-                                                else " (scale integer images first)"))
+    if not np.issubdtype(p.dtype, np.floating):
+        raise ValueError(f"prob must be a float probability map in [0, 1], got dtype {p.dtype} "
+                         "(a watershed needs probabilities, not labels)")
+    if not np.all(np.isfinite(p)):
+        raise ValueError("prob must be a finite probability map in [0, 1]; it holds NaN or Inf")
     for name, value in (("seed_threshold", seed_threshold), ("mask_threshold", mask_threshold)):
         if value is not None and not 0.0 < float(value) < 1.0:
             raise ValueError(f"{name} must be between 0 and 1, got {value}")
+    if mask_threshold is not None and float(mask_threshold) >= float(seed_threshold):
+        raise ValueError(f"mask_threshold ({mask_threshold}) must be below seed_threshold "
+                         f"({seed_threshold}): seeds lie where p > seed_threshold")
     if int(min_seed_size) < 1:
         raise ValueError(f"min_seed_size must be at least 1 pixel, got {min_seed_size}")
     seeds = label_cells(p > seed_threshold)
