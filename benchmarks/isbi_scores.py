@@ -1,7 +1,7 @@
 """ISBI 2012 validation scores of trained models, with and without TTA and watershed cells.
 
     python benchmarks/isbi_scores.py [--unet180 runs/isbi180/best.keras] \
-        [--unetpp runs/isbi_unetpp/best.keras] [--json results.json]
+        [--unetpp runs/isbi_unetpp/best.keras] [--extra "LABEL=path.keras" ...] [--json out.json]
 
 Models: the shipped ``pretrained:isbi2012-em`` always; a 180-epoch U-Net run and the U-Net++
 run (pruned to L1..L4 and the head ensemble) when their files exist. Each model predicts the
@@ -50,6 +50,9 @@ def variants(args):
     yield "U-Net, 16 filters, 60 epochs (shipped isbi2012-em)", zf_unet.pretrained("isbi2012-em")
     if args.unet180 and Path(args.unet180).is_file():
         yield "U-Net, 16 filters, 180 epochs", keras.saving.load_model(args.unet180, compile=False)
+    for extra in args.extra or []:
+        label, _, path = extra.partition("=")
+        yield label, keras.saving.load_model(path, compile=False)
     if args.unetpp and Path(args.unetpp).is_file():
         full = keras.saving.load_model(args.unetpp, compile=False)
         for level in (4, 3, 2, 1):
@@ -66,6 +69,8 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--unet180", default="runs/isbi180/best.keras")
     p.add_argument("--unetpp", default="runs/isbi_unetpp/best.keras")
+    p.add_argument("--extra", action="append", metavar="LABEL=PATH",
+                   help="another .keras model to score (repeatable)")
     p.add_argument("--json")
     args = p.parse_args()
     data = isbi2012_dir()
