@@ -40,6 +40,12 @@ def run_config_for(model_path: str | Path) -> Config | None:
     return Config.from_toml(cfg_path) if cfg_path.is_file() else None
 
 
+def _check_segmentation(segmentation: str) -> None:
+    if segmentation not in SEGMENTATIONS:
+        raise ConfigError(f"segmentation must be one of {', '.join(SEGMENTATIONS)}, "
+                          f"got {segmentation!r}")
+
+
 def evaluate_arrays(probs: Sequence[np.ndarray], masks: Sequence[np.ndarray],
                     thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
                     segmentation: str = "threshold", min_seed_size: int = 20) -> dict:
@@ -52,9 +58,7 @@ def evaluate_arrays(probs: Sequence[np.ndarray], masks: Sequence[np.ndarray],
     ``best`` has the pixel error (with Dice, IoU, misclassification rate) at its best
     threshold ``pixel_threshold`` and the Rand error (with VI) at its best ``threshold``.
     """
-    if segmentation not in SEGMENTATIONS:
-        raise ConfigError(f"segmentation must be one of {', '.join(SEGMENTATIONS)}, "
-                          f"got {segmentation!r}")
+    _check_segmentation(segmentation)
     segment = None
     if segmentation == "watershed":
         from zf_unet.postprocess import watershed_cells
@@ -88,9 +92,7 @@ def evaluate_model(model: keras.Model | str | Path, data: Any, *, split: str = "
     from zf_unet.inference import load_model_file, model_geometry, predict_tiled
 
     name = name or (str(model) if isinstance(model, (str, Path)) else "model")
-    if segmentation not in SEGMENTATIONS:  # before any prediction
-        raise ConfigError(f"segmentation must be one of {', '.join(SEGMENTATIONS)}, "
-                          f"got {segmentation!r}")
+    _check_segmentation(segmentation)  # before any prediction
     if isinstance(model, (str, Path)):
         if config is None:
             config = run_config_for(model)
