@@ -330,7 +330,7 @@ def _missing(tmp: Path, m: Models) -> Bad:
     return Bad(lambda: zf_unet.data.make_datasets(missing), DataError,
                ["evaluate", "--model", str(m.gray), "--data", str(missing), "--json",
                 str(report)],
-               ["no_such_folder"], r"not a folder; expected a folder with images/ and masks/",
+               ["no_such_folder"], r"no such folder; expected a folder with images/ and masks/",
                [report])
 
 
@@ -435,6 +435,167 @@ def _float_range(tmp: Path, m: Models) -> Bad:
     return Bad(lambda: zf_unet.data.make_datasets(data), DataError,
                ["train", "--data", str(data), "--out", str(run)] + TINY,
                ["002.tif"], r"expected \[0, 1\]", [run])
+
+
+@case("monitor_typo_fresh", "a misspelt train.monitor with --fresh on a finished run")
+def _monitor_typo(tmp: Path, m: Models) -> Bad:
+    run = existing_run(tmp, m.gray)
+    return Bad(lambda: zf_unet.train(Config().override(["train.monitor=val_dcie"]), run,
+                                     fresh=True),
+               ConfigError, ["train", "--out", str(run), "--fresh", "--set",
+                             "train.monitor=val_dcie"],
+               ["monitor", "val_dcie"], r"not a logged metric \(did you mean 'val_dice'\?\)",
+               [run])
+
+
+@case("resume_other_config", "resuming a run folder with a different model.filters")
+def _other_config(tmp: Path, m: Models) -> Bad:
+    run = existing_run(tmp, m.gray)
+    return Bad(lambda: zf_unet.train(Config().override(["train.epochs=2", "model.filters=8"]),
+                                     run),
+               ConfigError, ["train", "--out", str(run), "--epochs", "2", "--set",
+                             "model.filters=8"],
+               [str(run.name), "model.filters = 32 in the run, 8 now", "--fresh"],
+               r"belongs to another config", [run])
+
+
+@case("not_a_run_folder", "--out a folder of the user's files (no config.toml), with --fresh")
+def _not_a_run(tmp: Path, m: Models) -> Bad:
+    mine = tmp / "thesis"
+    mine.mkdir()
+    (mine / "chapter1.tex").write_text("years of work")
+    sets = ["train.epochs=1", "model.depth=3", "model.filters=4"]
+    return Bad(lambda: zf_unet.train(Config().override(sets), mine, fresh=True),
+               ConfigError, ["train", "--out", str(mine), "--fresh"] + TINY,
+               ["thesis", "chapter1.tex"], r"not a zf-unet run folder .*use another --out",
+               [mine])
+
+
+@case("missing_data_folder", "--data naming a folder that does not exist (no TFDS look-up)")
+def _no_data(tmp: Path, m: Models) -> Bad:
+    run = existing_run(tmp, m.gray)
+    return Bad(lambda: zf_unet.data.make_datasets("nosuchdir"), DataError,
+               ["train", "--data", "nosuchdir", "--out", str(run), "--fresh"] + TINY,
+               ["nosuchdir"], r"^(zf-unet train: error: )?nosuchdir: no such folder; expected "
+               r"a folder with images/ and masks/ \(or tfds:NAME.{0,60}\)$", [run])
+
+
+@case("negative_learning_rate", "optimizer.learning_rate = -1 in a TOML config")
+def _negative_lr(tmp: Path, m: Models) -> Bad:
+    cfg = tmp / "neg.toml"
+    cfg.write_text("[optimizer]\nlearning_rate = -1\n")
+    run = existing_run(tmp, m.gray)
+    return Bad(lambda: Config.from_toml(cfg), ConfigError,
+               ["train", "--config", str(cfg), "--out", str(run), "--fresh"],
+               ["neg.toml", "learning_rate = -1"], r"expected a number > 0", [run])
+
+
+@case("negative_epochs", "--epochs -3 (CLI) / train.epochs = -3 (API)")
+def _negative_epochs(tmp: Path, m: Models) -> Bad:
+    run = existing_run(tmp, m.gray)
+    cfg = Config()
+    cfg.train.epochs = -3  # set in Python: train() checks it too
+    return Bad(lambda: zf_unet.train(cfg, run), ConfigError,
+               ["train", "--out", str(run), "--epochs", "-3"],
+               ["epochs", "-3"], r"expected an integer >= 1", [run])
+
+
+@case("negative_samples_per_epoch", "data.samples_per_epoch = -5 (--set)")
+def _negative_samples(tmp: Path, m: Models) -> Bad:
+    run = existing_run(tmp, m.gray)
+    return Bad(lambda: Config().override(["data.samples_per_epoch=-5"]), ConfigError,
+               ["train", "--out", str(run), "--set", "data.samples_per_epoch=-5"],
+               ["samples_per_epoch = -5"], r"expected an integer >= 0", [run])
+
+
+@case("val_indices_not_ints", "val_indices = [99, \"a\"] in a TOML config")
+def _val_indices(tmp: Path, m: Models) -> Bad:
+    cfg = tmp / "idx.toml"
+    cfg.write_text('[data]\nval_indices = [99, "a"]\n')
+    run = existing_run(tmp, m.gray)
+    return Bad(lambda: Config.from_toml(cfg), ConfigError,
+               ["train", "--config", str(cfg), "--out", str(run)],
+               ["idx.toml", "val_indices", "'a'"], r"expected a list of integers", [run])
+
+
+@case("val_indices_out_of_range", "val_indices = [99] for 3 samples")
+def _val_range(tmp: Path, m: Models) -> Bad:
+    data = write_folder(tmp / "data")
+    run = existing_run(tmp, m.gray)
+    return Bad(lambda: zf_unet.data.make_datasets(data, val_indices=[99]), DataError,
+               ["train", "--data", str(data), "--out", str(run), "--fresh", "--set",
+                "data.val_indices=[99]"] + TINY,
+               ["val_indices", "99"], r"out of range for 3 samples", [run])
+
+
+@case("config_not_utf8", "a TOML config saved in Latin-1")
+def _latin1(tmp: Path, m: Models) -> Bad:
+    cfg = tmp / "latin.toml"
+    cfg.write_bytes("# Zürich\n[train]\nepochs = 2\n".encode("latin-1"))
+    run = existing_run(tmp, m.gray)
+    return Bad(lambda: Config.from_toml(cfg), ConfigError,
+               ["train", "--config", str(cfg), "--out", str(run)],
+               ["latin.toml", "0xfc"], r"not UTF-8 text .*expected a TOML file saved as UTF-8",
+               [run])
+
+
+@case("all_zero_masks", "every mask is all zero (nothing to learn)")
+def _all_zero(tmp: Path, m: Models) -> Bad:
+    data = write_folder(tmp / "data")
+    for f in (data / "masks").iterdir():
+        Image.fromarray(np.zeros((32, 32), np.uint8)).save(f)
+    run = existing_run(tmp, m.gray)
+    return Bad(lambda: zf_unet.data.make_datasets(data, patch_size=32), DataError,
+               ["train", "--data", str(data), "--out", str(run), "--fresh"] + TINY,
+               ["only class 0"], r"all-zero masks.*expected masks with at least two classes",
+               [run])
+
+
+@case("patch_larger_than_images", "data.patch_size = 64 for 32x32 images")
+def _big_patch(tmp: Path, m: Models) -> Bad:
+    data = write_folder(tmp / "data")
+    run = existing_run(tmp, m.gray)
+    return Bad(lambda: zf_unet.data.make_datasets(data, patch_size=64), DataError,
+               ["train", "--data", str(data), "--out", str(run), "--fresh", "--set",
+                "data.patch_size=64"] + TINY,
+               ["patch_size = 64", "32x32"], r"larger than every image.*expected a patch "
+               r"size <= 32", [run])
+
+
+@case("truncated_backup", "a run whose backup/latest.weights.h5 was cut off, resumed")
+def _truncated_backup(tmp: Path, m: Models) -> Bad:
+    run = tmp / "run"
+    sets = ["data.synthetic_n=4", "data.synthetic_size=16", "model.depth=2", "model.filters=2",
+            "train.tensorboard=false", 'train.precision="float32"', "train.epochs=1"]
+    zf_unet.train(Config().override(sets), run, verbose=0)
+    weights = run / "backup" / "latest.weights.h5"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    more = sets[:-1] + ["train.epochs=2"]
+    cli = ["train", "--out", str(run), "--quiet"]
+    for s in more:
+        cli += ["--set", s]
+    return Bad(lambda: zf_unet.train(Config().override(more), run, verbose=0), ConfigError,
+               cli, ["backup/latest.weights.h5"], r"cannot restore the run's backup .*delete "
+               r".*backup to restart the run from epoch 0", [run])
+
+
+@case("demo_batch_size_zero", "demo --batch-size 0")
+def _demo_batch(tmp: Path, m: Models) -> Bad:
+    from zf_unet.demo import DemoConfig, run_demo
+
+    out = existing_run(tmp, m.gray)
+    return Bad(lambda: run_demo(out, DemoConfig(batch_size=0), verbose=0), ConfigError,
+               ["demo", "--out", str(out), "--batch-size", "0"],
+               ["batch", "0"], r"expected an integer >= 1", [out])
+
+
+@case("show_augment_n_zero", "show-augment --n 0 (zero samples)")
+def _show_n(tmp: Path, m: Models) -> Bad:
+    grid = tmp / "grid.png"
+    grid.write_bytes(b"an earlier grid")
+    return Bad(lambda: zf_unet.data.make_datasets("synthetic", batch_size=0), DataError,
+               ["show-augment", "synthetic", "--n", "0", "--out", str(grid)],
+               ["0"], r"(--n: expected an integer >= 1|batch_size must be >= 1)", [grid])
 
 
 # --------------------------------------------------------------------------- tests

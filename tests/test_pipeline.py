@@ -70,15 +70,34 @@ def test_same_seed_same_batches_and_epochs_differ(synth_folder):
     assert not np.allclose(e1a[0], first_batch(c)[0])
 
 
-def test_patches_larger_than_images_are_mirror_padded():
+def test_patches_larger_than_some_images_are_mirror_padded():
     x, y = zf_unet.data.make_synthetic(3, 24, seed=0)
-    train, _ = make_datasets((x, y), patch_size=40, batch_size=3, val_fraction=0.0)
+    big_x, big_y = zf_unet.data.make_synthetic(1, 40, seed=1)
+    images = [x[i] for i in range(3)] + [big_x[0]]
+    masks = [y[i] for i in range(3)] + [big_y[0]]
+    train, _ = make_datasets((images, masks), patch_size=40, batch_size=4, val_fraction=0.0,
+                             samples_per_epoch=8)
     img, msk = first_batch(train)
-    assert img.shape == (3, 40, 40, 1)
-    # Without augmentation the content is the mirror-padded image: each crop contains the
-    # original 24x24 image at some offset, plus reflected rows/cols.
-    ref = np.pad(x[..., 0], ((0, 0), (8, 8), (8, 8)), mode="reflect")
-    assert any(np.allclose(img[0, ..., 0], r) for r in ref)
+    assert img.shape == (4, 40, 40, 1)
+    # Without augmentation a crop is either the 40x40 image or a mirror-padded 24x24 image
+    # (the original at some offset plus reflected rows/cols).
+    ref = list(np.pad(x[..., 0], ((0, 0), (8, 8), (8, 8)), mode="reflect")) + [big_x[0, ..., 0]]
+    for crop in img[..., 0]:
+        assert any(np.allclose(crop, r) for r in ref)
+    assert any(any(np.allclose(crop, r) for r in ref[:3]) for crop in img[..., 0])
+
+
+def test_patch_size_larger_than_every_image_is_refused():
+    x, y = zf_unet.data.make_synthetic(3, 24, seed=0)
+    with pytest.raises(DataError,
+                       match=r"patch_size = 40 is larger than every image .*24x24.*<= 24"):
+        make_datasets((x, y), patch_size=40, batch_size=3, val_fraction=0.0)
+
+
+def test_masks_with_one_class_only_are_refused():
+    x, _ = zf_unet.data.make_synthetic(3, 24, seed=0)
+    with pytest.raises(DataError, match=r"only class 0 \(all-zero masks\)"):
+        make_datasets((x, np.zeros((3, 24, 24, 1), np.uint8)), val_fraction=0.0)
 
 
 def test_tiff_stack_source(tmp_path):

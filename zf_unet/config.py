@@ -20,6 +20,8 @@ Unknown keys are errors (a typo must not silently fall back to a default).
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,10 +146,22 @@ class Config:
         if not path.is_file():
             raise ConfigError(f"{path}: config file not found")
         try:
-            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+            text = path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at "
+                              f"offset {exc.start}); expected a TOML file saved as UTF-8") from None
+        try:
+            raw = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: not valid TOML ({exc})") from None
         return cls.from_dict(raw, where=str(path))
+
+    def validate(self, where: str = "config") -> "Config":
+        """Check every value (types, choices, ranges, ``train.monitor``) and the rules between
+        fields; raises a :class:`ConfigError` naming the key. Returns ``self``. TOML files and
+        ``override`` are checked on reading; call this after changing fields in Python."""
+        _validate(self, where)
+        return self
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -192,6 +206,81 @@ _CHOICES = {
 }
 
 
+@dataclass(frozen=True)
+class Range:
+    """Allowed values of a number: ``low``..``high`` (``None`` = unbounded), each end closed
+    unless ``low_open`` / ``high_open``."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        if self.high is not None and (value >= self.high if self.high_open
+                                      else value > self.high):
+            return False
+        return True
+
+    def describe(self, integer: bool) -> str:
+        kind = "an integer" if integer else "a number"
+        if self.high is None:
+            return f"{kind} {'>' if self.low_open else '>='} {self.low:g}"
+        if self.low is None:
+            return f"{kind} {'<' if self.high_open else '<='} {self.high:g}"
+        return (f"{kind} in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}"
+                f"{')' if self.high_open else ']'}")
+
+
+#: Every number of the schema and its allowed range: checked for TOML files, ``--set`` and
+#: configs built in Python alike (:meth:`Config.validate`). The augmentation's numbers are
+#: checked by ``zf_unet.data.Augment`` itself (one home for those limits).
+_RANGES = {
+    ("DataConfig", "patch_size"): Range(0),
+    ("DataConfig", "batch_size"): Range(1),
+    ("DataConfig", "val_fraction"): Range(0.0, 1.0, high_open=True),
+    ("DataConfig", "num_classes"): Range(1, 256),  # masks are read as uint8 class ids
+    ("DataConfig", "w0"): Range(0.0),
+    ("DataConfig", "sigma"): Range(0.0, low_open=True),
+    ("DataConfig", "samples_per_epoch"): Range(0),
+    ("DataConfig", "synthetic_n"): Range(2),
+    ("DataConfig", "synthetic_size"): Range(8),
+    ("ModelConfig", "depth"): Range(2, 10),
+    ("ModelConfig", "filters"): Range(1),
+    ("ModelConfig", "dropout"): Range(0.0, 1.0, high_open=True),
+    ("LossConfig", "bce_weight"): Range(0.0),
+    ("LossConfig", "dice_weight"): Range(0.0),
+    ("OptimizerConfig", "learning_rate"): Range(0.0, low_open=True),
+    ("OptimizerConfig", "weight_decay"): Range(0.0),
+    ("OptimizerConfig", "momentum"): Range(0.0, 1.0, high_open=True),
+    ("OptimizerConfig", "min_learning_rate"): Range(0.0),
+    ("OptimizerConfig", "plateau_patience"): Range(1),
+    ("TrainConfig", "epochs"): Range(1),
+    ("TrainConfig", "seed"): Range(0, 2 ** 32 - 1),
+    ("TrainConfig", "early_stopping_patience"): Range(0),
+    ("TrainConfig", "steps_per_execution"): Range(1),
+}
+
+#: List fields and the type of their items.
+_LIST_ITEMS = {("DataConfig", "val_indices"): int}
+
+#: Metrics ``zf_unet.train`` logs (``val_`` + the same with validation data); the monitor
+#: must be one of them. Binary models also log ``dice_mean`` (both classes).
+LOGGED_METRICS = ("loss", "dice", "iou")
+
+
+def monitor_names(cfg: "Config") -> list[str]:
+    """Every value ``train.monitor`` may name for ``cfg``: the logged loss and metrics, with
+    and without ``val_``; for U-Net++ with deep supervision also per head (``L4_dice``)."""
+    base = list(LOGGED_METRICS) + (["dice_mean"] if cfg.data.num_classes == 1 else [])
+    names = list(base)
+    if cfg.model.architecture == "unet_plus_plus" and cfg.model.deep_supervision:
+        names += [f"L{level}_{m}" for level in range(1, cfg.model.depth) for m in base]
+    return names + [f"val_{n}" for n in names]
+
+
 def _build(cls: type, d: Mapping[str, Any], where: str, section: str = "") -> Any:
     """``cls`` from the table ``d``; ``where`` (file or ``--set``) and ``section`` (e.g.
     ``data.augment``) name the place in error messages."""
@@ -212,11 +301,84 @@ def _build(cls: type, d: Mapping[str, Any], where: str, section: str = "") -> An
             kwargs[name] = _build(type(default), value, where,
                                   f"{section}.{name}" if section else name)
             continue
-        kwargs[name] = _coerce(value, default, f"{place} {name}")
-        choices = _CHOICES.get((cls.__name__, name))
-        if choices and kwargs[name] not in choices:
-            raise ConfigError(f"{place}: {name} = {value!r}; expected one of {list(choices)}")
-    return cls(**kwargs)
+        kwargs[name] = _check_field(cls.__name__, name, _coerce(value, default, f"{place} {name}"),
+                                    place)
+    out = cls(**kwargs)
+    if cls is Config:
+        out.validate(where)
+    return out
+
+
+def _check_field(cls_name: str, name: str, value: Any, place: str) -> Any:
+    """``value`` of the schema field ``cls_name.name`` checked against its choices, range and
+    item type; returns it or raises a :class:`ConfigError` naming ``place`` and ``name``."""
+    choices = _CHOICES.get((cls_name, name))
+    if choices and value not in choices:
+        raise ConfigError(f"{place}: {name} = {value!r}; expected one of {list(choices)}")
+    allowed = _RANGES.get((cls_name, name))
+    if allowed is not None:
+        check_range(place, name, value, allowed)
+    item = _LIST_ITEMS.get((cls_name, name))
+    if item is not None:
+        bad = [v for v in value if isinstance(v, bool) or not isinstance(v, item)]
+        if bad:
+            raise ConfigError(f"{place}: {name} = {value!r}: {bad[0]!r} is not "
+                              f"{'an integer' if item is int else item.__name__}; expected a "
+                              f"list of {'integers' if item is int else item.__name__}")
+    return value
+
+
+def check_range(place: str, name: str, value: Any, allowed: Range, integer: bool | None = None
+                ) -> Any:
+    """Return ``value`` if it is a finite number in ``allowed`` (an integer if ``integer``, or
+    when ``integer`` is None and ``value`` is an int); else raise a :class:`ConfigError`
+    ``"<place>: <name> = <value>; expected <range>"``."""
+    integer = isinstance(value, int) if integer is None else integer
+    ok_type = isinstance(value, (int, float)) and not isinstance(value, bool) and (
+        not integer or isinstance(value, int))
+    if not ok_type or (isinstance(value, float) and not math.isfinite(value)):
+        raise ConfigError(f"{place}: {name} = {value!r}; expected "
+                          f"{'an integer' if integer else 'a finite number'}")
+    if value not in allowed:
+        raise ConfigError(f"{place}: {name} = {value!r}; expected {allowed.describe(integer)}")
+    return value
+
+
+def _validate(cfg: "Config", where: str) -> None:
+    """Every field of ``cfg`` (types, choices, ranges) and the rules between fields."""
+    for section in dataclasses.fields(cfg):
+        obj = getattr(cfg, section.name)
+        stack = [(section.name, obj)]
+        while stack:
+            label, node = stack.pop()
+            place = f"{where} [{label}]"
+            for f in dataclasses.fields(node):
+                value = getattr(node, f.name)
+                default = (f.default_factory() if f.default_factory is not dataclasses.MISSING
+                           else f.default)
+                if dataclasses.is_dataclass(value):
+                    stack.append((f"{label}.{f.name}", value))
+                    continue
+                _check_field(type(node).__name__, f.name,
+                             _coerce(value, default, f"{place} {f.name}"), place)
+    a = cfg.data.augment
+    try:
+        from zf_unet.data.augment import Augment
+
+        Augment(**{k: v for k, v in dataclasses.asdict(a).items() if k != "enabled"})
+    except ValueError as exc:
+        raise ConfigError(f"{where} [data.augment]: {str(exc).removeprefix('Augment: ')}") from None
+    o = cfg.optimizer
+    if o.min_learning_rate > o.learning_rate:
+        raise ConfigError(f"{where} [optimizer]: min_learning_rate = {o.min_learning_rate!r} is "
+                          f"above learning_rate = {o.learning_rate!r}; expected a floor <= "
+                          "learning_rate")
+    names = monitor_names(cfg)
+    if cfg.train.monitor not in names:
+        close = difflib.get_close_matches(cfg.train.monitor, names, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"{where} [train]: monitor = {cfg.train.monitor!r} is not a logged "
+                          f"metric{hint}; expected one of {names}")
 
 
 def _coerce(value: Any, default: Any, what: str) -> Any:
@@ -237,7 +399,7 @@ def _coerce(value: Any, default: Any, what: str) -> Any:
             raise ConfigError(f"{what}: expected a string, got {value!r}")
         return value
     if isinstance(default, list):
-        if not isinstance(value, list):
+        if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{what}: expected a list, got {value!r}")
         return list(value)
     return value

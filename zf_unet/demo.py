@@ -33,6 +33,26 @@ class DemoConfig:
     seed: int = 0
     precision: str = "auto"
 
+    def validate(self) -> "DemoConfig":
+        """Check every field (a :class:`ConfigError` naming it); returns ``self``."""
+        from zf_unet.config import Range, check_range
+        from zf_unet.errors import ConfigError
+        from zf_unet.precision import PRECISIONS
+
+        limits = {"n_train": Range(1), "n_val": Range(1), "size": Range(8), "depth": Range(2, 10),
+                  "filters": Range(1), "epochs": Range(1), "batch_size": Range(1),
+                  "learning_rate": Range(0.0, low_open=True), "seed": Range(0, 2 ** 32 - 1)}
+        for name, allowed in limits.items():
+            check_range("demo", name, getattr(self, name), allowed,
+                        integer=name != "learning_rate")
+        if self.size % 2 ** (self.depth - 1):
+            raise ConfigError(f"demo: size = {self.size} must be a multiple of "
+                              f"2**(depth-1) = {2 ** (self.depth - 1)}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"demo: precision = {self.precision!r}; expected one of "
+                              f"{list(PRECISIONS)}")
+        return self
+
 
 def run_demo(out_dir: str | Path = "results/demo", config: DemoConfig | None = None,
              verbose: int = 1) -> dict:
@@ -41,7 +61,7 @@ def run_demo(out_dir: str | Path = "results/demo", config: DemoConfig | None = N
     Writes ``model.keras``, ``predictions.png`` (image / truth / prediction overlays),
     ``training_curves.png`` and ``metrics.json``; returns the metrics dict.
     """
-    cfg = config or DemoConfig()
+    cfg = (config or DemoConfig()).validate()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(cfg.seed)

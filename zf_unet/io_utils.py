@@ -48,3 +48,35 @@ def savefig_atomic(fig: Any, path: str | Path, **kwargs: Any) -> Path:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, **kwargs)
     return Path(path)
+
+
+def make_hidden_dir(base: str | Path, prefix: str) -> Path:
+    """A new empty folder ``base/<prefix><8 hex digits>`` (``prefix`` starts with ``.``).
+
+    Used to build something next to its final place and rename it there when complete.
+    Unlike ``tempfile.mkdtemp`` (mode 0700) it gets the usual permissions (0777 minus the
+    umask), which the folder keeps after a rename, so a server running as another user can
+    read it.
+    """
+    import secrets
+
+    base = Path(base)
+    while True:
+        path = base / f"{prefix}{secrets.token_hex(4)}"
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:  # pragma: no cover - 1 in 4 billion
+            continue
+
+
+def hidden_dirs(base: str | Path, prefix: str) -> list[Path]:
+    """The folders :func:`make_hidden_dir` made in ``base`` with ``prefix`` (exact pattern:
+    the prefix and 8 hex digits), e.g. to clean up after an interrupted process."""
+    import re
+
+    base = Path(base)
+    if not base.is_dir():
+        return []
+    pattern = re.compile(re.escape(prefix) + r"[0-9a-f]{8}")
+    return sorted(p for p in base.iterdir() if pattern.fullmatch(p.name) and p.is_dir())

@@ -29,7 +29,8 @@ from zf_unet.data.augment import Augment
 from zf_unet.data.pipeline import make_datasets
 from zf_unet.data.synthetic import make_synthetic
 from zf_unet.errors import ConfigError
-from zf_unet.io_utils import atomic_path, save_model_atomic, write_json_atomic
+from zf_unet.io_utils import (atomic_path, hidden_dirs, make_hidden_dir, save_model_atomic,
+                              write_json_atomic)
 from zf_unet.models import build_unet, build_unet_plus_plus, repeat_targets
 import zf_unet.optimizers  # noqa: F401,E402 - registers FusedAdam for keras load_model
 from zf_unet.precision import resolve_precision
@@ -375,6 +376,164 @@ def _remove_stale_temporaries(folder: Path, names: list[str]) -> None:
                 f.unlink()
 
 
+# --------------------------------------------------------------------------- run folder
+
+#: Config keys that may change when a run is resumed; every other key must match the run's
+#: ``config.toml`` (``train.epochs`` extends or shortens the run; with the cosine schedule the
+#: learning rate then follows the new length).
+RESUMABLE_KEYS = ("train.epochs", "train.early_stopping_patience", "train.tensorboard",
+                  "train.collapse_warning", "train.strategy", "train.steps_per_execution")
+
+
+def config_differences(old: Config, new: Config) -> list[tuple[str, Any, Any]]:
+    """``(dotted key, old value, new value)`` for every key where the configs differ."""
+    def flat(d: dict, prefix: str = "") -> dict:
+        out: dict = {}
+        for k, v in d.items():
+            if isinstance(v, dict):
+                out.update(flat(v, f"{prefix}{k}."))
+            else:
+                out[f"{prefix}{k}"] = v
+        return out
+
+    a, b = flat(old.to_dict()), flat(new.to_dict())
+    return [(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+
+def check_run_folder(run: Path, cfg: Config, *, fresh: bool) -> None:
+    """Refuse an ``out_dir`` that training must not write into, before anything is written.
+
+    * a file, or a folder that holds files but no ``config.toml`` (not a run folder: its
+      files are the user's, so neither resuming nor ``fresh`` may touch them);
+    * a run folder (resumed unless ``fresh``) whose ``config.toml`` cannot be read or differs
+      from ``cfg`` in any key but :data:`RESUMABLE_KEYS`.
+    """
+    if run.exists() and not run.is_dir():
+        raise ConfigError(f"{run}: exists and is not a folder; expected a run folder")
+    if not run.is_dir():
+        return
+    saved = run / "config.toml"
+    if not saved.is_file():
+        visible = sorted(p.name for p in run.iterdir() if not p.name.startswith("."))
+        if visible:
+            more = f" and {len(visible) - 1} more" if len(visible) > 1 else ""
+            raise ConfigError(f"{run}: exists and is not a zf-unet run folder (no config.toml; "
+                              f"it holds {visible[0]}{more}); expected a new or empty folder "
+                              "or a run folder: use another --out")
+        return
+    if fresh:
+        return
+    try:
+        old = Config.from_toml(saved)
+    except ConfigError as exc:
+        raise ConfigError(f"{saved}: the run's config cannot be read ({exc}); start over with "
+                          "--fresh (fresh=True) or use another --out") from None
+    diffs = [d for d in config_differences(old, cfg) if d[0] not in RESUMABLE_KEYS]
+    if diffs:
+        shown = "; ".join(f"{k} = {a!r} in the run, {b!r} now" for k, a, b in diffs[:4])
+        more = f"; and {len(diffs) - 4} more" if len(diffs) > 4 else ""
+        raise ConfigError(f"{run}: this run folder belongs to another config ({shown}{more}); "
+                          "a run resumes only with the config it started with (except "
+                          f"{', '.join(RESUMABLE_KEYS)}): start over with --fresh "
+                          "(fresh=True) or use another --out")
+
+
+def check_backup(model: keras.Model, backup_dir: str | Path) -> None:
+    """Check that the backup of an interrupted run can be restored into ``model`` (the
+    weights, the optimizer state and the epoch count); raise a :class:`ConfigError` naming
+    the damaged file otherwise. Reads only (a half-committed backup is read where it is)."""
+    d = Path(backup_dir)
+    src = d / _COMMITTED if (d / _COMMITTED).is_dir() else d
+    weights = src / "latest.weights.h5"
+    if not weights.exists():
+        return
+    remedy = (f"delete {d} to restart the run from epoch 0 (best.keras and last.keras are "
+              "kept), or start over with --fresh (fresh=True)")
+    _completed_epochs(src)
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model.load_weights(weights)
+    except Exception as exc:  # noqa: BLE001 - any failure means the backup cannot be used
+        first = (str(exc).strip().splitlines() or [""])[0][:160]
+        raise ConfigError(f"{weights}: cannot restore the run's backup ({type(exc).__name__}: "
+                          f"{first}); expected the weights of this run's model: {remedy}") from None
+    opt = src / "optimizer.npz"
+    if opt.exists():
+        try:
+            with np.load(opt) as saved:
+                for key in saved.files:
+                    saved[key]
+        except Exception as exc:  # noqa: BLE001
+            raise ConfigError(f"{opt}: cannot restore the run's optimizer state "
+                              f"({type(exc).__name__}); {remedy}") from None
+
+
+def _hidden_sibling(run: Path, kind: str) -> Path:
+    run.parent.mkdir(parents=True, exist_ok=True)
+    return make_hidden_dir(run.parent, f".{run.name}.{kind}-")
+
+
+def recover_fresh_swap(run: str | Path) -> None:
+    """Finish what a killed ``fresh=True`` start left beside ``run``: a hidden
+    ``.NAME.fresh-*`` folder (a new run that never replaced the old one) is deleted; a
+    ``.NAME.old-*`` folder holds the old run while it is being replaced: it is put back if
+    ``run`` is missing (killed between the two renames), else deleted."""
+    run = Path(run)
+    for holder in hidden_dirs(run.parent, f".{run.name}.old-"):
+        kept = holder / "run"
+        if not run.exists() and kept.is_dir():
+            os.rename(kept, run)
+        shutil.rmtree(holder, ignore_errors=True)
+    for stale in hidden_dirs(run.parent, f".{run.name}.fresh-"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def _relocate(obj: Any, old: Path, new: Path) -> None:
+    """Point every path attribute of ``obj`` (str or Path) inside ``old`` to ``new``."""
+    prefix = str(old)
+    for name, value in list(vars(obj).items()):
+        if isinstance(value, (str, Path)):
+            text = str(value)
+            if text == prefix or text.startswith(prefix + os.sep):
+                moved = str(new) + text[len(prefix):]
+                setattr(obj, name, Path(moved) if isinstance(value, Path) else moved)
+
+
+class _ReplaceOldRun(keras.callbacks.Callback):
+    """``fresh=True`` on an existing run: the new run trains in the hidden sibling
+    ``staging``; at the end of its first epoch (after the checkpoint and backup callbacks)
+    ``staging`` replaces ``target``, and the callbacks' paths follow it.
+
+    The old run is renamed into a hidden holder, ``staging`` is renamed to ``target``, then
+    the holder is deleted; :func:`recover_fresh_swap` completes or undoes a kill in between.
+    Open files (the CSV log, TensorBoard's event files) move with their folder (POSIX).
+    """
+
+    def __init__(self, staging: Path, target: Path, callbacks: list):
+        super().__init__()
+        self.staging, self.target, self.callbacks = staging, target, callbacks
+        self.done = False
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if not self.done:
+            self.replace()
+
+    def replace(self) -> None:
+        holder = _hidden_sibling(self.target, "old")
+        if self.target.exists():
+            os.rename(self.target, holder / "run")
+        os.rename(self.staging, self.target)
+        self.done = True
+        shutil.rmtree(holder, ignore_errors=True)
+        staging, target = self.staging, self.target
+        for cb in self.callbacks:
+            if cb is not self:
+                _relocate(cb, staging, target)
+
+
 # --------------------------------------------------------------------------- pieces
 
 
@@ -525,13 +684,17 @@ def train(config: Config | str | Path | dict, out_dir: str | Path = "runs/run",
     """Train a U-Net as ``config`` says and write the run folder ``out_dir``.
 
     Re-running with the same ``out_dir`` resumes an interrupted run (weights, optimizer state
-    and epoch); ``fresh=True`` starts over. Writes: ``config.toml`` (resolved),
-    ``best.keras`` (+ ``best.json``), ``last.keras``, ``final.keras``, ``log.csv``,
-    ``training_curves.png``, ``tensorboard/``, ``backup/`` and ``summary.json``.
+    and epoch) when the config is the same (only :data:`RESUMABLE_KEYS`, e.g.
+    ``train.epochs``, may change); ``fresh=True`` starts over. Writes: ``config.toml``
+    (resolved), ``best.keras`` (+ ``best.json``), ``last.keras``, ``final.keras``,
+    ``log.csv``, ``training_curves.png``, ``tensorboard/``, ``backup/`` and ``summary.json``.
 
-    The data is loaded and checked and the model built before anything is written, so a bad
-    config or bad data leaves an existing run folder as it was (with ``fresh=True`` too). A
-    run killed at any moment (even SIGKILL) resumes from its last completed epoch; ``log.csv``
+    Every config value is checked (:meth:`Config.validate`), the data loaded and checked, the
+    model built, the run folder's config compared and its backup checked before anything is
+    written, so a mistake leaves an existing run folder byte-identical. ``out_dir`` must be
+    new, empty or a run folder (never a folder of other files). With ``fresh=True`` the new
+    run trains in a hidden sibling folder and replaces the old run only once its first epoch
+    is checkpointed, so a failure in the first epoch leaves the old run as it was. A run killed at any moment (even SIGKILL) resumes from its last completed epoch; ``log.csv``
     then holds each epoch once (see :func:`repair_csv_log`). ``train.deterministic`` turns on
     ``tf.config.experimental.enable_op_determinism()`` for this process (bit-identical
     reruns); a :class:`CollapseWarning` watches the validation (else training) predictions
@@ -544,18 +707,22 @@ def train(config: Config | str | Path | dict, out_dir: str | Path = "runs/run",
         cfg = Config.from_toml(config)
     elif isinstance(config, dict):
         cfg = Config.from_dict(config)
+    elif isinstance(config, Config):
+        cfg = config.validate()
     else:
-        cfg = config
+        raise ConfigError(f"config: expected a Config, a dict or a TOML path, got "
+                          f"{type(config).__name__}")
+    run = Path(out_dir)
+    chief = _is_chief()
+    if chief:
+        recover_fresh_swap(run)  # a killed fresh start: the old run back in place
+        check_run_folder(run, cfg, fresh=fresh)
     # A multi-worker strategy must exist before TensorFlow runs any op.
     strategy = strategy or make_strategy(cfg.train.strategy)
     if cfg.train.deterministic:
         # Process-wide and permanent: every later op uses deterministic kernels, and tf.data
         # keeps element order. Seeds come from train.seed.
         tf.config.experimental.enable_op_determinism()
-    run = Path(out_dir)
-    if run.exists() and not run.is_dir():
-        raise ConfigError(f"{run}: exists and is not a folder; expected a run folder")
-    chief = _is_chief()
     # Non-chief workers of a multi-worker run write to a private scratch folder.
     write_dir = run if chief else run / f".worker-{os.getpid()}"
 
@@ -603,9 +770,19 @@ def train(config: Config | str | Path | dict, out_dir: str | Path = "runs/run",
         if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
             _work_around_keras_multiworker_build(model, train_ds)
 
-        # First writes: the run folder, after a kill made consistent again.
-        if fresh and chief and run.exists():
-            shutil.rmtree(run)
+        if not fresh and chief:
+            check_backup(model, run / "backup")
+
+        # First writes: the run folder, after a kill made consistent again. With fresh=True
+        # the old run stays in place while the new one trains in a hidden sibling folder; the
+        # sibling replaces it once the first epoch is checkpointed (_ReplaceOldRun).
+        target = run
+        staging = None
+        if chief:
+            if fresh and run.exists() and any(run.iterdir()):
+                staging = _hidden_sibling(run, "fresh")
+                run = staging
+                write_dir = run
         write_dir.mkdir(parents=True, exist_ok=True)
         if chief:
             _remove_stale_temporaries(run, ["best.keras", "last.keras", "final.keras",
@@ -619,12 +796,13 @@ def train(config: Config | str | Path | dict, out_dir: str | Path = "runs/run",
         # Order matters for a kill between two writes: the log row and the best model are
         # written before the backup that marks the epoch as done, so a resumed run may repeat
         # an epoch (repair_csv_log then drops its first row) but never loses one.
+        backup_cb = AtomicBackupAndRestore(write_dir / "backup", write=True)
         callbacks: list = [
             keras.callbacks.TerminateOnNaN(),
             keras.callbacks.CSVLogger(str(write_dir / "log.csv"), append=True),
             BestModelCheckpoint(run / "best.keras", run / "last.keras", monitor,
                                 cfg.train.monitor_mode, write=chief),
-            AtomicBackupAndRestore(write_dir / "backup", write=True),
+            backup_cb,
             _CurvesAtEnd(write_dir / "log.csv", run / "training_curves.png", chief),
         ]
         if cfg.optimizer.schedule == "plateau":
@@ -643,10 +821,23 @@ def train(config: Config | str | Path | dict, out_dir: str | Path = "runs/run",
             else:  # one training batch, drawn once
                 callbacks.append(CollapseWarning(list(train_ds.take(1)), label="training"))
         callbacks += list(extra_callbacks or [])
+        swap = None
+        if staging is not None:
+            # After the checkpoint and backup callbacks of the first epoch (order matters).
+            swap = _ReplaceOldRun(staging, target, callbacks)
+            callbacks.insert(callbacks.index(backup_cb) + 1, swap)
 
         t0 = time.perf_counter()
-        history = model.fit(train_ds, validation_data=val_ds, epochs=cfg.train.epochs,
-                            callbacks=callbacks, verbose=verbose, shuffle=False)
+        try:
+            history = model.fit(train_ds, validation_data=val_ds, epochs=cfg.train.epochs,
+                                callbacks=callbacks, verbose=verbose, shuffle=False)
+        except BaseException:
+            if swap is not None and not swap.done:  # the old run was never touched
+                shutil.rmtree(staging, ignore_errors=True)
+            raise
+        if swap is not None and not swap.done:
+            swap.replace()
+        run = target
         seconds = time.perf_counter() - t0
         if chief:
             save_model_atomic(model, run / "final.keras")

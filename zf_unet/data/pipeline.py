@@ -23,7 +23,11 @@ from zf_unet.errors import DataError
 
 logger = logging.getLogger("zf_unet")
 
-__all__ = ["DataSplit", "load_source", "make_datasets", "to_float_image"]
+#: A data source string that names a TensorFlow Datasets data set: ``"tfds:NAME"``.
+TFDS_PREFIX = "tfds:"
+
+__all__ = ["DataSplit", "TFDS_PREFIX", "check_learnable", "load_source", "make_datasets",
+           "to_float_image"]
 
 
 def to_float_image(image: np.ndarray, name: str = "image") -> np.ndarray:
@@ -69,7 +73,8 @@ def load_source(source: Any, *, num_classes: int | None = None, convention: str 
 
     ``source`` is one of: a folder with ``images/`` and ``masks/``; a pair of multi-page TIFF
     paths ``(volume.tif, labels.tif)``; a pair of arrays ``(images, masks)``; or a TFDS name
-    (``"tfds:oxford_iiit_pet"`` or any registered name that is not an existing path).
+    written ``"tfds:NAME"`` (e.g. ``"tfds:oxford_iiit_pet"``). Any other string is a path: a
+    missing one is a :class:`DataError` ("no such folder"), never a TFDS look-up.
     """
     kw = dict(convention=convention, num_classes=num_classes, palette=palette)
     names: list[str] = []
@@ -81,8 +86,11 @@ def load_source(source: Any, *, num_classes: int | None = None, convention: str 
         else:
             images, masks = io.load_arrays(a, b, **kw)
             names = [f"array[{i}]" for i in range(len(images))]
-    elif isinstance(source, (str, Path)) and (Path(source).exists() or "/" in str(source)
-                                              or str(source).startswith(".")):
+    elif isinstance(source, Path) or (isinstance(source, str)
+                                      and not source.startswith(TFDS_PREFIX)):
+        if not Path(source).exists():
+            raise DataError(f"{source}: no such folder; expected a folder with images/ and "
+                            f"masks/ (or {TFDS_PREFIX}NAME for a TensorFlow Datasets data set)")
         if not Path(source).is_dir():
             raise DataError(f"{source}: not a folder; expected a folder with images/ and masks/")
         pairs = io.find_pairs(source)
@@ -91,7 +99,7 @@ def load_source(source: Any, *, num_classes: int | None = None, convention: str 
     elif isinstance(source, str):
         from zf_unet.data.tfds_sources import load_tfds
 
-        name = source[5:] if source.startswith("tfds:") else source
+        name = source[len(TFDS_PREFIX):]
         ds = load_tfds(name, **(tfds_kwargs or {}))
         images, masks = [], []
         for img, msk in ds.as_numpy_iterator():
@@ -102,10 +110,34 @@ def load_source(source: Any, *, num_classes: int | None = None, convention: str 
         names = [f"{name}[{i}]" for i in range(len(images))]
     else:
         raise DataError(f"source: expected a folder, (volume.tif, labels.tif), (images, masks) "
-                        f"arrays or a TFDS name; got {type(source).__name__}")
+                        f"arrays or '{TFDS_PREFIX}NAME'; got {type(source).__name__}")
     floats = [to_float_image(img, names[i] if names else f"image {i}")
               for i, img in enumerate(images)]
     return DataSplit(floats, [np.asarray(m, np.uint8) for m in masks], None, names)
+
+
+def check_learnable(data: DataSplit, patch_size: int | None = None) -> None:
+    """Refuse data a model cannot learn from, as ``zf-unet check-data`` reports it: masks that
+    all hold one class only (e.g. all-zero masks), and a ``patch_size`` larger than every image
+    (training would see mostly mirror padding). Raises :class:`DataError`."""
+    present: set[int] = set()
+    for m in data.masks:
+        present.update(int(v) for v in np.unique(m))
+        if len(present) > 1:
+            break
+    if len(present) == 1:
+        (only,) = present
+        raise DataError(f"every mask of the {len(data)} sample(s) holds only class {only}"
+                        f"{' (all-zero masks)' if only == 0 else ''}: there is nothing to learn; "
+                        "expected masks with at least two classes (check the masks with "
+                        "zf-unet check-data)")
+    if patch_size and data.images:
+        largest = max(data.images, key=lambda img: min(img.shape[:2]))
+        if min(largest.shape[:2]) < int(patch_size):
+            h, w = largest.shape[:2]
+            raise DataError(f"patch_size = {int(patch_size)} is larger than every image (the "
+                            f"largest is {w}x{h}, width x height); expected a patch size <= "
+                            f"{min(h, w)}, or 0 / None to train on whole images")
 
 
 def _split_indices(n: int, val_fraction: float, val_indices: Sequence[int] | None,
@@ -337,6 +369,7 @@ def make_datasets(
         raise DataError(f"augment must be an Augment, True, False or None; got {augment!r}")
     data = load_source(source, num_classes=num_classes, convention=convention, palette=palette,
                        tfds_kwargs=tfds_kwargs)
+    check_learnable(data, patch_size)
     if border_weights:
         data.weights = _weight_maps(data, cache_dir, w0, sigma)
     train_idx, val_idx = _split_indices(len(data), val_fraction, val_indices, seed)
