@@ -53,20 +53,29 @@ def _cmd_show_augment(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    import dataclasses
+
     from zf_unet.config import Config
     from zf_unet.training import train
 
     cfg = Config.from_toml(args.config) if args.config else Config()
-    sets = list(args.set or [])
-    if args.data:
-        sets.append(f'data.source="{args.data}"')
-    for key, value in (("train.precision", args.precision), ("train.strategy", args.strategy),
-                       ("train.epochs", args.epochs), ("train.seed", args.seed)):
-        if value is not None:
-            sets.append(f'{key}="{value}"' if isinstance(value, str) else f"{key}={value}")
-    cfg = cfg.override(sets) if sets else cfg
+    if args.set:
+        cfg = cfg.override(args.set)
+    # Flags win over --set; they are set as values, never pasted into TOML text (a path may
+    # hold quotes or backslashes).
+    flags = {"data": {"source": args.data},
+             "train": {"precision": args.precision, "strategy": args.strategy,
+                       "epochs": args.epochs, "seed": args.seed}}
+    for section, values in flags.items():
+        values = {k: v for k, v in values.items() if v is not None}
+        if values:
+            cfg = dataclasses.replace(cfg, **{section: dataclasses.replace(
+                getattr(cfg, section), **values)})
+    cfg.validate("command line")
     _, run = train(cfg, args.out, fresh=args.fresh, verbose=0 if args.quiet else "auto")
-    print(f"run folder: {run} (best.keras, final.keras, log.csv, training_curves.png)")
+    names = [n for n in ("best.keras", "last.keras", "final.keras", "log.csv",
+                         "training_curves.png") if (run / n).exists()]
+    print(f"run folder: {run} ({', '.join(names)})")
     return 0
 
 
@@ -75,6 +84,21 @@ def _load_model(path: str):
     from zf_unet.inference import load_model_file
 
     return load_model_file(path)
+
+
+def _int_at_least(flag: str, minimum: int):
+    """argparse type: an integer >= ``minimum``, errors naming ``flag``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text}")
+        return value
+
+    parse.__name__ = flag  # argparse names the type in "invalid <name> value" messages
+    return parse
 
 
 def _probability(flag: str):
@@ -187,19 +211,28 @@ def _cmd_check_data(args: argparse.Namespace) -> int:
     return report.exit_code
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line, like every other ``zf-unet`` error:
+    ``zf-unet COMMAND: error: MESSAGE (see zf-unet COMMAND --help)``, exit status 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="zf-unet", description="Keras 3 U-Net toolkit.")
+    parser = _Parser(prog="zf-unet", description="Keras 3 U-Net toolkit.")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command")
 
     demo = sub.add_parser("demo", help="train a small U-Net on built-in synthetic EM-like data")
     demo.add_argument("--out", default="results/demo", help="output folder (default results/demo)")
-    demo.add_argument("--epochs", type=int)
-    demo.add_argument("--n-train", dest="n_train", type=int)
-    demo.add_argument("--n-val", dest="n_val", type=int)
-    demo.add_argument("--size", type=int, help="image side length (multiple of 8)")
-    demo.add_argument("--batch-size", dest="batch_size", type=int)
-    demo.add_argument("--seed", type=int)
+    demo.add_argument("--epochs", type=_int_at_least("--epochs", 1))
+    demo.add_argument("--n-train", dest="n_train", type=_int_at_least("--n-train", 1))
+    demo.add_argument("--n-val", dest="n_val", type=_int_at_least("--n-val", 1))
+    demo.add_argument("--size", type=_int_at_least("--size", 8), help="image side length (multiple of 8)")
+    demo.add_argument("--batch-size", dest="batch_size",
+                      type=_int_at_least("--batch-size", 1))
+    demo.add_argument("--seed", type=_int_at_least("--seed", 0))
     demo.add_argument("--precision", choices=["auto", "float32", "mixed_bfloat16", "mixed_float16"])
     demo.add_argument("--quick", action="store_true", help="a few seconds' smoke run")
     demo.add_argument("--quiet", action="store_true")
@@ -207,12 +240,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     tr = sub.add_parser("train", help="train a U-Net from a TOML config (resumes if interrupted)")
     tr.add_argument("--config", help="TOML config (see configs/); defaults for missing keys")
-    tr.add_argument("--data", help="data folder (images/ + masks/), 'synthetic' or tfds:NAME")
+    tr.add_argument("--data", help="data folder (images/ + masks/), 'synthetic' (built-in) or "
+                    "tfds:NAME (a TensorFlow Datasets name); anything else is a path")
     tr.add_argument("--out", default="runs/run", help="run folder; re-running resumes it")
     tr.add_argument("--precision", choices=["auto", "float32", "mixed_bfloat16", "mixed_float16"])
     tr.add_argument("--strategy", choices=["default", "mirrored", "multiworker", "tpu"])
-    tr.add_argument("--epochs", type=int)
-    tr.add_argument("--seed", type=int)
+    tr.add_argument("--epochs", type=_int_at_least("--epochs", 1))
+    tr.add_argument("--seed", type=_int_at_least("--seed", 0))
     tr.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
                     help="override a config value, e.g. --set model.filters=16")
     tr.add_argument("--fresh", action="store_true", help="delete the run folder and start over")
@@ -296,12 +330,14 @@ def build_parser() -> argparse.ArgumentParser:
     show = sub.add_parser("show-augment", help="write a PNG grid of augmented training samples")
     show.add_argument("data", help="folder with images/ and masks/, or 'synthetic'")
     show.add_argument("--out", default="augment_grid.png", help="PNG to write")
-    show.add_argument("--n", type=int, default=4, help="number of samples (rows)")
-    show.add_argument("--patch-size", dest="patch_size", type=int, default=256)
+    show.add_argument("--n", type=_int_at_least("--n", 1), default=4, help="number of samples (rows)")
+    show.add_argument("--patch-size", dest="patch_size", type=_int_at_least("--patch-size", 1),
+                      default=256)
     show.add_argument("--seed", type=int, default=0)
     show.add_argument("--elastic-std", dest="elastic_std", type=float, default=10.0)
     show.add_argument("--rotation", type=float, default=0.0, help="max small rotation, degrees")
-    show.add_argument("--num-classes", dest="num_classes", type=int)
+    show.add_argument("--num-classes", dest="num_classes",
+                      type=_int_at_least("--num-classes", 1))
     show.add_argument("--no-elastic", dest="no_elastic", action="store_true")
     show.add_argument("--no-gray", dest="no_gray", action="store_true")
     show.add_argument("--no-weights", dest="no_weights", action="store_true",
@@ -320,7 +356,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (2 = bad input, with one message)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, or a bad argument (one line on stderr, status 2)
+        return exc.code if isinstance(exc.code, int) else 2
     if args.version:
         from zf_unet import __version__
 
