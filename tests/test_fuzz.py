@@ -52,16 +52,22 @@ def samples(draw: st.DrawFn) -> dict:
     channels = draw(st.sampled_from([1, 3]))
     k = draw(st.sampled_from([None, 3]))  # None: binary masks
     convention = "ids" if k else draw(st.sampled_from(["01", "0255"]))
-    sizes = [(draw(st.integers(1, 40)), draw(st.integers(1, 40))) for _ in range(n)]
+    patch = draw(st.sampled_from([8, 16]))
+    # make_datasets refuses a patch larger than every image and masks of one class only
+    # (nothing to learn): the first image is at least a patch, the others any size.
+    sizes = [(draw(st.integers(patch, 40)), draw(st.integers(patch, 40)))]
+    sizes += [(draw(st.integers(1, 40)), draw(st.integers(1, 40))) for _ in range(n - 1)]
     seed = draw(st.integers(0, 2**16))
     rng = np.random.default_rng(seed)
     images, masks = [], []
     for h, w in sizes:
         images.append(_image(rng, (h, w, channels), dtype))
         ids = rng.integers(0, k or 2, (h, w)).astype(np.uint8)
+        if not masks:
+            ids[0, 0], ids[-1, -1] = 0, 1
         masks.append(ids * 255 if convention == "0255" else ids)
     return dict(images=images, masks=masks, k=k, channels=channels, seed=seed,
-                patch=draw(st.sampled_from([8, 16])), batch=draw(st.integers(1, 3)),
+                patch=patch, batch=draw(st.integers(1, 3)),
                 val_fraction=draw(st.sampled_from([0.0, 0.5])),
                 augment=draw(st.booleans()), weights=draw(st.booleans()) and k is None)
 

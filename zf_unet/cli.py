@@ -275,8 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data", required=True, help="folder with images/ and masks/")
     ev.add_argument("--split", choices=["val", "train", "all"], default="val")
     ev.add_argument("--val-indices", dest="val_indices", help="e.g. 20,21,22,23")
-    ev.add_argument("--tile-size", dest="tile_size", type=int, default=256)
-    ev.add_argument("--overlap", type=int, default=64)
+    ev.add_argument("--tile-size", dest="tile_size", type=_int_at_least("--tile-size", 1),
+                    default=256)
+    ev.add_argument("--overlap", type=_int_at_least("--overlap", 0), default=64)
     ev.add_argument("--tta", choices=["flips", "d4"])
     ev.add_argument("--segmentation", choices=["threshold", "watershed"], default="threshold",
                     help="cells for the Rand error: connected components of p > threshold "
@@ -320,9 +321,9 @@ def build_parser() -> argparse.ArgumentParser:
         "listed in the report); 2 unreadable input (DIR missing or not an images/ + masks/ "
         "folder, unpaired file names, or files that cannot be decoded).")
     ck.add_argument("data", metavar="DIR", help="folder with images/ and masks/")
-    ck.add_argument("--num-classes", dest="num_classes", type=int,
+    ck.add_argument("--num-classes", dest="num_classes", type=_int_at_least("--num-classes", 1),
                     help="K for class-id masks (values 0..K-1); default: binary masks")
-    ck.add_argument("--patch-size", dest="patch_size", type=int,
+    ck.add_argument("--patch-size", dest="patch_size", type=_int_at_least("--patch-size", 1),
                     help="training patch size; smaller images are reported")
     ck.add_argument("--json", help="also write the report as JSON")
     ck.set_defaults(func=_cmd_check_data)
