@@ -34,15 +34,19 @@ from PIL import Image
 import zf_unet
 from zf_unet.cli import main
 from zf_unet.config import Config
-from zf_unet.errors import ConfigError, DataError, ZFUNetError
+from zf_unet.errors import ConfigError, DataError, OutputExistsError, ZFUNetError
 from zf_unet.evaluation import evaluate_model
 from zf_unet.inference import load_model_file, predict_files
 from zf_unet.io_utils import save_model_atomic
+from zf_unet.losses import DiceLoss, WeightedCrossEntropy
+from zf_unet.metrics import DiceCoefficient
 
 ROOT = Path(__file__).resolve().parent.parent
 ZF_UNET = Path(sys.executable).parent / "zf-unet"
 # Training never starts in these cases; if one did, this keeps it to a second.
-TINY = ["--set", "model.depth=3", "--set", "model.filters=4", "--epochs", "1", "--quiet"]
+# --fresh: the run folder holds another config, which a resumed run would refuse first.
+TINY = ["--set", "model.depth=3", "--set", "model.filters=4", "--epochs", "1", "--quiet",
+        "--fresh"]
 
 
 # --------------------------------------------------------------------------- inputs
@@ -302,7 +306,7 @@ def _patch_size(tmp: Path, m: Models) -> Bad:
     run = existing_run(tmp, m.gray)
     sets = ["data.synthetic_n=4", "data.synthetic_size=40", "data.patch_size=20",
             "model.depth=4", "model.filters=4", "train.epochs=1", "train.tensorboard=false"]
-    cli = ["train", "--out", str(run), "--quiet"]
+    cli = ["train", "--out", str(run), "--quiet", "--fresh"]
     for s in sets:
         cli += ["--set", s]
     return Bad(lambda: zf_unet.train(Config().override(sets), run, fresh=True, verbose=0),
@@ -598,6 +602,149 @@ def _show_n(tmp: Path, m: Models) -> Bad:
                ["0"], r"(--n: expected an integer >= 1|batch_size must be >= 1)", [grid])
 
 
+def notes(tmp: Path) -> Path:
+    """A file of the user's next to an API-only case (it must stay byte-identical)."""
+    path = tmp / "notes.txt"
+    path.write_text("the user's notes\n")
+    return path
+
+
+@case("predict_existing_outputs", "predict into a folder that holds an earlier run's outputs "
+      "(no --overwrite)")
+def _predict_existing(tmp: Path, m: Models) -> Bad:
+    good, out = existing_predictions(tmp, m.gray)
+    model = load_model_file(m.gray)
+    return Bad(lambda: predict_files(model, [good], out), OutputExistsError,
+               ["predict", str(good), "--model", str(m.gray), "--out", str(out)],
+               ["good_prob.tif", "good_mask.png", "good_overlay.png"],
+               r"exist already.*pass --overwrite .*or choose another --out folder", [out])
+
+
+@case("predict_over_ground_truth", "predict a folder into itself, where a_mask.png is the "
+      "ground truth of a.png")
+def _predict_truth(tmp: Path, m: Models) -> Bad:
+    data = tmp / "data"
+    data.mkdir()
+    Image.fromarray(np.full((24, 24), 100, np.uint8)).save(data / "a.png")
+    Image.fromarray(np.zeros((24, 24), np.uint8)).save(data / "a_mask.png")
+    model = load_model_file(m.gray)
+    return Bad(lambda: predict_files(model, [data], data), OutputExistsError,
+               ["predict", str(data), "--model", str(m.gray), "--out", str(data)],
+               ["a_mask.png"], r"exist already.*--overwrite", [data])
+
+
+@case("predict_same_names", "two input folders that both hold a.png (their outputs would "
+      "collide)")
+def _predict_same_names(tmp: Path, m: Models) -> Bad:
+    for sub in ("x", "y"):
+        (tmp / sub).mkdir()
+        Image.fromarray(np.full((24, 24), 100, np.uint8)).save(tmp / sub / "a.png")
+    good, out = existing_predictions(tmp, m.gray)
+    model = load_model_file(m.gray)
+    return Bad(lambda: predict_files(model, [tmp / "x", tmp / "y"], out), DataError,
+               ["predict", str(tmp / "x"), str(tmp / "y"), "--model", str(m.gray), "--out",
+                str(out)],
+               ["x/a.png", "y/a.png"], r"both would write a_png.*expected inputs with "
+               r"different names", [out])
+
+
+@case("predict_threshold_range", "predict --threshold 5 (a probability is expected)")
+def _predict_threshold(tmp: Path, m: Models) -> Bad:
+    good, out = existing_predictions(tmp, m.gray)
+    model = load_model_file(m.gray)
+    return Bad(lambda: predict_files(model, [good], out, threshold=5), ValueError,
+               ["predict", str(good), "--model", str(m.gray), "--out", str(out),
+                "--threshold", "5"],
+               ["threshold", "5"], r"between 0 and 1", [out])
+
+
+@case("predict_tiled_no_model", "predict_tiled(None, image): no model (API)")
+def _predict_no_model(tmp: Path, m: Models) -> Bad:
+    good, out = existing_predictions(tmp, m.gray)
+    return Bad(lambda: zf_unet.predict_tiled(None, np.zeros((9, 9), np.uint8)), ValueError,
+               None, ["model"], r"expected a keras\.Model.*got NoneType", [out])
+
+
+@case("float_255_predict", "a float32 TIFF scaled 0..255 given to predict (even with "
+      "--overwrite)")
+def _float_255_predict(tmp: Path, m: Models) -> Bad:
+    bad = tmp / "float255.tif"
+    tifffile.imwrite(bad, np.random.default_rng(0).random((20, 20), dtype=np.float32) * 255)
+    good, out = existing_predictions(tmp, m.gray)
+    model = load_model_file(m.gray)
+    return Bad(lambda: predict_files(model, [good, bad], out, overwrite=True), DataError,
+               ["predict", str(good), str(bad), "--model", str(m.gray), "--out", str(out),
+                "--overwrite"],
+               ["float255.tif"], r"outside \[0, 1\]; expected \[0, 1\] for float images", [out])
+
+
+@case("image_over_size_limit", "an image larger than the readers' pixel limit "
+      "(ZF_UNET_MAX_IMAGE_PIXELS=1000)")
+def _image_over_size_limit(tmp: Path, m: Models) -> Bad:
+    big = tmp / "big.png"
+    Image.fromarray(np.zeros((40, 50), np.uint8)).save(big)
+    good, out = existing_predictions(tmp, m.gray)
+    return Bad(lambda: zf_unet.data.read_image(big), DataError,
+               ["predict", str(good), str(big), "--model", str(m.gray), "--out", str(out)],
+               ["big.png", "50x40"], r"more than the readers' limit of 1,000.*"
+               r"ZF_UNET_MAX_IMAGE_PIXELS", [out], {"ZF_UNET_MAX_IMAGE_PIXELS": "1000"})
+
+
+@case("export_version_exists", "export onto an existing SavedModel version, no --overwrite")
+def _export_exists(tmp: Path, m: Models) -> Bad:
+    out = tmp / "serving"
+    (out / "1").mkdir(parents=True)
+    (out / "1" / "saved_model.pb").write_bytes(b"an earlier export")
+    return Bad(lambda: zf_unet.export_saved_model(m.gray, out, version=1), OutputExistsError,
+               ["export", "--model", str(m.gray), "--out", str(out), "--version", "1"],
+               [str(out / "1")], r"already exists; pass overwrite=True or another version",
+               [out])
+
+
+@case("build_unet_no_input_shape", "build_unet(None): no input shape (API)")
+def _build_none(tmp: Path, m: Models) -> Bad:
+    return Bad(lambda: zf_unet.build_unet(None), ValueError, None, ["input_shape"],
+               r"\(height, width, channels\), e\.g\. \(None, None, 1\) with None for any size",
+               [notes(tmp)])
+
+
+@case("build_unet_num_classes_text", "build_unet(num_classes=\"3\") (API)")
+def _build_classes(tmp: Path, m: Models) -> Bad:
+    return Bad(lambda: zf_unet.build_unet((None, None, 1), num_classes="3"), ValueError, None,
+               ["num_classes"], r"must be an integer >= 1, got '3'", [notes(tmp)])
+
+
+@case("dice_loss_0_255_targets", "a 0/255 mask given to DiceLoss (API)")
+def _dice_255(tmp: Path, m: Models) -> Bad:
+    mask = np.zeros((1, 8, 8, 1), np.uint8)
+    mask[:, 2:6, 2:6] = 255
+    probs = np.full((1, 8, 8, 1), 0.3, np.float32)
+    return Bad(lambda: DiceLoss()(mask, probs), DataError, None, ["y_true"],
+               r"binary targets must be in \[0, 1\] \(got values up to 255\); divide 0/255 "
+               r"masks by 255", [notes(tmp)])
+
+
+@case("class_id_outside_classes_loss", "class id 3 for a 3-class WeightedCrossEntropy (API)")
+def _ce_ids(tmp: Path, m: Models) -> Bad:
+    ids = np.zeros((1, 4, 4), np.int32)
+    ids[0, 0, 0] = 3
+    probs = np.full((1, 4, 4, 3), 1 / 3, np.float32)
+    return Bad(lambda: WeightedCrossEntropy()(ids, probs), DataError, None, ["y_true"],
+               r"class ids must be in 0\.\.2 for a 3-class y_pred \(got values up to 3\)",
+               [notes(tmp)])
+
+
+@case("metric_shape_mismatch", "a (2, 8, 6) target for (2, 8, 8) predictions in "
+      "DiceCoefficient (API)")
+def _metric_shapes(tmp: Path, m: Models) -> Bad:
+    t = np.zeros((2, 8, 6, 1), np.float32)
+    p = np.full((2, 8, 8, 1), 0.5, np.float32)
+    return Bad(lambda: DiceCoefficient().update_state(t, p), DataError, None,
+               ["y_true", "y_pred", "(2, 8, 6, 1)", "(2, 8, 8, 1)"],
+               r"\(batch, height, width\) of the targets must equal those of the predictions",
+               [notes(tmp)])
+
+
 # --------------------------------------------------------------------------- tests
 
 
@@ -717,7 +864,10 @@ def markdown_table() -> str:
                     else:
                         os.environ[k] = v
             prefixes = [str(work) + "/", str(base / "models") + "/"]
-            cli = clean(err.getvalue(), prefixes) if code == 2 else f"(exit {code}!)"
+            if bad.cli is None:
+                cli = "(API only)"
+            else:
+                cli = clean(err.getvalue(), prefixes) if code == 2 else f"(exit {code}!)"
             rows.append(f"| `{name}` | {what} | {clean(api, prefixes)} | {cli} |")
     return "\n".join(rows)
 

@@ -129,7 +129,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                             overlap=args.overlap, tta=args.tta, threshold=args.threshold,
                             batch_size=args.batch_size,
                             cells=(0.8 if args.seed_threshold is None else args.seed_threshold)
-                            if args.cells else None)
+                            if args.cells else None, overwrite=args.overwrite)
     print(f"wrote {len(written)} files to {args.out}")
     return 0
 
@@ -164,15 +164,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if args.format == "saved_model":
         from zf_unet.export import export_saved_model
 
-        try:
-            path = export_saved_model(
-                model, args.out, version=args.model_version, tiled=args.tiled,
-                tile_size=args.tile_size, overlap=args.overlap, batch_size=args.batch_size,
-                input_dtype=args.input_dtype, threshold=args.threshold,
-                overwrite=args.overwrite)
-        except FileExistsError:
-            raise ConfigError(f"{Path(args.out) / str(args.model_version)} already exists; use "
-                              "another --version or --overwrite") from None
+        path = export_saved_model(  # an existing version: OutputExistsError (one message)
+            model, args.out, version=args.model_version, tiled=args.tiled,
+            tile_size=args.tile_size, overlap=args.overlap, batch_size=args.batch_size,
+            input_dtype=args.input_dtype, threshold=args.threshold, overwrite=args.overwrite)
         print(f"wrote {path} ({'tiled' if args.tiled else 'untiled'}, input "
               f"{args.input_dtype}); serve with --model_base_path={Path(args.out).resolve()}; "
               f"inspect with: saved_model_cli show --dir {path} --all")
@@ -257,11 +252,16 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("inputs", nargs="+", help="image files, folders or multi-page TIFF stacks")
     pr.add_argument("--model", required=True, help=".keras model")
     pr.add_argument("--out", default="predictions", help="output folder")
-    pr.add_argument("--tile-size", dest="tile_size", type=int, default=256)
-    pr.add_argument("--overlap", type=int, default=64)
+    pr.add_argument("--overwrite", action="store_true",
+                    help="replace existing output files (default: refuse, before writing)")
+    pr.add_argument("--tile-size", dest="tile_size", type=_int_at_least("--tile-size", 1),
+                    default=256)
+    pr.add_argument("--overlap", type=_int_at_least("--overlap", 0), default=64)
     pr.add_argument("--tta", choices=["flips", "d4"], help="test-time augmentation")
-    pr.add_argument("--threshold", type=float, default=0.5)
-    pr.add_argument("--batch-size", dest="batch_size", type=int, default=4)
+    pr.add_argument("--threshold", type=_probability("--threshold"), default=0.5,
+                    help="mask = probability > this (binary models; default 0.5)")
+    pr.add_argument("--batch-size", dest="batch_size", type=_int_at_least("--batch-size", 1),
+                    default=4)
     pr.add_argument("--cells", action="store_true", help="also write NAME_cells.tif: cell labels "
                     "from a seeded watershed of the probability map (binary models)")
     pr.add_argument("--seed-threshold", dest="seed_threshold",
@@ -292,20 +292,24 @@ def build_parser() -> argparse.ArgumentParser:
                     "or the .tflite / .onnx file")
     ex.add_argument("--format", choices=["saved_model", "tflite", "onnx"], default="saved_model")
     # dest differs from the top-level --version flag (print the package version)
-    ex.add_argument("--version", dest="model_version", type=int, default=1,
+    ex.add_argument("--version", dest="model_version", type=_int_at_least("--version", 1),
+                    default=1,
                     help="SavedModel version subfolder (default 1)")
     ex.add_argument("--tiled", action="store_true",
                     help="overlap-tile prediction inside the SavedModel (large images)")
-    ex.add_argument("--tile-size", dest="tile_size", type=int, default=256,
+    ex.add_argument("--tile-size", dest="tile_size", type=_int_at_least("--tile-size", 1),
+                    default=256,
                     help="tile side (--tiled); TFLite input size when --input-size is not given")
-    ex.add_argument("--overlap", type=int, default=64)
-    ex.add_argument("--batch-size", dest="batch_size", type=int, default=4,
+    ex.add_argument("--overlap", type=_int_at_least("--overlap", 0), default=64)
+    ex.add_argument("--batch-size", dest="batch_size", type=_int_at_least("--batch-size", 1),
+                    default=4,
                     help="tiles per model call (--tiled)")
     ex.add_argument("--input-dtype", dest="input_dtype", choices=["uint8", "uint16", "float32"],
                     default="uint8", help="dtype of the SavedModel's 'image' input")
     ex.add_argument("--threshold", type=float, default=0.5, help="mask = probability > this")
     ex.add_argument("--overwrite", action="store_true", help="replace an existing version")
-    ex.add_argument("--input-size", dest="input_size", type=int, nargs=2, metavar=("H", "W"),
+    ex.add_argument("--input-size", dest="input_size", type=_int_at_least("--input-size", 1),
+                    nargs=2, metavar=("H", "W"),
                     help="TFLite fixed input size (default TILE_SIZE TILE_SIZE)")
     ex.add_argument("--quantize", action="store_true",
                     help="TFLite dynamic-range quantisation (int8 weights)")

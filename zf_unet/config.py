@@ -56,11 +56,16 @@ class AugmentConfig:
 @dataclass
 class DataConfig:
     source: str = "synthetic"      # folder (images/ + masks/), "synthetic", or "tfds:NAME"
+    val_source: str = ""           # separate validation data (same kinds); "" = held out below
     patch_size: int = 0            # random square patches for training; 0 = whole images
     batch_size: int = 4            # global batch (split across replicas)
     val_fraction: float = 0.2      # seeded random hold-out ...
     val_indices: list = field(default_factory=list)  # ... or these sample indices
     num_classes: int = 1           # 1 = binary (sigmoid); >1 = softmax over class ids
+    ignore_index: int = -1         # mask value (void) left out of losses and scores; -1 = none
+    # gray-value codes -> classes: item i lists the mask values of class i, e.g.
+    # [[0, 32, 64, 96, 128], [159], [191], [223], [255]]; [] = masks hold class ids
+    class_values: list = field(default_factory=list)
     border_weights: bool = False   # the paper's border weight maps as per-pixel sample weights
     w0: float = 10.0               # border weight amplitude (paper: 10)
     sigma: float = 5.0             # border weight width in px (paper: 5)
@@ -80,13 +85,26 @@ class ModelConfig:
     dropout: float = 0.0           # SpatialDropout2D rate
     upsampling: str = "nearest"    # nearest | bilinear | transpose
     padding: str = "same"          # same | valid
+    # per-channel standardisation inside the model (mean/std of the training images, stored in
+    # a Normalization layer, so prediction and exports need no extra step): auto = for images
+    # with 3 or more channels | mean_std | none
+    input_normalization: str = "auto"
 
 
 @dataclass
 class LossConfig:
-    name: str = "bce_dice"         # bce_dice | dice | jaccard | weighted_ce
-    bce_weight: float = 0.5        # bce_dice only (U-Net++ hybrid: 0.5 CE + Dice)
-    dice_weight: float = 1.0
+    # auto = bce_dice (1 class) or ce_dice (several) | bce_dice | ce_dice | dice | jaccard |
+    # ce (= weighted_ce: per-pixel cross-entropy, border weights) | focal | tversky
+    name: str = "auto"
+    bce_weight: float = 0.5        # weight of the cross-entropy term in bce_dice / ce_dice
+    dice_weight: float = 1.0       # weight of the Dice term in bce_dice / ce_dice
+    # class weights of the cross-entropy: "none", "auto" (median-frequency balancing of the
+    # training masks, saved in the run folder) or a list with one weight per class
+    class_weights: Any = "none"
+    include_background: bool = True  # Dice / Tversky terms for class 0 too
+    focal_gamma: float = 2.0       # focal loss exponent (0 = cross-entropy)
+    tversky_alpha: float = 0.3     # Tversky: weight of false positives ...
+    tversky_beta: float = 0.7      # ... and of false negatives (0.5 / 0.5 = Dice)
 
 
 @dataclass
@@ -106,7 +124,8 @@ class TrainConfig:
     seed: int = 0
     precision: str = "auto"        # auto | float32 | mixed_bfloat16 | mixed_float16
     strategy: str = "default"      # default | mirrored | multiworker | tpu
-    monitor: str = "val_dice"      # metric for the best checkpoint / early stopping
+    # metric for the best checkpoint / early stopping; auto = val_dice (1 class) or val_miou
+    monitor: str = "auto"
     monitor_mode: str = "max"      # max | min
     early_stopping_patience: int = 0  # 0 = off
     steps_per_execution: int = 1
@@ -117,6 +136,7 @@ class TrainConfig:
     # on for the rest of the Python process. See docs/reliability.md.
     deterministic: bool = False
     collapse_warning: bool = True  # warn when predictions collapse to one class (per epoch)
+    max_minutes: float = 0.0       # stop after the epoch that passes this training time; 0 = off
 
 
 @dataclass
@@ -197,7 +217,9 @@ _CHOICES = {
     ("ModelConfig", "architecture"): ("unet", "unet_plus_plus"),
     ("ModelConfig", "upsampling"): ("nearest", "bilinear", "transpose"),
     ("ModelConfig", "padding"): ("same", "valid"),
-    ("LossConfig", "name"): ("bce_dice", "dice", "jaccard", "weighted_ce"),
+    ("ModelConfig", "input_normalization"): ("auto", "none", "mean_std"),
+    ("LossConfig", "name"): ("auto", "bce_dice", "ce_dice", "dice", "jaccard", "ce",
+                             "weighted_ce", "focal", "tversky"),
     ("OptimizerConfig", "name"): ("adam", "adamw", "sgd"),
     ("OptimizerConfig", "schedule"): ("constant", "cosine", "plateau"),
     ("TrainConfig", "precision"): ("auto", "float32", "mixed_bfloat16", "mixed_float16"),
@@ -241,7 +263,8 @@ _RANGES = {
     ("DataConfig", "patch_size"): Range(0),
     ("DataConfig", "batch_size"): Range(1),
     ("DataConfig", "val_fraction"): Range(0.0, 1.0, high_open=True),
-    ("DataConfig", "num_classes"): Range(1, 256),  # masks are read as uint8 class ids
+    ("DataConfig", "num_classes"): Range(1, 255),  # masks are read as uint8 class ids
+    ("DataConfig", "ignore_index"): Range(-1, 255),
     ("DataConfig", "w0"): Range(0.0),
     ("DataConfig", "sigma"): Range(0.0, low_open=True),
     ("DataConfig", "samples_per_epoch"): Range(0),
@@ -252,6 +275,9 @@ _RANGES = {
     ("ModelConfig", "dropout"): Range(0.0, 1.0, high_open=True),
     ("LossConfig", "bce_weight"): Range(0.0),
     ("LossConfig", "dice_weight"): Range(0.0),
+    ("LossConfig", "focal_gamma"): Range(0.0),
+    ("LossConfig", "tversky_alpha"): Range(0.0),
+    ("LossConfig", "tversky_beta"): Range(0.0),
     ("OptimizerConfig", "learning_rate"): Range(0.0, low_open=True),
     ("OptimizerConfig", "weight_decay"): Range(0.0),
     ("OptimizerConfig", "momentum"): Range(0.0, 1.0, high_open=True),
@@ -261,24 +287,79 @@ _RANGES = {
     ("TrainConfig", "seed"): Range(0, 2 ** 32 - 1),
     ("TrainConfig", "early_stopping_patience"): Range(0),
     ("TrainConfig", "steps_per_execution"): Range(1),
+    ("TrainConfig", "max_minutes"): Range(0.0),
 }
 
 #: List fields and the type of their items.
 _LIST_ITEMS = {("DataConfig", "val_indices"): int}
 
 #: Metrics ``zf_unet.train`` logs (``val_`` + the same with validation data); the monitor
-#: must be one of them. Binary models also log ``dice_mean`` (both classes).
+#: must be one of them. Binary models also log ``dice_mean`` (both classes); models with
+#: several classes ``miou`` (mean IoU) and ``iou_<c>`` per class.
 LOGGED_METRICS = ("loss", "dice", "iou")
 
 
-def monitor_names(cfg: "Config") -> list[str]:
-    """Every value ``train.monitor`` may name for ``cfg``: the logged loss and metrics, with
-    and without ``val_``; for U-Net++ with deep supervision also per head (``L4_dice``)."""
-    base = list(LOGGED_METRICS) + (["dice_mean"] if cfg.data.num_classes == 1 else [])
+def monitor_names(cfg: "Config", num_classes: int | None = None) -> list[str]:
+    """Every value ``train.monitor`` may name for ``cfg`` (with ``num_classes`` classes,
+    default ``cfg.data.num_classes``; 0 = not known yet: the names of both kinds): the logged
+    loss and metrics, with and without ``val_``; for U-Net++ with deep supervision also per
+    head (``L4_dice``). ``"auto"`` is not listed (see :func:`resolve_monitor`)."""
+    k = cfg.data.num_classes if num_classes is None else num_classes
+    base = list(LOGGED_METRICS)
+    if k in (0, 1):
+        base.append("dice_mean")
+    if k != 1:
+        base += ["miou"] + [f"iou_{c}" for c in range(k if k > 1 else 255)]
     names = list(base)
     if cfg.model.architecture == "unet_plus_plus" and cfg.model.deep_supervision:
         names += [f"L{level}_{m}" for level in range(1, cfg.model.depth) for m in base]
     return names + [f"val_{n}" for n in names]
+
+
+def resolve_monitor(monitor: str, num_classes: int) -> str:
+    """``"auto"`` -> ``val_dice`` (binary) or ``val_miou`` (several classes); else as given."""
+    if monitor != "auto":
+        return monitor
+    return "val_dice" if num_classes == 1 else "val_miou"
+
+
+def _check_class_weights(value: Any, place: str) -> Any:
+    if value in ("none", "auto"):
+        return value
+    if isinstance(value, (list, tuple)) and value and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            and v >= 0 for v in value) and any(v > 0 for v in value):
+        return [float(v) for v in value]
+    raise ConfigError(f"{place}: class_weights = {value!r}; expected \"none\", \"auto\" or a "
+                      "list of non-negative numbers, one per class")
+
+
+def _check_class_values(value: Any, place: str) -> Any:
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{place}: class_values = {value!r}; expected a list with one entry "
+                          "per class, each a mask value or a list of mask values")
+    groups, seen = [], {}
+    for i, item in enumerate(value):
+        values = list(item) if isinstance(item, (list, tuple)) else [item]
+        if not values or any(isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 65535
+                             for v in values):
+            raise ConfigError(f"{place}: class_values[{i}] = {item!r}; expected a mask value "
+                              "(an integer 0..65535) or a non-empty list of them")
+        for v in values:
+            if v in seen:
+                raise ConfigError(f"{place}: class_values lists the mask value {v} for class "
+                                  f"{seen[v]} and class {i}; expected each value once")
+            seen[v] = i
+        groups.append(values)
+    if len(groups) == 1:
+        raise ConfigError(f"{place}: class_values = {value!r} holds one class; expected at least "
+                          "two")
+    return groups
+
+
+#: Fields with their own checks (not one type).
+_CUSTOM = {("LossConfig", "class_weights"): _check_class_weights,
+           ("DataConfig", "class_values"): _check_class_values}
 
 
 def _build(cls: type, d: Mapping[str, Any], where: str, section: str = "") -> Any:
@@ -300,6 +381,10 @@ def _build(cls: type, d: Mapping[str, Any], where: str, section: str = "") -> An
         if dataclasses.is_dataclass(default):
             kwargs[name] = _build(type(default), value, where,
                                   f"{section}.{name}" if section else name)
+            continue
+        custom = _CUSTOM.get((cls.__name__, name))
+        if custom is not None:
+            kwargs[name] = custom(value, place)
             continue
         kwargs[name] = _check_field(cls.__name__, name, _coerce(value, default, f"{place} {name}"),
                                     place)
@@ -359,6 +444,10 @@ def _validate(cfg: "Config", where: str) -> None:
                 if dataclasses.is_dataclass(value):
                     stack.append((f"{label}.{f.name}", value))
                     continue
+                custom = _CUSTOM.get((type(node).__name__, f.name))
+                if custom is not None:
+                    custom(value, place)
+                    continue
                 _check_field(type(node).__name__, f.name,
                              _coerce(value, default, f"{place} {f.name}"), place)
     a = cfg.data.augment
@@ -373,12 +462,32 @@ def _validate(cfg: "Config", where: str) -> None:
         raise ConfigError(f"{where} [optimizer]: min_learning_rate = {o.min_learning_rate!r} is "
                           f"above learning_rate = {o.learning_rate!r}; expected a floor <= "
                           "learning_rate")
-    names = monitor_names(cfg)
-    if cfg.train.monitor not in names:
+    d, k = cfg.data, cfg.data.num_classes
+    if d.class_values:
+        groups = len(d.class_values)
+        if k not in (0, groups) and not (k == 1 and groups == 2):
+            raise ConfigError(f"{where} [data]: class_values has {groups} groups but num_classes "
+                              f"= {k}; expected one group per class (two for a binary model)")
+        k = k or (1 if groups == 2 else groups)
+    if d.ignore_index >= 0 and k and d.ignore_index < max(k, 2):
+        raise ConfigError(f"{where} [data]: ignore_index = {d.ignore_index} is a class id of "
+                          f"the {max(k, 2)} classes; expected a value outside 0..{max(k, 2) - 1} "
+                          "(e.g. 255) or -1 for none")
+    if d.border_weights and k > 1:
+        raise ConfigError(f"{where} [data]: border_weights = true needs binary masks "
+                          f"(num_classes = 1), got num_classes = {k}")
+    w = cfg.loss.class_weights
+    if isinstance(w, list) and k and len(w) != max(k, 2):
+        raise ConfigError(f"{where} [loss]: class_weights has {len(w)} weights; expected "
+                          f"{max(k, 2)}, one per class")
+    names = monitor_names(cfg, k)
+    if cfg.train.monitor != "auto" and cfg.train.monitor not in names:
         close = difflib.get_close_matches(cfg.train.monitor, names, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
+        shown = [n for n in names if not n.startswith(("iou_", "val_iou_"))]
         raise ConfigError(f"{where} [train]: monitor = {cfg.train.monitor!r} is not a logged "
-                          f"metric{hint}; expected one of {names}")
+                          f"metric{hint}; expected \"auto\" or one of {shown}"
+                          f"{' (or [val_]iou_<class>)' if len(shown) < len(names) else ''}")
 
 
 def _coerce(value: Any, default: Any, what: str) -> Any:

@@ -25,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from zf_unet.data.io import describe_dataset, find_pairs, normalize_mask, read_image
+from zf_unet.data.io import (check_float_range, describe_dataset, find_pairs, normalize_mask,
+                             read_image)
 from zf_unet.errors import DataError
 
 __all__ = ["DataReport", "Problem", "check_data"]
@@ -289,8 +290,10 @@ def check_data(path: str | Path, num_classes: int | None = None, *,
                 found.setdefault("nan_pixels", []).append(
                     f"{img_name} ({int(np.size(finite) - np.count_nonzero(finite))} pixel(s))")
                 continue
-            lo, hi = float(image.min()), float(image.max())
-            if lo < -1e-3 or hi > 1.0 + 1e-3:
+            try:
+                check_float_range(image, img_name)  # the readers' rule, one home
+            except DataError:
+                lo, hi = float(image.min()), float(image.max())
                 found.setdefault("float_range", []).append(f"{img_name} ([{lo:.3g}, {hi:.3g}])")
         if min(image.shape[:2]) < min_side:
             found.setdefault("small_images", []).append(

@@ -12,3 +12,7 @@ class DataError(ZFUNetError, ValueError):
 
 class ConfigError(ZFUNetError, ValueError):
     """A configuration file or option that cannot be used as given."""
+
+
+class OutputExistsError(ZFUNetError, FileExistsError):
+    """An output that is only written when asked to replace it (``overwrite=True``) exists."""

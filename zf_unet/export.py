@@ -49,9 +49,10 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
+import re
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -59,8 +60,15 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from zf_unet.checks import check_bool, check_int
+from zf_unet.errors import OutputExistsError
 from zf_unet.inference import BLEND_MODES, _max_output_tile, model_geometry
-from zf_unet.io_utils import atomic_path
+from zf_unet.io_utils import atomic_path, make_hidden_dir
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None
 
 __all__ = [
     "INPUT_DTYPES",
@@ -68,6 +76,7 @@ __all__ = [
     "export_saved_model",
     "export_tflite",
     "make_serving_fn",
+    "recover_interrupted_exports",
 ]
 
 INPUT_DTYPES = ("uint8", "uint16", "float32")
@@ -87,12 +96,6 @@ def _as_model(model: Any) -> keras.Model:
     if not isinstance(model, keras.Model):
         raise TypeError(f"model must be a keras.Model or a .keras path, got {type(model).__name__}")
     return model
-
-
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
 
 
 def _is_mixed(model: keras.Model) -> bool:
@@ -319,9 +322,10 @@ def _predict_tiled(model: keras.Model, plan: _Plan, image: tf.Tensor) -> tf.Tens
 
 def _validate(tiled: bool, tile_size: Any, overlap: Any, blend: str, batch_size: Any,
               input_dtype: str, threshold: Any) -> tuple:
-    tile_size = _check_int("tile_size", tile_size, 1)
-    overlap = _check_int("overlap", overlap, 0)
-    batch_size = _check_int("batch_size", batch_size, 1)
+    check_bool("tiled", tiled)
+    tile_size = check_int("tile_size", tile_size, 1)
+    overlap = check_int("overlap", overlap, 0)
+    batch_size = check_int("batch_size", batch_size, 1)
     if tiled and overlap >= tile_size:
         raise ValueError(f"overlap={overlap} must be smaller than tile_size={tile_size}")
     if blend not in BLEND_MODES:
@@ -415,39 +419,45 @@ def export_saved_model(
         input_dtype: dtype of the ``image`` input: ``"uint8"`` (scaled by 1/255, the
             default), ``"uint16"`` (1/65535) or ``"float32"`` (in [0, 1], used as it is).
         threshold: the ``mask`` output of a one-class model is ``probabilities > threshold``.
-        overwrite: replace an existing ``path/<version>`` (else ``FileExistsError``).
+        overwrite: replace an existing ``path/<version>`` (else ``OutputExistsError``).
         verbose: let Keras print the exported variables.
 
     The version folder appears atomically: the SavedModel is written into a hidden temporary
     folder in ``path`` (not a number, so TF Serving ignores it) and renamed when complete.
     With ``overwrite=True`` the old version is renamed away first and deleted afterwards, so
-    for a moment neither exists (TF Serving keeps serving the version it has loaded).
+    for a moment neither exists (TF Serving keeps serving the version it has loaded). What a
+    killed export left in ``path`` is tidied up first (``recover_interrupted_exports``).
 
     Raises:
-        FileExistsError: ``path/<version>`` exists and ``overwrite`` is False.
+        OutputExistsError: ``path/<version>`` exists and ``overwrite`` is False (a
+            ``FileExistsError`` and a ``zf_unet.errors.ZFUNetError``).
         DataError: ``model`` is a path that cannot be loaded as an image model.
         ValueError: bad parameters, or an untiled export of a fixed-input-size model.
     """
     model = _as_model(model)
-    version = _check_int("version", version, 1)
+    version = check_int("version", version, 1)
+    check_bool("overwrite", overwrite)
     serving_default, mask_only, spec, plan = _serving_fns(
         model, tiled=tiled, tile_size=tile_size, overlap=overlap, blend=blend,
         batch_size=batch_size, input_dtype=input_dtype, threshold=threshold,
     )
     base = Path(path)
     final = base / str(version)
+    if base.is_dir():
+        recover_interrupted_exports(base)
     if final.exists() and not overwrite:
-        raise FileExistsError(
-            f"{final} already exists; pick another version or pass overwrite=True"
+        raise OutputExistsError(
+            f"{final} already exists; pass overwrite=True or another version "
+            "(zf-unet export: --overwrite or --version N)"
         )
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serving_default", serving_default)
+    archive.add_endpoint("mask_only", mask_only)
     base.mkdir(parents=True, exist_ok=True)
-    tmp = _hidden_dir(base, f".{version}.tmp-")
-    old = None
+    tmp, tmp_lock = _new_work_dir(base, f".{version}.tmp-")
+    old = old_lock = None
     try:
-        archive = keras.export.ExportArchive()
-        archive.track(model)
-        archive.add_endpoint("serving_default", serving_default)
-        archive.add_endpoint("mask_only", mask_only)
         archive.write_out(str(tmp), verbose=verbose)
         extra = tmp / "assets.extra"
         extra.mkdir(exist_ok=True)
@@ -457,7 +467,7 @@ def export_saved_model(
                                 "mask_only": ["mask"]})
         (extra / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
         if final.exists():  # overwrite=True (checked above)
-            old = _hidden_dir(base, f".{version}.old-")
+            old, old_lock = _new_work_dir(base, f".{version}.old-")
             os.replace(final, old / "v")
         os.rename(tmp, final)  # fails if another export created `final` meanwhile
     except BaseException:
@@ -468,20 +478,104 @@ def export_saved_model(
     finally:
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+        _unlock(tmp_lock)
+        _unlock(old_lock)
     return final
 
 
-def _hidden_dir(base: Path, prefix: str) -> Path:
-    """A new empty folder ``base/<prefix><random>``. Unlike ``tempfile.mkdtemp`` (mode 0700)
-    it gets the usual permissions (0777 minus the umask), which the version folder keeps
-    after the rename, so a server running as another user can read it."""
-    while True:
-        path = base / f"{prefix}{secrets.token_hex(4)}"
-        try:
-            path.mkdir()
-            return path
-        except FileExistsError:  # pragma: no cover - 1 in 4 billion
-            continue
+# Work folders of export_saved_model in the base folder: ``.{version}.tmp-XXXXXXXX`` (the new
+# SavedModel being written) and ``.{version}.old-XXXXXXXX`` (holds the replaced version as
+# ``v`` during an overwrite), exactly as ``make_hidden_dir`` names them.
+_WORK_DIR = re.compile(r"\.([1-9][0-9]*)\.(tmp|old)-[0-9a-f]{8}")
+
+#: Where folder locks do not work (Windows, some network file systems), a work folder is
+#: only taken for abandoned once it has not changed for this long (seconds).
+ABANDONED_AFTER_S = 3600.0
+
+
+def _lock_folder(path: Path, wait: bool) -> int | None:
+    """An exclusive ``flock`` on the folder ``path``, held by the returned descriptor until
+    ``_unlock`` (the kernel drops it when the process dies, even by ``kill -9``); ``None``
+    where folder locks do not work. Raises ``BlockingIOError`` if another export holds it
+    and ``wait`` is False."""
+    if fcntl is None:  # pragma: no cover - Windows
+        return None
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except BlockingIOError:
+        os.close(fd)
+        raise
+    except OSError:  # e.g. NFS emulating flock with write locks: no locks on folders
+        os.close(fd)
+        return None
+    return fd
+
+
+def _unlock(fd: int | None) -> None:
+    if fd is not None:
+        os.close(fd)
+
+
+def _new_work_dir(base: Path, prefix: str) -> tuple[Path, int | None]:
+    """``make_hidden_dir(base, prefix)``, locked for as long as this export uses it. The base
+    folder's lock makes creating and locking one step for ``recover_interrupted_exports``."""
+    guard = _lock_folder(base, wait=True)
+    try:
+        work = make_hidden_dir(base, prefix)
+        return work, _lock_folder(work, wait=False)
+    finally:
+        _unlock(guard)
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:  # removed meanwhile
+        return 0.0
+
+
+def recover_interrupted_exports(path: str | os.PathLike) -> list[Path]:
+    """Tidy up the base folder ``path`` after ``export_saved_model`` runs that were killed
+    (``kill -9``, power loss; an exception or Ctrl-C cleans up by itself). Returns the
+    version folders put back. ``export_saved_model`` calls it before every export.
+
+    Only folders named exactly as an export names them are touched, and only those no
+    running export holds (a ``flock``; where folder locks do not work, those unchanged for
+    ``ABANDONED_AFTER_S``):
+
+    - ``.{N}.tmp-XXXXXXXX``: an unfinished SavedModel: deleted.
+    - ``.{N}.old-XXXXXXXX``: during ``overwrite=True`` it holds the previous version ``N``
+      as ``v``. If the folder ``N`` is missing (the kill came between moving the old
+      version out and the new one in), ``v`` is renamed back to ``N`` (the newest such
+      folder wins); the folder is then deleted.
+    """
+    base = Path(path)
+    restored: list[Path] = []
+    guard = _lock_folder(base, wait=True)
+    try:
+        found = [(p, m) for p in base.iterdir()
+                 if (m := _WORK_DIR.fullmatch(p.name)) and p.is_dir() and not p.is_symlink()]
+        found.sort(key=lambda pm: _mtime(pm[0]), reverse=True)  # newest first
+        for work, match in found:
+            try:
+                lock = _lock_folder(work, wait=False)
+            except (BlockingIOError, FileNotFoundError):
+                continue  # a running export's folder (or gone)
+            try:
+                if lock is None and time.time() - _mtime(work) < ABANDONED_AFTER_S:
+                    continue
+                version_dir = base / match.group(1)
+                kept = work / "v"
+                if match.group(2) == "old" and kept.is_dir() and not version_dir.exists():
+                    os.rename(kept, version_dir)
+                    restored.append(version_dir)
+                shutil.rmtree(work, ignore_errors=True)
+            finally:
+                _unlock(lock)
+    finally:
+        _unlock(guard)
+    return restored
 
 
 # --------------------------------------------------------------------------------------------
@@ -499,12 +593,12 @@ def export_tflite(model: Any, path: str | os.PathLike, input_size: Sequence[int]
     """
     model = _float32_clone(_as_model(model))
     geom = model_geometry(model)
-    if isinstance(input_size, (int, np.integer)):
+    check_bool("quantize", quantize)
+    if isinstance(input_size, (int, np.integer)) and not isinstance(input_size, bool):
         input_size = (int(input_size), int(input_size))
-    if len(input_size) != 2:
+    if not isinstance(input_size, (list, tuple, np.ndarray)) or len(input_size) != 2:
         raise ValueError(f"input_size must be (height, width), got {input_size!r}")
-    h, w = (_check_int("input_size", int(s) if isinstance(s, np.integer) else s, 1)
-            for s in input_size)
+    h, w = (check_int("input_size", s, 1) for s in input_size)
     _check_size(geom, (h, w))
     spec = tf.TensorSpec([1, h, w, geom["channels"]], tf.float32, name="image")
 

@@ -25,6 +25,9 @@ from typing import Any, Callable, Iterator
 import keras
 import numpy as np
 
+from zf_unet.checks import check_int
+from zf_unet.data.io import check_float_range
+
 __all__ = ["BLEND_MODES", "TTA_MODES", "load_model_file", "model_geometry", "predict_files",
            "predict_tiled"]
 
@@ -90,9 +93,13 @@ def model_geometry(model: keras.Model) -> dict:
     - ``channels``: input channels; ``num_classes``: output channels.
 
     Raises:
-        ValueError: the model is not a single-input image model, or its output size does not
-            follow ``output = input - 2 * margin`` (e.g. a model that changes resolution).
+        ValueError: ``model`` is not a ``keras.Model``, not a single-input image model, or its
+            output size does not follow ``output = input - 2 * margin`` (e.g. a model that
+            changes resolution).
     """
+    if not isinstance(model, keras.Model):
+        raise ValueError(f"model: expected a keras.Model (e.g. from zf_unet.build_unet or "
+                         f"load_model_file), got {type(model).__name__}")
     try:
         cached = _GEOMETRY_CACHE.get(model)
     except TypeError:  # pragma: no cover - unhashable / not weak-referenceable
@@ -437,12 +444,6 @@ def _predict_batch(predict: Callable, x: np.ndarray, transforms, expect: tuple) 
     return acc
 
 
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
 def predict_tiled(
     model: keras.Model,
     image: Any,
@@ -468,7 +469,8 @@ def predict_tiled(
             ``(N, H, W, 1)`` for stacks of images 1..4 px wide);
             ``(N, H, W, C)`` stack.
             ``H``, ``W`` >= 1, any size. uint8 / uint16 / bool are scaled by the dtype maximum;
-            floats must be finite and are used as they are (expected in [0, 1]).
+            floats must be finite and in [0, 1] (the rule of training,
+            :func:`zf_unet.data.io.check_float_range`) and are used as they are.
         tile_size: side of the model's input tile in pixels, rounded down to a size the model
             accepts (a multiple of ``2**(depth-1)`` for ``"same"`` models; for ``"valid"``
             models the output tile is ``tile - 2 * margin``). Smaller images use the smallest
@@ -492,13 +494,14 @@ def predict_tiled(
         ``(H, W)`` (or ``(N, H, W)``).
 
     Raises:
-        ValueError: bad ``image`` shape / channels / dtype / NaN-Inf pixels, ``tile_size`` too
+        ValueError: ``model`` not a ``keras.Model``; bad ``image`` shape / channels / dtype /
+            NaN-Inf pixels (a :class:`DataError` for float values outside [0, 1]), ``tile_size`` too
             small for the model, ``overlap`` not smaller than the tile, unknown ``blend`` or
             ``tta``, non-positive ``batch_size``.
     """
-    tile_size = _check_int("tile_size", tile_size, 1)
-    overlap = _check_int("overlap", overlap, 0)
-    batch_size = _check_int("batch_size", batch_size, 1)
+    tile_size = check_int("tile_size", tile_size, 1)
+    overlap = check_int("overlap", overlap, 0)
+    batch_size = check_int("batch_size", batch_size, 1)
     if overlap >= tile_size:
         raise ValueError(f"overlap={overlap} must be smaller than tile_size={tile_size}")
     if blend not in BLEND_MODES:
@@ -521,6 +524,7 @@ def predict_tiled(
         raise ValueError(f"image must have H, W >= 1, got shape {np.shape(image)}")
     scale = np.float32(_scale_for(stack.dtype))
     _check_finite(stack)
+    check_float_range(stack, "image")
 
     t_max = _max_output_tile(geom, tile_size)
     if t_max[0] < 1 or t_max[1] < 1:  # pragma: no cover - guarded by model_geometry
@@ -633,7 +637,12 @@ def predict_tiled(
 
 # --------------------------------------------------------------------------- files
 
-IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
+#: What :func:`predict_files` writes for an input named ``NAME`` (``_mask.tif`` for stacks,
+#: ``_cells.tif`` with ``cells``). A folder listing skips files that end like this when
+#: ``NAME`` is another image in the same listing.
+OUTPUT_ENDINGS = ("_prob.tif", "_mask.png", "_mask.tif", "_overlay.png", "_cells.tif")
+#: Long side (px) of the overlay PNG; larger images are shown at every k-th pixel.
+OVERLAY_MAX_SIDE = 2048
 
 
 def load_model_file(path: Any, *, image_model: bool = True) -> keras.Model:
@@ -682,23 +691,67 @@ def load_model_file(path: Any, *, image_model: bool = True) -> keras.Model:
     return model
 
 
+def _output_name(path: Any, shared: bool) -> str:
+    """Base name of ``path``'s outputs: its stem, or ``stem_ext`` (``a_png``) when several
+    inputs share the stem."""
+    return f"{path.stem}_{path.suffix.lstrip('.').lower()}" if shared else path.stem
+
+
+def _list_folder(folder: Any) -> list:
+    """The images of ``folder`` that :func:`predict_files` predicts (sorted by name): hidden
+    files and files that look like its own outputs of another listed image are skipped."""
+    from zf_unet.data.io import IMAGE_EXTENSIONS
+    from zf_unet.errors import DataError
+
+    found = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS
+                   and not f.name.startswith(".") and f.is_file())
+    if not found:
+        raise DataError(f"{folder}: no images ({', '.join(IMAGE_EXTENSIONS)}) in this folder")
+    names = {f.stem.casefold() for f in found}
+    names |= {_output_name(f, True).casefold() for f in found}
+    kept, skipped = [], []
+    for f in found:
+        low = f.name.casefold()
+        ending = next((e for e in OUTPUT_ENDINGS if low.endswith(e)), None)
+        if ending is not None and low[: -len(ending)] in names:
+            skipped.append(f.name)
+        else:
+            kept.append(f)
+    if skipped:
+        import logging
+
+        shown = ", ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else "")
+        logging.getLogger("zf_unet").info("%s: skipped %d file(s) named like predict outputs "
+                                          "of images in this folder (%s)", folder,
+                                          len(skipped), shown)
+    return kept
+
+
 def _collect_inputs(inputs: list) -> list:
+    """Input files: files as given, folders listed by :func:`_list_folder`; a file given
+    twice (also through its folder) is predicted once."""
     from pathlib import Path
 
     from zf_unet.errors import DataError
 
-    files = []
+    if isinstance(inputs, (str, Path)):
+        inputs = [inputs]
+    files, seen = [], set()
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            found = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
-            if not found:
-                raise DataError(f"{p}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
-            files += found
+            found = _list_folder(p)
         elif p.is_file():
-            files.append(p)
+            found = [p]
         else:
             raise DataError(f"{p}: no such file or folder")
+        for f in found:
+            key = f.resolve()
+            if key not in seen:
+                seen.add(key)
+                files.append(f)
+    if not files:
+        raise DataError("inputs: no files given; expected image files or folders")
     return files
 
 
@@ -724,28 +777,127 @@ def _check_input(model: keras.Model, path: Any, arr: np.ndarray) -> None:
         _check_finite(stack)
     except ValueError as exc:
         raise DataError(f"{path}: {exc}") from None
+    check_float_range(stack, str(path))
+
+
+def _plan_outputs(paths: list, stacks: list, out: Any, cells: bool) -> list:
+    """``[[output paths of input i], ...]``; DataError if two inputs would share outputs."""
+    from collections import Counter
+
+    from zf_unet.errors import DataError
+
+    stems = Counter(p.stem.casefold() for p in paths)
+    names = [_output_name(p, stems[p.stem.casefold()] > 1) for p in paths]
+    owner: dict = {}
+    for p, name in zip(paths, names):
+        other = owner.setdefault(name.casefold(), p)
+        if other is not p:
+            raise DataError(f"{other} and {p}: both would write {name}_*.* to {out}; expected "
+                            "inputs with different names (rename one, or predict them into "
+                            "different --out folders)")
+    plans = []
+    for name, stack in zip(names, stacks):
+        files = [out / f"{name}_prob.tif", out / f"{name}_mask.{'tif' if stack else 'png'}"]
+        if cells:
+            files.append(out / f"{name}_cells.tif")
+        plans.append(files + [out / f"{name}_overlay.png"])
+    return plans
+
+
+def _check_outputs(plans: list, paths: list, out: Any, overwrite: bool) -> None:
+    """Refuse (before any write) outputs that would replace an input, a folder, or, unless
+    ``overwrite``, any existing file."""
+    from zf_unet.errors import DataError, OutputExistsError
+
+    inputs = {p.resolve() for p in paths}
+    planned = [f for files in plans for f in files]
+    clash = [f for f in planned if f.resolve() in inputs]
+    if clash:
+        raise DataError(f"{clash[0]}: is an input of this call and would be replaced by a "
+                        "prediction; expected an --out folder that does not hold the inputs' "
+                        "output names (or leave that file out)")
+    folders = [f for f in planned if f.is_dir()]
+    if folders:
+        raise DataError(f"{folders[0]}: is a folder where predict writes a file; expected "
+                        "another --out folder")
+    existing = [f for f in planned if f.exists() or f.is_symlink()]
+    if existing and not overwrite:
+        shown = ", ".join(f.name for f in existing[:5])
+        more = f" and {len(existing) - 5} more" if len(existing) > 5 else ""
+        raise OutputExistsError(
+            f"{out}: {len(existing)} output file(s) exist already ({shown}{more}); predict "
+            "replaces files only when asked: pass --overwrite (overwrite=True) to replace "
+            "them, or choose another --out folder"
+        )
+
+
+def _labels(probs: np.ndarray, threshold: float) -> np.ndarray:
+    """``uint8`` labels of ``(..., H, W, K)`` probabilities, a few rows at a time (no full-size
+    temporaries): 0/255 (``p > threshold``) for one class, the argmax for several."""
+    k, width = probs.shape[-1], probs.shape[-2]
+    labels = np.empty(probs.shape[:-1], np.uint8)
+    flat_p, flat_l = probs.reshape(-1, width, k), labels.reshape(-1, width)
+    rows = max(1, _CHUNK_ELEMENTS // max(1, width * k))
+    for r in range(0, flat_p.shape[0], rows):
+        block = flat_p[r : r + rows]
+        if k == 1:
+            flat_l[r : r + rows] = (block[..., 0] > threshold) * np.uint8(255)
+        else:
+            flat_l[r : r + rows] = np.argmax(block, axis=-1)
+    return labels
+
+
+def _overlay_rgb(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """``uint8`` RGB overlay of an ``(H, W, C)`` image and its ``(H, W)`` labels, label 0 tinted
+    red, at every k-th pixel so that the long side is at most ``OVERLAY_MAX_SIDE``."""
+    from zf_unet.plots import overlay
+
+    step = max(1, math.ceil(max(labels.shape) / OVERLAY_MAX_SIDE))
+    img, lab = image[::step, ::step], labels[::step, ::step]
+    view = img[..., :3] if img.shape[-1] >= 3 else img[..., :1]  # RGB(A) or the first channel
+    scaled = view.astype(np.float32) * np.float32(_scale_for(img.dtype))
+    return (overlay(scaled, lab) * 255).astype(np.uint8)
 
 
 def predict_files(model: keras.Model, inputs: list, out_dir: Any, *, tile_size: int = 256,
                   overlap: int = 64, tta: str | None = None, threshold: float = 0.5,
-                  batch_size: int = 4, cells: float | None = None) -> list:
+                  batch_size: int = 4, cells: float | None = None,
+                  overwrite: bool = False) -> list:
     """Predict image files, folders of images and multi-page TIFF stacks into ``out_dir``.
 
-    For every input ``stem`` it writes ``stem_prob.tif`` (float32 probabilities, ``(H, W, K)``
-    or a stack), ``stem_mask.png`` (labels; a binary model's mask is 0/255 with 255 = class 1,
-    the ISBI convention; a stack gives ``stem_mask.tif``) and ``stem_overlay.png`` (first
-    slice). With ``cells`` (a seed threshold in (0, 1)), a binary model also gets
-    ``stem_cells.tif``: uint32 cell labels from ``zf_unet.watershed_cells`` (0 = none).
-    Returns the list of written paths.
+    For every input ``NAME.ext`` it writes ``NAME_prob.tif`` (float32 probabilities,
+    ``(H, W, K)`` or a stack), ``NAME_mask.png`` (labels; a binary model's mask is 0/255 with
+    255 = class 1, ``p > threshold``, the ISBI convention; a stack gives ``NAME_mask.tif``)
+    and ``NAME_overlay.png`` (first slice, label 0 tinted red; images longer than
+    ``OVERLAY_MAX_SIDE`` = 2048 px are shown at every k-th pixel). With ``cells`` (a seed
+    threshold in (0, 1)), a binary model also gets ``NAME_cells.tif``: uint32 cell labels
+    from ``zf_unet.watershed_cells`` (0 = none). Returns the list of written paths.
 
-    Every input is read and checked (readable, channels, dtype, finite values) before the
-    first file is written, so a bad input leaves ``out_dir`` as it was. Each output file is
-    replaced atomically.
+    Names: ``NAME`` is the file name without extension. When several inputs share it
+    (``a.png`` and ``a.tif``), ``NAME`` keeps the extension: ``a_png_mask.png``,
+    ``a_tif_mask.png``. Two inputs that would still share outputs (``a.png`` in two folders)
+    are an error.
+
+    Folders: every image file (``.png .tif .tiff .jpg .jpeg``, not hidden) is an input,
+    except files named like predict's outputs of another image in the same folder
+    (``X_prob.tif``, ``X_mask.png``, ``X_mask.tif``, ``X_overlay.png``, ``X_cells.tif`` when
+    ``X.*`` is there too), so predicting into the input folder does not feed the results of
+    an earlier run back in. A ground-truth ``X_mask.png`` next to ``X.png`` is skipped too
+    (give it as a file to predict it).
+
+    Nothing is overwritten unless asked: every input is read and checked (readable, channels,
+    dtype, finite values, float images in [0, 1]), then the output names, all before the
+    first write. An existing output file (an earlier run's result, a ground-truth mask) is
+    an error unless ``overwrite=True``; an output that is an input of the same call is
+    always an error. Each output file is replaced atomically.
 
     Raises:
-        DataError: a missing, unreadable or unusable input (the message names the file).
+        DataError: a missing, unreadable or unusable input (the message names the file), or
+            two inputs with the same outputs.
+        OutputExistsError: output files exist and ``overwrite`` is False (names them).
         ValueError: bad ``tile_size`` / ``overlap`` / ``tta`` / ``batch_size`` for the model,
-            or ``cells`` outside (0, 1) or given for a multi-class model.
+            ``threshold`` not in (0, 1), or ``cells`` outside (0, 1) or given for a
+            multi-class model.
     """
     from pathlib import Path
 
@@ -754,19 +906,18 @@ def predict_files(model: keras.Model, inputs: list, out_dir: Any, *, tile_size: 
 
     from zf_unet.errors import DataError
     from zf_unet.io_utils import atomic_path
-    from zf_unet.plots import overlay
 
-    paths = _collect_inputs(inputs)
-    for path in paths:  # check everything before writing anything
-        _check_input(model, path, _read_input(path))
-    # Argument errors (tile size, overlap, TTA) surface on a tiny probe, before any write.
+    # Arguments first (cheap): tile size, overlap and TTA surface on a tiny probe.
     geom = model_geometry(model)
     predict_tiled(model, np.zeros((1, 1, geom["channels"]), np.float32), tile_size=tile_size,
                   overlap=overlap, tta=tta, batch_size=batch_size)
     try:
         threshold = float(threshold)
     except (TypeError, ValueError):
-        raise ValueError(f"threshold must be a number, got {threshold!r}") from None
+        raise ValueError(f"threshold must be a number in (0, 1), got {threshold!r}") from None
+    if not 0.0 < threshold < 1.0:
+        raise ValueError(f"threshold={threshold!r}: expected a probability between 0 and 1 "
+                         "(the mask is p > threshold, so other values give a constant mask)")
     if cells is not None:
         from zf_unet.postprocess import watershed_cells
 
@@ -774,24 +925,30 @@ def predict_files(model: keras.Model, inputs: list, out_dir: Any, *, tile_size: 
             raise ValueError(f"cells: cell labels need a binary (1-class) model, this one has "
                              f"{geom['num_classes']} classes")
         watershed_cells(np.zeros((2, 2), np.float32), seed_threshold=cells)  # checks the value
+    # Then every input, then the outputs: all before anything is written.
+    paths = _collect_inputs(inputs)
+    stacks = []
+    for path in paths:
+        arr = _read_input(path)
+        _check_input(model, path, arr)
+        stacks.append(arr.ndim == 4)
+        del arr
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise DataError(f"{out}: exists and is not a folder; expected an output folder")
+    plans = _plan_outputs(paths, stacks, out, cells is not None)
+    _check_outputs(plans, paths, out, overwrite)
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for path in paths:
+    for path, stack, files in zip(paths, stacks, plans):
         arr = _read_input(path)
         probs = predict_tiled(model, arr, tile_size=tile_size, overlap=overlap, tta=tta,
                               batch_size=batch_size)
-        k = probs.shape[-1]
-        labels = (probs[..., 0] > threshold).astype(np.uint8) * 255 if k == 1 else \
-            np.argmax(probs, axis=-1).astype(np.uint8)
-        prob_path = out / f"{path.stem}_prob.tif"
+        labels = _labels(probs, threshold)
+        prob_path, mask_path, ov_path = files[0], files[1], files[-1]
         with atomic_path(prob_path) as tmp:
-            tifffile.imwrite(tmp, probs.astype(np.float32), photometric="minisblack")
+            tifffile.imwrite(tmp, probs, photometric="minisblack")
         written.append(prob_path)
-        stack = labels.ndim == 3
-        mask_path = out / (f"{path.stem}_mask.tif" if stack else f"{path.stem}_mask.png")
         with atomic_path(mask_path) as tmp:
             if stack:
                 tifffile.imwrite(tmp, labels, photometric="minisblack")
@@ -800,21 +957,19 @@ def predict_files(model: keras.Model, inputs: list, out_dir: Any, *, tile_size: 
         written.append(mask_path)
         if cells is not None:
             maps = probs[..., 0] if stack else probs[None, ..., 0]
+            del probs
             cell_labels = np.stack([watershed_cells(m, seed_threshold=cells) for m in maps])
-            cells_path = out / f"{path.stem}_cells.tif"
-            with atomic_path(cells_path) as tmp:
-                tifffile.imwrite(tmp, (cell_labels if stack else cell_labels[0]).astype(np.uint32),
-                                 photometric="minisblack")
-            written.append(cells_path)
-        first = arr[0] if stack else arr
-        first_labels = labels[0] if stack else labels
-        img = first.astype(np.float32)
-        if np.issubdtype(first.dtype, np.integer):
-            img = img / float(np.iinfo(first.dtype).max)
-        # overlay() tints label 0 (membrane / background) in red.
-        rgb = (overlay(img if img.ndim == 2 else img[..., :3], first_labels) * 255).astype(np.uint8)
-        ov_path = out / f"{path.stem}_overlay.png"
+            del maps
+            with atomic_path(files[2]) as tmp:
+                tifffile.imwrite(tmp, (cell_labels if stack else cell_labels[0]).astype(
+                    np.uint32, copy=False), photometric="minisblack")
+            written.append(files[2])
+            del cell_labels
+        else:
+            del probs
+        rgb = _overlay_rgb(arr[0] if stack else arr, labels[0] if stack else labels)
         with atomic_path(ov_path) as tmp:
             Image.fromarray(rgb).save(tmp, format="PNG")
         written.append(ov_path)
+        del arr, labels, rgb
     return written

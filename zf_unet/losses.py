@@ -3,52 +3,74 @@
 Conventions (all losses):
     y_pred: ``(B, H, W, C)`` probabilities (sigmoid for C=1, softmax for C>1) or logits with
         ``from_logits=True``; any float dtype (computed in float32, so mixed precision is safe).
-    y_true: binary ``(B, H, W[, 1])`` in {0, 1} for C=1; for C>1 either sparse class ids
-        ``(B, H, W[, 1])`` or one-hot ``(B, H, W, C)``.
+    y_true: binary ``(B, H, W[, 1])`` in [0, 1] for C=1; for C>1 either sparse class ids
+        ``(B, H, W[, 1])`` in 0..C-1 or one-hot ``(B, H, W, C)``. Checked on every call
+        (``zf_unet.checks.check_targets``): a shape that does not fit ``y_pred`` or values out
+        of range (e.g. 0/255 masks) raise ``DataError`` eagerly, an ``InvalidArgumentError``
+        naming ``y_true`` in ``model.fit``.
     Return value of ``call``: a per-pixel map ``(B, H, W)`` float32. Overlap losses (Dice,
     Jaccard) put each image's value on all its pixels, so a per-pixel weight map passed as
     ``sample_weight`` (``(B, H, W)`` or ``(B, H, W, 1)``, e.g. the paper's border weights)
     works with every loss here, and the default mean reduction gives the usual value.
+    ``ignore_index`` (every loss): pixels whose class-id / binary target equals it (e.g. 255)
+    count for nothing: they are left out of the cross-entropy sums and of its normaliser, and of
+    the Dice / Jaccard / Tversky sums; a ``sample_weight`` at such pixels is multiplied by 0.
+    One-hot targets cannot carry an ignore label. Cross-entropy terms are then means over the
+    non-ignored pixels of the batch (each pixel's map value is scaled by ``N / N_valid``).
+    ``class_weights`` (cross-entropy terms): one float per class (2 for C=1: background,
+    foreground). ``CrossEntropy``, ``FocalLoss``, ``BCEDiceLoss`` and ``CEDiceLoss`` normalise
+    the PyTorch way, ``sum(w_y * ce) / sum(w_y)`` over the non-ignored pixels of the batch
+    (``torch.nn.CrossEntropyLoss(weight=..., ignore_index=...)``); ``WeightedCrossEntropy``
+    keeps the U-Net paper's energy, ``sum(w_y * ce) / N_valid``. ``"auto"`` is not a running
+    estimate here: compute the weights once with ``class_pixel_counts`` and
+    ``median_frequency_weights`` (what ``zf_unet.train`` does) and pass the list.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import keras
+import numpy as np
 from keras import ops
+
+from zf_unet.checks import SPARSE, check_choice, check_ignore_index, check_targets, valid_pixels
 
 _EPS = 1e-7
 
 
-def _prepare(y_true: Any, y_pred: Any, from_logits: bool) -> tuple[Any, Any, Any]:
-    """Return ``(target, probs, logits_or_none)`` as float32 ``(B, H, W, C)`` tensors."""
+def _prepare(y_true: Any, y_pred: Any, from_logits: bool,
+             ignore_index: int | None = None) -> tuple[Any, Any, Any, Any]:
+    """Return ``(target, probs, logits_or_none, valid_or_none)``.
+
+    ``target``, ``probs``, ``logits``: float32 ``(B, H, W, C)``; ``target`` is 0 at ignored
+    pixels. ``valid``: float32 ``(B, H, W)``, 0 at pixels whose target equals ``ignore_index``
+    (``None`` when nothing can be ignored). ``y_true`` is checked first
+    (``zf_unet.checks.check_targets``: shape, value range)."""
     y_pred = ops.cast(y_pred, "float32")
+    y_true, kind = check_targets(y_true, y_pred, ignore_index=ignore_index)
+    valid = valid_pixels(y_true, y_pred, kind, ignore_index)
     num_classes = y_pred.shape[-1]
-    if num_classes is None:
-        raise ValueError("y_pred must have a static channel dimension (B, H, W, C)")
-    rank_pred = len(y_pred.shape)
-    y_true = ops.convert_to_tensor(y_true)
-    rank_true = len(y_true.shape)
-    if num_classes == 1:
-        target = ops.cast(y_true, "float32")
-        if rank_true == rank_pred - 1:
-            target = ops.expand_dims(target, -1)
+    no_channel = len(y_true.shape) == len(y_pred.shape) - 1  # (B, H, W) targets
+    if kind == SPARSE:
+        ids = ops.cast(y_true, "int32")
+        if not no_channel:
+            ids = ops.squeeze(ids, -1)
+        if valid is not None:
+            ids = ops.where(valid > 0, ids, ops.zeros_like(ids))
+        target = ops.one_hot(ids, num_classes, dtype="float32")
     else:
-        sparse = rank_true == rank_pred - 1 or (rank_true == rank_pred and y_true.shape[-1] == 1)
-        if sparse:
-            ids = ops.cast(y_true, "int32")
-            if rank_true == rank_pred:
-                ids = ops.squeeze(ids, -1)
-            target = ops.one_hot(ids, num_classes, dtype="float32")
-        else:
-            target = ops.cast(y_true, "float32")
+        target = ops.cast(y_true, "float32")
+        if no_channel:
+            target = ops.expand_dims(target, -1)
+    if valid is not None:
+        target = target * valid[..., None]
     if from_logits:
         logits = y_pred
         probs = ops.sigmoid(logits) if num_classes == 1 else ops.softmax(logits, axis=-1)
     else:
         logits = None
         probs = y_pred
-    return target, probs, logits
+    return target, probs, logits, valid
 
 
 def _cross_entropy_map(target: Any, probs: Any, logits: Any) -> Any:
@@ -66,33 +88,132 @@ def _cross_entropy_map(target: Any, probs: Any, logits: Any) -> Any:
     return -ops.sum(target * ops.log(p), axis=-1)
 
 
-def _overlap(target: Any, probs: Any, include_background: bool) -> tuple[Any, Any, Any]:
-    """Per-image, per-class sums ``(B, C')``: intersection, sum of target, sum of probs."""
+def _focal_map(target: Any, probs: Any, logits: Any, gamma: float) -> Any:
+    """Per-pixel focal loss ``-sum_c t_c (1 - p_c)^gamma log p_c`` ``(B, H, W)`` (Lin et al.
+    2017); C=1 is the sigmoid form over the two classes (background ``1 - p``, foreground
+    ``p``). ``gamma = 0`` is the cross-entropy of ``_cross_entropy_map``."""
+    if target.shape[-1] == 1:
+        target = ops.concatenate([1.0 - target, target], axis=-1)
+        if logits is not None:
+            logp = ops.concatenate([ops.log_sigmoid(-logits), ops.log_sigmoid(logits)], axis=-1)
+            p = ops.concatenate([1.0 - probs, probs], axis=-1)
+        else:
+            q = ops.clip(probs, _EPS, 1.0 - _EPS)
+            p = ops.concatenate([1.0 - q, q], axis=-1)
+            logp = ops.log(p)
+    elif logits is not None:
+        logp = ops.log_softmax(logits, axis=-1)
+        p = probs
+    else:
+        p = ops.clip(probs, _EPS, 1.0)
+        logp = ops.log(p)
+    modulator = ops.power(ops.maximum(1.0 - p, 0.0), gamma) if gamma != 0 else 1.0
+    return -ops.sum(target * modulator * logp, axis=-1)
+
+
+def _check_class_weights(class_weights: Any) -> list[float] | None:
+    """``None`` or a list of non-negative floats; ``"auto"`` is refused with directions."""
+    if class_weights is None:
+        return None
+    if isinstance(class_weights, str):
+        if class_weights == "auto":
+            raise ValueError(
+                'class_weights="auto" is not supported by the losses: compute median-frequency '
+                "weights once from the training masks with zf_unet.losses.class_pixel_counts "
+                "and zf_unet.losses.median_frequency_weights (what zf_unet.train does) and pass "
+                "the list, e.g. class_weights=[0.4, 1.0, 3.2]")
+        raise ValueError(f'class_weights must be None, a list of floats or "auto", '
+                         f"got {class_weights!r}")
+    try:
+        out = [float(w) for w in class_weights]
+    except (TypeError, ValueError):
+        raise ValueError(f"class_weights must be None or a list of floats, got "
+                         f"{class_weights!r}") from None
+    if not out or any(not np.isfinite(w) or w < 0 for w in out):
+        raise ValueError(f"class_weights must be finite and >= 0, got {class_weights!r}")
+    return out
+
+
+def _pixel_class_weights(target: Any, class_weights: list[float]) -> Any:
+    """Each pixel's weight ``w_y`` by its true class, ``(B, H, W)``; soft targets mix."""
+    cw = ops.convert_to_tensor(class_weights, dtype="float32")
+    if target.shape[-1] == 1:
+        if len(class_weights) != 2:
+            raise ValueError("class_weights for a binary (C=1) model needs 2 values: "
+                             f"[background, foreground], got {class_weights}")
+        t = target[..., 0]
+        return cw[0] * (1.0 - t) + cw[1] * t
+    if len(class_weights) != target.shape[-1]:
+        raise ValueError(f"class_weights has {len(class_weights)} values but "
+                         f"the model outputs {target.shape[-1]} classes")
+    return ops.sum(target * cw, axis=-1)
+
+
+def _weighted_mean_map(values: Any, target: Any, valid: Any, class_weights: list[float] | None,
+                       normalize_by_weights: bool = True) -> Any:
+    """``(B, H, W)`` map whose mean over all pixels is the weighted mean of ``values``.
+
+    Without ``class_weights``: the mean over the non-ignored pixels. With them:
+    ``sum(w_y * v) / sum(w_y)`` (``normalize_by_weights``, PyTorch's normalisation) or
+    ``sum(w_y * v) / N_valid``; sums over the non-ignored pixels of the batch. Ignored pixels
+    get 0."""
+    weight = None if class_weights is None else _pixel_class_weights(target, class_weights)
+    if valid is None and (weight is None or not normalize_by_weights):
+        return values if weight is None else values * weight
+    if valid is not None:
+        weight = valid if weight is None else weight * valid
+    denom_w = weight if normalize_by_weights else (valid if valid is not None else
+                                                    ops.ones_like(weight))
+    total = ops.sum(ops.ones_like(weight))
+    return values * weight * ops.divide_no_nan(total, ops.sum(denom_w))
+
+
+def _overlap(target: Any, probs: Any, include_background: bool,
+             valid: Any = None) -> tuple[Any, Any, Any]:
+    """Per-image, per-class sums ``(B, C')``: intersection, sum of target, sum of probs
+    (over the non-ignored pixels when ``valid`` is given)."""
+    if valid is not None:
+        probs = probs * valid[..., None]
     if target.shape[-1] > 1 and not include_background:
         target, probs = target[..., 1:], probs[..., 1:]
     inter = ops.sum(target * probs, axis=(1, 2))
     return inter, ops.sum(target, axis=(1, 2)), ops.sum(probs, axis=(1, 2))
 
 
-def _broadcast_to_pixels(per_image: Any, like: Any) -> Any:
-    """``(B,)`` -> ``(B, H, W)`` shaped like ``like[..., 0]``."""
-    return ops.zeros_like(like[..., 0]) + per_image[:, None, None]
+def _broadcast_to_pixels(per_image: Any, like: Any, valid: Any = None) -> Any:
+    """``(B,)`` -> ``(B, H, W)`` shaped like ``like[..., 0]``. With ``valid``, the value goes
+    on the non-ignored pixels only, scaled by ``H*W / N_valid`` of the image, so that the mean
+    over the image is unchanged and ignored pixels carry no weight."""
+    out = ops.zeros_like(like[..., 0]) + per_image[:, None, None]
+    if valid is None:
+        return out
+    scale = ops.divide_no_nan(ops.sum(ops.ones_like(valid), axis=(1, 2)),
+                              ops.sum(valid, axis=(1, 2)))
+    return out * valid * scale[:, None, None]
 
 
-def soft_dice_loss(target: Any, probs: Any, smooth: float, include_background: bool) -> Any:
-    """``1 - mean_c (2|T∩P| + s) / (|T| + |P| + s)`` per image, shape ``(B,)``."""
-    inter, t, p = _overlap(target, probs, include_background)
+def soft_dice_loss(target: Any, probs: Any, smooth: float, include_background: bool,
+                   valid: Any = None) -> Any:
+    """``1 - mean_c (2|T∩P| + s) / (|T| + |P| + s)`` per image, shape ``(B,)``; ``target``,
+    ``probs`` ``(B, H, W, C)`` float32, ``valid`` an optional ``(B, H, W)`` 0/1 mask."""
+    inter, t, p = _overlap(target, probs, include_background, valid)
     dice = (2.0 * inter + smooth) / (t + p + smooth)
     return 1.0 - ops.mean(dice, axis=-1)
 
 
 class _SegmentationLoss(keras.losses.Loss):
-    def __init__(self, from_logits: bool = False, name: str | None = None, **kwargs: Any):
+    def __init__(self, from_logits: bool = False, ignore_index: int | None = None,
+                 name: str | None = None, **kwargs: Any):
         super().__init__(name=name, **kwargs)
         self.from_logits = bool(from_logits)
+        self.ignore_index = check_ignore_index(ignore_index)
+
+    def _prepare(self, y_true: Any, y_pred: Any) -> tuple[Any, Any, Any, Any]:
+        return _prepare(y_true, y_pred, self.from_logits, self.ignore_index)
 
     def get_config(self) -> dict:
-        return {**super().get_config(), "from_logits": self.from_logits}
+        return {**super().get_config(), "from_logits": self.from_logits,
+                "ignore_index": self.ignore_index}
 
 
 @keras.saving.register_keras_serializable(package="zf_unet")
@@ -103,18 +224,20 @@ class DiceLoss(_SegmentationLoss):
         smooth: additive smoothing; makes empty-target / empty-prediction images score 0 loss.
         include_background: for C>1, whether class 0 takes part in the average.
         from_logits: ``y_pred`` are logits.
+        ignore_index: target value of pixels to leave out of the sums.
     """
 
     def __init__(self, smooth: float = 1.0, include_background: bool = True,
-                 from_logits: bool = False, name: str = "dice_loss", **kwargs: Any):
-        super().__init__(from_logits=from_logits, name=name, **kwargs)
+                 from_logits: bool = False, ignore_index: int | None = None,
+                 name: str = "dice_loss", **kwargs: Any):
+        super().__init__(from_logits=from_logits, ignore_index=ignore_index, name=name, **kwargs)
         self.smooth = float(smooth)
         self.include_background = bool(include_background)
 
     def call(self, y_true, y_pred):
-        target, probs, _ = _prepare(y_true, y_pred, self.from_logits)
-        per_image = soft_dice_loss(target, probs, self.smooth, self.include_background)
-        return _broadcast_to_pixels(per_image, probs)
+        target, probs, _, valid = self._prepare(y_true, y_pred)
+        per_image = soft_dice_loss(target, probs, self.smooth, self.include_background, valid)
+        return _broadcast_to_pixels(per_image, probs, valid)
 
     def get_config(self) -> dict:
         return {**super().get_config(), "smooth": self.smooth,
@@ -126,20 +249,61 @@ class JaccardLoss(_SegmentationLoss):
     """Soft Jaccard (IoU) loss ``1 - (|T∩P| + s) / (|T| + |P| - |T∩P| + s)``, class-averaged."""
 
     def __init__(self, smooth: float = 1.0, include_background: bool = True,
-                 from_logits: bool = False, name: str = "jaccard_loss", **kwargs: Any):
-        super().__init__(from_logits=from_logits, name=name, **kwargs)
+                 from_logits: bool = False, ignore_index: int | None = None,
+                 name: str = "jaccard_loss", **kwargs: Any):
+        super().__init__(from_logits=from_logits, ignore_index=ignore_index, name=name, **kwargs)
         self.smooth = float(smooth)
         self.include_background = bool(include_background)
 
     def call(self, y_true, y_pred):
-        target, probs, _ = _prepare(y_true, y_pred, self.from_logits)
-        inter, t, p = _overlap(target, probs, self.include_background)
+        target, probs, _, valid = self._prepare(y_true, y_pred)
+        inter, t, p = _overlap(target, probs, self.include_background, valid)
         iou = (inter + self.smooth) / (t + p - inter + self.smooth)
-        return _broadcast_to_pixels(1.0 - ops.mean(iou, axis=-1), probs)
+        return _broadcast_to_pixels(1.0 - ops.mean(iou, axis=-1), probs, valid)
 
     def get_config(self) -> dict:
         return {**super().get_config(), "smooth": self.smooth,
                 "include_background": self.include_background}
+
+
+@keras.saving.register_keras_serializable(package="zf_unet")
+class TverskyLoss(_SegmentationLoss):
+    """Soft Tversky loss (Salehi et al. 2017), class-averaged per image:
+    ``1 - mean_c (2TP + s) / (2TP + 2*alpha*FP + 2*beta*FN + s)`` with soft counts
+    ``TP = sum t*p``, ``FP = sum (1-t)*p``, ``FN = sum t*(1-p)``. ``alpha = beta = 0.5`` is
+    ``DiceLoss`` with the same ``smooth``; ``beta > alpha`` penalises missed foreground more.
+    """
+
+    def __init__(self, alpha: float = 0.3, beta: float = 0.7, smooth: float = 1.0,
+                 include_background: bool = True, from_logits: bool = False,
+                 ignore_index: int | None = None, name: str = "tversky_loss", **kwargs: Any):
+        super().__init__(from_logits=from_logits, ignore_index=ignore_index, name=name, **kwargs)
+        self.alpha, self.beta = float(alpha), float(beta)
+        if self.alpha < 0 or self.beta < 0:
+            raise ValueError(f"alpha and beta must be >= 0, got {alpha!r}, {beta!r}")
+        self.smooth = float(smooth)
+        self.include_background = bool(include_background)
+
+    def call(self, y_true, y_pred):
+        target, probs, _, valid = self._prepare(y_true, y_pred)
+        inter, t, p = _overlap(target, probs, self.include_background, valid)
+        fp, fn = p - inter, t - inter
+        ti = (2.0 * inter + self.smooth) / (
+            2.0 * inter + 2.0 * self.alpha * fp + 2.0 * self.beta * fn + self.smooth)
+        return _broadcast_to_pixels(1.0 - ops.mean(ti, axis=-1), probs, valid)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "alpha": self.alpha, "beta": self.beta,
+                "smooth": self.smooth, "include_background": self.include_background}
+
+
+def _ce_dice_map(loss: Any, y_true: Any, y_pred: Any, ce_weight: float,
+                 dice_weight: float) -> Any:
+    target, probs, logits, valid = loss._prepare(y_true, y_pred)
+    ce = _weighted_mean_map(_cross_entropy_map(target, probs, logits), target, valid,
+                            loss.class_weights)
+    dice = soft_dice_loss(target, probs, loss.smooth, loss.include_background, valid)
+    return ce_weight * ce + dice_weight * _broadcast_to_pixels(dice, probs, valid)
 
 
 @keras.saving.register_keras_serializable(package="zf_unet")
@@ -148,64 +312,232 @@ class BCEDiceLoss(_SegmentationLoss):
 
     The defaults (0.5, 1.0) are U-Net++'s hybrid loss (Zhou et al. 2018): half the
     cross-entropy plus the Dice term. For C>1 the cross-entropy is categorical.
+    ``class_weights`` weight the cross-entropy term (``sum(w_y ce) / sum(w_y)``).
     """
 
     def __init__(self, bce_weight: float = 0.5, dice_weight: float = 1.0, smooth: float = 1.0,
                  include_background: bool = True, from_logits: bool = False,
+                 class_weights: Sequence[float] | None = None, ignore_index: int | None = None,
                  name: str = "bce_dice_loss", **kwargs: Any):
-        super().__init__(from_logits=from_logits, name=name, **kwargs)
+        super().__init__(from_logits=from_logits, ignore_index=ignore_index, name=name, **kwargs)
         self.bce_weight = float(bce_weight)
         self.dice_weight = float(dice_weight)
         self.smooth = float(smooth)
         self.include_background = bool(include_background)
+        self.class_weights = _check_class_weights(class_weights)
 
     def call(self, y_true, y_pred):
-        target, probs, logits = _prepare(y_true, y_pred, self.from_logits)
-        ce = _cross_entropy_map(target, probs, logits)
-        dice = soft_dice_loss(target, probs, self.smooth, self.include_background)
-        return self.bce_weight * ce + self.dice_weight * dice[:, None, None]
+        return _ce_dice_map(self, y_true, y_pred, self.bce_weight, self.dice_weight)
 
     def get_config(self) -> dict:
         return {**super().get_config(), "bce_weight": self.bce_weight,
                 "dice_weight": self.dice_weight, "smooth": self.smooth,
-                "include_background": self.include_background}
+                "include_background": self.include_background,
+                "class_weights": self.class_weights}
 
 
 @keras.saving.register_keras_serializable(package="zf_unet")
-class WeightedCrossEntropy(_SegmentationLoss):
-    """Per-pixel cross-entropy (binary for C=1, categorical for C>1; sparse or one-hot).
+class CEDiceLoss(_SegmentationLoss):
+    """``ce_weight * cross-entropy + dice_weight * soft Dice loss`` for any number of classes.
 
-    Per-pixel weights — the U-Net paper's border weight map ``w(x)`` — come in as
-    ``sample_weight`` ``(B, H, W)`` / ``(B, H, W, 1)`` (the third element of a
-    ``(image, mask, weight)`` dataset). ``class_weights`` (one float per class; for C=1 the
-    weights of background and foreground) additionally scale each pixel by its true class.
+    Categorical cross-entropy for C>1 (sparse class ids or one-hot), binary for C=1 (then it
+    equals ``BCEDiceLoss(bce_weight=ce_weight, ...)``). ``class_weights`` weight the
+    cross-entropy term, normalised ``sum(w_y ce) / sum(w_y)`` over the non-ignored pixels;
+    ``include_background=False`` leaves class 0 out of the Dice average (C>1).
     """
 
-    def __init__(self, class_weights: Sequence[float] | None = None, from_logits: bool = False,
-                 name: str = "weighted_cross_entropy", **kwargs: Any):
-        super().__init__(from_logits=from_logits, name=name, **kwargs)
-        self.class_weights = None if class_weights is None else [float(w) for w in class_weights]
+    def __init__(self, ce_weight: float = 1.0, dice_weight: float = 1.0, smooth: float = 1.0,
+                 include_background: bool = True,
+                 class_weights: Sequence[float] | None = None, ignore_index: int | None = None,
+                 from_logits: bool = False, name: str = "ce_dice_loss", **kwargs: Any):
+        super().__init__(from_logits=from_logits, ignore_index=ignore_index, name=name, **kwargs)
+        self.ce_weight = float(ce_weight)
+        self.dice_weight = float(dice_weight)
+        self.smooth = float(smooth)
+        self.include_background = bool(include_background)
+        self.class_weights = _check_class_weights(class_weights)
 
     def call(self, y_true, y_pred):
-        target, probs, logits = _prepare(y_true, y_pred, self.from_logits)
+        return _ce_dice_map(self, y_true, y_pred, self.ce_weight, self.dice_weight)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "ce_weight": self.ce_weight,
+                "dice_weight": self.dice_weight, "smooth": self.smooth,
+                "include_background": self.include_background,
+                "class_weights": self.class_weights}
+
+
+@keras.saving.register_keras_serializable(package="zf_unet")
+class CrossEntropy(_SegmentationLoss):
+    """Per-pixel cross-entropy (binary for C=1, categorical for C>1; sparse or one-hot), as
+    ``torch.nn.CrossEntropyLoss(weight=class_weights, ignore_index=ignore_index)``: the batch
+    value is ``sum(w_y * ce) / sum(w_y)`` over the non-ignored pixels (without class weights:
+    their mean). ``class_weights``: one float per class (C=1: [background, foreground]).
+    A ``sample_weight`` map multiplies the pixels afterwards (it is not in the normaliser).
+    """
+
+    normalize_by_weights = True
+
+    def __init__(self, class_weights: Sequence[float] | None = None, from_logits: bool = False,
+                 ignore_index: int | None = None, name: str = "cross_entropy", **kwargs: Any):
+        super().__init__(from_logits=from_logits, ignore_index=ignore_index, name=name, **kwargs)
+        self.class_weights = _check_class_weights(class_weights)
+
+    def call(self, y_true, y_pred):
+        target, probs, logits, valid = self._prepare(y_true, y_pred)
         ce = _cross_entropy_map(target, probs, logits)
-        if self.class_weights is not None:
-            cw = ops.convert_to_tensor(self.class_weights, dtype="float32")
-            if target.shape[-1] == 1:
-                if len(self.class_weights) != 2:
-                    raise ValueError("class_weights for a binary (C=1) model needs 2 values: "
-                                     f"[background, foreground], got {self.class_weights}")
-                t = target[..., 0]
-                ce = ce * (cw[0] * (1.0 - t) + cw[1] * t)
-            else:
-                if len(self.class_weights) != target.shape[-1]:
-                    raise ValueError(f"class_weights has {len(self.class_weights)} values but "
-                                     f"the model outputs {target.shape[-1]} classes")
-                ce = ce * ops.sum(target * cw, axis=-1)
-        return ce
+        return _weighted_mean_map(ce, target, valid, self.class_weights,
+                                  self.normalize_by_weights)
 
     def get_config(self) -> dict:
         return {**super().get_config(), "class_weights": self.class_weights}
 
 
-__all__ = ["BCEDiceLoss", "DiceLoss", "JaccardLoss", "WeightedCrossEntropy", "soft_dice_loss"]
+@keras.saving.register_keras_serializable(package="zf_unet")
+class WeightedCrossEntropy(CrossEntropy):
+    """Per-pixel cross-entropy (binary for C=1, categorical for C>1; sparse or one-hot).
+
+    Per-pixel weights — the U-Net paper's border weight map ``w(x)`` — come in as
+    ``sample_weight`` ``(B, H, W)`` / ``(B, H, W, 1)`` (the third element of a
+    ``(image, mask, weight)`` dataset); ignored pixels get weight 0. ``class_weights`` (one
+    float per class; for C=1 the weights of background and foreground) additionally scale each
+    pixel by its true class, without renormalising: ``sum(w_y * ce) / N_valid`` (the paper's
+    energy; ``CrossEntropy`` divides by ``sum(w_y)`` instead).
+    """
+
+    normalize_by_weights = False
+
+    def __init__(self, class_weights: Sequence[float] | None = None, from_logits: bool = False,
+                 ignore_index: int | None = None, name: str = "weighted_cross_entropy",
+                 **kwargs: Any):
+        super().__init__(class_weights=class_weights, from_logits=from_logits,
+                         ignore_index=ignore_index, name=name, **kwargs)
+
+
+@keras.saving.register_keras_serializable(package="zf_unet")
+class FocalLoss(_SegmentationLoss):
+    """Focal loss (Lin et al. 2017) ``-(1 - p_y)^gamma log p_y`` per pixel: softmax form for
+    C>1, sigmoid form for C=1 (``p_y = p`` on foreground, ``1 - p`` on background).
+    ``gamma = 0`` is ``CrossEntropy``. ``class_weights`` play the role of the paper's alpha
+    (per class; C=1: [background, foreground]); the batch value is
+    ``sum(w_y * fl) / sum(w_y)`` over the non-ignored pixels, as in ``CrossEntropy``.
+    """
+
+    def __init__(self, gamma: float = 2.0, class_weights: Sequence[float] | None = None,
+                 ignore_index: int | None = None, from_logits: bool = False,
+                 name: str = "focal_loss", **kwargs: Any):
+        super().__init__(from_logits=from_logits, ignore_index=ignore_index, name=name, **kwargs)
+        self.gamma = float(gamma)
+        if self.gamma < 0:
+            raise ValueError(f"gamma must be >= 0, got {gamma!r}")
+        self.class_weights = _check_class_weights(class_weights)
+
+    def call(self, y_true, y_pred):
+        target, probs, logits, valid = self._prepare(y_true, y_pred)
+        fl = _focal_map(target, probs, logits, self.gamma)
+        return _weighted_mean_map(fl, target, valid, self.class_weights)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "gamma": self.gamma, "class_weights": self.class_weights}
+
+
+# --------------------------------------------------------------------------- registry
+
+#: Config names of the losses (``loss.name`` in a training config).
+LOSSES: dict[str, type[keras.losses.Loss]] = {
+    "bce_dice": BCEDiceLoss,
+    "ce_dice": CEDiceLoss,
+    "dice": DiceLoss,
+    "jaccard": JaccardLoss,
+    "ce": CrossEntropy,
+    "weighted_ce": WeightedCrossEntropy,
+    "focal": FocalLoss,
+    "tversky": TverskyLoss,
+}
+
+
+def get(identifier: str | dict | keras.losses.Loss, **kwargs: Any) -> keras.losses.Loss:
+    """A loss from a config name (``LOSSES``: ``bce_dice``, ``ce_dice``, ``dice``, ``jaccard``,
+    ``ce``, ``weighted_ce``, ``focal``, ``tversky``) built with ``kwargs``, a serialized loss
+    (the dict of ``keras.saving.serialize_keras_object``) or a ``keras.losses.Loss`` instance
+    (returned as is), like ``keras.losses.get``."""
+    if isinstance(identifier, keras.losses.Loss):
+        if kwargs:
+            raise ValueError(f"keyword arguments {sorted(kwargs)} cannot be applied to a loss "
+                             "instance")
+        return identifier
+    if isinstance(identifier, dict):
+        if kwargs:
+            raise ValueError(f"keyword arguments {sorted(kwargs)} cannot be applied to a "
+                             "serialized loss")
+        loss = keras.saving.deserialize_keras_object(identifier)
+        if not isinstance(loss, keras.losses.Loss):
+            raise ValueError(f"{identifier!r} does not describe a keras.losses.Loss")
+        return loss
+    name = check_choice("loss", identifier, tuple(LOSSES))
+    return LOSSES[name](**kwargs)
+
+
+# --------------------------------------------------------------------------- class weights
+
+
+def class_pixel_counts(masks: Iterable[Any], num_classes: int,
+                       ignore_index: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-class pixel counts for median-frequency balancing.
+
+    Args:
+        masks: ``(H, W)`` / ``(H, W, 1)`` masks, or stacks ``(N, H, W[, 1])`` (each slice an
+            image): class ids 0..K-1, or for ``num_classes=1`` binary masks (> 0.5 = 1).
+        num_classes: the model's K (1 counts background and foreground: 2 classes).
+        ignore_index: mask value of pixels to leave out.
+
+    Returns:
+        ``(class_pixels, class_image_pixels)``, int64 ``(max(K, 2),)``: the pixels of each
+        class, and the (non-ignored) pixels of the images in which the class appears.
+    """
+    k = max(2, int(num_classes))
+    pixels, image_pixels = np.zeros(k, np.int64), np.zeros(k, np.int64)
+    for mask in masks:
+        m = np.asarray(mask)
+        if m.ndim >= 3 and m.shape[-1] == 1:
+            m = m[..., 0]
+        stack = m[None] if m.ndim == 2 else m
+        if stack.ndim != 3:
+            raise ValueError(f"masks must be (H, W), (H, W, 1) or (N, H, W[, 1]), got shape "
+                             f"{np.asarray(mask).shape}")
+        for image in stack:
+            keep = np.ones(image.shape, bool) if ignore_index is None else image != ignore_index
+            values = image[keep]
+            ids = (values > 0.5).astype(np.int64) if num_classes == 1 else values.astype(np.int64)
+            if ids.size and (ids.min() < 0 or ids.max() >= k or
+                             (num_classes > 1 and np.any(values != ids))):
+                raise ValueError(f"mask values must be class ids in 0..{k - 1} (or "
+                                 f"ignore_index={ignore_index}), got {np.unique(values)[:10]}")
+            counts = np.bincount(ids, minlength=k)
+            pixels += counts
+            image_pixels += np.where(counts > 0, ids.size, 0)
+    return pixels, image_pixels
+
+
+def median_frequency_weights(class_pixels: Sequence[float],
+                             class_image_pixels: Sequence[float]) -> list[float]:
+    """Median-frequency balancing (Eigen & Fergus 2015): ``w_c = median(freq) / freq_c`` with
+    ``freq_c = class_pixels_c / class_image_pixels_c`` (pixels of class c over the pixels of
+    the images in which c appears; ``class_pixel_counts`` gives both). The median is over the
+    classes seen; classes never seen get weight 1."""
+    pixels = np.asarray(class_pixels, np.float64)
+    image_pixels = np.asarray(class_image_pixels, np.float64)
+    if pixels.shape != image_pixels.shape or pixels.ndim != 1:
+        raise ValueError(f"class_pixels and class_image_pixels must be 1-D of equal length, got "
+                         f"shapes {pixels.shape} and {image_pixels.shape}")
+    seen = (pixels > 0) & (image_pixels > 0)
+    if not seen.any():
+        return [1.0] * pixels.size
+    freq = np.where(seen, pixels / np.where(seen, image_pixels, 1.0), 0.0)
+    median = float(np.median(freq[seen]))
+    return [float(median / f) if s else 1.0 for f, s in zip(freq, seen)]
+
+
+__all__ = ["BCEDiceLoss", "CEDiceLoss", "CrossEntropy", "DiceLoss", "FocalLoss", "JaccardLoss",
+           "LOSSES", "TverskyLoss", "WeightedCrossEntropy", "class_pixel_counts", "get",
+           "median_frequency_weights", "soft_dice_loss"]

@@ -19,6 +19,8 @@ import numpy as np
 from keras import ops
 from scipy import ndimage
 
+from zf_unet.checks import ONE_HOT, check_targets
+
 
 class _ConfusionMetric(keras.metrics.IoU):
     """Converts probabilities/logits and sparse/one-hot targets to class ids, then counts."""
@@ -38,8 +40,10 @@ class _ConfusionMetric(keras.metrics.IoU):
         self.from_logits = bool(from_logits)
 
     def _ids(self, y_true: Any, y_pred: Any) -> tuple[Any, Any]:
+        """Flat int32 ``(N,)`` true and predicted class ids; ``y_true`` is checked first
+        (``zf_unet.checks.check_targets``: shape, value range)."""
         y_pred = ops.cast(y_pred, "float32")
-        y_true = ops.convert_to_tensor(y_true)
+        y_true, kind = check_targets(y_true, y_pred, self.model_classes)
         if self.model_classes == 1:
             if self.from_logits:
                 y_pred = ops.sigmoid(y_pred)
@@ -47,10 +51,7 @@ class _ConfusionMetric(keras.metrics.IoU):
             true = ops.cast(ops.cast(y_true, "float32") > 0.5, "int32")
         else:
             pred = ops.argmax(y_pred, axis=-1)
-            if len(y_true.shape) == len(y_pred.shape) and y_true.shape[-1] == self.model_classes:
-                true = ops.argmax(y_true, axis=-1)
-            else:
-                true = ops.cast(y_true, "int32")
+            true = ops.argmax(y_true, axis=-1) if kind == ONE_HOT else ops.cast(y_true, "int32")
         return ops.reshape(true, (-1,)), ops.reshape(pred, (-1,))
 
     def update_state(self, y_true, y_pred, sample_weight=None):

@@ -24,7 +24,7 @@ import tensorflow as tf
 
 from zf_unet import losses as zl
 from zf_unet import metrics as zm
-from zf_unet.config import Config
+from zf_unet.config import Config, resolve_monitor
 from zf_unet.data.augment import Augment
 from zf_unet.data.pipeline import make_datasets
 from zf_unet.data.synthetic import make_synthetic
@@ -35,8 +35,8 @@ from zf_unet.models import build_unet, build_unet_plus_plus, repeat_targets
 import zf_unet.optimizers  # noqa: F401,E402 - registers FusedAdam for keras load_model
 from zf_unet.precision import resolve_precision
 
-__all__ = ["AtomicBackupAndRestore", "BestModelCheckpoint", "CollapseWarning", "make_strategy",
-           "recover_backup", "train"]
+__all__ = ["AtomicBackupAndRestore", "BestModelCheckpoint", "CollapseWarning", "TimeBudget",
+           "make_strategy", "recover_backup", "train"]
 
 logger = logging.getLogger("zf_unet")
 # Library practice: no output through logging's last-resort handler (CollapseWarning prints
@@ -295,6 +295,28 @@ class CollapseWarning(keras.callbacks.Callback):
             self.warnings.append(msg)
             logger.warning(msg)
             print(msg, flush=True)
+
+
+class TimeBudget(keras.callbacks.Callback):
+    """Stop training at the end of the first epoch that ends after ``max_minutes`` of wall
+    time since ``fit`` began (``train.max_minutes``; the epoch in progress is finished, so its
+    checkpoint and backup are written). ``self.stopped_epoch`` is that epoch, or -1."""
+
+    def __init__(self, max_minutes: float):
+        super().__init__()
+        if not max_minutes > 0:
+            raise ValueError(f"max_minutes must be > 0, got {max_minutes!r}")
+        self.max_seconds = 60.0 * float(max_minutes)
+        self.stopped_epoch = -1
+        self._start = 0.0
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if time.perf_counter() - self._start >= self.max_seconds:
+            self.stopped_epoch = epoch
+            self.model.stop_training = True
 
 
 class _CurvesAtEnd(keras.callbacks.Callback):
@@ -737,7 +759,7 @@ def train(config: Config | str | Path | dict, out_dir: str | Path = "runs/run",
         steps = int(train_ds.cardinality().numpy())
         if cfg.train.strategy == "multiworker":
             train_ds, val_ds = _distribute_options(train_ds), _distribute_options(val_ds)
-        monitor = cfg.train.monitor
+        monitor = resolve_monitor(cfg.train.monitor, cfg.data.num_classes)
         if val_ds is None and monitor.startswith("val_"):
             monitor = monitor[4:]
         with strategy.scope():
@@ -813,6 +835,8 @@ def train(config: Config | str | Path | dict, out_dir: str | Path = "runs/run",
             callbacks.append(keras.callbacks.EarlyStopping(
                 monitor=monitor, mode=cfg.train.monitor_mode,
                 patience=cfg.train.early_stopping_patience))
+        if cfg.train.max_minutes > 0:
+            callbacks.append(TimeBudget(cfg.train.max_minutes))
         if cfg.train.tensorboard and chief:
             callbacks.append(keras.callbacks.TensorBoard(str(run / "tensorboard")))
         if cfg.train.collapse_warning and cfg.train.strategy in ("default", "mirrored"):

@@ -15,14 +15,37 @@ Mask conventions (:func:`normalize_mask`), in the order ``"auto"`` tries them:
 * values in ``{0, 1}`` -> used as they are;
 * values in ``{0, 255}`` -> divided by 255 (1 = foreground). The loaders log ONE notice per
   data set on the ``"zf_unet"`` logger (level INFO);
-* integer class ids ``0..K-1`` when ``num_classes=K`` is given.
+* integer class ids ``0..K-1`` when ``num_classes=K`` is given (``num_classes="auto"``:
+  any ids ``0..255``; the caller infers K, see :func:`zf_unet.data.pipeline.load_source`).
+
+``class_values`` (gray-value codes) replaces these conventions: one entry per class, each a
+mask value or a list of values, e.g. ``[[0, 32, 64, 96, 128], [159], [191], [223], [255]]``;
+class ``i`` is the ``i``-th entry (2 entries = binary, ids 0/1).
+
+``ignore_index`` (void pixels): mask pixels holding this value (0..255) are set aside before
+any convention is detected and kept as that value in the ``uint8`` output, so losses and
+metrics given the same ``ignore_index`` skip them. It is never a class: it must not be a
+class id (so binary masks {0, 1} may use 255 as void, and with void 255 a {0, 255} mask is
+class 0 plus void, never class 1). With a palette, map the void colour to ``ignore_index``.
 
 Anything else raises :class:`DataError`.
+
+Pixel values (:func:`check_float_range`, the one home of this rule for every command):
+integer images are divided by their dtype's maximum; float images are used as they are and
+must lie in [0, 1] (within :data:`FLOAT_RANGE_TOLERANCE`).
+
+Image size: the readers refuse images of more than :func:`max_image_pixels` pixels (default
+``2**31``, set by :data:`MAX_IMAGE_PIXELS` or the environment variable
+``ZF_UNET_MAX_IMAGE_PIXELS``, ``none`` for no limit) with a :class:`DataError` that says how
+to lift the limit. Pillow's own decompression-bomb limit is off while they decode.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import re
+import threading
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -30,17 +53,23 @@ from typing import Any, Union
 
 import numpy as np
 
-from zf_unet.errors import DataError
+from zf_unet.errors import ConfigError, DataError
 
 __all__ = [
+    "FLOAT_RANGE_TOLERANCE",
     "IMAGE_EXTENSIONS",
     "MASK_CONVENTIONS",
+    "MAX_IMAGE_PIXELS",
+    "AUTO_CLASSES",
+    "ClassValues",
     "Palette",
+    "check_float_range",
     "describe_dataset",
     "find_pairs",
     "load_arrays",
     "load_folder",
     "load_tiff_stacks",
+    "max_image_pixels",
     "normalize_mask",
     "read_image",
     "read_stack",
@@ -57,7 +86,103 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
 _TIFF_EXTENSIONS = (".tif", ".tiff")
 #: Values accepted for the ``convention`` argument.
 MASK_CONVENTIONS: tuple[str, ...] = ("auto", "binary", "class_ids", "palette")
+#: ``num_classes`` value that asks the loaders to accept any class ids 0..255 (K inferred).
+AUTO_CLASSES = "auto"
+#: Per class, one mask value or a list of values: ``[[0, 32], [159], [255]]``.
+ClassValues = Sequence[Union[int, Sequence[int]]]
 _MAX_LISTED = 5
+
+#: Largest image (height x width, per page) the readers decode; ``None`` means no limit. The
+#: environment variable ``ZF_UNET_MAX_IMAGE_PIXELS`` (a number, or ``none``) overrides it.
+MAX_IMAGE_PIXELS: int | None = 2**31
+MAX_PIXELS_ENV = "ZF_UNET_MAX_IMAGE_PIXELS"
+#: How far outside [0, 1] a float image may lie (rounding in other tools) and still be used.
+FLOAT_RANGE_TOLERANCE = 1e-3
+
+
+# --------------------------------------------------------------------------- pixel values
+
+
+def check_float_range(image: np.ndarray, name: str = "image") -> None:
+    """Raise a :class:`DataError` naming ``name`` if a float ``image`` lies outside [0, 1].
+
+    The value rule of every command (training, ``check-data``, ``predict``): integer images
+    are divided by their dtype's maximum, float images are used as they are and must lie in
+    [0, 1] (``FLOAT_RANGE_TOLERANCE`` either side). A float image scaled 0..255 is an error,
+    not a silently wrong prediction. Integer and bool images pass; NaN is left to the
+    callers' finite-value checks. No copy of ``image`` is made (works on ``np.memmap``).
+    """
+    arr = np.asarray(image)
+    if arr.dtype.kind != "f" or arr.size == 0:
+        return
+    lo, hi = float(np.min(arr)), float(np.max(arr))
+    if lo < -FLOAT_RANGE_TOLERANCE or hi > 1.0 + FLOAT_RANGE_TOLERANCE:
+        raise DataError(f"{name}: float values span [{lo:.3g}, {hi:.3g}], outside [0, 1]; "
+                        "expected [0, 1] for float images (scale them to [0, 1], or save "
+                        "integer images, which are divided by their dtype's maximum)")
+
+
+# --------------------------------------------------------------------------- size limit
+
+
+def max_image_pixels() -> int | None:
+    """The readers' size limit in pixels (``None`` = no limit).
+
+    ``ZF_UNET_MAX_IMAGE_PIXELS`` (a positive integer, or ``none``) when set, else
+    :data:`MAX_IMAGE_PIXELS`.
+
+    Raises:
+        ConfigError: the environment variable holds something else.
+    """
+    text = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if not text:
+        return MAX_IMAGE_PIXELS
+    if text.lower() == "none":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ConfigError(f"{MAX_PIXELS_ENV}={text!r}: expected a positive number of pixels "
+                          "or 'none' (no limit)")
+    return value
+
+
+def _check_pixels(p: Path, height: int, width: int, limit: int | None) -> None:
+    if limit is not None and height * width > limit:
+        raise DataError(
+            f"{p}: image is {width}x{height} = {height * width:,} pixels, more than the "
+            f"readers' limit of {limit:,}; expected at most {limit:,} pixels. To read it, set "
+            f"the environment variable {MAX_PIXELS_ENV} to a larger number or to 'none' "
+            "(or zf_unet.data.io.MAX_IMAGE_PIXELS in Python)"
+        )
+
+
+_PIL_LOCK = threading.Lock()
+_pil_users = 0
+_pil_saved: Any = None
+
+
+@contextlib.contextmanager
+def _pillow_limit_off() -> Iterator[None]:
+    """Pillow's decompression-bomb limit off for the duration (restored afterwards; nested
+    and concurrent uses restore it once the last one ends). Our own limit replaces it."""
+    from PIL import Image
+
+    global _pil_users, _pil_saved
+    with _PIL_LOCK:
+        if _pil_users == 0:
+            _pil_saved = Image.MAX_IMAGE_PIXELS
+            Image.MAX_IMAGE_PIXELS = None
+        _pil_users += 1
+    try:
+        yield
+    finally:
+        with _PIL_LOCK:
+            _pil_users -= 1
+            if _pil_users == 0:
+                Image.MAX_IMAGE_PIXELS = _pil_saved
 
 
 # --------------------------------------------------------------------------- readers
@@ -77,7 +202,8 @@ def read_image(path: PathLike, *, keep_palette_indices: bool = False) -> np.ndar
         ``uint16``, ``int32``, ``float32`` ...). 1-bit images become ``uint8`` 0/255.
 
     Raises:
-        DataError: missing, unsupported, corrupt, truncated or multi-page file.
+        DataError: missing, unsupported, corrupt, truncated or multi-page file, or an image
+            larger than :func:`max_image_pixels`.
     """
     p = Path(path)
     ext = _check_file(p)
@@ -99,7 +225,8 @@ def read_stack(path: PathLike) -> np.ndarray:
         ``(N, H, W, C)`` array in the stored dtype; a single-page TIFF gives ``N = 1``.
 
     Raises:
-        DataError: missing, non-TIFF, corrupt or truncated file, or pages of different sizes.
+        DataError: missing, non-TIFF, corrupt or truncated file, pages of different sizes, or
+            pages larger than :func:`max_image_pixels`.
     """
     p = Path(path)
     ext = _check_file(p)
@@ -125,8 +252,10 @@ def _check_file(p: Path) -> str:
 def _read_pillow(p: Path, keep_palette_indices: bool) -> np.ndarray:
     from PIL import Image
 
+    limit = max_image_pixels()
     try:
-        with Image.open(p) as im:
+        with _pillow_limit_off(), Image.open(p) as im:
+            _check_pixels(p, im.size[1], im.size[0], limit)
             im.load()  # decode now so truncation surfaces here
             mode = im.mode
             if mode == "P" and keep_palette_indices:
@@ -140,6 +269,8 @@ def _read_pillow(p: Path, keep_palette_indices: bool) -> np.ndarray:
                 arr = np.asarray(im.convert("RGB"))
             else:  # L, LA, RGB, RGBA, I, I;16*, F
                 arr = np.asarray(im)
+    except DataError:
+        raise
     except Exception as exc:  # noqa: BLE001 - any decoder failure means an unreadable file
         raise DataError(f"{p}: cannot read image ({type(exc).__name__}: {exc}); expected a "
                         f"complete {p.suffix.lstrip('.').upper()} file (is it corrupt, "
@@ -155,11 +286,16 @@ def _read_tiff(p: Path) -> np.ndarray:
     """Read a TIFF into ``(N, H, W, C)``: ``S``/``C`` axes become channels, others pages."""
     import tifffile
 
+    limit = max_image_pixels()
     try:
         with tifffile.TiffFile(p) as tif:
             series = list(tif.series)
             if not series:
                 raise DataError(f"{p}: TIFF holds no images")
+            for one in series:
+                if "Y" in one.axes and "X" in one.axes:
+                    _check_pixels(p, one.shape[one.axes.index("Y")],
+                                  one.shape[one.axes.index("X")], limit)
             if len(series) == 1:
                 arr, axes = series[0].asarray(), series[0].axes
             else:  # pages written one by one without shape metadata
@@ -273,10 +409,14 @@ def find_pairs(
 # --------------------------------------------------------------------------- masks
 
 
-def _check_convention(convention: str, num_classes: int | None, palette: Palette | None) -> None:
+def _check_convention(convention: str, num_classes: int | str | None, palette: Palette | None,
+                      class_values: ClassValues | None = None,
+                      ignore_index: int | None = None) -> None:
     if convention not in MASK_CONVENTIONS:
         raise DataError(f"convention={convention!r}: expected one of {', '.join(MASK_CONVENTIONS)}")
-    if num_classes is not None:
+    if num_classes == AUTO_CLASSES:
+        pass
+    elif num_classes is not None:
         if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or not (
             1 <= int(num_classes) <= 256
         ):
@@ -287,21 +427,87 @@ def _check_convention(convention: str, num_classes: int | None, palette: Palette
         raise DataError("convention='class_ids' needs num_classes=K (mask values 0..K-1)")
     if convention == "palette" and palette is None:
         raise DataError("convention='palette' needs palette={(r, g, b): class_id, ...}")
+    if ignore_index is not None and (
+        isinstance(ignore_index, bool) or not isinstance(ignore_index, (int, np.integer))
+        or not 0 <= int(ignore_index) <= 255
+    ):
+        raise DataError(f"ignore_index={ignore_index!r}: expected None or an int from 0 to 255 "
+                        "(the mask value of void pixels, kept in the uint8 masks)")
+    if class_values is not None:
+        if palette is not None or convention in ("binary", "palette"):
+            raise DataError("class_values: expected convention='auto' and no palette (class "
+                            "values replace the mask conventions)")
+        k = len({c for c in _class_values_table(class_values, ignore_index).values()})
+        if num_classes not in (None, AUTO_CLASSES) and max(int(num_classes), 2) != max(k, 2):
+            raise DataError(f"class_values has {k} entries (classes) but num_classes="
+                            f"{num_classes}; expected num_classes={1 if k == 2 else k} or "
+                            "'auto'")
+    if ignore_index is not None:
+        if class_values is not None:
+            k = len(class_values)
+        elif num_classes in (None, AUTO_CLASSES):
+            k = 2
+        else:
+            k = max(int(num_classes), 2)
+        if int(ignore_index) < k:
+            raise DataError(f"ignore_index={ignore_index}: is a class id (classes are 0..{k - 1});"
+                            f" expected a value of {k} or more (e.g. 255)")
 
 
-def _palette_table(palette: Palette, num_classes: int | None) -> dict[int, int]:
-    """``{r<<16 | g<<8 | b: class_id}`` after validating ``palette``."""
+def _class_values_table(class_values: ClassValues, ignore_index: int | None) -> dict[int, int]:
+    """``{mask value: class id}`` after validating ``class_values`` (one entry per class)."""
+    if isinstance(class_values, (str, bytes, Mapping)) or not isinstance(class_values, Sequence) \
+            or len(class_values) < 2:
+        raise DataError(f"class_values={class_values!r}: expected a list with one entry per "
+                        "class (at least 2), each a mask value or a list of values, e.g. "
+                        "[[0, 32, 64], [159], [255]]")
+    table: dict[int, int] = {}
+    for cid, entry in enumerate(class_values):
+        group = [entry] if isinstance(entry, (int, np.integer)) else entry
+        if isinstance(group, (str, bytes)) or not isinstance(group, Sequence) or not group:
+            raise DataError(f"class_values[{cid}] = {entry!r}: expected a mask value or a "
+                            "non-empty list of values")
+        for v in group:
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                raise DataError(f"class_values[{cid}]: {v!r} is not an integer mask value")
+            if int(v) in table:
+                raise DataError(f"class_values: value {int(v)} appears in class "
+                                f"{table[int(v)]} and class {cid}; expected each value once")
+            if ignore_index is not None and int(v) == int(ignore_index):
+                raise DataError(f"class_values[{cid}]: value {int(v)} is also ignore_index; "
+                                "expected void values outside class_values")
+            table[int(v)] = cid
+    return table
+
+
+def _apply_class_values(arr: np.ndarray, table: dict[int, int],
+                        values: np.ndarray) -> np.ndarray:
+    """Map ``arr`` through ``table`` (``values``: its checked non-void values). Values not in
+    ``table`` (void pixels) come out as 0; the caller overwrites them."""
+    keys = np.asarray(values, dtype=np.int64)
+    ids = np.array([table[int(v)] for v in keys.tolist()], dtype=np.uint8)
+    pos = np.clip(np.searchsorted(keys, arr), 0, keys.size - 1)
+    hit = keys[pos] == arr
+    return np.where(hit, ids[pos], np.uint8(0)).astype(np.uint8)
+
+
+def _palette_table(palette: Palette, num_classes: int | str | None,
+                   ignore_index: int | None = None) -> dict[int, int]:
+    """``{r<<16 | g<<8 | b: class_id}`` after validating ``palette`` (``ignore_index`` is a
+    valid target: the void colour)."""
     if not isinstance(palette, Mapping) or not palette:
         raise DataError(f"palette={palette!r}: expected a non-empty dict {{(r, g, b): class_id}}")
     table: dict[int, int] = {}
-    limit = 256 if num_classes is None else max(int(num_classes), 2)
+    limit = 256 if num_classes in (None, AUTO_CLASSES) else max(int(num_classes), 2)
     for colour, cid in palette.items():
         rgb = (colour,) * 3 if isinstance(colour, (int, np.integer)) else tuple(colour)
         if len(rgb) != 3 or not all(
             isinstance(c, (int, np.integer)) and 0 <= int(c) <= 255 for c in rgb
         ):
             raise DataError(f"palette key {colour!r}: expected (r, g, b) with ints 0..255")
-        if isinstance(cid, bool) or not isinstance(cid, (int, np.integer)) or not 0 <= cid < limit:
+        if isinstance(cid, bool) or not isinstance(cid, (int, np.integer)) or not (
+            0 <= cid < limit or (ignore_index is not None and cid == ignore_index)
+        ):
             raise DataError(
                 f"palette[{colour!r}] = {cid!r}: expected a class id from 0 to {limit - 1}"
             )
@@ -370,16 +576,24 @@ def _values_list(values: np.ndarray) -> str:
 def _normalize_mask(
     mask: np.ndarray,
     convention: str = "auto",
-    num_classes: int | None = None,
+    num_classes: int | str | None = None,
     palette: Palette | None = None,
     source: str = "<mask>",
     table: dict[int, int] | None = None,
+    class_values: ClassValues | None = None,
+    ignore_index: int | None = None,
+    cv_table: dict[int, int] | None = None,
 ) -> tuple[np.ndarray, bool]:
-    """Like :func:`normalize_mask`; also returns whether 0/255 was divided by 255."""
-    if table is None:
-        _check_convention(convention, num_classes, palette)
+    """Like :func:`normalize_mask`; also returns whether 0/255 was divided by 255.
+
+    ``table`` / ``cv_table``: palette / class-values tables prepared by the loaders (the
+    arguments were checked then)."""
+    if table is None and cv_table is None:
+        _check_convention(convention, num_classes, palette, class_values, ignore_index)
         if palette is not None:
-            table = _palette_table(palette, num_classes)
+            table = _palette_table(palette, num_classes, ignore_index)
+        if class_values is not None:
+            cv_table = _class_values_table(class_values, ignore_index)
     arr = np.asarray(mask)
     if arr.dtype == bool:
         arr = arr.astype(np.uint8)
@@ -409,14 +623,46 @@ def _normalize_mask(
         raise DataError(f"{source}: convention='palette' needs an RGB mask or a palette")
 
     values = np.unique(arr)
-    binary_ok = convention == "binary" or num_classes is None or int(num_classes) <= 2
+    void: np.ndarray | None = None
+    if ignore_index is not None and np.any(values == ignore_index):
+        void = arr == ignore_index
+        values = values[values != ignore_index]
+        if values.size == 0:  # all void
+            return np.full(arr.shape, ignore_index, np.uint8), False
+    out, scaled = _classify(arr, values, convention, num_classes, source, cv_table)
+    if void is not None:
+        out[void] = ignore_index
+    return out, scaled
+
+
+def _classify(
+    arr: np.ndarray,
+    values: np.ndarray,
+    convention: str,
+    num_classes: int | str | None,
+    source: str,
+    cv_table: dict[int, int] | None,
+) -> tuple[np.ndarray, bool]:
+    """Class ids (H, W) uint8 for a 2-D mask whose non-void values are ``values`` (sorted).
+    Void pixels of ``arr`` may come out as anything: the caller overwrites them."""
+    if cv_table is not None:
+        unknown = values[~np.isin(values, np.fromiter(cv_table, np.int64, len(cv_table)))]
+        if unknown.size:
+            raise DataError(
+                f"{source}: mask values {_values_list(unknown)} are not listed in class_values "
+                f"(listed: {sorted(cv_table)}); expected only listed values or the ignore_index"
+            )
+        return _apply_class_values(arr, cv_table, values), False
+    auto_k = num_classes == AUTO_CLASSES
+    binary_ok = (convention == "binary" or num_classes is None or auto_k
+                 or int(num_classes) <= 2)
     if convention in ("auto", "binary") and binary_ok:
         if values.min() >= 0 and values.max() <= 1:
             return arr.astype(np.uint8), False
         if values.max() == 255 and np.all((values == 0) | (values == 255)):
             return (arr == 255).astype(np.uint8), True
     if convention in ("auto", "class_ids") and num_classes is not None:
-        k = max(int(num_classes), 2)
+        k = 256 if auto_k else max(int(num_classes), 2)
         bad = values[(values < 0) | (values >= k)]
         if bad.size == 0:
             return arr.astype(np.uint8), False
@@ -443,9 +689,12 @@ def _normalize_mask(
 def normalize_mask(
     mask: np.ndarray,
     convention: str = "auto",
-    num_classes: int | None = None,
+    num_classes: int | str | None = None,
     palette: Palette | None = None,
     source: str = "<name>",
+    *,
+    class_values: ClassValues | None = None,
+    ignore_index: int | None = None,
 ) -> np.ndarray:
     """Turn a raw mask into ``(H, W)`` ``uint8`` class ids.
 
@@ -457,9 +706,15 @@ def normalize_mask(
             ``palette``).
         num_classes: K; values must be ``0..K-1``. ``1`` means binary (ids 0/1), like the
             model's ``num_classes=1``. With K <= 2 a {0,255} mask is also accepted.
+            ``"auto"``: the binary conventions, else any class ids 0..255.
         palette: ``{(r, g, b): class_id}`` for colour masks; an ``int`` key ``v`` stands for
             the gray colour ``(v, v, v)``.
         source: name used in error messages (usually the file name).
+        class_values: gray-value codes, one entry per class (a value or a list of values),
+            e.g. ``[[0, 32, 64, 96, 128], [159], [191], [223], [255]]``; replaces the
+            conventions. Unlisted values (other than ``ignore_index``) are an error.
+        ignore_index: mask value (0..255) of void pixels; kept as is in the output and never
+            a class (must not be a class id).
 
     A {0,255} mask logs a one-line INFO notice on the ``"zf_unet"`` logger for each call;
     the folder/stack loaders log it once per data set instead.
@@ -467,7 +722,8 @@ def normalize_mask(
     Raises:
         DataError: values or colours that fit no convention, naming ``source``.
     """
-    out, scaled = _normalize_mask(mask, convention, num_classes, palette, source)
+    out, scaled = _normalize_mask(mask, convention, num_classes, palette, source,
+                                  class_values=class_values, ignore_index=ignore_index)
     if scaled:
         logger.info("%s: mask holds {0, 255}; using 255 as class 1 (divided by 255)", source)
     return out
@@ -482,6 +738,17 @@ def _notice_scaled(n_scaled: int, n_total: int, where: str) -> None:
 
 
 # --------------------------------------------------------------------------- loaders
+
+
+def _tables(
+    convention: str, num_classes: int | str | None, palette: Palette | None,
+    class_values: ClassValues | None, ignore_index: int | None,
+) -> tuple[dict[int, int] | None, dict[int, int] | None]:
+    """Check the mask arguments once per data set; return (palette table, class-values table)."""
+    _check_convention(convention, num_classes, palette, class_values, ignore_index)
+    table = _palette_table(palette, num_classes, ignore_index) if palette is not None else None
+    cvt = _class_values_table(class_values, ignore_index) if class_values is not None else None
+    return table, cvt
 
 
 def _wxh(shape: Sequence[int]) -> str:
@@ -529,10 +796,11 @@ def _iter_folder(
     palette: Palette | None = None,
     images: str = "images",
     masks: str = "masks",
+    class_values: ClassValues | None = None,
+    ignore_index: int | None = None,
 ) -> Iterator[tuple[Path, np.ndarray, np.ndarray, bool]]:
     """Yield ``(image_path, image (H,W,C), mask (H,W) uint8, scaled_from_255)`` per pair."""
-    _check_convention(convention, num_classes, palette)
-    table = _palette_table(palette, num_classes) if palette is not None else None
+    table, cvt = _tables(convention, num_classes, palette, class_values, ignore_index)
     root = Path(folder)
     consistency = _Consistency()
     for img_path, mask_path in find_pairs(root, images, masks):
@@ -545,25 +813,29 @@ def _iter_folder(
                 f"({_wxh(image.shape)}) (sizes are width x height)"
             )
         consistency.check(image, img_name)
-        mask, scaled = _normalize_mask(raw, convention, num_classes, palette, mask_name, table)
+        mask, scaled = _normalize_mask(raw, convention, num_classes, palette, mask_name, table,
+                                       class_values, ignore_index, cvt)
         yield img_path, image, mask, scaled
 
 
 def load_folder(
     folder: PathLike,
     convention: str = "auto",
-    num_classes: int | None = None,
+    num_classes: int | str | None = None,
     palette: Palette | None = None,
     *,
     images: str = "images",
     masks: str = "masks",
+    class_values: ClassValues | None = None,
+    ignore_index: int | None = None,
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Load ``folder/images/*`` and ``folder/masks/*`` (paired by :func:`find_pairs`).
 
     Returns:
         ``(images, masks)``: lists of ``(H, W, C)`` arrays (stored dtype, same ``C`` and
         dtype for all) and of ``(H, W)`` ``uint8`` class ids. Sizes may differ between
-        pairs but an image and its mask always match.
+        pairs but an image and its mask always match. ``class_values`` / ``ignore_index``:
+        see :func:`normalize_mask`.
 
     Raises:
         DataError: see :func:`find_pairs`, :func:`read_image`, :func:`normalize_mask`; an
@@ -573,7 +845,7 @@ def load_folder(
     out_masks: list[np.ndarray] = []
     n_scaled = 0
     for _, image, mask, scaled in _iter_folder(folder, convention, num_classes, palette,
-                                               images, masks):
+                                               images, masks, class_values, ignore_index):
         out_images.append(image)
         out_masks.append(mask)
         n_scaled += scaled
@@ -587,10 +859,11 @@ def _iter_stacks(
     convention: str = "auto",
     num_classes: int | None = None,
     palette: Palette | None = None,
+    class_values: ClassValues | None = None,
+    ignore_index: int | None = None,
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray, bool]]:
     """Yield ``(index, image (H,W,C), mask (H,W) uint8, scaled_from_255)`` per slice."""
-    _check_convention(convention, num_classes, palette)
-    table = _palette_table(palette, num_classes) if palette is not None else None
+    table, cvt = _tables(convention, num_classes, palette, class_values, ignore_index)
     vol_p, lab_p = Path(volume_path), Path(labels_path)
     volume = read_stack(vol_p)
     labels = read_stack(lab_p)
@@ -609,7 +882,8 @@ def _iter_stacks(
                         "values")
     for i in range(volume.shape[0]):
         mask, scaled = _normalize_mask(
-            labels[i], convention, num_classes, palette, f"{lab_p} (slice {i})", table
+            labels[i], convention, num_classes, palette, f"{lab_p} (slice {i})", table,
+            class_values, ignore_index, cvt,
         )
         yield i, volume[i], mask, scaled
 
@@ -618,14 +892,18 @@ def load_tiff_stacks(
     volume_path: PathLike,
     labels_path: PathLike,
     convention: str = "auto",
-    num_classes: int | None = None,
+    num_classes: int | str | None = None,
     palette: Palette | None = None,
+    *,
+    class_values: ClassValues | None = None,
+    ignore_index: int | None = None,
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Load an image stack and its label stack (ISBI ``train-volume.tif`` / ``train-labels.tif``).
 
     Returns:
         ``(images, masks)`` like :func:`load_folder`: ``N`` arrays ``(H, W, C)`` and ``N``
-        ``(H, W)`` ``uint8`` class-id masks.
+        ``(H, W)`` ``uint8`` class-id masks (``class_values`` / ``ignore_index``: see
+        :func:`normalize_mask`).
 
     Raises:
         DataError: unreadable files, different slice counts or sizes, bad mask values.
@@ -634,7 +912,7 @@ def load_tiff_stacks(
     out_masks: list[np.ndarray] = []
     n_scaled = 0
     for _, image, mask, scaled in _iter_stacks(volume_path, labels_path, convention,
-                                               num_classes, palette):
+                                               num_classes, palette, class_values, ignore_index):
         out_images.append(image)
         out_masks.append(mask)
         n_scaled += scaled
@@ -673,8 +951,11 @@ def load_arrays(
     images: np.ndarray | Sequence[np.ndarray],
     masks: np.ndarray | Sequence[np.ndarray],
     convention: str = "auto",
-    num_classes: int | None = None,
+    num_classes: int | str | None = None,
     palette: Palette | None = None,
+    *,
+    class_values: ClassValues | None = None,
+    ignore_index: int | None = None,
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Validate in-memory data and normalise its masks.
 
@@ -682,6 +963,8 @@ def load_arrays(
         images: ``(N, H, W)`` or ``(N, H, W, C)`` array (or a sequence of ``(H, W[, C])``).
         masks: ``(N, H, W)`` or ``(N, H, W, 1)`` array (``(N, H, W, 3)`` with a palette), or a
             sequence of per-sample masks.
+        convention, num_classes, palette, class_values, ignore_index: see
+            :func:`normalize_mask`.
 
     Returns:
         ``(images, masks)`` like :func:`load_folder`: ``(H, W, C)`` arrays (views, no copy)
@@ -690,8 +973,7 @@ def load_arrays(
     Raises:
         DataError: wrong ndim, N or size mismatch, NaN/Inf in images, bad mask values.
     """
-    _check_convention(convention, num_classes, palette)
-    table = _palette_table(palette, num_classes) if palette is not None else None
+    table, cvt = _tables(convention, num_classes, palette, class_values, ignore_index)
     imgs = _as_items(images, "images", True)
     msks = _as_items(masks, "masks", False)
     if len(imgs) != len(msks):
@@ -711,7 +993,8 @@ def load_arrays(
                 f"({_wxh(img.shape)}) (sizes are width x height)"
             )
         consistency.check(img, f"images[{i}]")
-        mask, scaled = _normalize_mask(m, convention, num_classes, palette, f"masks[{i}]", table)
+        mask, scaled = _normalize_mask(m, convention, num_classes, palette, f"masks[{i}]", table,
+                                       class_values, ignore_index, cvt)
         out_images.append(img)
         out_masks.append(mask)
         n_scaled += scaled

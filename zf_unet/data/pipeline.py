@@ -40,10 +40,7 @@ def to_float_image(image: np.ndarray, name: str = "image") -> np.ndarray:
         out = image.astype(np.float32)
         if not np.isfinite(out).all():
             raise DataError(f"{name}: contains NaN or Inf; expected finite values in [0, 1]")
-        lo, hi = float(out.min()), float(out.max())
-        if lo < -1e-3 or hi > 1.0 + 1e-3:
-            raise DataError(f"{name}: float values span [{lo:.3g}, {hi:.3g}]; expected [0, 1] "
-                            "(scale float images to [0, 1], or pass integer images)")
+        io.check_float_range(out, name)
         return out
     raise DataError(f"{name}: dtype {image.dtype} is not an image type (expected uint8/16 or float)")
 

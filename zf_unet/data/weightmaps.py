@@ -32,6 +32,14 @@ Pixels with ``d1 + d2 <= c`` get the exact value; the others get 0 instead of a 
 ``< w0 * exp(-c**2 / (2 sigma**2))``, which bounds the error of the fast mode.
 ``exact=True`` runs one distance transform per cell over the whole image
 (``O(cells * H * W)``) and does not truncate.
+
+Void pixels (``ignore_index``)
+------------------------------
+Pixels holding ``ignore_index`` are unlabelled. They get weight 0 (the loss skips them
+anyway), are left out of the class frequencies of ``"balanced"``, and are *neither cell nor
+border*: they never join a cell (so void does not connect two cells into one), they get no
+border term, and distances from border pixels to cells are measured straight across them
+(void is empty space, not a barrier).
 """
 from __future__ import annotations
 
@@ -157,7 +165,26 @@ def class_weight_map(
     return _class_weight_map(fg, class_weights)
 
 
-def _class_weight_map(fg: np.ndarray, class_weights: Any) -> np.ndarray:
+def _split_void(mask: Any, ignore_index: int | None, name: str) -> tuple[Any, np.ndarray | None]:
+    """``(mask with void pixels set to 0, void (H, W) bool or None)``."""
+    if ignore_index is None or mask is None:
+        return mask, None
+    arr = np.asarray(mask)
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    void = arr == ignore_index
+    if arr.ndim != 2 or not void.any():
+        return mask, None
+    return np.where(void, np.zeros((), arr.dtype), arr), void
+
+
+def _class_weight_map(fg: np.ndarray, class_weights: Any,
+                      void: np.ndarray | None = None) -> np.ndarray:
+    if void is not None:  # frequencies over labelled pixels only; void weighs 0
+        out = _class_weight_map(fg[~void], class_weights)
+        full = np.zeros(fg.shape, dtype=np.float32)
+        full[~void] = out
+        return full
     if class_weights is None:
         return np.ones(fg.shape, dtype=np.float32)
     if isinstance(class_weights, str):
@@ -242,6 +269,7 @@ def border_weight_map(
     *,
     exact: bool = False,
     cutoff: float | None = None,
+    ignore_index: int | None = None,
 ) -> np.ndarray:
     """U-Net border weight map ``w = w_c + w0 * exp(-(d1 + d2)**2 / (2 sigma**2))``.
 
@@ -262,15 +290,18 @@ def border_weight_map(
         cutoff: fast mode only; pixels with ``d1 + d2 > cutoff`` get no border term, and
             each cell's distances are computed only within ``cutoff`` of its bounding box.
             Default ``6 * sigma`` (error ``<= w0 * exp(-18)``).
+        ignore_index: mask value of void pixels (e.g. 255 with {0, 1} masks): weight 0,
+            neither cell nor border (see the module docstring).
 
     Returns:
         float32 array (H, W). The border term is added on background (non-cell) pixels
-        only; cell pixels get ``w_c``. With 0 or 1 cells the term is 0.
+        only; cell pixels get ``w_c``; void pixels 0. With 0 or 1 cells the term is 0.
 
     Raises:
         DataError: wrong shape, NaN, non-binary mask without ``labels``, bad parameters.
     """
     _check_params(float(w0), float(sigma), connectivity, cutoff)
+    mask, void = _split_void(mask, ignore_index, "mask")
     if labels is not None:
         lab = _as_labels(labels, "labels")
         if mask is None:
@@ -290,7 +321,9 @@ def border_weight_map(
         lab, n_cells = ndi.label(fg, structure=structure)
         lab = lab.astype(np.int32, copy=False)
 
-    weights = _class_weight_map(fg, class_weights)
+    if void is not None and void.shape != fg.shape:  # pragma: no cover - shapes checked above
+        raise DataError(f"mask: void shape {void.shape} does not match {fg.shape}")
+    weights = _class_weight_map(fg, class_weights, void)
     if n_cells < 2 or w0 == 0:
         return weights
 
@@ -303,6 +336,8 @@ def border_weight_map(
 
     total = d1 + d2
     where = (lab == 0) & (total <= limit)
+    if void is not None:
+        where &= ~void
     term = float(w0) * np.exp(-np.square(total[where]) / (2.0 * float(sigma) ** 2))
     weights[where] += term.astype(np.float32)
     return weights
@@ -353,7 +388,8 @@ def default_cache_dir() -> Path:
     return base / "weightmaps"
 
 
-def _cache_key(fg: np.ndarray, lab: np.ndarray | None, params: Mapping[str, Any]) -> str:
+def _cache_key(fg: np.ndarray, lab: np.ndarray | None, params: Mapping[str, Any],
+               void: np.ndarray | None = None) -> str:
     h = hashlib.sha256()
     h.update(f"zf_unet.weightmaps.v{_CACHE_VERSION}".encode())
     h.update(repr(fg.shape).encode())
@@ -361,6 +397,9 @@ def _cache_key(fg: np.ndarray, lab: np.ndarray | None, params: Mapping[str, Any]
     if lab is not None:
         h.update(b"labels")
         h.update(np.ascontiguousarray(lab, dtype=np.int32).tobytes())
+    if void is not None:  # absent for masks without void pixels: their keys are unchanged
+        h.update(b"void")
+        h.update(np.ascontiguousarray(void, dtype=np.uint8).tobytes())
     cw = params.get("class_weights", "balanced")
     if isinstance(cw, Mapping):
         cw = {str(int(k)): float(v) for k, v in sorted(cw.items())}
@@ -394,19 +433,21 @@ def cached_border_weight_map(
         float32 array (H, W).
     """
     unknown = set(kwargs) - {"w0", "sigma", "class_weights", "connectivity", "labels",
-                             "exact", "cutoff"}
+                             "exact", "cutoff", "ignore_index"}
     if unknown:
         raise DataError(f"cached_border_weight_map: unexpected arguments {sorted(unknown)}")
     labels = kwargs.get("labels")
     lab = None if labels is None else _as_labels(labels, "labels")
+    plain, void = _split_void(mask, kwargs.get("ignore_index"), "mask")
     if mask is None:
         if lab is None:
             raise DataError("mask: expected a binary mask (or pass labels=), got None")
         fg = lab > 0
     else:
-        fg = _as_binary_mask(mask, "mask")
+        fg = _as_binary_mask(plain, "mask")
     folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    path = folder / f"bwm-{_cache_key(fg, lab, kwargs)}.npy"
+    params = {k: v for k, v in kwargs.items() if k != "ignore_index"}
+    path = folder / f"bwm-{_cache_key(fg, lab, params, void)}.npy"
     if path.is_file():
         try:
             cached = np.load(path, allow_pickle=False)

@@ -7,6 +7,8 @@ import keras
 import tensorflow as tf
 from keras import layers, ops
 
+from zf_unet.checks import check_choice, check_int, check_rate
+
 UPSAMPLING_MODES = ("nearest", "bilinear", "transpose")
 PADDING_MODES = ("same", "valid")
 
@@ -42,12 +44,9 @@ def double_conv_layer(
     Returns:
         ``(batch, H', W', filters)`` with ``H' = H`` (same) or ``H - 4`` (valid).
     """
-    if padding not in PADDING_MODES:
-        raise ValueError(f"padding must be one of {PADDING_MODES}, got {padding!r}")
-    if int(filters) < 1:
-        raise ValueError(f"filters must be a positive integer, got {filters!r}")
-    if not 0.0 <= float(dropout) < 1.0:
-        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+    check_choice("padding", padding, PADDING_MODES)
+    filters = check_int("filters", filters, 1)
+    dropout = check_rate("dropout", dropout)
 
     def nm(suffix: str) -> str | None:
         return f"{name}_{suffix}" if name else None
@@ -128,13 +127,12 @@ def upsample(
 ) -> Any:
     """Double H and W: nearest/bilinear ``UpSampling2D`` (channels kept) or a 2x2 stride-2
     ``Conv2DTranspose`` to ``filters`` channels (the paper's up-convolution)."""
-    if mode in ("nearest", "bilinear"):
+    if check_choice("upsampling", mode, UPSAMPLING_MODES) != "transpose":
         return layers.UpSampling2D(size=2, interpolation=mode, name=name)(x)
-    if mode == "transpose":
-        return layers.Conv2DTranspose(
-            int(filters), 2, strides=2, kernel_initializer=kernel_initializer, name=name
-        )(x)
-    raise ValueError(f"upsampling must be one of {UPSAMPLING_MODES}, got {mode!r}")
+    return layers.Conv2DTranspose(
+        check_int("filters", filters, 1), 2, strides=2, kernel_initializer=kernel_initializer,
+        name=name,
+    )(x)
 
 
 @keras.saving.register_keras_serializable(package="zf_unet")

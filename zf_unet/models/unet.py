@@ -1,11 +1,15 @@
 """U-Net builder (Ronneberger et al. 2015) in the ZF_UNET_224 style, and ZF_UNET_224 itself."""
 from __future__ import annotations
 
-from typing import Sequence
+import random
+from pathlib import Path
+from typing import Any, Sequence
 
 import keras
 from keras import layers
 
+from zf_unet.checks import check_bool, check_choice, check_int, check_rate
+from zf_unet.errors import DataError
 from zf_unet.models.blocks import (
     FusedBatchNormalization,
     PADDING_MODES,
@@ -18,15 +22,13 @@ from zf_unet.models.blocks import (
 
 def level_filters(filters: int | Sequence[int], depth: int) -> list[int]:
     """Channels per resolution level: ``filters * 2**i`` or an explicit list of ``depth`` ints."""
+    depth = check_int("depth", depth, 1)
     if isinstance(filters, (list, tuple)):
-        out = [int(f) for f in filters]
-        if len(out) != depth:
-            raise ValueError(f"filters has {len(out)} entries but depth={depth}; give one per level")
-    else:
-        out = [int(filters) * 2**i for i in range(depth)]
-    if any(f < 1 for f in out):
-        raise ValueError(f"filters must be positive, got {out}")
-    return out
+        if len(filters) != depth:
+            raise ValueError(f"filters has {len(filters)} entries but depth={depth}; give one "
+                             "per level (or one integer, doubled at every level)")
+        return [check_int(f"filters[{i}]", f, 1) for i, f in enumerate(filters)]
+    return [check_int("filters", filters, 1) * 2**i for i in range(depth)]
 
 
 def output_size(size: int, depth: int, padding: str = "same") -> int | None:
@@ -70,19 +72,22 @@ def valid_input_sizes(depth: int, padding: str = "same", near: int = 256, count:
     return sorted(set(below + above))
 
 
-def _check_input_shape(input_shape: Sequence[int | None], depth: int, padding: str) -> tuple:
-    if len(input_shape) != 3:
-        raise ValueError(
-            f"input_shape must be (height, width, channels), got {tuple(input_shape)!r}"
-        )
+def _check_input_shape(input_shape: Any, depth: int, padding: str) -> tuple:
+    expected = "(height, width, channels), e.g. (None, None, 1) with None for any size"
+    if not isinstance(input_shape, (list, tuple)) or len(input_shape) != 3:
+        raise ValueError(f"input_shape must be {expected}; got {input_shape!r}")
     h, w, c = input_shape
-    if c is None or int(c) < 1:
-        raise ValueError(f"input_shape channels must be a positive integer, got {c!r}")
+    c = check_int("input_shape channels", c, 1)
     for axis, s in (("height", h), ("width", w)):
         if s is None:
             continue
-        if output_size(int(s), depth, padding) is None:
-            nearest = valid_input_sizes(depth, padding, near=int(s))
+        try:
+            s = check_int(f"input_shape {axis}", s, 1)
+        except ValueError:
+            raise ValueError(f"input_shape {axis} must be an integer >= 1 or None (any size), "
+                             f"got {s!r}") from None
+        if output_size(s, depth, padding) is None:
+            nearest = valid_input_sizes(depth, padding, near=s)
             rule = (
                 f"a multiple of 2**(depth-1) = {2 ** (depth - 1)}"
                 if padding == "same"
@@ -93,26 +98,58 @@ def _check_input_shape(input_shape: Sequence[int | None], depth: int, padding: s
                 f"padding={padding!r}: it must be {rule}. Nearest valid sizes: {nearest}. "
                 "Use None for a variable size."
             )
-    return (h, w, int(c))
+    return (None if h is None else int(h), None if w is None else int(w), c)
+
+
+def _check_activation(value: Any) -> Any:
+    if value in ("auto", None) or callable(value):
+        return value
+    try:
+        keras.activations.get(value)
+    except (ValueError, TypeError):
+        raise ValueError(f"output_activation must be 'auto', None (logits) or a Keras "
+                         f"activation name such as 'sigmoid' or 'softmax', got {value!r}") from None
+    return value
+
+
+def _check_initializer(value: Any) -> Any:
+    # Making an initializer without a seed draws one from Python's `random`: put its state
+    # back, or the model's initial weights would differ from those of an unchecked build.
+    state = random.getstate()
+    try:
+        keras.initializers.get(value)
+    except (ValueError, TypeError):
+        raise ValueError(f"kernel_initializer must be a Keras initializer or its name, such "
+                         f"as 'he_normal', got {value!r}") from None
+    finally:
+        random.setstate(state)
+    return value
 
 
 def check_builder_args(input_shape: Sequence[int | None], num_classes: int, depth: int,
                        filters: int | Sequence[int], upsampling: str, padding: str,
-                       output_activation: str | None) -> tuple[int, tuple, list[int], str | None]:
-    """Validate the options shared by the U-Net builders.
+                       output_activation: str | None, dropout: float = 0.0,
+                       kernel_initializer: Any = "he_normal", name: str = "unet",
+                       **flags: Any) -> tuple[int, tuple, list[int], str | None]:
+    """Validate the options shared by the U-Net builders (``flags``: their True/False
+    options by name); each bad one raises ``ValueError`` naming it.
 
     Returns ``(depth, input_shape, filters per level, output activation)`` with ``"auto"``
     resolved to sigmoid (1 class) or softmax (several).
     """
-    depth = int(depth)
-    if depth < 2:
-        raise ValueError(f"depth must be >= 2 (at least one pooling), got {depth}")
-    if upsampling not in UPSAMPLING_MODES:
-        raise ValueError(f"upsampling must be one of {UPSAMPLING_MODES}, got {upsampling!r}")
-    if int(num_classes) < 1:
-        raise ValueError(f"num_classes must be >= 1, got {num_classes!r}")
+    depth = check_int("depth", depth, 2)
+    upsampling = check_choice("upsampling", upsampling, UPSAMPLING_MODES)
+    padding = check_choice("padding", padding, PADDING_MODES)
+    num_classes = check_int("num_classes", num_classes, 1)
     shape = _check_input_shape(input_shape, depth, padding)
     widths = level_filters(filters, depth)
+    check_rate("dropout", dropout)
+    for flag, value in flags.items():
+        check_bool(flag, value)
+    output_activation = _check_activation(output_activation)
+    _check_initializer(kernel_initializer)
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"name must be a non-empty string, got {name!r}")
     if output_activation == "auto":
         output_activation = "sigmoid" if num_classes == 1 else "softmax"
     return depth, shape, widths, output_activation
@@ -169,10 +206,11 @@ def build_unet(
         float32 probabilities (or logits). ``H' = H`` for ``same``; see ``output_size`` for
         ``valid``.
     """
-    if padding not in PADDING_MODES:
-        raise ValueError(f"padding must be one of {PADDING_MODES}, got {padding!r}")
     depth, shape, widths, output_activation = check_builder_args(
-        input_shape, num_classes, depth, filters, upsampling, padding, output_activation)
+        input_shape, num_classes, depth, filters, upsampling, padding, output_activation,
+        dropout, kernel_initializer, name, batch_norm=batch_norm,
+        head_batch_norm=head_batch_norm, sync_batch_norm=sync_batch_norm,
+        fused_batch_norm=fused_batch_norm)
 
     inputs = keras.Input(shape=shape, name="image")
     x = inputs
@@ -224,6 +262,11 @@ def ZF_UNET_224(dropout_val: float = 0.2, batch_norm: bool = True, weights: str 
         batch_norm: BatchNorm in the blocks and the head.
         weights: optional path to a ``.weights.h5`` file or a ``.keras`` model to load from.
     """
+    dropout_val = check_rate("dropout_val", dropout_val)
+    check_bool("batch_norm", batch_norm)
+    if weights is not None and not Path(weights).is_file():
+        raise DataError(f"weights file not found: {weights} (expected a .weights.h5 file or a "
+                        ".keras model)")
     model = build_unet(
         input_shape=(224, 224, 3),
         num_classes=1,

@@ -113,7 +113,10 @@ def build_unet_plus_plus(
             )
         raise ValueError(f"padding must be 'same' for U-Net++, got {padding!r}")
     depth, shape, widths, output_activation = check_builder_args(
-        input_shape, num_classes, depth, filters, upsampling, padding, output_activation)
+        input_shape, num_classes, depth, filters, upsampling, padding, output_activation,
+        dropout, kernel_initializer, name, batch_norm=batch_norm,
+        deep_supervision=deep_supervision, sync_batch_norm=sync_batch_norm,
+        fused_batch_norm=fused_batch_norm)
 
     def block(x: Any, i: int, j: int) -> Any:
         rate = 0.0 if (i == 0 and j >= 1) else dropout

@@ -1,0 +1,206 @@
+"""Argument checks shared across zf_unet, and the checks of segmentation targets against
+predictions used by ``zf_unet.losses`` and ``zf_unet.metrics``.
+
+Argument checks (``check_int``, ``check_bool``, ``check_rate``, ``check_choice``) raise
+``ValueError`` naming the argument and what was expected.
+
+``check_targets`` works out what kind of target ``y_true`` is and checks its shape and values:
+
+- called eagerly (a loss or metric called on arrays), a problem raises ``DataError`` (a
+  ``ValueError``) whose message starts with the argument's name;
+- inside a graph (``model.fit`` / ``evaluate``, ``tf.function``, ``tf.distribute``), shape
+  mismatches known at trace time raise the same ``DataError`` while tracing; everything known
+  only at run time is a ``tf.debugging.Assert`` (a cheap reduction and a scalar test per step,
+  no host sync) whose ``InvalidArgumentError`` reads ``assertion failed: [y_true: ...]``.
+  XLA-compiled steps (``jit_compile=True``) drop these run-time assertions.
+"""
+from __future__ import annotations
+
+import difflib
+from typing import Any, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from zf_unet.errors import DataError
+
+
+# --------------------------------------------------------------------------- arguments
+
+
+def check_int(name: str, value: Any, minimum: int) -> int:
+    """``value`` as an ``int`` if it is an integer (not a bool) >= ``minimum``, else
+    ``ValueError`` naming ``name``."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) \
+            or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def check_bool(name: str, value: Any) -> bool:
+    """``value`` if it is True or False (or a NumPy bool), else ``ValueError``."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def check_rate(name: str, value: Any) -> float:
+    """``value`` as a float if it is a number in [0, 1) (a dropout rate), else ``ValueError``."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)) \
+            or not 0.0 <= float(value) < 1.0:
+        raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
+    return float(value)
+
+
+def check_choice(name: str, value: Any, choices: Sequence[str]) -> str:
+    """``value`` if it is one of ``choices``, else ``ValueError`` (with the nearest choice)."""
+    if isinstance(value, str) and value in choices:
+        return value
+    near = difflib.get_close_matches(value, choices, n=1) if isinstance(value, str) else []
+    hint = f" (did you mean {near[0]!r}?)" if near else ""
+    raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}{hint}")
+
+
+# --------------------------------------------------------------------------- targets
+
+#: ``y_true`` kinds: one-class 0/1 targets (C = 1), class ids 0..C-1, one-hot / soft labels.
+BINARY, SPARSE, ONE_HOT = "binary", "sparse", "one_hot"
+
+
+def check_ignore_index(value: Any) -> int | None:
+    """``value`` as an ``int`` (any integer, usually outside 0..C-1, e.g. 255) or ``None``,
+    else ``ValueError``."""
+    if value is None:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"ignore_index must be an integer or None, got {value!r}")
+    return int(value)
+
+
+def check_targets(y_true: Any, y_pred: Any, num_classes: int | None = None,
+                  ignore_index: int | None = None) -> tuple[Any, str]:
+    """Check ``y_true`` against ``y_pred``; return ``(y_true, kind)``.
+
+    Args:
+        y_true: for ``C = 1`` binary targets ``(B, H, W)`` / ``(B, H, W, 1)`` in [0, 1]
+            (kind ``BINARY``); for ``C > 1`` class ids ``(B, H, W)`` / ``(B, H, W, 1)`` in
+            0..C-1 (``SPARSE``) or one-hot / soft labels ``(B, H, W, C)`` in [0, 1]
+            (``ONE_HOT``). Any numeric or bool dtype.
+        y_pred: ``(B, H, W, C)`` predictions with a static ``C``; only its shape is used.
+        num_classes: the ``C`` the caller was built for (a metric's ``num_classes``).
+        ignore_index: a class-id / binary target value that marks pixels to leave out; such
+            pixels pass the range check whatever the value (e.g. 255 or ``C``). One-hot
+            targets cannot carry it and are checked as usual.
+
+    Returns:
+        ``y_true`` (as a tensor; in a graph an identity that runs after the value checks) and
+        its kind.
+
+    Raises:
+        DataError: ``y_true``'s shape does not fit ``y_pred`` (the leading ``(B, H, W)`` must
+            be equal), or (eagerly) its values are out of range.
+        ValueError: ``y_pred`` has no static channel dimension, or not ``num_classes``.
+    """
+    y_true = tf.convert_to_tensor(y_true)
+    pred_shape, true_shape = y_pred.shape, y_true.shape
+    if pred_shape.rank is None or pred_shape[-1] is None:
+        raise ValueError(f"y_pred must have a static channel dimension (B, H, W, C), got "
+                         f"shape {pred_shape}")
+    classes = int(pred_shape[-1])
+    if num_classes is not None and classes != num_classes:
+        raise ValueError(f"y_pred has {classes} channels but this metric was built with "
+                         f"num_classes={num_classes}")
+    kind = _kind(true_shape, pred_shape)
+    lead = pred_shape.rank - 1  # the (B, H, W) both must share
+    checks = []
+    for a, b in zip(true_shape[:lead], pred_shape[:lead]):
+        if a is not None and b is not None and a != b:
+            raise DataError(f"y_true has shape {_fmt(true_shape)} but y_pred has shape "
+                            f"{_fmt(pred_shape)}: the (batch, height, width) of the targets "
+                            "must equal those of the predictions")
+    open_channel = true_shape.rank == pred_shape.rank and true_shape[-1] is None
+    if open_channel:
+        lead += 1  # binary (B, H, W, ?) targets: the channel must be 1 as well
+    if None in true_shape[:lead] or None in pred_shape[:lead]:
+        t, p = tf.shape(y_true)[:lead], tf.shape(y_pred)[:lead]
+        checks.append(tf.debugging.Assert(
+            tf.reduce_all(tf.equal(t, p)),
+            ["y_true: its shape must fit that of y_pred (the same batch, height and width); "
+             "y_true shape:",
+             tf.shape(y_true), "y_pred shape:", tf.shape(y_pred)], summarize=8))
+    if y_true.dtype != tf.bool:
+        checks.extend(_check_range(y_true, kind, classes, ignore_index))
+    if checks:
+        with tf.control_dependencies(checks):
+            y_true = tf.identity(y_true)
+    if open_channel:
+        y_true = tf.ensure_shape(y_true, true_shape[:-1].concatenate([1]))
+    return y_true, kind
+
+
+def _fmt(shape: tf.TensorShape) -> str:
+    return "(unknown rank)" if shape.rank is None else str(tuple(shape.as_list()))
+
+
+def _kind(true_shape: tf.TensorShape, pred_shape: tf.TensorShape) -> str:
+    classes, rank = pred_shape[-1], pred_shape.rank
+    if true_shape.rank is None:
+        raise DataError("y_true has an unknown rank; expected (B, H, W) or (B, H, W, 1) targets "
+                        "(give the dataset static shapes, e.g. with tf.ensure_shape)")
+    last = true_shape[-1] if true_shape.rank else None
+    if true_shape.rank == rank - 1 or (true_shape.rank == rank and last == 1):
+        return BINARY if classes == 1 else SPARSE
+    if true_shape.rank == rank and last == classes:
+        return ONE_HOT
+    if true_shape.rank == rank and last is None and classes == 1:
+        return BINARY  # the run-time shape check covers the channel
+    forms = "(B, H, W) or (B, H, W, 1)" + (f" class ids or (B, H, W, {classes}) one-hot"
+                                           if classes > 1 else " binary")
+    raise DataError(f"y_true has shape {_fmt(true_shape)} but y_pred has shape "
+                    f"{_fmt(pred_shape)}: expected y_true {forms} targets for a "
+                    f"{classes}-class y_pred")
+
+
+def valid_pixels(y_true: Any, y_pred: Any, kind: str, ignore_index: int | None) -> Any:
+    """float32 ``(B, H, W)`` mask: 1 where the pixel counts, 0 where ``y_true`` equals
+    ``ignore_index``; ``None`` when nothing can be ignored (no ``ignore_index``, or one-hot
+    ``y_true``). ``y_true``: a target checked by ``check_targets`` (with or without its channel
+    axis); ``y_pred``: the ``(B, H, W, C)`` predictions (only the rank is used)."""
+    if ignore_index is None or kind == ONE_HOT:
+        return None
+    y_true = tf.convert_to_tensor(y_true)
+    if len(y_true.shape) == len(y_pred.shape):
+        y_true = y_true[..., 0]
+    return tf.cast(tf.not_equal(tf.cast(y_true, tf.float32), float(ignore_index)), tf.float32)
+
+
+def _check_range(y_true: Any, kind: str, classes: int, ignore_index: int | None = None) -> list:
+    """Eagerly: raise ``DataError`` for values out of range; in a graph: the assertion."""
+    if kind == SPARSE:
+        head = f"y_true: class ids must be in 0..{classes - 1} for a {classes}-class y_pred"
+        hi, hint = float(classes - 1), "check num_classes against the mask values"
+    elif kind == BINARY:
+        head = "y_true: binary targets must be in [0, 1]"
+        hi, hint = 1.0, "divide 0/255 masks by 255"
+    else:
+        head = f"y_true: one-hot targets for a {classes}-class y_pred must be in [0, 1]"
+        hi, hint = 1.0, "encode each class as 1 in its channel"
+    values = tf.cast(y_true, tf.float32)
+    if ignore_index is not None and kind != ONE_HOT:
+        values = tf.where(tf.equal(values, float(ignore_index)), tf.zeros_like(values), values)
+        head += f" or {ignore_index} (ignore_index)"
+    lo_val, hi_val = tf.reduce_min(values), tf.reduce_max(values)  # empty: +inf, -inf
+    if tf.executing_eagerly():
+        lo_f, hi_f = float(lo_val), float(hi_val)
+        if not hi_f <= hi:  # NaN fails too
+            raise DataError(f"{head} (got values up to {hi_f:g}); {hint}")
+        if not lo_f >= 0:
+            raise DataError(f"{head} (got values down to {lo_f:g})")
+        return []
+    ok = tf.logical_and(lo_val >= 0.0, hi_val <= hi)
+    return [tf.debugging.Assert(ok, [f"{head}; {hint}. Smallest and largest value:",
+                                     lo_val, hi_val])]
+
+
+__all__ = ["BINARY", "ONE_HOT", "SPARSE", "check_bool", "check_choice", "check_ignore_index",
+           "check_int", "check_rate", "check_targets", "valid_pixels"]
