@@ -178,3 +178,12 @@ def test_demo_config_is_checked():
     with pytest.raises(ConfigError, match=r"demo: n_val = 0; expected an integer >= 1"):
         DemoConfig(n_val=0).validate()
     assert DemoConfig().validate() == DemoConfig()
+
+
+def test_max_minutes_stops_after_the_epoch_that_passes_the_budget(tmp_path):
+    cfg = Config().override(TINY + ["train.epochs=3", "train.max_minutes=0.0001"])
+    history, run = train(cfg, tmp_path / "run", verbose=0)
+    assert history.epoch == [0]  # the first epoch took longer than 6 ms
+    assert (run / "best.keras").exists() and (run / "final.keras").exists()
+    with pytest.raises(ConfigError, match=r"max_minutes = -1.0; expected a number >= 0"):
+        Config().override(["train.max_minutes=-1"])
