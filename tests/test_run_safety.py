@@ -128,10 +128,11 @@ def test_config_differences_and_monitor_names():
 def test_monitor_names_are_what_training_logs(tmp_path):
     """The schema's list of monitor names matches the logs of a real run (no typo slips by,
     no valid name is refused)."""
-    cfg = Config().override(TINY + ["train.epochs=1"])
+    cfg = Config().override(TINY + ["train.epochs=1"])  # num_classes inferred: binary
     history, _ = train(cfg, tmp_path / "run", verbose=0)
-    assert set(history.history) <= set(monitor_names(cfg))
-    assert {n for n in monitor_names(cfg) if "L" not in n} <= set(history.history)
+    assert set(history.history) <= set(monitor_names(cfg, 1))
+    assert {n for n in monitor_names(cfg, 1) if "L" not in n} <= set(history.history)
+    assert set(history.history) <= set(monitor_names(cfg))  # 0 = not known yet: a superset
 
 
 def test_data_paths_with_quotes_and_backslashes_train(tmp_path, capsys):

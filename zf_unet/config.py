@@ -61,7 +61,9 @@ class DataConfig:
     batch_size: int = 4            # global batch (split across replicas)
     val_fraction: float = 0.2      # seeded random hold-out ...
     val_indices: list = field(default_factory=list)  # ... or these sample indices
-    num_classes: int = 1           # 1 = binary (sigmoid); >1 = softmax over class ids
+    # 1 = binary (sigmoid); >1 = softmax over class ids; 0 = inferred from the masks ({0, 1}
+    # or {0, 255} -> 1; ids 0..K-1 -> K; class_values -> its number of groups)
+    num_classes: int = 0
     ignore_index: int = -1         # mask value (void) left out of losses and scores; -1 = none
     # gray-value codes -> classes: item i lists the mask values of class i, e.g.
     # [[0, 32, 64, 96, 128], [159], [191], [223], [255]]; [] = masks hold class ids
@@ -263,7 +265,7 @@ _RANGES = {
     ("DataConfig", "patch_size"): Range(0),
     ("DataConfig", "batch_size"): Range(1),
     ("DataConfig", "val_fraction"): Range(0.0, 1.0, high_open=True),
-    ("DataConfig", "num_classes"): Range(1, 255),  # masks are read as uint8 class ids
+    ("DataConfig", "num_classes"): Range(0, 255),  # masks are read as uint8 class ids
     ("DataConfig", "ignore_index"): Range(-1, 255),
     ("DataConfig", "w0"): Range(0.0),
     ("DataConfig", "sigma"): Range(0.0, low_open=True),

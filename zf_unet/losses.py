@@ -22,12 +22,12 @@ Conventions (all losses):
     the PyTorch way, ``sum(w_y * ce) / sum(w_y)`` over the non-ignored pixels of the batch
     (``torch.nn.CrossEntropyLoss(weight=..., ignore_index=...)``); ``WeightedCrossEntropy``
     keeps the U-Net paper's energy, ``sum(w_y * ce) / N_valid``. ``"auto"`` is not a running
-    estimate here: compute the weights once with ``class_pixel_counts`` and
-    ``median_frequency_weights`` (what ``zf_unet.train`` does) and pass the list.
+    estimate here: compute the weights once with ``zf_unet.data.class_pixel_counts`` and
+    ``zf_unet.data.median_frequency_weights`` (what ``zf_unet.train`` does) and pass the list.
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import keras
 import numpy as np
@@ -478,66 +478,5 @@ def get(identifier: str | dict | keras.losses.Loss, **kwargs: Any) -> keras.loss
     return LOSSES[name](**kwargs)
 
 
-# --------------------------------------------------------------------------- class weights
-
-
-def class_pixel_counts(masks: Iterable[Any], num_classes: int,
-                       ignore_index: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Per-class pixel counts for median-frequency balancing.
-
-    Args:
-        masks: ``(H, W)`` / ``(H, W, 1)`` masks, or stacks ``(N, H, W[, 1])`` (each slice an
-            image): class ids 0..K-1, or for ``num_classes=1`` binary masks (> 0.5 = 1).
-        num_classes: the model's K (1 counts background and foreground: 2 classes).
-        ignore_index: mask value of pixels to leave out.
-
-    Returns:
-        ``(class_pixels, class_image_pixels)``, int64 ``(max(K, 2),)``: the pixels of each
-        class, and the (non-ignored) pixels of the images in which the class appears.
-    """
-    k = max(2, int(num_classes))
-    pixels, image_pixels = np.zeros(k, np.int64), np.zeros(k, np.int64)
-    for mask in masks:
-        m = np.asarray(mask)
-        if m.ndim >= 3 and m.shape[-1] == 1:
-            m = m[..., 0]
-        stack = m[None] if m.ndim == 2 else m
-        if stack.ndim != 3:
-            raise ValueError(f"masks must be (H, W), (H, W, 1) or (N, H, W[, 1]), got shape "
-                             f"{np.asarray(mask).shape}")
-        for image in stack:
-            keep = np.ones(image.shape, bool) if ignore_index is None else image != ignore_index
-            values = image[keep]
-            ids = (values > 0.5).astype(np.int64) if num_classes == 1 else values.astype(np.int64)
-            if ids.size and (ids.min() < 0 or ids.max() >= k or
-                             (num_classes > 1 and np.any(values != ids))):
-                raise ValueError(f"mask values must be class ids in 0..{k - 1} (or "
-                                 f"ignore_index={ignore_index}), got {np.unique(values)[:10]}")
-            counts = np.bincount(ids, minlength=k)
-            pixels += counts
-            image_pixels += np.where(counts > 0, ids.size, 0)
-    return pixels, image_pixels
-
-
-def median_frequency_weights(class_pixels: Sequence[float],
-                             class_image_pixels: Sequence[float]) -> list[float]:
-    """Median-frequency balancing (Eigen & Fergus 2015): ``w_c = median(freq) / freq_c`` with
-    ``freq_c = class_pixels_c / class_image_pixels_c`` (pixels of class c over the pixels of
-    the images in which c appears; ``class_pixel_counts`` gives both). The median is over the
-    classes seen; classes never seen get weight 1."""
-    pixels = np.asarray(class_pixels, np.float64)
-    image_pixels = np.asarray(class_image_pixels, np.float64)
-    if pixels.shape != image_pixels.shape or pixels.ndim != 1:
-        raise ValueError(f"class_pixels and class_image_pixels must be 1-D of equal length, got "
-                         f"shapes {pixels.shape} and {image_pixels.shape}")
-    seen = (pixels > 0) & (image_pixels > 0)
-    if not seen.any():
-        return [1.0] * pixels.size
-    freq = np.where(seen, pixels / np.where(seen, image_pixels, 1.0), 0.0)
-    median = float(np.median(freq[seen]))
-    return [float(median / f) if s else 1.0 for f, s in zip(freq, seen)]
-
-
 __all__ = ["BCEDiceLoss", "CEDiceLoss", "CrossEntropy", "DiceLoss", "FocalLoss", "JaccardLoss",
-           "LOSSES", "TverskyLoss", "WeightedCrossEntropy", "class_pixel_counts", "get",
-           "median_frequency_weights", "soft_dice_loss"]
+           "LOSSES", "TverskyLoss", "WeightedCrossEntropy", "get", "soft_dice_loss"]

@@ -19,15 +19,17 @@ import numpy as np
 from keras import ops
 from scipy import ndimage
 
-from zf_unet.checks import ONE_HOT, check_targets
+from zf_unet.checks import ONE_HOT, check_ignore_index, check_targets, valid_pixels
 
 
 class _ConfusionMetric(keras.metrics.IoU):
-    """Converts probabilities/logits and sparse/one-hot targets to class ids, then counts."""
+    """Converts probabilities/logits and sparse/one-hot targets to class ids, then counts.
+
+    Pixels whose target equals ``ignore_index`` are not counted (weight 0)."""
 
     def __init__(self, num_classes: int = 1, threshold: float = 0.5,
                  target_class_ids: Sequence[int] | None = None, from_logits: bool = False,
-                 name: str | None = None, dtype: Any = None):
+                 name: str | None = None, dtype: Any = None, ignore_index: int | None = None):
         if int(num_classes) < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         self.model_classes = int(num_classes)
@@ -38,12 +40,24 @@ class _ConfusionMetric(keras.metrics.IoU):
                          dtype=dtype)
         self.threshold = float(threshold)
         self.from_logits = bool(from_logits)
+        self.ignore_index = check_ignore_index(ignore_index)
 
     def _ids(self, y_true: Any, y_pred: Any) -> tuple[Any, Any]:
-        """Flat int32 ``(N,)`` true and predicted class ids; ``y_true`` is checked first
-        (``zf_unet.checks.check_targets``: shape, value range)."""
+        """Flat int32 ``(N,)`` true and predicted class ids (``_ids_valid`` without the mask)."""
+        return self._ids_valid(y_true, y_pred)[:2]
+
+    def _ids_valid(self, y_true: Any, y_pred: Any) -> tuple[Any, Any, Any]:
+        """Flat int32 ``(N,)`` true and predicted class ids (true ids of ignored pixels set to
+        0) and the flat float32 0/1 mask of counted pixels (``None``: all count); ``y_true`` is
+        checked first (``zf_unet.checks.check_targets``: shape, value range)."""
         y_pred = ops.cast(y_pred, "float32")
-        y_true, kind = check_targets(y_true, y_pred, self.model_classes)
+        y_true, kind = check_targets(y_true, y_pred, self.model_classes, self.ignore_index)
+        valid = valid_pixels(y_true, y_pred, kind, self.ignore_index)
+        if valid is not None:
+            if len(y_true.shape) == len(y_pred.shape):
+                y_true = y_true[..., 0]
+            y_true = ops.where(valid > 0, y_true, ops.zeros_like(y_true))
+            valid = ops.reshape(valid, (-1,))
         if self.model_classes == 1:
             if self.from_logits:
                 y_pred = ops.sigmoid(y_pred)
@@ -52,18 +66,22 @@ class _ConfusionMetric(keras.metrics.IoU):
         else:
             pred = ops.argmax(y_pred, axis=-1)
             true = ops.argmax(y_true, axis=-1) if kind == ONE_HOT else ops.cast(y_true, "int32")
-        return ops.reshape(true, (-1,)), ops.reshape(pred, (-1,))
+        return ops.reshape(true, (-1,)), ops.reshape(pred, (-1,)), valid
 
     def update_state(self, y_true, y_pred, sample_weight=None):
-        true, pred = self._ids(y_true, y_pred)
+        true, pred, valid = self._ids_valid(y_true, y_pred)
         if sample_weight is not None:
             sample_weight = ops.reshape(ops.cast(sample_weight, "float32"), (-1,))
+            if valid is not None:
+                sample_weight = sample_weight * valid
+        elif valid is not None:
+            sample_weight = ops.cast(valid, self.dtype)  # 0/1: exact in the metric's dtype
         return super().update_state(true, pred, sample_weight)
 
     def get_config(self) -> dict:
         return {"name": self.name, "dtype": self.dtype, "num_classes": self.model_classes,
                 "threshold": self.threshold, "target_class_ids": list(self.target_class_ids),
-                "from_logits": self.from_logits}
+                "from_logits": self.from_logits, "ignore_index": self.ignore_index}
 
     def _per_class(self) -> tuple[Any, Any, Any]:
         cm = ops.cast(self.total_cm, "float32")
@@ -84,8 +102,9 @@ class DiceCoefficient(_ConfusionMetric):
 
     def __init__(self, num_classes: int = 1, threshold: float = 0.5,
                  target_class_ids: Sequence[int] | None = None, from_logits: bool = False,
-                 name: str = "dice", dtype: Any = None):
-        super().__init__(num_classes, threshold, target_class_ids, from_logits, name, dtype)
+                 name: str = "dice", dtype: Any = None, ignore_index: int | None = None):
+        super().__init__(num_classes, threshold, target_class_ids, from_logits, name, dtype,
+                         ignore_index)
 
     def result(self):
         tp, fp, fn = self._per_class()
@@ -102,8 +121,114 @@ class IoU(_ConfusionMetric):
 
     def __init__(self, num_classes: int = 1, threshold: float = 0.5,
                  target_class_ids: Sequence[int] | None = None, from_logits: bool = False,
-                 name: str = "iou", dtype: Any = None):
-        super().__init__(num_classes, threshold, target_class_ids, from_logits, name, dtype)
+                 name: str = "iou", dtype: Any = None, ignore_index: int | None = None):
+        super().__init__(num_classes, threshold, target_class_ids, from_logits, name, dtype,
+                         ignore_index)
+
+
+@keras.saving.register_keras_serializable(package="zf_unet")
+class MeanIoU(_ConfusionMetric):
+    """Mean IoU over all classes of argmax (C>1) / thresholded (C=1: background and foreground)
+    predictions: ``keras.metrics.MeanIoU`` with probability inputs and an ignore label
+    (``ignore_index`` plays ``ignore_class``). Classes absent from both truth and prediction
+    are left out of the mean, as in Keras. ``y_true``: class ids ``(B, H, W[, 1])``, one-hot,
+    or C=1 binary; ``y_pred``: ``(B, H, W, C)`` probabilities (logits with ``from_logits``)."""
+
+    def __init__(self, num_classes: int, ignore_index: int | None = None, threshold: float = 0.5,
+                 name: str = "miou", from_logits: bool = False, dtype: Any = None):
+        super().__init__(num_classes, threshold, None, from_logits, name, dtype, ignore_index)
+        self.target_class_ids = list(range(max(2, self.model_classes)))
+
+    def get_config(self) -> dict:
+        return {"name": self.name, "dtype": self.dtype, "num_classes": self.model_classes,
+                "ignore_index": self.ignore_index, "threshold": self.threshold,
+                "from_logits": self.from_logits}
+
+
+@keras.saving.register_keras_serializable(package="zf_unet")
+class ClassIoU(_ConfusionMetric):
+    """IoU of one class, ``keras.metrics.IoU(target_class_ids=[class_id])`` with probability
+    inputs and an ignore label; default name ``iou_<class_id>``. For C=1 models class 0 is the
+    background and 1 the foreground (thresholded at ``threshold``)."""
+
+    def __init__(self, class_id: int, num_classes: int, ignore_index: int | None = None,
+                 name: str | None = None, threshold: float = 0.5, from_logits: bool = False,
+                 dtype: Any = None):
+        n = max(2, int(num_classes))
+        if isinstance(class_id, bool) or not isinstance(class_id, (int, np.integer)) \
+                or not 0 <= class_id < n:
+            raise ValueError(f"class_id must be an integer in 0..{n - 1}, got {class_id!r}")
+        self.class_id = int(class_id)
+        super().__init__(num_classes, threshold, [self.class_id], from_logits,
+                         name or f"iou_{self.class_id}", dtype, ignore_index)
+
+    def get_config(self) -> dict:
+        return {"name": self.name, "dtype": self.dtype, "class_id": self.class_id,
+                "num_classes": self.model_classes, "ignore_index": self.ignore_index,
+                "threshold": self.threshold, "from_logits": self.from_logits}
+
+
+# --------------------------------------------------------------------------- multi-class NumPy
+
+
+def confusion_matrix(pred_labels: np.ndarray, true_labels: np.ndarray, num_classes: int,
+                     ignore_index: int | None = None) -> np.ndarray:
+    """Pixel confusion matrix ``(K, K)`` int64: rows = true class, columns = predicted class.
+
+    ``pred_labels``, ``true_labels``: integer class-id arrays of one shape (an image or a stack;
+    over a data set, sum the matrices). Pixels whose truth equals ``ignore_index`` are left out;
+    any other value outside 0..K-1 raises ``ValueError``."""
+    p, t = np.asarray(pred_labels), np.asarray(true_labels)
+    if p.shape != t.shape:
+        raise ValueError(f"pred_labels shape {p.shape} != true_labels shape {t.shape}")
+    k = int(num_classes)
+    if k < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    p, t = p.ravel(), t.ravel()
+    if ignore_index is not None:
+        keep = t != ignore_index
+        p, t = p[keep], t[keep]
+    for name, x in (("pred_labels", p), ("true_labels", t)):
+        if x.size and (x.min() < 0 or x.max() >= k or np.any(x != np.round(x))):
+            raise ValueError(f"{name} must hold class ids in 0..{k - 1}, got values "
+                             f"{np.unique(x)[:10]}")
+    idx = t.astype(np.int64) * k + p.astype(np.int64)
+    return np.bincount(idx, minlength=k * k).reshape(k, k).astype(np.int64)
+
+
+def class_scores(confusion: np.ndarray) -> dict:
+    """Per-class and summary scores of a ``confusion_matrix`` (rows truth, columns prediction).
+
+    Returns a dict with per-class lists ``iou``, ``dice``, ``precision``, ``recall`` (NaN where
+    the denominator is 0: IoU / Dice for a class in neither truth nor prediction, precision for
+    a class never predicted, recall for a class absent from the truth) and ``support`` (true
+    pixels, int), and scalars ``miou`` (the mean IoU over the classes present in the truth or the
+    prediction, as ``keras.metrics.MeanIoU``), ``pixel_accuracy`` (trace / total) and
+    ``mean_class_accuracy`` (mean recall over the classes present in the truth).
+    """
+    cm = np.asarray(confusion, np.float64)
+    if cm.ndim != 2 or cm.shape[0] != cm.shape[1]:
+        raise ValueError(f"confusion must be a square (K, K) matrix, got shape {cm.shape}")
+    tp = np.diag(cm)
+    true_n, pred_n = cm.sum(axis=1), cm.sum(axis=0)
+    union = true_n + pred_n - tp
+
+    def ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+        return np.divide(num, den, out=np.full_like(num, np.nan), where=den > 0)
+
+    iou, recall = ratio(tp, union), ratio(tp, true_n)
+    total = cm.sum()
+    return {
+        "iou": iou.tolist(),
+        "dice": ratio(2 * tp, true_n + pred_n).tolist(),
+        "precision": ratio(tp, pred_n).tolist(),
+        "recall": recall.tolist(),
+        "support": [int(n) for n in true_n],
+        "miou": float(np.mean(iou[union > 0])) if (union > 0).any() else float("nan"),
+        "pixel_accuracy": float(tp.sum() / total) if total > 0 else float("nan"),
+        "mean_class_accuracy": (float(np.mean(recall[true_n > 0])) if (true_n > 0).any()
+                                else float("nan")),
+    }
 
 
 # --------------------------------------------------------------------------- NumPy scores
@@ -378,8 +503,12 @@ def evaluate_probability_map(prob: np.ndarray, truth: np.ndarray,
 
 __all__ = [
     "DEFAULT_THRESHOLDS",
+    "ClassIoU",
     "DiceCoefficient",
     "IoU",
+    "MeanIoU",
+    "class_scores",
+    "confusion_matrix",
     "dice_score",
     "evaluate_probability_map",
     "f_error",

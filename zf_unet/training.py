@@ -9,6 +9,7 @@ and resumes where it stopped.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import logging
 import os
@@ -26,7 +27,7 @@ from zf_unet import losses as zl
 from zf_unet import metrics as zm
 from zf_unet.config import Config, resolve_monitor
 from zf_unet.data.augment import Augment
-from zf_unet.data.pipeline import make_datasets
+from zf_unet.data.pipeline import make_datasets, median_frequency_weights
 from zf_unet.data.synthetic import make_synthetic
 from zf_unet.errors import ConfigError
 from zf_unet.io_utils import (atomic_path, hidden_dirs, make_hidden_dir, save_model_atomic,
@@ -212,11 +213,13 @@ class CollapseWarning(keras.callbacks.Callback):
     Binary models (one output channel) predict class 1 where ``p > threshold``; others the
     argmax. For several outputs (deep supervision) the last one is checked. Every measurement
     is kept in ``self.history`` (``epoch``, ``predicted``, ``truth`` class shares,
-    ``collapsed``) and every warning in ``self.warnings``.
+    ``collapsed``) and every warning in ``self.warnings``. Target pixels equal to
+    ``ignore_index`` are left out of both counts.
     """
 
     def __init__(self, data: Any, *, fraction: float = 0.005, threshold: float = 0.5,
-                 max_batches: int = 8, patience: int = 1, label: str = "validation"):
+                 max_batches: int = 8, patience: int = 1, label: str = "validation",
+                 ignore_index: int | None = None):
         super().__init__()
         if not 0.0 < fraction < 0.5:
             raise ValueError(f"fraction must be in (0, 0.5), got {fraction!r}")
@@ -224,6 +227,7 @@ class CollapseWarning(keras.callbacks.Callback):
             raise ValueError("max_batches and patience must be >= 1")
         self.data, self.fraction, self.threshold = data, float(fraction), float(threshold)
         self.max_batches, self.patience, self.label = int(max_batches), int(patience), label
+        self.ignore_index = ignore_index
         self.history: list[dict] = []
         self.warnings: list[str] = []
         self._streak = 0
@@ -267,8 +271,11 @@ class CollapseWarning(keras.callbacks.Callback):
                 t_cls = np.argmax(y, axis=-1) if y.shape[-1] == k and k > 1 else \
                     np.rint(y[..., 0]).astype(np.int64)
             n = max(k, 2)
-            pc = np.bincount(p_cls.ravel(), minlength=n)[:n]
-            tc = np.bincount(np.clip(t_cls.ravel(), 0, n - 1), minlength=n)[:n]
+            keep = np.ones(p_cls.shape, bool)
+            if self.ignore_index is not None and y.shape[-1] == 1:
+                keep = np.rint(y[..., 0]) != self.ignore_index  # void pixels count for nothing
+            pc = np.bincount(p_cls[keep].ravel(), minlength=n)[:n]
+            tc = np.bincount(np.clip(t_cls[keep].ravel(), 0, n - 1), minlength=n)[:n]
             pred_counts = pc if pred_counts is None else pred_counts + pc
             true_counts = tc if true_counts is None else true_counts + tc
         if pred_counts is None or true_counts is None:
@@ -559,23 +566,66 @@ class _ReplaceOldRun(keras.callbacks.Callback):
 # --------------------------------------------------------------------------- pieces
 
 
-def make_loss(cfg: Config) -> keras.losses.Loss:
-    name = cfg.loss.name
-    if name == "bce_dice":
-        return zl.BCEDiceLoss(bce_weight=cfg.loss.bce_weight, dice_weight=cfg.loss.dice_weight)
-    if name == "dice":
-        return zl.DiceLoss()
-    if name == "jaccard":
-        return zl.JaccardLoss()
-    return zl.WeightedCrossEntropy()
+def resolve_loss_name(name: str, num_classes: int) -> str:
+    """``"auto"`` -> ``bce_dice`` (one class) or ``ce_dice`` (several); else ``name``."""
+    if name != "auto":
+        return name
+    return "bce_dice" if num_classes == 1 else "ce_dice"
 
 
-def make_model(cfg: Config, channels: int, sync_batch_norm: bool = False) -> keras.Model:
-    """The U-Net or U-Net++ that ``cfg.model`` describes, for ``channels`` input channels."""
+def make_loss(cfg: Config, num_classes: int | None = None,
+              class_weights: list[float] | None = None) -> keras.losses.Loss:
+    """The loss ``cfg.loss`` names, through the registry :func:`zf_unet.losses.get`, with the
+    data's ignore value and ``class_weights`` (resolved: a list or None; see
+    :func:`resolve_class_weights`)."""
+    k = cfg.data.num_classes if num_classes is None else num_classes
+    lc = cfg.loss
+    name = resolve_loss_name(lc.name, k)
+    ignore = cfg.data.ignore_index if cfg.data.ignore_index >= 0 else None
+    params: dict[str, dict[str, Any]] = {
+        "bce_dice": dict(bce_weight=lc.bce_weight, dice_weight=lc.dice_weight,
+                         class_weights=class_weights),
+        "ce_dice": dict(ce_weight=lc.bce_weight, dice_weight=lc.dice_weight,
+                        include_background=lc.include_background, class_weights=class_weights),
+        "dice": dict(include_background=lc.include_background),
+        "jaccard": dict(include_background=lc.include_background),
+        "ce": dict(class_weights=class_weights),
+        "weighted_ce": dict(class_weights=class_weights),
+        "focal": dict(gamma=lc.focal_gamma, class_weights=class_weights),
+        "tversky": dict(alpha=lc.tversky_alpha, beta=lc.tversky_beta,
+                        include_background=lc.include_background),
+    }
+    if name in ("dice", "jaccard", "tversky") and class_weights is not None:
+        raise ConfigError(f"loss.class_weights applies to the cross-entropy losses (bce_dice, "
+                          f"ce_dice, ce, focal), not to loss.name = {name!r}")
+    return zl.get(name, ignore_index=ignore, **params[name])
+
+
+def resolve_class_weights(cfg: Config, class_pixels: np.ndarray | None = None,
+                          class_image_pixels: np.ndarray | None = None) -> list[float] | None:
+    """``loss.class_weights`` as a list or None: ``"auto"`` is median-frequency balancing
+    (:func:`zf_unet.data.median_frequency_weights`) of the training masks' counts."""
+    w = cfg.loss.class_weights
+    if w == "none":
+        return None
+    if w == "auto":
+        if class_pixels is None or class_image_pixels is None:
+            raise ConfigError("loss.class_weights = 'auto' needs the training masks' class counts")
+        return [round(float(v), 6) for v in median_frequency_weights(class_pixels,
+                                                                        class_image_pixels)]
+    return [float(v) for v in w]
+
+
+def make_model(cfg: Config, channels: int, sync_batch_norm: bool = False,
+               num_classes: int | None = None, normalization: Any = None) -> keras.Model:
+    """The U-Net or U-Net++ that ``cfg.model`` describes, for ``channels`` input channels and
+    ``num_classes`` outputs (default ``cfg.data.num_classes``), with ``normalization``
+    (``(mean, std)`` or None, see :func:`resolve_normalization`) as its first layer."""
     m = cfg.model
-    common = dict(num_classes=cfg.data.num_classes, depth=m.depth, filters=m.filters,
-                  batch_norm=m.batch_norm, dropout=m.dropout, upsampling=m.upsampling,
-                  sync_batch_norm=sync_batch_norm)
+    common = dict(num_classes=num_classes or cfg.data.num_classes, depth=m.depth,
+                  filters=m.filters, batch_norm=m.batch_norm, dropout=m.dropout,
+                  upsampling=m.upsampling, sync_batch_norm=sync_batch_norm,
+                  input_normalization=normalization)
     if m.architecture == "unet_plus_plus":
         if m.padding != "same":
             raise ConfigError("model.padding must be 'same' for unet_plus_plus")
@@ -584,13 +634,21 @@ def make_model(cfg: Config, channels: int, sync_batch_norm: bool = False) -> ker
     return build_unet((None, None, channels), padding=m.padding, **common)
 
 
-def _metrics(num_classes: int) -> list:
+def _metrics(num_classes: int, ignore_index: int | None = None) -> list:
     """Dice and IoU of the foreground (all classes for K > 1); for binary models also the mean
     Dice of both classes (``dice_mean``), which an all-foreground guess cannot game when the
-    foreground dominates (ISBI: ~78 % cell interior)."""
-    out = [zm.DiceCoefficient(num_classes=num_classes), zm.IoU(num_classes=num_classes)]
+    foreground dominates (ISBI: ~78 % cell interior); for several classes the mean IoU
+    (``miou``) and the IoU of every class (``iou_<c>``). Pixels equal to ``ignore_index`` are
+    left out of all of them."""
+    out = [zm.DiceCoefficient(num_classes=num_classes, ignore_index=ignore_index),
+           zm.IoU(num_classes=num_classes, ignore_index=ignore_index)]
     if num_classes == 1:
-        out.append(zm.DiceCoefficient(target_class_ids=[0, 1], name="dice_mean"))
+        out.append(zm.DiceCoefficient(target_class_ids=[0, 1], name="dice_mean",
+                                      ignore_index=ignore_index))
+    else:
+        out.append(zm.MeanIoU(num_classes, ignore_index=ignore_index, name="miou"))
+        out += [zm.ClassIoU(c, num_classes, ignore_index=ignore_index)
+                for c in range(num_classes)]
     return out
 
 
@@ -610,7 +668,9 @@ def make_optimizer(cfg: Config, steps_per_epoch: int) -> keras.optimizers.Optimi
     return keras.optimizers.SGD(lr, momentum=o.momentum, weight_decay=o.weight_decay or None)
 
 
-def make_data(cfg: Config, seed: int) -> tuple[tf.data.Dataset, tf.data.Dataset | None, int]:
+def make_data(cfg: Config, seed: int) -> tuple[tf.data.Dataset, tf.data.Dataset | None, Any]:
+    """``(train_ds, val_ds, info)`` for ``cfg.data``: ``info`` is the training data's
+    :class:`zf_unet.data.DataInfo` (classes, class counts, channel mean/std)."""
     d = cfg.data
     a = d.augment
     augment = None
@@ -622,14 +682,28 @@ def make_data(cfg: Config, seed: int) -> tuple[tf.data.Dataset, tf.data.Dataset 
     source: Any = d.source
     if source == "synthetic":
         source = make_synthetic(d.synthetic_n, d.synthetic_size, seed=seed)
-    train_ds, val_ds = make_datasets(
+    if d.num_classes == 0:
+        num_classes: Any = "auto"
+    else:
+        num_classes = d.num_classes if d.num_classes > 1 or d.class_values else None
+    train_ds, val_ds, info = make_datasets(
         source, patch_size=d.patch_size or None, batch_size=d.batch_size,
         val_fraction=d.val_fraction, val_indices=d.val_indices or None, seed=seed,
         augment=augment, border_weights=d.border_weights, w0=d.w0, sigma=d.sigma,
-        num_classes=d.num_classes if d.num_classes > 1 else None,
-        samples_per_epoch=d.samples_per_epoch or None)
-    channels = int(train_ds.element_spec[0].shape[-1])
-    return train_ds, val_ds, channels
+        num_classes=num_classes, class_values=d.class_values or None,
+        ignore_index=d.ignore_index if d.ignore_index >= 0 else None,
+        val_source=d.val_source or None, samples_per_epoch=d.samples_per_epoch or None,
+        with_info=True)
+    return train_ds, val_ds, info
+
+
+def resolve_normalization(cfg: Config, info: Any) -> tuple[list[float], list[float]] | None:
+    """``model.input_normalization`` as ``(mean, std)`` of the training images or None
+    (``auto``: standardise images with 3 or more channels, natural images; not gray EM)."""
+    mode = cfg.model.input_normalization
+    if mode == "none" or (mode == "auto" and info.channels < 3):
+        return None
+    return ([round(float(v), 6) for v in info.mean], [round(float(v), 6) for v in info.std])
 
 
 def check_input_sizes(cfg: Config, datasets: dict[str, tf.data.Dataset | None]) -> None:
@@ -754,30 +828,46 @@ def train(config: Config | str | Path | dict, out_dir: str | Path = "runs/run",
     keras.mixed_precision.set_global_policy(policy)
     try:
         # Everything that can fail on bad input happens before the first write.
-        train_ds, val_ds, channels = make_data(cfg, cfg.train.seed)
+        train_ds, val_ds, info = make_data(cfg, cfg.train.seed)
+        channels, k = info.channels, info.num_classes
+        if cfg.data.num_classes == 0:  # inferred: check the rules that depend on it again
+            dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, num_classes=k)
+                                ).validate("inferred num_classes")
         check_input_sizes(cfg, {"training": train_ds, "validation": val_ds})
         steps = int(train_ds.cardinality().numpy())
         if cfg.train.strategy == "multiworker":
             train_ds, val_ds = _distribute_options(train_ds), _distribute_options(val_ds)
-        monitor = resolve_monitor(cfg.train.monitor, cfg.data.num_classes)
+        monitor = resolve_monitor(cfg.train.monitor, k)
         if val_ds is None and monitor.startswith("val_"):
             monitor = monitor[4:]
+        class_weights = resolve_class_weights(cfg, info.class_pixels, info.class_image_pixels)
+        normalization = resolve_normalization(cfg, info)
+        ignore = cfg.data.ignore_index if cfg.data.ignore_index >= 0 else None
+        resolved = {"num_classes": k, "channels": channels,
+                    "loss": resolve_loss_name(cfg.loss.name, k), "class_weights": class_weights,
+                    "monitor": monitor, "ignore_index": ignore,
+                    "input_normalization": None if normalization is None else
+                    {"mean": normalization[0], "std": normalization[1]},
+                    "train_samples": info.num_train, "val_samples": info.num_val}
+        if verbose and class_weights is not None:
+            print(f"class weights ({cfg.loss.class_weights if cfg.loss.class_weights == 'auto' else 'given'}): "
+                  + ", ".join(f"{c}: {w:.4g}" for c, w in enumerate(class_weights)), flush=True)
         with strategy.scope():
-            model = make_model(cfg, channels, sync_batch_norm=strategy.num_replicas_in_sync > 1)
+            model = make_model(cfg, channels, sync_batch_norm=strategy.num_replicas_in_sync > 1,
+                               num_classes=k, normalization=normalization)
             outputs = list(model.output_names)
-            k = cfg.data.num_classes
             if len(outputs) > 1:
                 # Deep supervision: the same loss on every head, averaged (equal weights).
-                metrics: Any = {name: _metrics(k) for name in outputs}
-                loss: Any = {name: make_loss(cfg) for name in outputs}
+                metrics: Any = {name: _metrics(k, ignore) for name in outputs}
+                loss: Any = {name: make_loss(cfg, k, class_weights) for name in outputs}
                 loss_weights: Any = {name: 1.0 / len(outputs) for name in outputs}
                 # Per-head metrics are logged as "L4_dice" etc.: monitor the deepest head.
                 metric = monitor.removeprefix("val_")
                 if metric != "loss" and not metric.startswith(tuple(f"{o}_" for o in outputs)):
                     monitor = monitor[: len(monitor) - len(metric)] + f"{outputs[-1]}_{metric}"
             else:
-                metrics = _metrics(k)
-                loss, loss_weights = make_loss(cfg), None
+                metrics = _metrics(k, ignore)
+                loss, loss_weights = make_loss(cfg, k, class_weights), None
             model.compile(
                 optimizer=make_optimizer(cfg, max(1, steps)),
                 loss=loss,
@@ -809,9 +899,11 @@ def train(config: Config | str | Path | dict, out_dir: str | Path = "runs/run",
         if chief:
             _remove_stale_temporaries(run, ["best.keras", "last.keras", "final.keras",
                                             "best.json", "summary.json", "config.toml",
+                                            "resolved.json",
                                             "log.csv", "training_curves.png"])
             with atomic_path(run / "config.toml") as tmp:
                 tmp.write_text(cfg.to_toml(), encoding="utf-8")
+            write_json_atomic(resolved, run / "resolved.json")
         recover_backup(write_dir / "backup")
         repair_csv_log(write_dir / "log.csv", _completed_epochs(write_dir / "backup"))
 
@@ -841,9 +933,11 @@ def train(config: Config | str | Path | dict, out_dir: str | Path = "runs/run",
             callbacks.append(keras.callbacks.TensorBoard(str(run / "tensorboard")))
         if cfg.train.collapse_warning and cfg.train.strategy in ("default", "mirrored"):
             if val_ds is not None:
-                callbacks.append(CollapseWarning(val_ds, label="validation"))
+                callbacks.append(CollapseWarning(val_ds, label="validation",
+                                                 ignore_index=ignore))
             else:  # one training batch, drawn once
-                callbacks.append(CollapseWarning(list(train_ds.take(1)), label="training"))
+                callbacks.append(CollapseWarning(list(train_ds.take(1)), label="training",
+                                                 ignore_index=ignore))
         callbacks += list(extra_callbacks or [])
         swap = None
         if staging is not None:

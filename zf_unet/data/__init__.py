@@ -17,7 +17,16 @@ from zf_unet.data.io import (
     read_image,
     read_stack,
 )
-from zf_unet.data.pipeline import DataSplit, load_source, make_datasets, to_float_image
+from zf_unet.data.pipeline import (
+    DataInfo,
+    DataSplit,
+    class_pixel_counts,
+    infer_num_classes,
+    load_source,
+    make_datasets,
+    median_frequency_weights,
+    to_float_image,
+)
 from zf_unet.data.synthetic import make_synthetic, write_synthetic_folder
 from zf_unet.data.weightmaps import (
     border_weight_map,
@@ -29,6 +38,7 @@ from zf_unet.data.weightmaps import (
 __all__ = [
     "Augment",
     "AugmentLayer",
+    "DataInfo",
     "DataSplit",
     "augment_batch",
     "augment_sample",
@@ -39,12 +49,15 @@ __all__ = [
     "describe_dataset",
     "elastic_displacement",
     "find_pairs",
+    "infer_num_classes",
     "load_arrays",
     "load_folder",
     "load_source",
     "load_tiff_stacks",
     "make_datasets",
     "make_synthetic",
+    "class_pixel_counts",
+    "median_frequency_weights",
     "normalize_mask",
     "read_image",
     "read_stack",

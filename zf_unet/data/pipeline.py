@@ -11,7 +11,7 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -26,7 +26,8 @@ logger = logging.getLogger("zf_unet")
 #: A data source string that names a TensorFlow Datasets data set: ``"tfds:NAME"``.
 TFDS_PREFIX = "tfds:"
 
-__all__ = ["DataSplit", "TFDS_PREFIX", "check_learnable", "load_source", "make_datasets",
+__all__ = ["DataInfo", "DataSplit", "TFDS_PREFIX", "check_learnable", "infer_num_classes",
+           "class_pixel_counts", "load_source", "make_datasets", "median_frequency_weights",
            "to_float_image"]
 
 
@@ -48,12 +49,15 @@ def to_float_image(image: np.ndarray, name: str = "image") -> np.ndarray:
 @dataclass
 class DataSplit:
     """In-memory samples: lists of ``(H, W, C)`` float32 images, ``(H, W)`` uint8 masks and
-    optional ``(H, W)`` float32 weight maps."""
+    optional ``(H, W)`` float32 weight maps. ``ignore_index``: the mask value of void pixels
+    (``None``: none); ``num_classes``: K as the model sees it (1 = binary), when known."""
 
     images: list[np.ndarray]
     masks: list[np.ndarray]
     weights: list[np.ndarray] | None = None
     names: list[str] = field(default_factory=list)
+    ignore_index: int | None = None
+    num_classes: int | None = None
 
     def __len__(self) -> int:
         return len(self.images)
@@ -61,19 +65,174 @@ class DataSplit:
     def subset(self, idx: Sequence[int]) -> "DataSplit":
         return DataSplit([self.images[i] for i in idx], [self.masks[i] for i in idx],
                          None if self.weights is None else [self.weights[i] for i in idx],
-                         [self.names[i] for i in idx] if self.names else [])
+                         [self.names[i] for i in idx] if self.names else [],
+                         self.ignore_index, self.num_classes)
 
 
-def load_source(source: Any, *, num_classes: int | None = None, convention: str = "auto",
-                palette: Any = None, tfds_kwargs: dict | None = None) -> DataSplit:
+@dataclass
+class DataInfo:
+    """Statistics of the training data, returned by ``make_datasets(..., with_info=True)``.
+
+    Attributes:
+        num_classes: K for the model (1 = binary, ids 0/1).
+        channels: C of the images.
+        class_pixels: int64 ``(max(K, 2),)``: training-mask pixels per class (void excluded).
+        class_image_pixels: int64 ``(max(K, 2),)``: labelled (non-void) pixels of the
+            training images in which each class appears (for median-frequency balancing).
+        mean / std: float32 ``(C,)``: per-channel mean and standard deviation of the
+            training images in [0, 1] scale (all pixels, before patching/augmentation).
+        ignore_index: mask value of void pixels, or ``None``.
+        num_train / num_val: samples (images or slices) in each split.
+    """
+
+    num_classes: int
+    channels: int
+    class_pixels: np.ndarray
+    class_image_pixels: np.ndarray
+    mean: np.ndarray
+    std: np.ndarray
+    ignore_index: int | None
+    num_train: int
+    num_val: int
+
+
+def class_pixel_counts(masks: Iterable[Any], num_classes: int,
+                       ignore_index: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-class pixel counts for median-frequency balancing.
+
+    Args:
+        masks: ``(H, W)`` / ``(H, W, 1)`` masks, or stacks ``(N, H, W[, 1])`` (each slice an
+            image): class ids 0..K-1, or for ``num_classes=1`` binary masks (> 0.5 = 1).
+        num_classes: the model's K (1 counts background and foreground: 2 classes).
+        ignore_index: mask value of pixels to leave out.
+
+    Returns:
+        ``(class_pixels, class_image_pixels)``, int64 ``(max(K, 2),)``: the pixels of each
+        class, and the (non-ignored) pixels of the images in which the class appears.
+    """
+    k = max(2, int(num_classes))
+    pixels, image_pixels = np.zeros(k, np.int64), np.zeros(k, np.int64)
+    for mask in masks:
+        m = np.asarray(mask)
+        if m.ndim >= 3 and m.shape[-1] == 1:
+            m = m[..., 0]
+        stack = m[None] if m.ndim == 2 else m
+        if stack.ndim != 3:
+            raise ValueError(f"masks must be (H, W), (H, W, 1) or (N, H, W[, 1]), got shape "
+                             f"{np.asarray(mask).shape}")
+        for image in stack:
+            keep = np.ones(image.shape, bool) if ignore_index is None else image != ignore_index
+            values = image[keep]
+            ids = (values > 0.5).astype(np.int64) if num_classes == 1 else values.astype(np.int64)
+            if ids.size and (ids.min() < 0 or ids.max() >= k or
+                             (num_classes > 1 and np.any(values != ids))):
+                raise ValueError(f"mask values must be class ids in 0..{k - 1} (or "
+                                 f"ignore_index={ignore_index}), got {np.unique(values)[:10]}")
+            counts = np.bincount(ids, minlength=k)
+            pixels += counts
+            image_pixels += np.where(counts > 0, ids.size, 0)
+    return pixels, image_pixels
+
+
+def median_frequency_weights(class_pixels: Sequence[float],
+                             class_image_pixels: Sequence[float]) -> list[float]:
+    """Median-frequency balancing (Eigen & Fergus 2015): ``w_c = median(freq) / freq_c`` with
+    ``freq_c = class_pixels_c / class_image_pixels_c`` (pixels of class c over the pixels of
+    the images in which c appears; ``class_pixel_counts`` gives both). The median is over the
+    classes seen; classes never seen get weight 1."""
+    pixels = np.asarray(class_pixels, np.float64)
+    image_pixels = np.asarray(class_image_pixels, np.float64)
+    if pixels.shape != image_pixels.shape or pixels.ndim != 1:
+        raise ValueError(f"class_pixels and class_image_pixels must be 1-D of equal length, got "
+                         f"shapes {pixels.shape} and {image_pixels.shape}")
+    seen = (pixels > 0) & (image_pixels > 0)
+    if not seen.any():
+        return [1.0] * pixels.size
+    freq = np.where(seen, pixels / np.where(seen, image_pixels, 1.0), 0.0)
+    median = float(np.median(freq[seen]))
+    return [float(median / f) if s else 1.0 for f, s in zip(freq, seen)]
+
+
+def load_source(source: Any, *, num_classes: int | str | None = None, convention: str = "auto",
+                palette: Any = None, tfds_kwargs: dict | None = None,
+                class_values: io.ClassValues | None = None,
+                ignore_index: int | None = None) -> DataSplit:
     """Read any supported source into memory.
 
     ``source`` is one of: a folder with ``images/`` and ``masks/``; a pair of multi-page TIFF
     paths ``(volume.tif, labels.tif)``; a pair of arrays ``(images, masks)``; or a TFDS name
     written ``"tfds:NAME"`` (e.g. ``"tfds:oxford_iiit_pet"``). Any other string is a path: a
     missing one is a :class:`DataError` ("no such folder"), never a TFDS look-up.
+
+    ``num_classes``: K (1 = binary), ``None`` (the binary conventions, or the number of
+    ``class_values`` entries), or ``"auto"`` (inferred by :func:`infer_num_classes`, logged).
+    ``class_values`` / ``ignore_index``: see :func:`zf_unet.data.io.normalize_mask`. The
+    returned split carries ``num_classes`` and ``ignore_index``.
     """
-    kw = dict(convention=convention, num_classes=num_classes, palette=palette)
+    data = _load(source, num_classes, convention, palette, tfds_kwargs, class_values,
+                 ignore_index)
+    data.num_classes = _resolve_num_classes([data], num_classes, class_values, ignore_index)
+    return data
+
+
+def _resolve_num_classes(splits: Sequence[DataSplit], num_classes: int | str | None,
+                         class_values: io.ClassValues | None,
+                         ignore_index: int | None) -> int:
+    if num_classes == io.AUTO_CLASSES:
+        return infer_num_classes([m for s in splits for m in s.masks], ignore_index,
+                                 class_values)
+    if num_classes is not None:
+        return int(num_classes)
+    if class_values is not None:
+        return 1 if len(class_values) == 2 else len(class_values)
+    return 1
+
+
+def infer_num_classes(masks: Sequence[np.ndarray], ignore_index: int | None = None,
+                      class_values: io.ClassValues | None = None) -> int:
+    """K for the model from normalised ``(H, W)`` uint8 masks (1 = binary); logs why (INFO).
+
+    With ``class_values``: its number of entries (2 entries -> 1). Otherwise the highest class
+    id seen (void excluded) + 1, where ids {0, 1} (the {0,1}/{0,255} conventions) -> 1.
+
+    Raises:
+        DataError: a class id at or above ``ignore_index``, or no labelled pixel at all.
+    """
+    if class_values is not None:
+        k = len(class_values)
+        out = 1 if k == 2 else k
+        logger.info("num_classes='auto': class_values lists %d classes -> num_classes=%d%s",
+                    k, out, " (binary)" if out == 1 else "")
+        return out
+    seen = np.zeros(256, bool)
+    for m in masks:
+        seen[np.unique(np.asarray(m, np.uint8))] = True
+    if ignore_index is not None:
+        seen[int(ignore_index)] = False
+    ids = np.flatnonzero(seen)
+    if ids.size == 0:
+        raise DataError("num_classes='auto': every mask pixel is void (ignore_index="
+                        f"{ignore_index}); expected labelled pixels to infer the classes from")
+    top = int(ids[-1])
+    if ignore_index is not None and top > int(ignore_index):
+        raise DataError(f"num_classes='auto': masks hold class id {top}, above ignore_index="
+                        f"{ignore_index}; expected class ids 0..K-1 below the void value")
+    if top <= 1:
+        logger.info("num_classes='auto': masks hold class ids %s after the {0, 1} / {0, 255} "
+                    "conventions -> num_classes=1 (binary)", ids.tolist())
+        return 1
+    missing = sorted(set(range(top + 1)) - set(ids.tolist()))
+    logger.info("num_classes='auto': masks hold class ids 0..%d%s -> num_classes=%d", top,
+                f" (ids {missing} never appear)" if missing else "", top + 1)
+    return top + 1
+
+
+def _load(source: Any, num_classes: int | str | None, convention: str, palette: Any,
+          tfds_kwargs: dict | None, class_values: io.ClassValues | None,
+          ignore_index: int | None) -> DataSplit:
+    """:func:`load_source` without resolving ``num_classes``."""
+    kw = dict(convention=convention, num_classes=num_classes, palette=palette,
+              class_values=class_values, ignore_index=ignore_index)
     names: list[str] = []
     if isinstance(source, (tuple, list)) and len(source) == 2:
         a, b = source
@@ -104,24 +263,33 @@ def load_source(source: Any, *, num_classes: int | None = None, convention: str 
             masks.append(msk[..., 0])
         if not images:
             raise DataError(f"TFDS dataset {name!r}: no examples")
+        if class_values is not None:
+            images, masks = io.load_arrays(images, masks, **kw)
         names = [f"{name}[{i}]" for i in range(len(images))]
     else:
         raise DataError(f"source: expected a folder, (volume.tif, labels.tif), (images, masks) "
                         f"arrays or '{TFDS_PREFIX}NAME'; got {type(source).__name__}")
     floats = [to_float_image(img, names[i] if names else f"image {i}")
               for i, img in enumerate(images)]
-    return DataSplit(floats, [np.asarray(m, np.uint8) for m in masks], None, names)
+    return DataSplit(floats, [np.asarray(m, np.uint8) for m in masks], None, names,
+                     ignore_index)
 
 
 def check_learnable(data: DataSplit, patch_size: int | None = None) -> None:
     """Refuse data a model cannot learn from, as ``zf-unet check-data`` reports it: masks that
-    all hold one class only (e.g. all-zero masks), and a ``patch_size`` larger than every image
-    (training would see mostly mirror padding). Raises :class:`DataError`."""
+    all hold one class only (e.g. all-zero masks; void pixels, ``data.ignore_index``, are no
+    class), and a ``patch_size`` larger than every image (training would see mostly mirror
+    padding). Raises :class:`DataError`."""
     present: set[int] = set()
     for m in data.masks:
         present.update(int(v) for v in np.unique(m))
+        present.discard(-1 if data.ignore_index is None else int(data.ignore_index))
         if len(present) > 1:
             break
+    if not present and data.masks:
+        raise DataError(f"every mask pixel of the {len(data)} sample(s) is void (ignore_index="
+                        f"{data.ignore_index}): there is nothing to learn; expected labelled "
+                        "pixels of at least two classes")
     if len(present) == 1:
         (only,) = present
         raise DataError(f"every mask of the {len(data)} sample(s) holds only class {only}"
@@ -160,16 +328,40 @@ def _split_indices(n: int, val_fraction: float, val_indices: Sequence[int] | Non
 def _weight_maps(split: DataSplit, cache_dir: str | Path | None, w0: float,
                  sigma: float) -> list[np.ndarray]:
     maps = []
+    void = split.ignore_index
     for i, m in enumerate(split.masks):
-        if m.max() > 1:
+        labelled = m if void is None else m[m != void]
+        if labelled.size and labelled.max() > 1:
             raise DataError(f"border_weights: {split.names[i] if split.names else i} has "
-                            f"classes {sorted(np.unique(m).tolist())}; border weight maps need "
-                            "binary masks (1 = cell interior)")
+                            f"classes {sorted(np.unique(labelled).tolist())}; border weight maps "
+                            "need binary masks (1 = cell interior)")
         if cache_dir is not None:
-            maps.append(cached_border_weight_map(m, cache_dir=cache_dir, w0=w0, sigma=sigma))
+            maps.append(cached_border_weight_map(m, cache_dir=cache_dir, w0=w0, sigma=sigma,
+                                                 ignore_index=void))
         else:
-            maps.append(border_weight_map(m, w0=w0, sigma=sigma))
+            maps.append(border_weight_map(m, w0=w0, sigma=sigma, ignore_index=void))
     return maps
+
+
+def _data_info(train: DataSplit, num_val: int) -> DataInfo:
+    """Class counts and image statistics of ``train`` (see :class:`DataInfo`)."""
+    k = int(train.num_classes or 1)
+    pixels, image_pixels = class_pixel_counts(train.masks, k, train.ignore_index)
+    channels = int(train.images[0].shape[2])
+    total = np.zeros(channels, np.float64)
+    total_sq = np.zeros(channels, np.float64)
+    count = 0
+    for img in train.images:
+        flat = img.reshape(-1, channels).astype(np.float64)
+        total += flat.sum(axis=0)
+        total_sq += np.square(flat).sum(axis=0)
+        count += flat.shape[0]
+    mean = total / count
+    std = np.sqrt(np.maximum(total_sq / count - np.square(mean), 0.0))
+    return DataInfo(num_classes=k, channels=channels, class_pixels=pixels,
+                    class_image_pixels=image_pixels, mean=mean.astype(np.float32),
+                    std=std.astype(np.float32), ignore_index=train.ignore_index,
+                    num_train=len(train), num_val=num_val)
 
 
 def _margin(patch: int, aug: Augment | None) -> int:
@@ -320,7 +512,7 @@ def make_datasets(
     border_weights: bool = False,
     w0: float = 10.0,
     sigma: float = 5.0,
-    num_classes: int | None = None,
+    num_classes: int | str | None = None,
     convention: str = "auto",
     palette: Any = None,
     samples_per_epoch: int | None = None,
@@ -328,7 +520,11 @@ def make_datasets(
     cache_dir: str | Path | None = None,
     jit_compile: bool = True,
     tfds_kwargs: dict | None = None,
-) -> tuple[tf.data.Dataset, tf.data.Dataset | None]:
+    class_values: io.ClassValues | None = None,
+    ignore_index: int | None = None,
+    val_source: Any = None,
+    with_info: bool = False,
+) -> Any:
     """Build ``(train_ds, val_ds)`` for ``model.fit(train_ds, validation_data=val_ds)``.
 
     Args:
@@ -345,13 +541,24 @@ def make_datasets(
             for none.
         border_weights: add the paper's weight map (eq. 2, ``w0``, ``sigma``) as the third
             element, warped with the same field as the mask; use as per-pixel sample weight.
-        num_classes / convention / palette: how masks are read (see ``zf_unet.data.io``).
+        num_classes / convention / palette: how masks are read (see ``zf_unet.data.io``);
+            ``num_classes="auto"`` infers K from the masks (see :func:`infer_num_classes`).
+        class_values: gray-value codes, one entry per class, e.g.
+            ``[[0, 32, 64, 96, 128], [159], [191], [223], [255]]``.
+        ignore_index: mask value of void pixels; kept as that value in the masks (through
+            padding and nearest-neighbour augmentation), weight 0 in border weight maps.
+        val_source: a separate validation source (same kinds as ``source``): all of
+            ``source`` then trains; ``val_fraction`` is ignored, ``val_indices`` an error.
+        with_info: also return a :class:`DataInfo` of the training data.
         samples_per_epoch: patches per epoch (default: the number of non-overlapping patches
             that fit in the training images).
         val_tiles: score validation on ``patch_size`` tiles (default: when ``patch_size`` is
             set) instead of whole images.
         cache_dir: keep border weight maps on disk between runs.
         jit_compile: XLA-compile the batched augmentation (about 3x faster on CPU).
+
+    Returns:
+        ``(train_ds, val_ds)``, or ``(train_ds, val_ds, info)`` with ``with_info=True``.
 
     Yields:
         ``(image (B, P, P, C) float32 in [0, 1], mask (B, P, P, 1) float32 class ids
@@ -364,13 +571,34 @@ def make_datasets(
     aug = Augment() if augment is True else (augment or None)
     if aug is not None and not isinstance(aug, Augment):
         raise DataError(f"augment must be an Augment, True, False or None; got {augment!r}")
-    data = load_source(source, num_classes=num_classes, convention=convention, palette=palette,
-                       tfds_kwargs=tfds_kwargs)
+    if val_source is not None and val_indices is not None:
+        raise DataError("val_indices and val_source: expected one of them (val_source "
+                        "validates on a separate source; val_indices holds out samples of "
+                        "source)")
+    load_kw = dict(num_classes=num_classes, convention=convention, palette=palette,
+                   tfds_kwargs=tfds_kwargs, class_values=class_values,
+                   ignore_index=ignore_index)
+    data = _load(source, **load_kw)
+    splits = [data]
+    if val_source is not None:
+        val_data = _load(val_source, **load_kw)
+        splits.append(val_data)
+        if val_data.images[0].shape[2] != data.images[0].shape[2]:
+            raise DataError(f"val_source: images have {val_data.images[0].shape[2]} channel(s) "
+                            f"but source has {data.images[0].shape[2]}; expected the same "
+                            "number of channels")
+    k = _resolve_num_classes(splits, num_classes, class_values, ignore_index)
+    for one in splits:
+        one.num_classes = k
     check_learnable(data, patch_size)
     if border_weights:
-        data.weights = _weight_maps(data, cache_dir, w0, sigma)
-    train_idx, val_idx = _split_indices(len(data), val_fraction, val_indices, seed)
-    train, val = data.subset(train_idx), data.subset(val_idx)
+        for one in splits:
+            one.weights = _weight_maps(one, cache_dir, w0, sigma)
+    if val_source is not None:
+        train, val = data, splits[1]
+    else:
+        train_idx, val_idx = _split_indices(len(data), val_fraction, val_indices, seed)
+        train, val = data.subset(train_idx), data.subset(val_idx)
     logger.info("make_datasets: %d training / %d validation samples", len(train), len(val))
 
     if patch_size is None:
@@ -394,4 +622,6 @@ def make_datasets(
             raise DataError("val_tiles=True needs patch_size")
         val_ds = _whole_images(val, batch_size, shuffle=False, seed=seed,
                                tile=int(patch_size) if use_tiles else None).prefetch(tf.data.AUTOTUNE)
+    if with_info:
+        return train_ds, val_ds, _data_info(train, len(val))
     return train_ds, val_ds

@@ -169,3 +169,30 @@ def crop_to_match(skip: Any, ref: Any, name: str | None = None) -> Any:
             skip
         )
     return CenterCropToMatch(name=name)([skip, ref])
+
+
+def normalize_input(x: Any, normalization: Any, channels: int) -> Any:
+    """Per-channel standardisation ``(x - mean) / std`` as the model's first layer (a
+    ``keras.layers.Normalization`` named ``input_normalization``, stored in the ``.keras``
+    file, so ``predict_tiled`` and every export apply it), or ``x`` unchanged.
+
+    Args:
+        x: the ``(B, H, W, C)`` image input.
+        normalization: ``None``, or ``(mean, std)``: ``C`` floats each, for images in [0, 1]
+            (e.g. ``DataInfo.mean`` / ``DataInfo.std`` of the training images).
+        channels: ``C``, to check the lengths.
+    """
+    if normalization is None:
+        return x
+    try:
+        mean, std = normalization
+        mean = [float(v) for v in mean]
+        std = [float(v) for v in std]
+    except (TypeError, ValueError):
+        raise ValueError(f"input_normalization must be None or (mean, std) with {channels} "
+                         f"floats each, got {normalization!r}") from None
+    if len(mean) != channels or len(std) != channels or min(std) < 0:
+        raise ValueError(f"input_normalization must give {channels} means and {channels} "
+                         f"non-negative stds (one per input channel), got {normalization!r}")
+    return layers.Normalization(axis=-1, mean=mean, variance=[v * v for v in std],
+                                name="input_normalization")(x)

@@ -16,6 +16,7 @@ from zf_unet.models.blocks import (
     UPSAMPLING_MODES,
     crop_to_match,
     double_conv_layer,
+    normalize_input,
     upsample,
 )
 
@@ -170,6 +171,7 @@ def build_unet(
     name: str = "unet",
     sync_batch_norm: bool = False,
     fused_batch_norm: bool = True,
+    input_normalization: Any = None,
 ) -> keras.Model:
     """Build a U-Net as a functional ``keras.Model``.
 
@@ -200,6 +202,8 @@ def build_unet(
         fused_batch_norm: BatchNorm layers are ``FusedBatchNormalization`` (same computation
             as ``keras.layers.BatchNormalization``, TensorFlow's fused kernel; faster under
             mixed precision). ``False`` uses the Keras layer.
+        input_normalization: ``None`` or ``(mean, std)`` per input channel (images in
+            [0, 1]): a ``Normalization`` layer standardises the input inside the model.
 
     Returns:
         ``keras.Model`` mapping ``(B, H, W, C)`` float images to ``(B, H', W', num_classes)``
@@ -213,7 +217,8 @@ def build_unet(
         fused_batch_norm=fused_batch_norm)
 
     inputs = keras.Input(shape=shape, name="image")
-    x = inputs
+    inputs_normalized = normalize_input(inputs, input_normalization, shape[-1])
+    x = inputs_normalized
     skips = []
     for level in range(depth - 1):
         x = double_conv_layer(

@@ -38,7 +38,7 @@ from typing import Any, Sequence
 import keras
 from keras import layers
 
-from zf_unet.models.blocks import PADDING_MODES, double_conv_layer, upsample
+from zf_unet.models.blocks import PADDING_MODES, double_conv_layer, normalize_input, upsample
 from zf_unet.models.unet import check_builder_args
 
 __all__ = [
@@ -72,6 +72,7 @@ def build_unet_plus_plus(
     sync_batch_norm: bool = False,
     padding: str = "same",
     fused_batch_norm: bool = True,
+    input_normalization: Any = None,
 ) -> keras.Model:
     """Build a U-Net++ as a functional ``keras.Model``.
 
@@ -96,6 +97,8 @@ def build_unet_plus_plus(
         sync_batch_norm: BatchNorm synchronised across ``tf.distribute`` replicas.
         padding: only ``"same"`` is supported (the nested skips need equal sizes).
         fused_batch_norm: ``FusedBatchNormalization`` layers (as in ``build_unet``).
+        input_normalization: ``None`` or ``(mean, std)`` per input channel (images in
+            [0, 1]): a ``Normalization`` layer standardises the input inside the model.
 
     Returns:
         ``keras.Model`` mapping ``(B, H, W, C)`` to ``(B, H, W, num_classes)`` float32 (a list of
@@ -126,8 +129,9 @@ def build_unet_plus_plus(
         )
 
     inputs = keras.Input(shape=shape, name="image")
+    inputs_normalized = normalize_input(inputs, input_normalization, shape[-1])
     nodes: dict[tuple[int, int], Any] = {}
-    x = inputs
+    x = inputs_normalized
     for i in range(depth):  # encoder X^{i,0}
         if i > 0:
             x = layers.MaxPooling2D(pool_size=2, name=f"x{i - 1}_0_pool")(x)
