@@ -381,16 +381,17 @@ def _other_model(tmp: Path, m: Models) -> Bad:
                [report])
 
 
-@case("multiclass_model_evaluate", "a 3-class model given to evaluate (binary scores only)")
+@case("multiclass_model_evaluate", "a 3-class model evaluated on 0/255 masks (255 is no "
+      "class id of it)")
 def _multiclass(tmp: Path, m: Models) -> Bad:
     data = write_folder(tmp / "data")
     report = tmp / "eval.json"
     report.write_text('{"earlier": true}\n')
-    return Bad(lambda: evaluate_model(m.multiclass, data), ConfigError,
+    return Bad(lambda: evaluate_model(m.multiclass, data), DataError,
                ["evaluate", "--model", str(m.multiclass), "--data", str(data), "--json",
                 str(report)],
-               ["multiclass.keras"], r"binary \(1-class\) models; this model outputs 3",
-               [report])
+               ["multiclass.keras", "255"], r"outside the class ids 0\.\.2 .*outputs 3 classes.*"
+               r"--ignore-index", [report])
 
 
 @case("pretrained_checksum", "pretrained weights whose sha256 differs from the manifest")

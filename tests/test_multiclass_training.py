@@ -120,3 +120,35 @@ def test_class_weights_do_not_apply_to_overlap_losses():
         loss = make_loss(Config().override([f"loss.name=\"{name}\"", "data.ignore_index=255",
                                             "data.num_classes=3"]), 3)
         assert type(loss).__name__ == cls and loss.get_config()["ignore_index"] == 255
+
+
+def test_check_data_suggests_void_and_gray_codes_and_leaves_void_out(tmp_path, capsys):
+    from zf_unet.doctor import check_data
+
+    data = write_folder(tmp_path / "ids", 3, seed=4)
+    report = check_data(data)
+    assert "data.ignore_index=255" in "\n".join(report.suggestions)
+    assert "data.num_classes=3" in "\n".join(report.suggestions)
+    report = check_data(data, num_classes=3, ignore_index=VOID)
+    masks = [np.asarray(Image.open(p)) for p in sorted((data / "masks").glob("*.png"))]
+    labelled = np.concatenate([m[m != VOID] for m in masks])
+    shares = report.summary["class_frequencies"]
+    assert set(shares) == {0, 1, 2}  # void is no class
+    for c in range(3):
+        assert shares[c] == pytest.approx(np.mean(labelled == c))
+    assert report.summary["ignored_pixels"] == sum(int((m == VOID).sum()) for m in masks)
+    # Gray codes: one group per value suggested; with class_values the classes are counted.
+    gray = tmp_path / "gray"
+    (gray / "images").mkdir(parents=True)
+    (gray / "masks").mkdir()
+    codes = np.array([0, 32, 159, 255], np.uint8)
+    for i in range(2):
+        Image.fromarray(np.full((16, 16), 90, np.uint8)).save(gray / "images" / f"{i}.png")
+        Image.fromarray(np.repeat(codes, 64).reshape(16, 16)).save(gray / "masks" / f"{i}.png")
+    assert main(["check-data", str(gray)]) == 1
+    out = capsys.readouterr().out
+    assert "data.class_values=[[0], [32], [159], [255]]" in out
+    rc = main(["check-data", str(gray), "--class-values", "[[0, 32], [159], [255]]"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "0: 50.00 %" in out and "1: 25.00 %" in out and "2: 25.00 %" in out

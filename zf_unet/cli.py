@@ -129,15 +129,25 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                             overlap=args.overlap, tta=args.tta, threshold=args.threshold,
                             batch_size=args.batch_size,
                             cells=(0.8 if args.seed_threshold is None else args.seed_threshold)
-                            if args.cells else None, overwrite=args.overwrite)
+                            if args.cells else None, overwrite=args.overwrite,
+                            palette=args.palette, prob=not args.no_prob)
     print(f"wrote {len(written)} files to {args.out}")
     return 0
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from zf_unet.evaluation import evaluate_model, format_report, run_config_for
+    from pathlib import Path
+
+    from zf_unet.evaluation import (evaluate_model, format_report, json_ready, run_config_for,
+                                    save_confusion)
+    from zf_unet.inference import model_geometry
 
     model = _load_model(args.model)
+    if args.confusion and model_geometry(model)["num_classes"] == 1:
+        from zf_unet.errors import ConfigError
+
+        raise ConfigError("--confusion: a confusion matrix is written for models with several "
+                          "classes; this model is binary (its report is the ISBI scores)")
     cfg = run_config_for(args.model)
     if args.val_indices:
         from zf_unet.config import Config
@@ -145,12 +155,22 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         cfg = (cfg or Config()).override([f"data.val_indices=[{args.val_indices}]"])
     result = evaluate_model(model, args.data, split=args.split, config=cfg, name=args.model,
                             tile_size=args.tile_size, overlap=args.overlap, tta=args.tta,
-                            segmentation=args.segmentation)
+                            segmentation=args.segmentation, ignore_index=args.ignore_index,
+                            num_classes=args.num_classes,
+                            val_indices_given=bool(args.val_indices), model_path=args.model)
     print(format_report(result))
+    if result.get("kind") == "multiclass":
+        prefix = args.confusion
+        if prefix is None and args.json:
+            js = Path(args.json)
+            prefix = js.parent / f"{js.stem}_confusion"
+        if prefix is not None:
+            csv_path, png_path = save_confusion(result, prefix)
+            print(f"wrote {csv_path} and {png_path}")
     if args.json:
         from zf_unet.io_utils import write_json_atomic
 
-        write_json_atomic(result, args.json)
+        write_json_atomic(json_ready(result), args.json)
         print(f"wrote {args.json}")
     return 0
 
@@ -192,7 +212,17 @@ def _cmd_check_data(args: argparse.Namespace) -> int:
     from zf_unet.doctor import check_data
     from zf_unet.errors import DataError
 
-    report = check_data(args.data, num_classes=args.num_classes, patch_size=args.patch_size)
+    class_values = None
+    if args.class_values:
+        import json
+
+        try:
+            class_values = json.loads(args.class_values)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"--class-values {args.class_values!r}: not a list ({exc}); "
+                            "expected e.g. '[[0, 32], [255]]'") from None
+    report = check_data(args.data, num_classes=args.num_classes, patch_size=args.patch_size,
+                        ignore_index=args.ignore_index, class_values=class_values)
     print(report.format())
     if args.json:
         from zf_unet.io_utils import write_json_atomic
@@ -267,14 +297,38 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--seed-threshold", dest="seed_threshold",
                     type=_probability("--seed-threshold"),
                     help="with --cells: seeds are the regions with p > this (default 0.8)")
+    pr.add_argument("--palette", help="class colours of the overlay (models with several "
+                    "classes): a matplotlib colormap name (tab10, tab20, viridis) or hex "
+                    "colours #ff0000,#00ff00,... (default tab10, tab20 above 10 classes)")
+    pr.add_argument("--no-prob", dest="no_prob", action="store_true",
+                    help="skip NAME_prob.tif (the float32 per-class probabilities)")
     pr.set_defaults(func=_cmd_predict)
 
-    ev = sub.add_parser("evaluate", help="ISBI-style scores (pixel error, Rand error, VI, IoU)")
+    ev = sub.add_parser(
+        "evaluate", help="scores on a data set: ISBI-style (pixel error, Rand error, VI, IoU) "
+        "for binary models, per-class IoU/Dice/precision/recall and mIoU for several classes",
+        description="Predict every image of a split of DIR and score it. Binary models get the "
+        "ISBI 2012 scores; models with several classes a confusion matrix summed over all "
+        "images (void pixels left out) with per-class IoU, Dice, precision, recall, support, "
+        "mIoU, pixel accuracy and mean class accuracy. Masks are read with the run's "
+        "conventions (config.toml: class_values, ignore_index; resolved.json).")
     ev.add_argument("--model", required=True, help=".keras model (its run's config.toml sets "
-                    "the split)")
+                    "the split and how masks are read)")
     ev.add_argument("--data", required=True, help="folder with images/ and masks/")
-    ev.add_argument("--split", choices=["val", "train", "all"], default="val")
+    ev.add_argument("--split", choices=["auto", "val", "train", "all"], default="auto",
+                    help="auto (default): the held-out images (as training split them) when "
+                    "--data is the run's training source (data.source) or --val-indices is "
+                    "given; every image otherwise (another folder, the run's val_source, or a "
+                    "model without a run config.toml)")
     ev.add_argument("--val-indices", dest="val_indices", help="e.g. 20,21,22,23")
+    ev.add_argument("--ignore-index", dest="ignore_index",
+                    type=_int_at_least("--ignore-index", -1),
+                    help="void mask value left out of the scores (default: the run's; -1 = "
+                    "none)")
+    ev.add_argument("--num-classes", dest="num_classes",
+                    type=_int_at_least("--num-classes", 1),
+                    help="K to read the masks with (default: the model's output count, which "
+                    "it must equal)")
     ev.add_argument("--tile-size", dest="tile_size", type=_int_at_least("--tile-size", 1),
                     default=256)
     ev.add_argument("--overlap", type=_int_at_least("--overlap", 0), default=64)
@@ -282,7 +336,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--segmentation", choices=["threshold", "watershed"], default="threshold",
                     help="cells for the Rand error: connected components of p > threshold "
                     "(default, no post-processing) or a seeded watershed (seeds p > threshold)")
-    ev.add_argument("--json", help="also write the full result as JSON")
+    ev.add_argument("--json", help="also write the full result as JSON (several classes: also "
+                    "JSONSTEM_confusion.csv / .png next to it, unless --confusion is given)")
+    ev.add_argument("--confusion", metavar="PREFIX",
+                    help="several classes: write the confusion matrix to PREFIX.csv (pixel "
+                    "counts, rows truth, columns prediction) and PREFIX.png (row-normalised "
+                    "heat map)")
     ev.set_defaults(func=_cmd_evaluate)
 
     ex = sub.add_parser("export", help="export a .keras model for TF Serving (SavedModel), "
@@ -329,6 +388,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="K for class-id masks (values 0..K-1); default: binary masks")
     ck.add_argument("--patch-size", dest="patch_size", type=_int_at_least("--patch-size", 1),
                     help="training patch size; smaller images are reported")
+    ck.add_argument("--ignore-index", dest="ignore_index", type=_int_at_least("--ignore-index", 0),
+                    help="void mask value, left out of the class statistics")
+    ck.add_argument("--class-values", dest="class_values",
+                    help="gray-value codes per class as JSON, e.g. '[[0, 32, 64], [255]]'")
     ck.add_argument("--json", help="also write the report as JSON")
     ck.set_defaults(func=_cmd_check_data)
 

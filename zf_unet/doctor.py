@@ -66,6 +66,8 @@ class DataReport:
     problems: list[Problem] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     unreadable: list[str] = field(default_factory=list)
+    #: config lines the data suggests (``data.num_classes``, ``ignore_index``, ...)
+    suggestions: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -93,6 +95,7 @@ class DataReport:
             "summary": self.summary, "conventions": self.conventions,
             "problems": [p.to_dict() for p in self.problems], "notes": list(self.notes),
             "unreadable": list(self.unreadable), "exit_code": self.exit_code,
+            "suggestions": list(self.suggestions),
         }
 
     def format(self) -> str:
@@ -119,6 +122,9 @@ class DataReport:
             ]
         for note in self.notes:
             lines.append(f"  note: {note}")
+        if self.suggestions:
+            lines.append("suggested config (zf-unet train --set KEY=VALUE):")
+            lines += [f"  {line}" for line in self.suggestions]
         if self.unreadable:
             lines.append(f"unreadable files ({len(self.unreadable)}):")
             lines += [f"  {msg}" for msg in self.unreadable]
@@ -176,6 +182,7 @@ class _Totals:
         self.with_class: Counter[int] = Counter()
         self.empty: list[int] = []
         self.single = 0
+        self.ignored = 0
         self.n = 0
 
     def add(self, d: dict) -> None:
@@ -191,14 +198,16 @@ class _Totals:
         if d["empty_masks"]:
             self.empty.append(self.n)
         self.single += d["single_class_masks"]
+        self.ignored += d["ignored_pixels"]
         self.n += 1
 
     def summary(self) -> dict:
         if not self.n:
             return {}
-        total = sum(self.pixels.values())
+        total = max(1, sum(self.pixels.values()))
         return {
             "num_samples": self.n,
+            "ignored_pixels": self.ignored,
             "sizes": dict(sorted(self.sizes.items())),
             "height_range": [min(self.heights), max(self.heights)],
             "width_range": [min(self.widths), max(self.widths)],
@@ -216,7 +225,8 @@ class _Totals:
 
 
 def check_data(path: str | Path, num_classes: int | None = None, *,
-               patch_size: int | None = None, imbalance: float = 0.01) -> DataReport:
+               patch_size: int | None = None, imbalance: float = 0.01,
+               ignore_index: int | None = None, class_values: Any = None) -> DataReport:
     """Check a training folder (``images/`` + ``masks/``) and report what is wrong with it.
 
     Args:
@@ -225,6 +235,8 @@ def check_data(path: str | Path, num_classes: int | None = None, *,
             binary masks ({0, 1} or {0, 255}), as training with ``data.num_classes = 1``.
         patch_size: the training patch size; images smaller than it are reported.
             ``None``: images with a side below 16 px (a depth-5 U-Net's minimum) are.
+        ignore_index: the masks' void value: left out of the class statistics.
+        class_values: gray-value codes per class (``data.class_values``).
         imbalance: a class with less than this share of all mask pixels is "severe
             imbalance".
 
@@ -254,6 +266,7 @@ def check_data(path: str | Path, num_classes: int | None = None, *,
     found: dict[str, list[str]] = {}  # problem code -> file names (or messages)
     first: tuple[str, int, str] | None = None  # (image name, channels, dtype)
     min_side = int(patch_size) if patch_size is not None else MIN_SIDE
+    raw_values: set[int] = set()  # gray values of the raw masks, for the suggestions
 
     def rel(p: Path) -> str:
         return f"{p.parent.name}/{p.name}"
@@ -300,17 +313,58 @@ def check_data(path: str | Path, num_classes: int | None = None, *,
                 f"{img_name} ({image.shape[1]}x{image.shape[0]})")
         conventions[_convention(raw, num_classes)] += 1
         try:
-            mask = normalize_mask(raw, num_classes=num_classes, source=mask_name)
+            gray = raw[:, :, 0] if raw.ndim == 3 else raw
+            if len(raw_values) <= _MAX_SUGGESTED_VALUES:
+                raw_values.update(int(v) for v in np.unique(gray) if float(v).is_integer())
+            mask = normalize_mask(raw, num_classes=num_classes, source=mask_name,
+                                  class_values=class_values, ignore_index=ignore_index)
         except DataError as exc:
             found.setdefault("bad_mask_values", []).append(str(exc))
             continue
-        totals.add(describe_dataset([image], [mask]))
+        totals.add(describe_dataset([image], [mask], ignore_index=ignore_index))
         report.num_checked += 1
 
     report.summary = totals.summary()
     report.conventions = dict(conventions.most_common())
     _add_problems(report, found, first, min_side, imbalance)
+    report.suggestions = suggest_config(sorted(raw_values), report.conventions, num_classes,
+                                        ignore_index, class_values)
     return report
+
+
+_MAX_SUGGESTED_VALUES = 64
+
+
+def suggest_config(values: list[int], conventions: dict[str, int], num_classes: int | None,
+                   ignore_index: int | None, class_values: Any) -> list[str]:
+    """Config lines for the mask values seen (``values``: the raw gray values):
+
+    * {0, 1} / {0, 255} masks: ``data.num_classes = 1``;
+    * ids ``0..K-1`` plus one larger value (e.g. 255, or K): that value as
+      ``data.ignore_index`` (void) and ``data.num_classes = K``;
+    * other gray-value codes (e.g. 0, 32, ..., 255): ``data.class_values`` with one group per
+      value and ``data.num_classes``; merge groups as the classes require.
+    """
+    if class_values or not values or len(values) > _MAX_SUGGESTED_VALUES:
+        return []
+    if set(values) <= {0, 1} or set(values) <= {0, 255}:
+        return [] if num_classes == 1 else ["data.num_classes=1  # binary masks"]
+    out = []
+    ids = [v for v in values if v != ignore_index]
+    contiguous = ids == list(range(len(ids)))
+    if not contiguous and ids[:-1] == list(range(len(ids) - 1)) and ignore_index is None \
+            and ids[-1] >= len(ids) - 1 and len(ids) > 2:
+        void = ids[-1]
+        out += [f"data.ignore_index={void}  # {void} looks like a void label beside the "
+                f"class ids 0..{len(ids) - 2}", f"data.num_classes={len(ids) - 1}"]
+    elif contiguous:
+        if num_classes != len(ids):
+            out.append(f"data.num_classes={len(ids)}  # class ids 0..{len(ids) - 1}")
+    else:
+        groups = ", ".join(f"[{v}]" for v in ids)
+        out += [f"data.class_values=[{groups}]  # one class per gray value; merge groups "
+                "that are one class", f"data.num_classes={len(ids)}"]
+    return out
 
 
 def _add_problems(report: DataReport, found: dict[str, list[str]],
@@ -366,8 +420,9 @@ def _add_problems(report: DataReport, found: dict[str, list[str]],
                 text = ", ".join(f"class {c} is {100 * f:.2f} %" for c, f in rare.items())
                 add(Problem("warning", "imbalance",
                             f"severe class imbalance: {text} of all mask pixels (below "
-                            f"{100 * imbalance:g} %); consider loss.name = 'dice' or "
-                            "'bce_dice', border weights, or more positive examples"))
+                            f"{100 * imbalance:g} %); consider loss.class_weights = 'auto' "
+                            "(median-frequency balancing), loss.name = 'dice' or 'ce_dice', "
+                            "border weights, or more positive examples"))
             n_empty = s["empty_masks"]
             if n_empty * 2 > s["num_samples"]:
                 add(Problem("warning", "empty_masks",

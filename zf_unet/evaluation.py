@@ -1,4 +1,5 @@
-"""ISBI-style evaluation of a trained model on a data set split (``zf-unet evaluate``)."""
+"""Evaluation of a trained model on a data set split (``zf-unet evaluate``): ISBI-style scores
+for binary models, a confusion matrix with per-class scores for models with several classes."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -71,52 +72,232 @@ def evaluate_arrays(probs: Sequence[np.ndarray], masks: Sequence[np.ndarray],
     return result
 
 
-def evaluate_model(model: keras.Model | str | Path, data: Any, *, split: str = "val",
+SPLITS = ("auto", "val", "train", "all")
+
+
+def _same_path(source: Any, data: Any, base: Path | None = None) -> bool:
+    """Whether the run's ``source`` and ``data`` name the same folder/file (resolved absolute
+    paths); a relative ``source`` is also tried relative to ``base`` (the run folder)."""
+    if not isinstance(source, (str, Path)) or not isinstance(data, (str, Path)):
+        return False
+    if not str(source) or not str(data):
+        return False
+    if str(source) == "synthetic" or str(source).startswith("tfds:"):
+        return str(source) == str(data)
+    try:
+        target = Path(data).expanduser().resolve()
+        if Path(source).expanduser().resolve() == target:
+            return True
+        return (base is not None and not Path(source).expanduser().is_absolute()
+                and (base / source).resolve() == target)
+    except (OSError, RuntimeError):
+        return False
+
+
+def resolve_split(split: str, data: Any, config: Config | None,
+                  run_dir: str | Path | None = None, val_indices_given: bool = False) -> str:
+    """The split ``split="auto"`` stands for (other values are returned as they are).
+
+    ``auto`` is ``val`` (the images training held out, as ``split_for`` selects them) when
+    ``data`` is the run's training source (``config.data.source``, compared as resolved
+    absolute paths; a relative source is also tried relative to the run folder), or when
+    ``val_indices_given`` (explicit held-out indices); otherwise ``all``: any other folder,
+    the run's ``data.val_source``, or a model without a run ``config.toml`` (a pretrained or
+    bare ``.keras`` model, whose training data is unknown) is scored whole.
+    """
+    if split not in SPLITS:
+        raise ConfigError(f"split must be {' | '.join(SPLITS)}, got {split!r}")
+    if split != "auto":
+        return split
+    if val_indices_given:
+        return "val"
+    if config is None:
+        return "all"
+    base = Path(run_dir) if run_dir is not None else None
+    return "val" if _same_path(config.data.source, data, base) else "all"
+
+
+def _run_resolved(model_path: Any) -> dict:
+    """``resolved.json`` next to a model file (written by training), or ``{}``."""
+    import json
+
+    if model_path is None or str(model_path).startswith("pretrained:"):
+        return {}
+    path = Path(model_path).parent / "resolved.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _nan_to_none(x: Any) -> Any:
+    if isinstance(x, float) and x != x:
+        return None
+    if isinstance(x, dict):
+        return {k: _nan_to_none(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_nan_to_none(v) for v in x]
+    return x
+
+
+def json_ready(result: dict) -> dict:
+    """``result`` with NaN scores (classes absent from truth and prediction) as ``None``, so
+    that the JSON file is strict JSON."""
+    return _nan_to_none(result)
+
+
+def multiclass_scores(pred_labels: Sequence[np.ndarray], masks: Sequence[np.ndarray],
+                      num_classes: int, ignore_index: int | None = None) -> dict:
+    """Confusion matrix summed over images and its scores (``zf_unet.metrics.class_scores``).
+
+    ``pred_labels`` / ``masks``: ``(H, W)`` class-id arrays, pairwise of one shape; mask
+    pixels equal to ``ignore_index`` are left out. Returns ``class_scores``' keys plus
+    ``confusion`` (``(K, K)`` nested list, rows truth, columns prediction), ``num_classes``,
+    ``ignore_index`` and ``pixels`` (scored pixels).
+    """
+    k = int(num_classes)
+    cm = np.zeros((k, k), np.int64)
+    for pred, mask in zip(pred_labels, masks):
+        cm += zm.confusion_matrix(pred, mask, k, ignore_index)
+    out = zm.class_scores(cm)
+    out.update(confusion=cm.tolist(), num_classes=k, ignore_index=ignore_index,
+               pixels=int(cm.sum()))
+    return out
+
+
+def save_confusion(result: dict, prefix: str | Path) -> list[Path]:
+    """Write ``PREFIX.csv`` (the confusion matrix with a header row of predicted class ids
+    and a first column of true class ids; counts are pixels) and ``PREFIX.png`` (row-
+    normalised heat map), each atomically. Returns both paths."""
+    from zf_unet.io_utils import atomic_path
+    from zf_unet.plots import save_confusion_matrix
+
+    cm = np.asarray(result["confusion"], np.int64)
+    prefix = Path(prefix)
+    if prefix.suffix.lower() in (".csv", ".png"):
+        prefix = prefix.with_suffix("")
+    csv_path = prefix.parent / f"{prefix.name}.csv"
+    png_path = prefix.parent / f"{prefix.name}.png"
+    lines = ["truth\\pred," + ",".join(str(j) for j in range(cm.shape[1]))]
+    lines += [f"{i}," + ",".join(str(int(v)) for v in row) for i, row in enumerate(cm)]
+    with atomic_path(csv_path) as tmp:
+        tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    save_confusion_matrix(cm, png_path)
+    return [csv_path, png_path]
+
+
+def evaluate_model(model: keras.Model | str | Path, data: Any, *, split: str = "auto",
                    config: Config | None = None, tile_size: int = 256, overlap: int = 64,
                    tta: str | None = None, thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
                    batch_size: int = 4, name: str | None = None,
-                   segmentation: str = "threshold") -> dict:
+                   segmentation: str = "threshold", ignore_index: int | None = None,
+                   num_classes: int | None = None, val_indices_given: bool = False,
+                   model_path: str | Path | None = None) -> dict:
     """Predict every image of ``split`` with overlap-tile inference and score it.
 
-    ``model`` may be a path (or ``"pretrained:NAME"``); its run folder's ``config.toml`` then
-    decides the split unless ``config`` is given. Binary models only (probability of class 1
-    = cell interior). ``name`` is the model's name in error messages (default: its path).
-    ``segmentation`` picks how cells are formed for the Rand error (see ``evaluate_arrays``).
+    ``model`` may be a path (or ``"pretrained:NAME"``); its run folder's ``config.toml``
+    (unless ``config`` is given) decides the split and how masks are read (``class_values``,
+    ``ignore_index``; ``resolved.json``'s ``ignore_index`` too). ``name`` is the model's name
+    in error messages (default: its path).
+
+    ``split``: ``"auto"`` (default; see :func:`resolve_split`: ``val`` when ``data`` is the
+    run's training source, else ``all``), ``"val"``, ``"train"`` or ``"all"``.
+
+    Binary models (1 output): the ISBI scores of :func:`evaluate_arrays` (``segmentation``
+    picks how cells are formed for the Rand error). Models with K > 1 outputs: every image is
+    predicted (argmax), a confusion matrix is summed over all images with void pixels left
+    out, and the result has ``kind="multiclass"`` and :func:`multiclass_scores`' keys
+    (per-class ``iou``/``dice``/``precision``/``recall``/``support``, ``miou``,
+    ``pixel_accuracy``, ``mean_class_accuracy``, ``confusion``).
+
+    ``ignore_index``: void mask value (overrides the run's; ``-1`` = none). ``num_classes``:
+    K used to read the masks (default: the model's output count; must equal it).
+    ``val_indices_given``: ``config`` holds held-out indices given for this call, so
+    ``"auto"`` means ``val``. ``model_path``: where a loaded ``model`` came from (its run
+    folder's ``config.toml`` / ``resolved.json`` are then used as for a path).
 
     Raises:
         DataError: a model file that cannot be loaded, data that cannot be read, or images
             whose channel count differs from the model's.
-        ConfigError: a model with more than one class, or an empty split.
+        ConfigError: an empty split, a ``num_classes`` that differs from the model's, or void
+            pixels in the masks of a binary model (the ISBI scores have no void).
     """
     from zf_unet.errors import DataError
     from zf_unet.inference import load_model_file, model_geometry, predict_tiled
 
     name = name or (str(model) if isinstance(model, (str, Path)) else "model")
     _check_segmentation(segmentation)  # before any prediction
+    if split not in SPLITS:
+        raise ConfigError(f"split must be {' | '.join(SPLITS)}, got {split!r}")
     if isinstance(model, (str, Path)):
+        model_path = model
         if config is None:
-            config = run_config_for(model)
-        model = load_model_file(model)
+            config = run_config_for(model_path)
+        model = load_model_file(model_path)
+    elif model_path is not None and config is None:
+        config = run_config_for(model_path)
     geom = model_geometry(model)
-    if geom["num_classes"] != 1:
-        raise ConfigError(f"{name}: evaluate scores binary (1-class) models; this model "
-                          f"outputs {geom['num_classes']} classes")
-    samples = split_for(load_source(data), split, config)
+    k = int(geom["num_classes"])
+    if num_classes is not None and int(num_classes) != k:
+        raise ConfigError(f"{name}: num_classes={num_classes} but the model outputs {k} "
+                          f"class(es); expected --num-classes {k} (or leave it out)")
+    resolved = _run_resolved(model_path)
+    if ignore_index is None:
+        ignore = resolved.get("ignore_index") if "ignore_index" in resolved else (
+            config.data.ignore_index if config is not None else -1)
+    else:
+        ignore = ignore_index
+    ignore = None if ignore is None or int(ignore) < 0 else int(ignore)
+    class_values = (config.data.class_values or None) if config is not None else None
+    run_dir = Path(model_path).parent if model_path is not None and not str(
+        model_path).startswith("pretrained:") else None
+    chosen = resolve_split(split, data, config, run_dir, val_indices_given)
+    if k == 1:
+        loaded = load_source(data, class_values=class_values, ignore_index=ignore)
+    else:
+        try:
+            loaded = load_source(data, num_classes=k, class_values=class_values,
+                                 ignore_index=ignore)
+        except DataError as exc:
+            if "outside the class ids" not in str(exc):
+                raise
+            raise DataError(f"{exc}; {name} outputs {k} classes, so masks must hold class "
+                            f"ids 0..{k - 1}"
+                            + (f" or the void value {ignore}" if ignore is not None else
+                               " (pass --ignore-index V if V marks void pixels)")) from None
+    samples = split_for(loaded, chosen, config)
     for img, img_name in zip(samples.images, samples.names or [""] * len(samples)):
         if img.shape[-1] != geom["channels"]:
             raise DataError(f"{name}: the model expects {geom['channels']}-channel images but "
                             f"{img_name or 'the data'} has {img.shape[-1]} channel(s); "
                             "expected a model trained on this kind of data")
-    probs = [predict_tiled(model, img, tile_size=tile_size, overlap=overlap, tta=tta,
-                           batch_size=batch_size)[..., 0] for img in samples.images]
-    result = evaluate_arrays(probs, [m > 0 for m in samples.masks], thresholds, segmentation)
+    if k == 1:
+        if ignore is not None and any(np.any(m == ignore) for m in samples.masks):
+            raise ConfigError(f"{name}: the masks hold void pixels (value {ignore}); the ISBI "
+                              "scores of a binary model have no void; expected masks without "
+                              "them (or --ignore-index -1 if the value is a class)")
+        probs = [predict_tiled(model, img, tile_size=tile_size, overlap=overlap, tta=tta,
+                               batch_size=batch_size)[..., 0] for img in samples.images]
+        result = evaluate_arrays(probs, [m > 0 for m in samples.masks], thresholds,
+                                 segmentation)
+    else:
+        preds = []
+        for img in samples.images:  # one image's probabilities at a time
+            probs = predict_tiled(model, img, tile_size=tile_size, overlap=overlap, tta=tta,
+                                  batch_size=batch_size)
+            preds.append(np.argmax(probs, axis=-1).astype(np.uint8))
+            del probs
+        result = multiclass_scores(preds, samples.masks, k, ignore)
+        result["kind"] = "multiclass"
     result["images"] = samples.names
-    result["split"] = split
+    result["split"] = chosen
     return result
 
 
 def format_report(result: dict) -> str:
     """The text ``zf-unet evaluate`` prints for an ``evaluate_model`` result."""
+    if result.get("kind") == "multiclass":
+        return _format_multiclass(result)
     b = result["best"]
     cells = ("seeded watershed, seeds p > threshold" if b.get("segmentation") == "watershed"
              else "connected components of p > threshold")
@@ -133,4 +314,30 @@ def format_report(result: dict) -> str:
         f"  Dice  cell / membrane      {b['dice_foreground']:.4f} / {b['dice_background']:.4f}",
         f"  IoU   cell / membrane      {b['iou_foreground']:.4f} / {b['iou_background']:.4f}",
     ]
+    return "\n".join(lines)
+
+
+
+def _fmt(x: Any) -> str:
+    return "   -  " if x is None or (isinstance(x, float) and x != x) else f"{x:.4f}"
+
+
+def _format_multiclass(result: dict) -> str:
+    void = result.get("ignore_index")
+    lines = [f"{len(result['images'])} image(s), split={result['split']}; "
+             f"{result['num_classes']} classes, {result['pixels']} pixels scored"
+             + (f" (void value {void} left out)" if void is not None else ""),
+             f"{'class':>5}  {'IoU':>6}  {'Dice':>6}  {'precision':>9}  {'recall':>6}  "
+             f"{'support':>10}"]
+    for c in range(result["num_classes"]):
+        lines.append(f"{c:>5}  {_fmt(result['iou'][c]):>6}  {_fmt(result['dice'][c]):>6}  "
+                     f"{_fmt(result['precision'][c]):>9}  {_fmt(result['recall'][c]):>6}  "
+                     f"{result['support'][c]:>10}")
+    lines += [f"mIoU                 {_fmt(result['miou'])}",
+              f"pixel accuracy       {_fmt(result['pixel_accuracy'])}",
+              f"mean class accuracy  {_fmt(result['mean_class_accuracy'])}"]
+    if any(_fmt(v).strip() == "-" for key in ("iou", "dice", "precision", "recall")
+           for v in result[key]):
+        lines.append("-: undefined (no such pixels in truth and/or prediction; left out of "
+                     "the means)")
     return "\n".join(lines)

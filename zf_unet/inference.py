@@ -780,8 +780,9 @@ def _check_input(model: keras.Model, path: Any, arr: np.ndarray) -> None:
     check_float_range(stack, str(path))
 
 
-def _plan_outputs(paths: list, stacks: list, out: Any, cells: bool) -> list:
-    """``[[output paths of input i], ...]``; DataError if two inputs would share outputs."""
+def _plan_outputs(paths: list, stacks: list, out: Any, cells: bool, prob: bool = True) -> list:
+    """``[[output paths of input i], ...]`` (``[prob?, mask, cells?, overlay]``); DataError if
+    two inputs would share outputs."""
     from collections import Counter
 
     from zf_unet.errors import DataError
@@ -797,7 +798,8 @@ def _plan_outputs(paths: list, stacks: list, out: Any, cells: bool) -> list:
                             "different --out folders)")
     plans = []
     for name, stack in zip(names, stacks):
-        files = [out / f"{name}_prob.tif", out / f"{name}_mask.{'tif' if stack else 'png'}"]
+        files = [out / f"{name}_prob.tif"] if prob else []
+        files.append(out / f"{name}_mask.{'tif' if stack else 'png'}")
         if cells:
             files.append(out / f"{name}_cells.tif")
         plans.append(files + [out / f"{name}_overlay.png"])
@@ -847,31 +849,49 @@ def _labels(probs: np.ndarray, threshold: float) -> np.ndarray:
     return labels
 
 
-def _overlay_rgb(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """``uint8`` RGB overlay of an ``(H, W, C)`` image and its ``(H, W)`` labels, label 0 tinted
-    red, at every k-th pixel so that the long side is at most ``OVERLAY_MAX_SIDE``."""
-    from zf_unet.plots import overlay
+def _overlay_rgb(image: np.ndarray, labels: np.ndarray,
+                 colors: np.ndarray | None = None) -> np.ndarray:
+    """``uint8`` RGB overlay of an ``(H, W, C)`` image and its ``(H, W)`` labels, at every k-th
+    pixel so that the long side is at most ``OVERLAY_MAX_SIDE``. Without ``colors`` (binary
+    models) label 0 is tinted red; with ``colors`` (``(K, 3)`` uint8, several classes) every
+    pixel gets its class's colour and a legend strip naming the class ids is added below."""
+    from zf_unet.plots import label_overlay, legend_strip, overlay
 
     step = max(1, math.ceil(max(labels.shape) / OVERLAY_MAX_SIDE))
     img, lab = image[::step, ::step], labels[::step, ::step]
     view = img[..., :3] if img.shape[-1] >= 3 else img[..., :1]  # RGB(A) or the first channel
     scaled = view.astype(np.float32) * np.float32(_scale_for(img.dtype))
-    return (overlay(scaled, lab) * 255).astype(np.uint8)
+    if colors is None:
+        return (overlay(scaled, lab) * 255).astype(np.uint8)
+    rgb = label_overlay(scaled, lab, colors)
+    del scaled
+    strip = legend_strip(colors, max(rgb.shape[1], 160))
+    width = max(rgb.shape[1], strip.shape[1])
+    out = np.full((rgb.shape[0] + strip.shape[0], width, 3), 255, np.uint8)
+    out[: rgb.shape[0], : rgb.shape[1]] = rgb
+    out[rgb.shape[0]:, : strip.shape[1]] = strip
+    return out
 
 
 def predict_files(model: keras.Model, inputs: list, out_dir: Any, *, tile_size: int = 256,
                   overlap: int = 64, tta: str | None = None, threshold: float = 0.5,
                   batch_size: int = 4, cells: float | None = None,
-                  overwrite: bool = False) -> list:
+                  overwrite: bool = False, palette: Any = None, prob: bool = True) -> list:
     """Predict image files, folders of images and multi-page TIFF stacks into ``out_dir``.
 
     For every input ``NAME.ext`` it writes ``NAME_prob.tif`` (float32 probabilities,
     ``(H, W, K)`` or a stack), ``NAME_mask.png`` (labels; a binary model's mask is 0/255 with
     255 = class 1, ``p > threshold``, the ISBI convention; a stack gives ``NAME_mask.tif``)
-    and ``NAME_overlay.png`` (first slice, label 0 tinted red; images longer than
-    ``OVERLAY_MAX_SIDE`` = 2048 px are shown at every k-th pixel). With ``cells`` (a seed
-    threshold in (0, 1)), a binary model also gets ``NAME_cells.tif``: uint32 cell labels
-    from ``zf_unet.watershed_cells`` (0 = none). Returns the list of written paths.
+    and ``NAME_overlay.png`` (first slice; images longer than ``OVERLAY_MAX_SIDE`` = 2048 px
+    are shown at every k-th pixel). A binary model's overlay tints label 0 red; a model with
+    K > 1 classes (mask = argmax class ids, uint8) blends every pixel with its class's colour
+    and adds a legend strip below naming the class ids with their colours. ``palette``
+    chooses those colours (K > 1 only): a matplotlib colormap name (``"tab10"``) or hex
+    colours (``"#ff0000,#00ff00,..."`` or a list), default ``tab10`` (``tab20`` above 10
+    classes); see :func:`zf_unet.plots.class_colors`. ``prob=False`` skips
+    ``NAME_prob.tif``. With ``cells`` (a seed threshold in (0, 1)), a binary model also gets
+    ``NAME_cells.tif``: uint32 cell labels from ``zf_unet.watershed_cells`` (0 = none).
+    Returns the list of written paths.
 
     Names: ``NAME`` is the file name without extension. When several inputs share it
     (``a.png`` and ``a.tif``), ``NAME`` keeps the extension: ``a_png_mask.png``,
@@ -896,8 +916,8 @@ def predict_files(model: keras.Model, inputs: list, out_dir: Any, *, tile_size: 
             two inputs with the same outputs.
         OutputExistsError: output files exist and ``overwrite`` is False (names them).
         ValueError: bad ``tile_size`` / ``overlap`` / ``tta`` / ``batch_size`` for the model,
-            ``threshold`` not in (0, 1), or ``cells`` outside (0, 1) or given for a
-            multi-class model.
+            ``threshold`` not in (0, 1), ``cells`` outside (0, 1) or given for a
+            multi-class model, or a bad ``palette`` (or one given for a binary model).
     """
     from pathlib import Path
 
@@ -925,6 +945,14 @@ def predict_files(model: keras.Model, inputs: list, out_dir: Any, *, tile_size: 
             raise ValueError(f"cells: cell labels need a binary (1-class) model, this one has "
                              f"{geom['num_classes']} classes")
         watershed_cells(np.zeros((2, 2), np.float32), seed_threshold=cells)  # checks the value
+    colors = None
+    if geom["num_classes"] > 1:
+        from zf_unet.plots import class_colors
+
+        colors = class_colors(geom["num_classes"], palette)
+    elif palette is not None:
+        raise ValueError("palette: colours the classes of a multi-class model; a binary "
+                         "model's overlay tints class 0 red (leave --palette out)")
     # Then every input, then the outputs: all before anything is written.
     paths = _collect_inputs(inputs)
     stacks = []
@@ -936,7 +964,7 @@ def predict_files(model: keras.Model, inputs: list, out_dir: Any, *, tile_size: 
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise DataError(f"{out}: exists and is not a folder; expected an output folder")
-    plans = _plan_outputs(paths, stacks, out, cells is not None)
+    plans = _plan_outputs(paths, stacks, out, cells is not None, bool(prob))
     _check_outputs(plans, paths, out, overwrite)
     out.mkdir(parents=True, exist_ok=True)
     written = []
@@ -945,10 +973,13 @@ def predict_files(model: keras.Model, inputs: list, out_dir: Any, *, tile_size: 
         probs = predict_tiled(model, arr, tile_size=tile_size, overlap=overlap, tta=tta,
                               batch_size=batch_size)
         labels = _labels(probs, threshold)
-        prob_path, mask_path, ov_path = files[0], files[1], files[-1]
-        with atomic_path(prob_path) as tmp:
-            tifffile.imwrite(tmp, probs, photometric="minisblack")
-        written.append(prob_path)
+        files = list(files)
+        if prob:
+            prob_path = files.pop(0)
+            with atomic_path(prob_path) as tmp:
+                tifffile.imwrite(tmp, probs, photometric="minisblack")
+            written.append(prob_path)
+        mask_path, ov_path = files[0], files[-1]
         with atomic_path(mask_path) as tmp:
             if stack:
                 tifffile.imwrite(tmp, labels, photometric="minisblack")
@@ -960,14 +991,14 @@ def predict_files(model: keras.Model, inputs: list, out_dir: Any, *, tile_size: 
             del probs
             cell_labels = np.stack([watershed_cells(m, seed_threshold=cells) for m in maps])
             del maps
-            with atomic_path(files[2]) as tmp:
+            with atomic_path(files[1]) as tmp:
                 tifffile.imwrite(tmp, (cell_labels if stack else cell_labels[0]).astype(
                     np.uint32, copy=False), photometric="minisblack")
-            written.append(files[2])
+            written.append(files[1])
             del cell_labels
         else:
             del probs
-        rgb = _overlay_rgb(arr[0] if stack else arr, labels[0] if stack else labels)
+        rgb = _overlay_rgb(arr[0] if stack else arr, labels[0] if stack else labels, colors)
         with atomic_path(ov_path) as tmp:
             Image.fromarray(rgb).save(tmp, format="PNG")
         written.append(ov_path)

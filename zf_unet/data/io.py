@@ -1006,7 +1006,7 @@ def load_arrays(
 
 
 def describe_dataset(
-    images: Sequence[np.ndarray], masks: Sequence[np.ndarray]
+    images: Sequence[np.ndarray], masks: Sequence[np.ndarray], ignore_index: int | None = None
 ) -> dict[str, Any]:
     """Summarise a loaded data set (for a "doctor" command). JSON-serialisable.
 
@@ -1021,7 +1021,9 @@ def describe_dataset(
         ``class_frequencies`` (``{class_id: count / fraction of all mask pixels}``);
         ``masks_with_class`` (``{class_id: number of masks containing it}``);
         ``foreground_fraction`` (pixels != 0); ``empty_masks`` (masks with only class 0)
-        and ``empty_mask_indices``; ``single_class_masks`` (masks holding one class).
+        and ``empty_mask_indices``; ``single_class_masks`` (masks holding one class);
+        ``ignored_pixels``. Pixels equal to ``ignore_index`` (void) are left out of every
+        class statistic and only counted there.
     """
     if len(images) != len(masks):
         raise DataError(f"masks: {len(masks)} mask(s) but images has {len(images)}")
@@ -1036,6 +1038,7 @@ def describe_dataset(
     single = 0
     vmin, vmax = np.inf, -np.inf
     heights, widths = [], []
+    ignored = 0
     for i, (img, m) in enumerate(zip(images, masks)):
         img, m = np.asarray(img), np.asarray(m)
         if m.ndim == 3 and m.shape[2] == 1:
@@ -1054,6 +1057,10 @@ def describe_dataset(
         dtypes.add(str(img.dtype))
         if img.size:
             vmin, vmax = min(vmin, float(np.min(img))), max(vmax, float(np.max(img)))
+        if ignore_index is not None:
+            void = m == ignore_index
+            ignored += int(np.count_nonzero(void))
+            m = m[~void]
         ids, counts = np.unique(m, return_counts=True)
         for c, n in zip(ids.tolist(), counts.tolist()):
             pixel_counts[int(c)] += int(n)
@@ -1062,8 +1069,9 @@ def describe_dataset(
             single += 1
         if not np.any(m):
             empty.append(i)
-    total = sum(pixel_counts.values())
+    total = max(1, sum(pixel_counts.values()))
     return {
+        "ignored_pixels": ignored,
         "num_samples": len(masks),
         "sizes": dict(sorted(sizes.items())),
         "height_range": [min(heights), max(heights)],
