@@ -243,7 +243,31 @@ def _check_isbi2012(nb, out: Path) -> None:
     assert _figures(nb) >= 4, f"expected data, tiling, overlay and metric figures, got {_figures(nb)}"
 
 
+def _check_multiclass(nb, out: Path) -> None:
+    s = _last_json(nb)
+    assert s["quick"] is True and s["num_classes"] == 5 and s["monitor"] == "val_miou"
+    assert len(s["class_weights"]) == 5 and all(w > 0 for w in s["class_weights"])
+    assert 0.0 <= s["miou"] <= 1.0 and 0.0 <= s["pixel_accuracy"] <= 1.0
+    assert len(s["test_images"]) == 2  # the whole test folder was scored
+    assert any(n.endswith("_overlay.png") for n in s["written"])
+    assert any(n.endswith("_mask.png") for n in s["written"])
+    if _vnc_present():
+        assert s["data"] == "drosophila-vnc"
+    assert s["seconds"] < 300
+    assert _figures(nb) >= 3, f"expected curves, confusion and overlay, got {_figures(nb)}"
+
+
+def _vnc_present() -> bool:
+    from zf_unet.paths import data_root
+
+    present = (data_root() / "drosophila-vnc" / "images").is_dir()
+    if not present and os.environ.get("CI"):
+        pytest.fail(f"drosophila-vnc data missing at {data_root()} under CI")
+    return present
+
+
 _CHECKS = {
+    "multiclass.ipynb": _check_multiclass,
     "quickstart.ipynb": _check_quickstart,
     "unet_plus_plus_pruning.ipynb": _check_unet_plus_plus_pruning,
     "isbi2012.ipynb": _check_isbi2012,

@@ -77,3 +77,38 @@ def test_shipped_isbi_weights_segment_a_validation_slice(isbi_dir):
     error = zf_unet.metrics.misclassification_rate(probs, truth, threshold=0.45)
     trivial = 1.0 - truth.mean()  # everything "cell interior"
     assert error < 0.13 and error < 0.6 * trivial, (error, trivial)
+
+
+def test_shipped_drosophila_vnc_weights_reproduce_their_manifest():
+    """The 5-class VNC model: sha256-checked, 5 softmax outputs, and on the held-out sections
+    16-19 (the data beside the project) the mIoU of its manifest, from the same predictions
+    and confusion matrix (NumPy; skipped without the data, failed under CI)."""
+    import os
+
+    import tifffile
+    from PIL import Image
+
+    from zf_unet.paths import data_root
+
+    manifest = pretrained.list_pretrained()["drosophila-vnc"]
+    assert manifest["sha256"] == pretrained.sha256_of(f"{manifest['_dir']}/model.keras")
+    model = zf_unet.pretrained("drosophila-vnc")
+    assert model.output_shape[-1] == 5
+    vnc = data_root() / "drosophila-vnc"
+    if not (vnc / "images").is_dir():
+        if os.environ.get("CI"):
+            pytest.fail(f"drosophila-vnc data missing at {vnc} under CI")
+        pytest.skip(f"drosophila-vnc data not found at {vnc}")
+    lut = np.full(256, 255, np.uint8)
+    for cls, values in enumerate(manifest["class_values"]):
+        lut[values] = cls
+    cm = np.zeros((5, 5), np.int64)
+    for i in range(16, 20):
+        image = tifffile.imread(vnc / "images" / f"{i:02d}.tif")
+        truth = lut[np.asarray(Image.open(vnc / "masks" / f"{i:02d}.png"))]
+        pred = np.argmax(zf_unet.predict_tiled(model, image, tile_size=256, overlap=64), -1)
+        cm += np.bincount(truth.ravel().astype(np.int64) * 5 + pred.ravel(),
+                          minlength=25).reshape(5, 5)
+    iou = np.diag(cm) / (cm.sum(0) + cm.sum(1) - np.diag(cm))
+    assert float(iou.mean()) == pytest.approx(manifest["metrics_validation"]["miou"], abs=0.01)
+    assert iou[3] > 0.1  # synapses, 0.6 % of the pixels, are found
