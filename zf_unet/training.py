@@ -619,10 +619,11 @@ def resolve_class_weights(cfg: Config, class_pixels: np.ndarray | None = None,
 def make_model(cfg: Config, channels: int, sync_batch_norm: bool = False,
                num_classes: int | None = None, normalization: Any = None) -> keras.Model:
     """The U-Net or U-Net++ that ``cfg.model`` describes, for ``channels`` input channels and
-    ``num_classes`` outputs (default ``cfg.data.num_classes``), with ``normalization``
+    ``num_classes`` outputs (default ``cfg.data.num_classes``; when that is 0, "infer from
+    the masks", and no ``num_classes`` is given: 1, a binary model), with ``normalization``
     (``(mean, std)`` or None, see :func:`resolve_normalization`) as its first layer."""
     m = cfg.model
-    common = dict(num_classes=num_classes or cfg.data.num_classes, depth=m.depth,
+    common = dict(num_classes=num_classes or cfg.data.num_classes or 1, depth=m.depth,
                   filters=m.filters, batch_norm=m.batch_norm, dropout=m.dropout,
                   upsampling=m.upsampling, sync_batch_norm=sync_batch_norm,
                   input_normalization=normalization)
@@ -849,6 +850,9 @@ def train(config: Config | str | Path | dict, out_dir: str | Path = "runs/run",
                     "input_normalization": None if normalization is None else
                     {"mean": normalization[0], "std": normalization[1]},
                     "train_samples": info.num_train, "val_samples": info.num_val}
+        if verbose and cfg.data.num_classes == 0:
+            print(f"num_classes inferred from the masks: {k}"
+                  f"{' (binary)' if k == 1 else ''}; set data.num_classes to fix it", flush=True)
         if verbose and class_weights is not None:
             print(f"class weights ({cfg.loss.class_weights if cfg.loss.class_weights == 'auto' else 'given'}): "
                   + ", ".join(f"{c}: {w:.4g}" for c, w in enumerate(class_weights)), flush=True)
