@@ -11,19 +11,30 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from zf_unet.paths import isbi2012_dir  # noqa: E402
+from zf_unet.paths import data_root, isbi2012_dir  # noqa: E402
+
+
+def shared_data_dir(path: Path, label: str) -> Path:
+    """``path`` (a data set beside the project, with images/ and masks/); skip the test when
+    it is missing, except under CI, where it must exist."""
+    if not (path / "images").is_dir() or not (path / "masks").is_dir():
+        msg = f"{label} data not found at {path} (set ZF_UNET_DATA)"
+        if os.environ.get("CI"):
+            pytest.fail(msg + " -- required in CI")
+        pytest.skip(msg)
+    return path
 
 
 @pytest.fixture(scope="session")
 def isbi_dir() -> Path:
     """The ISBI 2012 folder; skipped when missing, except under CI where it must exist."""
-    path = isbi2012_dir()
-    if not (path / "images").is_dir() or not (path / "masks").is_dir():
-        msg = f"ISBI 2012 data not found at {path} (set ZF_UNET_DATA)"
-        if os.environ.get("CI"):
-            pytest.fail(msg + " -- required in CI")
-        pytest.skip(msg)
-    return path
+    return shared_data_dir(isbi2012_dir(), "ISBI 2012")
+
+
+@pytest.fixture(scope="session")
+def vnc_dir() -> Path:
+    """The Drosophila VNC folder; skipped when missing, except under CI where it must exist."""
+    return shared_data_dir(data_root() / "drosophila-vnc", "Drosophila VNC")
 
 
 @pytest.fixture

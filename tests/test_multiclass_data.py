@@ -3,7 +3,6 @@ median-frequency weights and a separate validation source (issue "Step 9")."""
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,6 @@ from zf_unet.data import (
 )
 from zf_unet.data.pipeline import check_learnable
 from zf_unet.errors import DataError
-from zf_unet.paths import data_root
 
 VNC_VALUES = [[0, 32, 64, 96, 128], [159], [191], [223], [255]]
 
@@ -358,18 +356,6 @@ def test_val_source_auto_classes_over_both(rng, caplog):
 # --------------------------------------------------------------------------- real data
 
 VNC_SHARES = {0: 17.2, 1: 2.9, 2: 5.4, 3: 0.6, 4: 74.1}  # README table, membrane summed
-
-
-@pytest.fixture(scope="module")
-def vnc_dir() -> Path:
-    """The Drosophila VNC folder; skipped when missing, except under CI where it must exist."""
-    path = data_root() / "drosophila-vnc"
-    if not (path / "images").is_dir() or not (path / "masks").is_dir():
-        msg = f"Drosophila VNC data not found at {path} (set ZF_UNET_DATA)"
-        if os.environ.get("CI"):
-            pytest.fail(msg + " -- required in CI")
-        pytest.skip(msg)
-    return path
 
 
 def test_drosophila_vnc_five_classes(vnc_dir, tmp_path):

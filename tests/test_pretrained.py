@@ -79,26 +79,18 @@ def test_shipped_isbi_weights_segment_a_validation_slice(isbi_dir):
     assert error < 0.13 and error < 0.6 * trivial, (error, trivial)
 
 
-def test_shipped_drosophila_vnc_weights_reproduce_their_manifest():
+def test_shipped_drosophila_vnc_weights_reproduce_their_manifest(vnc_dir):
     """The 5-class VNC model: sha256-checked, 5 softmax outputs, and on the held-out sections
     16-19 (the data beside the project) the mIoU of its manifest, from the same predictions
     and confusion matrix (NumPy; skipped without the data, failed under CI)."""
-    import os
-
     import tifffile
     from PIL import Image
-
-    from zf_unet.paths import data_root
 
     manifest = pretrained.list_pretrained()["drosophila-vnc"]
     assert manifest["sha256"] == pretrained.sha256_of(f"{manifest['_dir']}/model.keras")
     model = zf_unet.pretrained("drosophila-vnc")
     assert model.output_shape[-1] == 5
-    vnc = data_root() / "drosophila-vnc"
-    if not (vnc / "images").is_dir():
-        if os.environ.get("CI"):
-            pytest.fail(f"drosophila-vnc data missing at {vnc} under CI")
-        pytest.skip(f"drosophila-vnc data not found at {vnc}")
+    vnc = vnc_dir
     lut = np.full(256, 255, np.uint8)
     for cls, values in enumerate(manifest["class_values"]):
         lut[values] = cls
