@@ -1,0 +1,81 @@
+"""The two pixel rules every stage shares: mirror reflection at borders, and scaling to [0, 1].
+
+Mirror reflection is ``numpy.pad(mode="reflect")`` applied as often as needed: the edge
+pixel is not repeated, positions further out than the axis is long are reflected back and
+forth, and a 1-pixel axis is repeated. The U-Net paper mirrors the missing context this way;
+the training pipeline pads with it, the augmentation samples with it (continuous
+coordinates) and the tiler and the serving graph read tiles with it. The NumPy and
+TensorFlow forms stand side by side here, so they cannot drift apart.
+
+Scaling: an unsigned integer image is divided by its dtype's maximum (uint8 / 255,
+uint16 / 65535), bool is 0/1 and floats are used as they are (they must already lie in
+[0, 1]; see :func:`zf_unet.data.io.check_float_range`).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+__all__ = ["mirror_coords_tf", "mirror_index", "mirror_index_tf", "pad_reflect",
+           "scale_to_unit_tf", "unit_divisor"]
+
+
+# --------------------------------------------------------------------------- mirroring
+
+def mirror_index(idx: np.ndarray, length: int) -> np.ndarray:
+    """Integer positions ``idx`` (any, also negative) mapped into ``[0, length)`` by repeated
+    mirror reflection without repeating the edge pixel; same shape and dtype as ``idx``."""
+    if length == 1:
+        return np.zeros_like(idx)
+    period = 2 * (length - 1)
+    m = np.mod(idx, period)
+    return np.where(m >= length, period - m, m)
+
+
+def mirror_index_tf(idx: tf.Tensor, length: tf.Tensor) -> tf.Tensor:
+    """:func:`mirror_index` for int32 tensors (``length`` a dynamic scalar >= 1)."""
+    period = tf.maximum(2 * (length - 1), 1)
+    m = tf.math.floormod(idx, period)
+    return tf.where(m >= length, period - m, m)
+
+
+def mirror_coords_tf(c: tf.Tensor, length: tf.Tensor) -> tf.Tensor:
+    """Continuous (float32) coordinates mirrored into ``[0, length - 1]`` about the edge pixel
+    centres: the rule of :func:`mirror_index` between pixels, for resampling."""
+    last = tf.cast(length, tf.float32) - 1.0
+    period = tf.maximum(2.0 * last, 1.0)
+    c = c - period * tf.floor(c * (1.0 / period))  # in [0, period]
+    return tf.clip_by_value(last - tf.abs(last - c), 0.0, last)
+
+
+def pad_reflect(x: np.ndarray, top: int, bottom: int, left: int, right: int) -> np.ndarray:
+    """``(H, W, ...)`` array padded by mirror reflection on its first two axes (pads may exceed
+    the size); ``(H + top + bottom, W + left + right, ...)``, same dtype."""
+    h, w = x.shape[:2]
+    rows = mirror_index(np.arange(-top, h + bottom), h)
+    cols = mirror_index(np.arange(-left, w + right), w)
+    return x[rows][:, cols]
+
+
+# --------------------------------------------------------------------------- scaling
+
+def unit_divisor(dtype: Any, name: str = "image", signed: bool = False) -> float:
+    """What pixel values of ``dtype`` are divided by to lie in [0, 1]: the maximum for unsigned
+    integers (255, 65535) and, with ``signed``, for signed ones; 1 for bool and floats. Other
+    dtypes raise ``ValueError`` naming ``name``."""
+    dtype = np.dtype(dtype)
+    if dtype == np.bool_ or np.issubdtype(dtype, np.floating):
+        return 1.0
+    if np.issubdtype(dtype, np.unsignedinteger) or (signed and np.issubdtype(dtype, np.integer)):
+        return float(np.iinfo(dtype).max)
+    raise ValueError(f"{name} dtype {dtype} is not supported: use uint8 / uint16 (scaled by the "
+                     "dtype maximum) or float in [0, 1]")
+
+
+def scale_to_unit_tf(x: tf.Tensor) -> tf.Tensor:
+    """:func:`unit_divisor` in TensorFlow: ``x`` (uint8, uint16, bool or float) as float32."""
+    divisor = unit_divisor(x.dtype.as_numpy_dtype)
+    y = tf.cast(x, tf.float32)
+    return y if divisor == 1.0 else y / divisor

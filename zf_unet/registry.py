@@ -1,0 +1,163 @@
+"""Named choices: one registry per kind, mapping the name a user writes to its factory.
+
+Each registry is the single list of names for its kind. The same keys drive the config
+schema (:mod:`zf_unet.config` checks ``loss.name``, ``optimizer.name`` ... against them), the
+CLI's ``--help`` choices (:mod:`zf_unet.cli`) and the tables in ``docs/``; the factories are
+what :func:`zf_unet.train` and the tiler call. A factory is named by ``"module:attribute"``
+and imported on first use, so reading a config or printing ``--help`` imports nothing heavy.
+
+========== ========================================== =======================================
+registry   factory signature                          names
+========== ========================================== =======================================
+LOSSES     ``cls(**loss_kwargs) -> keras Loss``       bce_dice, ce_dice, dice, jaccard, ...
+OPTIMIZERS ``f(learning_rate, weight_decay, momentum)`` adam, adamw, sgd
+SCHEDULES  ``f(learning_rate, min_learning_rate,      constant, cosine, plateau
+           total_steps) -> (lr, [callbacks])``
+PRECISIONS ``f(name) -> keras.DTypePolicy``           auto, float32, mixed_bfloat16, ...
+STRATEGIES ``f() -> tf.distribute.Strategy``          default, mirrored, multiworker, tpu
+BLEND_MODES ``f(tile, overlap) -> (tile,) float64``   gaussian, linear, none
+TTA_MODES  ``f() -> [(forward, inverse), ...]``       none, flips, d4
+========== ========================================== =======================================
+"""
+from __future__ import annotations
+
+import difflib
+import importlib
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from zf_unet.errors import ConfigError
+
+__all__ = ["BLEND_MODES", "INPUT_DTYPES", "LOSSES", "OPTIMIZERS", "PRECISIONS", "Registry",
+           "SCHEDULES", "STRATEGIES", "TTA_MODES", "nearest_hint"]
+
+
+def nearest_hint(value: Any, choices: Any) -> str:
+    """``" (did you mean 'x'?)"`` for the choice closest to ``value``, or ``""``."""
+    if not isinstance(value, str):
+        return ""
+    near = difflib.get_close_matches(value, [str(c) for c in choices], n=1)
+    return f" (did you mean {near[0]!r}?)" if near else ""
+
+
+class Registry(Mapping):
+    """Read-only map ``name -> factory`` of one kind (``"loss"``, ``"optimizer"`` ...).
+
+    ``entries`` maps each name to ``"module:attribute"``; the attribute is imported by
+    ``registry[name]`` (or :meth:`get`) and cached. Iterating gives the names in the order
+    they were listed, which is the order ``--help`` and the docs show.
+    """
+
+    def __init__(self, kind: str, entries: Mapping[str, str], doc: Mapping[str, str] | None = None
+                 ) -> None:
+        self.kind = kind
+        self._targets = dict(entries)
+        self._loaded: dict[str, Any] = {}
+        #: one-line description per name (for ``--help`` and docs)
+        self.doc = dict(doc or {})
+
+    # Mapping interface -------------------------------------------------------------------
+    def __getitem__(self, name: str) -> Any:
+        if name not in self._targets:
+            raise KeyError(name)
+        if name not in self._loaded:
+            module, _, attr = self._targets[name].partition(":")
+            self._loaded[name] = getattr(importlib.import_module(module), attr)
+        return self._loaded[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._targets)
+
+    def __len__(self) -> int:
+        return len(self._targets)
+
+    def __repr__(self) -> str:
+        return f"Registry({self.kind!r}, {list(self._targets)})"
+
+    # Lookup with errors users can act on ---------------------------------------------------
+    def names(self) -> tuple[str, ...]:
+        """The registered names, in listing order."""
+        return tuple(self._targets)
+
+    def check(self, name: Any, place: str | None = None, error: type[Exception] = ValueError
+              ) -> str:
+        """``name`` if it is registered, else ``error`` naming ``place`` (default: the kind),
+        the accepted names and the nearest one."""
+        if isinstance(name, str) and name in self._targets:
+            return name
+        raise error(f"{place or self.kind} must be one of {self.names()}, got {name!r}"
+                    f"{nearest_hint(name, self.names())}")
+
+    def get(self, name: Any, place: str | None = None) -> Any:
+        """The factory registered as ``name`` (a :class:`ConfigError` for unknown names)."""
+        return self[self.check(name, place, ConfigError)]
+
+    def create(self, name: Any, *args: Any, **kwargs: Any) -> Any:
+        """``get(name)(*args, **kwargs)``."""
+        return self.get(name)(*args, **kwargs)
+
+
+LOSSES = Registry("loss", {
+    "bce_dice": "zf_unet.losses:BCEDiceLoss",
+    "ce_dice": "zf_unet.losses:CEDiceLoss",
+    "dice": "zf_unet.losses:DiceLoss",
+    "jaccard": "zf_unet.losses:JaccardLoss",
+    "ce": "zf_unet.losses:CrossEntropy",
+    "weighted_ce": "zf_unet.losses:WeightedCrossEntropy",
+    "focal": "zf_unet.losses:FocalLoss",
+    "tversky": "zf_unet.losses:TverskyLoss",
+}, doc={
+    "bce_dice": "binary cross-entropy + soft Dice (one-class models)",
+    "ce_dice": "cross-entropy + soft Dice of the classes (multi-class models)",
+    "dice": "soft Dice", "jaccard": "soft Jaccard (IoU)",
+    "ce": "cross-entropy (class_weights, ignore_index)",
+    "weighted_ce": "cross-entropy weighted by per-pixel border weight maps (the paper's)",
+    "focal": "focal loss (focal_gamma)", "tversky": "Tversky loss (tversky_alpha/beta)",
+})
+
+OPTIMIZERS = Registry("optimizer", {
+    "adam": "zf_unet.optimizers:adam",
+    "adamw": "zf_unet.optimizers:adamw",
+    "sgd": "zf_unet.optimizers:sgd",
+}, doc={"adam": "Adam (fused update kernel)", "adamw": "AdamW (weight_decay, default 1e-4)",
+        "sgd": "SGD with momentum (the paper's: 0.99)"})
+
+SCHEDULES = Registry("schedule", {
+    "constant": "zf_unet.optimizers:constant_schedule",
+    "cosine": "zf_unet.optimizers:cosine_schedule",
+    "plateau": "zf_unet.optimizers:plateau_schedule",
+}, doc={"constant": "fixed learning rate", "cosine": "cosine decay to min_learning_rate",
+        "plateau": "halve on a plateau of the monitored metric"})
+
+PRECISIONS = Registry("precision", {
+    "auto": "zf_unet.precision:auto_policy",
+    "float32": "keras:DTypePolicy",
+    "mixed_bfloat16": "keras:DTypePolicy",
+    "mixed_float16": "keras:DTypePolicy",
+}, doc={"auto": "mixed_bfloat16 on TPUs and bf16 CPUs, mixed_float16 on GPUs, else float32"})
+
+STRATEGIES = Registry("strategy", {
+    "default": "zf_unet.distribute:default_strategy",
+    "mirrored": "zf_unet.distribute:mirrored_strategy",
+    "multiworker": "zf_unet.distribute:multiworker_strategy",
+    "tpu": "zf_unet.distribute:tpu_strategy",
+}, doc={"default": "one device", "mirrored": "all local GPUs",
+        "multiworker": "several machines (TF_CONFIG)", "tpu": "a TPU (Colab)"})
+
+BLEND_MODES = Registry("blend", {
+    "gaussian": "zf_unet.tiling.windows:gaussian_window",
+    "linear": "zf_unet.tiling.windows:linear_window",
+    "none": "zf_unet.tiling.windows:flat_window",
+}, doc={"gaussian": "Gaussian window, sigma = tile / 8 (nnU-Net)",
+        "linear": "linear ramps over the overlap", "none": "plain average"})
+
+TTA_MODES = Registry("tta", {
+    "none": "zf_unet.tiling.tta:no_transforms",
+    "flips": "zf_unet.tiling.tta:flip_transforms",
+    "d4": "zf_unet.tiling.tta:d4_transforms",
+}, doc={"none": "one prediction", "flips": "identity, horizontal, vertical, both (4)",
+        "d4": "the 8 rotations / reflections of the square"})
+
+#: Input dtypes of a serving export (names only: the scaling is
+#: :func:`zf_unet.data.imageops.scale_to_unit_tf`).
+INPUT_DTYPES = ("uint8", "uint16", "float32")
