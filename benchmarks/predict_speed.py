@@ -58,13 +58,13 @@ def _status_kib(field: str) -> int:
 
 def tiles_for(model, size: int, tile: int, overlap: int, batch: int):
     """The tile grid ``predict_tiled`` uses for a ``size`` x ``size`` image."""
-    from zf_unet.inference import _fit_output_tile, _max_output_tile, _tile_starts, model_geometry
+    from zf_unet.tiling import TilePlan, model_geometry
 
     geom = model_geometry(model)
-    t_max = _max_output_tile(geom, tile)
-    out = _fit_output_tile(geom, size, t_max[0])
-    n = len(_tile_starts(size, out, overlap)) ** 2
-    return n, out + 2 * geom["margin"]
+    plan = TilePlan.for_geometry(geom, tile, overlap)
+    out = plan.output_tile(size, 0)
+    n = len(plan.tile_starts(size, out)) ** 2
+    return n, out + 2 * geom.margin
 
 
 def bench_overhead(args: argparse.Namespace) -> list[dict]:

@@ -40,3 +40,17 @@ def vnc_dir() -> Path:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A saved untrained binary U-Net (grayscale input, depth 3, 4 filters, seed 0): the model
+    file the CLI and file-prediction tests load. Tests must not modify it."""
+    import keras
+
+    import zf_unet
+    from zf_unet.io_utils import save_model_atomic
+
+    keras.utils.set_random_seed(0)
+    path = tmp_path_factory.mktemp("tiny_model") / "model.keras"
+    return save_model_atomic(zf_unet.build_unet((None, None, 1), depth=3, filters=4), path)

@@ -36,7 +36,8 @@ from zf_unet.cli import main
 from zf_unet.config import Config
 from zf_unet.errors import ConfigError, DataError, OutputExistsError, ZFUNetError
 from zf_unet.evaluation import evaluate_model
-from zf_unet.inference import load_model_file, predict_files
+from zf_unet.file_prediction import predict_files
+from zf_unet.models import load_model_file
 from zf_unet.io_utils import save_model_atomic
 from zf_unet.losses import DiceLoss, WeightedCrossEntropy
 from zf_unet.metrics import DiceCoefficient

@@ -11,15 +11,6 @@ from PIL import Image
 import zf_unet
 from zf_unet.cli import main
 from zf_unet.evaluation import evaluate_arrays, split_for
-from zf_unet.io_utils import save_model_atomic
-
-
-@pytest.fixture(scope="module")
-def tiny_model_path(tmp_path_factory):
-    path = tmp_path_factory.mktemp("m") / "model.keras"
-    model = zf_unet.build_unet((None, None, 1), depth=3, filters=4)
-    save_model_atomic(model, path)
-    return path
 
 
 def test_evaluate_arrays_perfect_and_inverted():

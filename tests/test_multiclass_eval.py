@@ -21,7 +21,9 @@ import zf_unet
 from zf_unet.cli import main
 from zf_unet.config import Config
 from zf_unet.evaluation import evaluate_model, resolve_split, save_confusion
-from zf_unet.inference import load_model_file, predict_files, predict_tiled
+from zf_unet.file_prediction import predict_files
+from zf_unet.inference import predict_tiled
+from zf_unet.models import load_model_file
 from zf_unet.io_utils import save_model_atomic
 from zf_unet.plots import class_colors
 

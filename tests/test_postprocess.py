@@ -79,13 +79,6 @@ def test_evaluate_arrays_with_watershed_segmentation():
         evaluate_arrays([prob], [truth], segmentation="graphcut")
 
 
-@pytest.fixture(scope="module")
-def tiny_model_path(tmp_path_factory):
-    path = tmp_path_factory.mktemp("m") / "model.keras"
-    save_model_atomic(zf_unet.build_unet((None, None, 1), depth=2, filters=4), path)
-    return path
-
-
 def test_cli_predict_cells_for_an_image_and_a_stack(tmp_path, tiny_model_path, capsys):
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 255, (24, 30), dtype=np.uint8)).save(tmp_path / "a.png")

@@ -22,7 +22,9 @@ from zf_unet.cli import main
 from zf_unet.data import io as data_io
 from zf_unet.data import to_float_image
 from zf_unet.errors import ConfigError, DataError, OutputExistsError
-from zf_unet.inference import load_model_file, predict_files, predict_tiled
+from zf_unet.file_prediction import predict_files
+from zf_unet.inference import predict_tiled
+from zf_unet.models import load_model_file
 from zf_unet.io_utils import save_model_atomic
 
 
@@ -290,9 +292,9 @@ def test_cli_size_limit_is_one_line(tmp_path, model_path, monkeypatch, capsys):
 
 
 def test_overlay_of_a_large_image_is_downsampled(tmp_path, model, monkeypatch):
-    import zf_unet.inference as inference
+    import zf_unet.file_prediction as file_prediction
 
-    monkeypatch.setattr(inference, "OVERLAY_MAX_SIDE", 16)
+    monkeypatch.setattr(file_prediction, "OVERLAY_MAX_SIDE", 16)
     png = _png(tmp_path / "a.png", 0, (40, 50))
     predict_files(model, [png], tmp_path / "pred")
     overlay = np.asarray(Image.open(tmp_path / "pred" / "a_overlay.png"))

@@ -12,10 +12,11 @@ import keras
 import numpy as np
 import pytest
 
+from zf_unet.callbacks import read_csv_log
 from zf_unet.cli import main
 from zf_unet.config import Config
 from zf_unet.errors import ConfigError
-from zf_unet.training import read_csv_log, train
+from zf_unet.training import train
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["data.synthetic_n=12", "data.synthetic_size=32", "data.patch_size=32", "model.depth=2",

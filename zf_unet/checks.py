@@ -16,13 +16,13 @@ Argument checks (``check_int``, ``check_bool``, ``check_rate``, ``check_choice``
 """
 from __future__ import annotations
 
-import difflib
 from typing import Any, Sequence
 
 import numpy as np
 import tensorflow as tf
 
 from zf_unet.errors import DataError
+from zf_unet.registry import choice_message
 
 
 # --------------------------------------------------------------------------- arguments
@@ -56,9 +56,34 @@ def check_choice(name: str, value: Any, choices: Sequence[str]) -> str:
     """``value`` if it is one of ``choices``, else ``ValueError`` (with the nearest choice)."""
     if isinstance(value, str) and value in choices:
         return value
-    near = difflib.get_close_matches(value, choices, n=1) if isinstance(value, str) else []
-    hint = f" (did you mean {near[0]!r}?)" if near else ""
-    raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}{hint}")
+    raise ValueError(choice_message(name, value, choices))
+
+
+def check_threshold(name: str, value: Any, allow_none: bool = False) -> float | None:
+    """``value`` as a finite float (``None`` passes when ``allow_none``), else ``ValueError``
+    naming ``name``."""
+    if value is None and allow_none:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        what = "None or a number" if allow_none else "a number"
+        raise ValueError(f"{name} must be {what}, got {value!r}") from None
+    if not np.isfinite(number):
+        raise ValueError(f"{name} must be finite, got {number!r}")
+    return number
+
+
+def check_tiling(tile_size: Any, overlap: Any, batch_size: Any, tiled: bool = True
+                 ) -> tuple[int, int, int]:
+    """``(tile_size, overlap, batch_size)`` as ints: ``tile_size`` and ``batch_size`` >= 1,
+    ``overlap`` >= 0 and (when ``tiled``) smaller than ``tile_size``, else ``ValueError``."""
+    tile_size = check_int("tile_size", tile_size, 1)
+    overlap = check_int("overlap", overlap, 0)
+    batch_size = check_int("batch_size", batch_size, 1)
+    if tiled and overlap >= tile_size:
+        raise ValueError(f"overlap={overlap} must be smaller than tile_size={tile_size}")
+    return tile_size, overlap, batch_size
 
 
 # --------------------------------------------------------------------------- targets
@@ -203,4 +228,5 @@ def _check_range(y_true: Any, kind: str, classes: int, ignore_index: int | None 
 
 
 __all__ = ["BINARY", "ONE_HOT", "SPARSE", "check_bool", "check_choice", "check_ignore_index",
-           "check_int", "check_rate", "check_targets", "valid_pixels"]
+           "check_int", "check_rate", "check_targets", "check_threshold", "check_tiling",
+           "valid_pixels"]

@@ -6,6 +6,8 @@ import os
 import sys
 from typing import Sequence
 
+from zf_unet import registry
+
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from zf_unet.demo import DemoConfig, run_demo
@@ -81,7 +83,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _load_model(path: str):
     """The ``--model`` argument: a ``.keras`` file or ``pretrained:NAME``."""
-    from zf_unet.inference import load_model_file
+    from zf_unet.models import load_model_file
 
     return load_model_file(path)
 
@@ -117,7 +119,7 @@ def _probability(flag: str):
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from zf_unet.inference import predict_files
+    from zf_unet.file_prediction import predict_files
 
     if args.seed_threshold is not None and not args.cells:
         from zf_unet.errors import ConfigError
@@ -140,7 +142,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     from zf_unet.evaluation import (evaluate_model, format_report, json_ready, run_config_for,
                                     save_confusion)
-    from zf_unet.inference import model_geometry
+    from zf_unet.models import model_geometry
 
     model = _load_model(args.model)
     if args.confusion and model_geometry(model)["num_classes"] == 1:
@@ -236,6 +238,33 @@ def _cmd_check_data(args: argparse.Namespace) -> int:
     return report.exit_code
 
 
+def _add_tiling_args(parser: argparse.ArgumentParser, *, tta: bool = True,
+                     batch_size: bool = True, tile_help: str | None = None,
+                     batch_help: str | None = None) -> None:
+    """The overlap-tile options that predict, evaluate and export share, with the defaults
+    of :func:`zf_unet.predict_tiled` and the TTA names of :data:`zf_unet.registry.TTA_MODES`."""
+    import inspect
+
+    from zf_unet.inference import predict_tiled
+
+    default = {k: p.default for k, p in inspect.signature(predict_tiled).parameters.items()}
+    parser.add_argument("--tile-size", dest="tile_size", type=_int_at_least("--tile-size", 1),
+                        default=default["tile_size"],
+                        help=tile_help or f"model input tile side (default {default['tile_size']})")
+    parser.add_argument("--overlap", type=_int_at_least("--overlap", 0),
+                        default=default["overlap"],
+                        help=f"minimum tile overlap in output pixels (default {default['overlap']})")
+    if batch_size:
+        parser.add_argument("--batch-size", dest="batch_size",
+                            type=_int_at_least("--batch-size", 1), default=default["batch_size"],
+                            help=batch_help or f"tiles per model call (default "
+                            f"{default['batch_size']})")
+    if tta:
+        names = [n for n in registry.TTA_MODES if n != "none"]
+        parser.add_argument("--tta", choices=names, help="test-time augmentation: " + "; ".join(
+            f"{n}: {registry.TTA_MODES.doc.get(n, n)}" for n in names))
+
+
 class _Parser(argparse.ArgumentParser):
     """An argument parser whose errors are one line, like every other ``zf-unet`` error:
     ``zf-unet COMMAND: error: MESSAGE (see zf-unet COMMAND --help)``, exit status 2."""
@@ -258,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--batch-size", dest="batch_size",
                       type=_int_at_least("--batch-size", 1))
     demo.add_argument("--seed", type=_int_at_least("--seed", 0))
-    demo.add_argument("--precision", choices=["auto", "float32", "mixed_bfloat16", "mixed_float16"])
+    demo.add_argument("--precision", choices=registry.PRECISIONS.names())
     demo.add_argument("--quick", action="store_true", help="a few seconds' smoke run")
     demo.add_argument("--quiet", action="store_true")
     demo.set_defaults(func=_cmd_demo)
@@ -268,8 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--data", help="data folder (images/ + masks/), 'synthetic' (built-in) or "
                     "tfds:NAME (a TensorFlow Datasets name); anything else is a path")
     tr.add_argument("--out", default="runs/run", help="run folder; re-running resumes it")
-    tr.add_argument("--precision", choices=["auto", "float32", "mixed_bfloat16", "mixed_float16"])
-    tr.add_argument("--strategy", choices=["default", "mirrored", "multiworker", "tpu"])
+    tr.add_argument("--precision", choices=registry.PRECISIONS.names())
+    tr.add_argument("--strategy", choices=registry.STRATEGIES.names())
     tr.add_argument("--epochs", type=_int_at_least("--epochs", 1))
     tr.add_argument("--seed", type=_int_at_least("--seed", 0))
     tr.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
@@ -284,14 +313,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--out", default="predictions", help="output folder")
     pr.add_argument("--overwrite", action="store_true",
                     help="replace existing output files (default: refuse, before writing)")
-    pr.add_argument("--tile-size", dest="tile_size", type=_int_at_least("--tile-size", 1),
-                    default=256)
-    pr.add_argument("--overlap", type=_int_at_least("--overlap", 0), default=64)
-    pr.add_argument("--tta", choices=["flips", "d4"], help="test-time augmentation")
+    _add_tiling_args(pr)
     pr.add_argument("--threshold", type=_probability("--threshold"), default=0.5,
                     help="mask = probability > this (binary models; default 0.5)")
-    pr.add_argument("--batch-size", dest="batch_size", type=_int_at_least("--batch-size", 1),
-                    default=4)
     pr.add_argument("--cells", action="store_true", help="also write NAME_cells.tif: cell labels "
                     "from a seeded watershed of the probability map (binary models)")
     pr.add_argument("--seed-threshold", dest="seed_threshold",
@@ -329,10 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
                     type=_int_at_least("--num-classes", 1),
                     help="K to read the masks with (default: the model's output count, which "
                     "it must equal)")
-    ev.add_argument("--tile-size", dest="tile_size", type=_int_at_least("--tile-size", 1),
-                    default=256)
-    ev.add_argument("--overlap", type=_int_at_least("--overlap", 0), default=64)
-    ev.add_argument("--tta", choices=["flips", "d4"])
+    _add_tiling_args(ev, batch_size=False)
     ev.add_argument("--segmentation", choices=["threshold", "watershed"], default="threshold",
                     help="cells for the Rand error: connected components of p > threshold "
                     "(default, no post-processing) or a seeded watershed (seeds p > threshold)")
@@ -356,15 +377,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="SavedModel version subfolder (default 1)")
     ex.add_argument("--tiled", action="store_true",
                     help="overlap-tile prediction inside the SavedModel (large images)")
-    ex.add_argument("--tile-size", dest="tile_size", type=_int_at_least("--tile-size", 1),
-                    default=256,
-                    help="tile side (--tiled); TFLite input size when --input-size is not given")
-    ex.add_argument("--overlap", type=_int_at_least("--overlap", 0), default=64)
-    ex.add_argument("--batch-size", dest="batch_size", type=_int_at_least("--batch-size", 1),
-                    default=4,
-                    help="tiles per model call (--tiled)")
-    ex.add_argument("--input-dtype", dest="input_dtype", choices=["uint8", "uint16", "float32"],
-                    default="uint8", help="dtype of the SavedModel's 'image' input")
+    _add_tiling_args(ex, tta=False, tile_help="tile side (--tiled); TFLite input size when "
+                     "--input-size is not given", batch_help="tiles per model call (--tiled)")
+    ex.add_argument("--input-dtype", dest="input_dtype", choices=registry.INPUT_DTYPES,
+                    default=registry.INPUT_DTYPES[0], help="dtype of the SavedModel's 'image' input")
     ex.add_argument("--threshold", type=float, default=0.5, help="mask = probability > this")
     ex.add_argument("--overwrite", action="store_true", help="replace an existing version")
     ex.add_argument("--input-size", dest="input_size", type=_int_at_least("--input-size", 1),

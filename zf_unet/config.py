@@ -20,13 +20,14 @@ Unknown keys are errors (a typo must not silently fall back to a default).
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from zf_unet import registry
+from zf_unet.data.augment import Augment
 from zf_unet.errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -35,22 +36,9 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 
-@dataclass
-class AugmentConfig:
-    """Paper-style augmentation (see ``zf_unet.data.Augment``); ``enabled=false`` turns it off."""
-
-    enabled: bool = True
-    elastic: bool = True
-    elastic_grid: int = 3          # coarse grid points per side
-    elastic_std: float = 10.0      # px, std of the grid displacements (paper: 10)
-    interpolation: str = "bilinear"  # image resampling: bilinear | bicubic
-    flips: bool = True
-    rotate90: bool = True
-    rotation_degrees: float = 0.0  # max small rotation; 0 = off
-    gray_values: bool = True
-    brightness: float = 0.1
-    contrast: float = 0.2
-    gamma: float = 0.2
+#: The ``[data.augment]`` table is :class:`zf_unet.data.Augment` itself (one dataclass: its
+#: fields, defaults and checks); this name is kept for code that used the config's copy.
+AugmentConfig = Augment
 
 
 @dataclass
@@ -74,7 +62,7 @@ class DataConfig:
     samples_per_epoch: int = 0     # patches per epoch; 0 = as many as fit in the images
     synthetic_n: int = 64          # "synthetic" source: number of images ...
     synthetic_size: int = 128      # ... and their side length
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    augment: Augment = field(default_factory=Augment)
 
 
 @dataclass
@@ -214,18 +202,18 @@ class Config:
         return Config.from_dict(d, where="--set")
 
 
+#: Fields with a fixed set of names. Names with a factory come from :mod:`zf_unet.registry`
+#: (the same keys drive ``--help`` and the docs); ``auto`` is resolved from the data.
 _CHOICES = {
-    ("AugmentConfig", "interpolation"): ("bilinear", "bicubic"),
     ("ModelConfig", "architecture"): ("unet", "unet_plus_plus"),
     ("ModelConfig", "upsampling"): ("nearest", "bilinear", "transpose"),
     ("ModelConfig", "padding"): ("same", "valid"),
     ("ModelConfig", "input_normalization"): ("auto", "none", "mean_std"),
-    ("LossConfig", "name"): ("auto", "bce_dice", "ce_dice", "dice", "jaccard", "ce",
-                             "weighted_ce", "focal", "tversky"),
-    ("OptimizerConfig", "name"): ("adam", "adamw", "sgd"),
-    ("OptimizerConfig", "schedule"): ("constant", "cosine", "plateau"),
-    ("TrainConfig", "precision"): ("auto", "float32", "mixed_bfloat16", "mixed_float16"),
-    ("TrainConfig", "strategy"): ("default", "mirrored", "multiworker", "tpu"),
+    ("LossConfig", "name"): ("auto", *registry.LOSSES),
+    ("OptimizerConfig", "name"): registry.OPTIMIZERS.names(),
+    ("OptimizerConfig", "schedule"): registry.SCHEDULES.names(),
+    ("TrainConfig", "precision"): registry.PRECISIONS.names(),
+    ("TrainConfig", "strategy"): registry.STRATEGIES.names(),
     ("TrainConfig", "monitor_mode"): ("max", "min"),
 }
 
@@ -390,7 +378,10 @@ def _build(cls: type, d: Mapping[str, Any], where: str, section: str = "") -> An
             continue
         kwargs[name] = _check_field(cls.__name__, name, _coerce(value, default, f"{place} {name}"),
                                     place)
-    out = cls(**kwargs)
+    try:
+        out = cls(**kwargs)
+    except ValueError as exc:  # a dataclass with its own checks (Augment)
+        raise ConfigError(f"{place}: {str(exc).removeprefix(cls.__name__ + ': ')}") from None
     if cls is Config:
         out.validate(where)
     return out
@@ -401,7 +392,8 @@ def _check_field(cls_name: str, name: str, value: Any, place: str) -> Any:
     item type; returns it or raises a :class:`ConfigError` naming ``place`` and ``name``."""
     choices = _CHOICES.get((cls_name, name))
     if choices and value not in choices:
-        raise ConfigError(f"{place}: {name} = {value!r}; expected one of {list(choices)}")
+        raise ConfigError(f"{place}: {name} = {value!r}; expected one of {list(choices)}"
+                          f"{registry.nearest_hint(value, choices)}")
     allowed = _RANGES.get((cls_name, name))
     if allowed is not None:
         check_range(place, name, value, allowed)
@@ -452,13 +444,6 @@ def _validate(cfg: "Config", where: str) -> None:
                     continue
                 _check_field(type(node).__name__, f.name,
                              _coerce(value, default, f"{place} {f.name}"), place)
-    a = cfg.data.augment
-    try:
-        from zf_unet.data.augment import Augment
-
-        Augment(**{k: v for k, v in dataclasses.asdict(a).items() if k != "enabled"})
-    except ValueError as exc:
-        raise ConfigError(f"{where} [data.augment]: {str(exc).removeprefix('Augment: ')}") from None
     o = cfg.optimizer
     if o.min_learning_rate > o.learning_rate:
         raise ConfigError(f"{where} [optimizer]: min_learning_rate = {o.min_learning_rate!r} is "
@@ -484,8 +469,7 @@ def _validate(cfg: "Config", where: str) -> None:
                           f"{max(k, 2)}, one per class")
     names = monitor_names(cfg, k)
     if cfg.train.monitor != "auto" and cfg.train.monitor not in names:
-        close = difflib.get_close_matches(cfg.train.monitor, names, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        hint = registry.nearest_hint(cfg.train.monitor, names)
         shown = [n for n in names if not n.startswith(("iou_", "val_iou_"))]
         raise ConfigError(f"{where} [train]: monitor = {cfg.train.monitor!r} is not a logged "
                           f"metric{hint}; expected \"auto\" or one of {shown}"

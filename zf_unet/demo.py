@@ -1,21 +1,27 @@
-"""The built-in demo: train a small U-Net on synthetic EM-like data and report what it learned."""
+"""The built-in demo: train a small U-Net on synthetic EM-like data and report what it learned.
+
+It trains through :func:`zf_unet.train` (the config is :meth:`DemoConfig.to_config`) and keeps
+four files of the run: the final model, prediction overlays, training curves and metrics."""
 from __future__ import annotations
 
-import time
+import json
+import shutil
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import keras
 import numpy as np
 
 from zf_unet.data.synthetic import make_synthetic
-from zf_unet.io_utils import save_model_atomic, write_json_atomic
-from zf_unet.losses import BCEDiceLoss
-from zf_unet.metrics import (DiceCoefficient, IoU, dice_score, f_error, iou_score, label_cells,
-                             misclassification_rate, pixel_error, rand_pair_counts)
-from zf_unet.models import build_unet
+from zf_unet.io_utils import atomic_path, write_json_atomic
+from zf_unet.metrics import (dice_score, f_error, iou_score, label_cells, misclassification_rate,
+                             pixel_error, rand_pair_counts)
 from zf_unet.plots import save_prediction_grid, save_training_curves
-from zf_unet.precision import precision_scope
+
+if TYPE_CHECKING:
+    from zf_unet.config import Config
 
 
 @dataclass
@@ -37,7 +43,7 @@ class DemoConfig:
         """Check every field (a :class:`ConfigError` naming it); returns ``self``."""
         from zf_unet.config import Range, check_range
         from zf_unet.errors import ConfigError
-        from zf_unet.precision import PRECISIONS
+        from zf_unet.registry import PRECISIONS
 
         limits = {"n_train": Range(1), "n_val": Range(1), "size": Range(8), "depth": Range(2, 10),
                   "filters": Range(1), "epochs": Range(1), "batch_size": Range(1),
@@ -48,10 +54,27 @@ class DemoConfig:
         if self.size % 2 ** (self.depth - 1):
             raise ConfigError(f"demo: size = {self.size} must be a multiple of "
                               f"2**(depth-1) = {2 ** (self.depth - 1)}")
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"demo: precision = {self.precision!r}; expected one of "
-                              f"{list(PRECISIONS)}")
+        PRECISIONS.check(self.precision, "demo: precision", ConfigError)
         return self
+
+    def to_config(self) -> "Config":
+        """The :class:`zf_unet.config.Config` that :func:`zf_unet.train` runs for the demo:
+        ``n_train + n_val`` synthetic images, ``n_val`` of them held out; a binary U-Net,
+        ``bce_dice``, Adam at a constant learning rate, no augmentation."""
+        from zf_unet.config import Config
+
+        n = self.n_train + self.n_val
+        return Config.from_dict({
+            "data": {"source": "synthetic", "synthetic_n": n, "synthetic_size": self.size,
+                     "val_fraction": self.n_val / n, "batch_size": self.batch_size,
+                     "num_classes": 1, "augment": {"enabled": False}},
+            "model": {"depth": self.depth, "filters": self.filters},
+            "loss": {"name": "bce_dice"},
+            "optimizer": {"name": "adam", "learning_rate": self.learning_rate,
+                          "schedule": "constant"},
+            "train": {"epochs": self.epochs, "seed": self.seed, "precision": self.precision,
+                      "tensorboard": False, "collapse_warning": False},
+        })
 
 
 def run_demo(out_dir: str | Path = "results/demo", config: DemoConfig | None = None,
@@ -61,33 +84,34 @@ def run_demo(out_dir: str | Path = "results/demo", config: DemoConfig | None = N
     Writes ``model.keras``, ``predictions.png`` (image / truth / prediction overlays),
     ``training_curves.png`` and ``metrics.json``; returns the metrics dict.
     """
+    from zf_unet.data.pipeline import split_indices
+    from zf_unet.precision import resolve_precision
+    from zf_unet.training import make_model, train
+
     cfg = (config or DemoConfig()).validate()
+    train_config = cfg.to_config()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    keras.utils.set_random_seed(cfg.seed)
-    x_train, y_train = make_synthetic(cfg.n_train, cfg.size, seed=cfg.seed)
-    # The held-out split comes from a different seed: no image is shared with training.
-    x_val, y_val = make_synthetic(cfg.n_val, cfg.size, seed=cfg.seed + 10_000)
+    # The held-out images are the validation split train() makes: no image is shared with
+    # training (synthetic image i depends only on (seed, i)).
+    d = train_config.data
+    x_all, y_all = make_synthetic(d.synthetic_n, d.synthetic_size, seed=cfg.seed)
+    _, val_idx = split_indices(d.synthetic_n, d.val_fraction, None, cfg.seed)
+    x_val, y_val = x_all[val_idx], y_all[val_idx]
 
-    with precision_scope(cfg.precision) as policy:
-        model = build_unet(input_shape=(None, None, 1), num_classes=1, depth=cfg.depth,
-                           filters=cfg.filters)
-        model.compile(
-            optimizer=keras.optimizers.Adam(cfg.learning_rate),
-            loss=BCEDiceLoss(),
-            metrics=[DiceCoefficient(), IoU()],
-        )
+    with tempfile.TemporaryDirectory(prefix="zf-unet-demo-") as tmp:
         if verbose:
+            params = make_model(train_config, channels=1, num_classes=1).count_params()
             print(f"zf_unet demo: {cfg.n_train} train / {cfg.n_val} held-out synthetic "
                   f"{cfg.size}x{cfg.size} images, U-Net depth={cfg.depth} filters={cfg.filters} "
-                  f"({model.count_params():,} parameters), precision={policy}")
-        t0 = time.perf_counter()
-        history = model.fit(
-            x_train, y_train, batch_size=cfg.batch_size, epochs=cfg.epochs,
-            validation_data=(x_val, y_val), shuffle=True, verbose=verbose,
-        )
-        train_seconds = time.perf_counter() - t0
+                  f"({params:,} parameters), precision={resolve_precision(cfg.precision)}")
+        history, run = train(train_config, Path(tmp) / "run", verbose=verbose)
+        summary = json.loads((run / "summary.json").read_text())
+        policy, train_seconds = summary["precision"], summary["seconds_this_call"]
+        model = keras.saving.load_model(run / "final.keras")
         probs = model.predict(x_val, batch_size=cfg.batch_size, verbose=0).astype(np.float32)
+        with atomic_path(out / "model.keras") as target:
+            shutil.copyfile(run / "final.keras", target)
 
     pred = probs[..., 0] > 0.5
     truth = y_val[..., 0] > 0
@@ -111,7 +135,6 @@ def run_demo(out_dir: str | Path = "results/demo", config: DemoConfig | None = N
         "precision": policy,
         "config": asdict(cfg),
     }
-    save_model_atomic(model, out / "model.keras")
     save_prediction_grid(x_val[:4], y_val[:4], probs[:4], out / "predictions.png")
     save_training_curves(history.history, out / "training_curves.png")
     write_json_atomic(metrics, out / "metrics.json")

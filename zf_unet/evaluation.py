@@ -10,7 +10,7 @@ import numpy as np
 
 from zf_unet import metrics as zm
 from zf_unet.config import Config
-from zf_unet.data.pipeline import DataSplit, _split_indices, load_source
+from zf_unet.data.pipeline import DataSplit, load_source, split_indices
 from zf_unet.errors import ConfigError
 
 DEFAULT_THRESHOLDS = zm.DEFAULT_THRESHOLDS
@@ -23,7 +23,7 @@ def split_for(data: DataSplit, split: str, cfg: Config | None) -> DataSplit:
         return data
     d = cfg.data if cfg is not None else Config().data
     seed = cfg.train.seed if cfg is not None else 0
-    train_idx, val_idx = _split_indices(len(data), d.val_fraction, d.val_indices or None, seed)
+    train_idx, val_idx = split_indices(len(data), d.val_fraction, d.val_indices or None, seed)
     if split == "val":
         if not val_idx:
             raise ConfigError("split 'val' is empty: the config holds nothing out")
@@ -223,7 +223,8 @@ def evaluate_model(model: keras.Model | str | Path, data: Any, *, split: str = "
             pixels in the masks of a binary model (the ISBI scores have no void).
     """
     from zf_unet.errors import DataError
-    from zf_unet.inference import load_model_file, model_geometry, predict_tiled
+    from zf_unet.inference import predict_tiled
+    from zf_unet.models import load_model_file, model_geometry
 
     name = name or (str(model) if isinstance(model, (str, Path)) else "model")
     _check_segmentation(segmentation)  # before any prediction

@@ -33,6 +33,7 @@ reflection and the output is cropped back:
   (no padded copy of the image), predicted ``batch_size`` at a time in a ``tf.while_loop``
   and accumulated into one float32 canvas. Outputs equal ``predict_tiled(model, image,
   tile_size, overlap, blend, batch_size=batch_size)`` up to float32 rounding (~1e-7).
+  Both run the same :class:`zf_unet.tiling.TilePlan` (its NumPy and TensorFlow forms).
 
 Mirror padding is ``numpy.pad(mode="reflect")`` applied as often as needed (the edge pixel
 is not repeated; images smaller than the padding are reflected back and forth, a 1-pixel
@@ -60,10 +61,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from zf_unet.checks import check_bool, check_int
+from zf_unet import registry
+from zf_unet.checks import check_bool, check_int, check_threshold, check_tiling
 from zf_unet.errors import OutputExistsError
-from zf_unet.inference import BLEND_MODES, _max_output_tile, model_geometry
 from zf_unet.io_utils import atomic_path, make_hidden_dir
+from zf_unet.models.geometry import ModelGeometry, model_geometry
+from zf_unet.models.loading import load_model_file
+from zf_unet.tiling.plan import TilePlan
 
 try:
     import fcntl
@@ -79,7 +83,7 @@ __all__ = [
     "recover_interrupted_exports",
 ]
 
-INPUT_DTYPES = ("uint8", "uint16", "float32")
+INPUT_DTYPES = registry.INPUT_DTYPES
 
 #: Name of the JSON file (inside ``<version>/assets.extra/``) describing an export.
 EXPORT_INFO = "zf_unet_export.json"
@@ -90,8 +94,6 @@ EXPORT_INFO = "zf_unet_export.json"
 # --------------------------------------------------------------------------------------------
 def _as_model(model: Any) -> keras.Model:
     if isinstance(model, (str, os.PathLike)):
-        from zf_unet.inference import load_model_file
-
         return load_model_file(model)  # DataError naming the file if it cannot be used
     if not isinstance(model, keras.Model):
         raise TypeError(f"model must be a keras.Model or a .keras path, got {type(model).__name__}")
@@ -122,99 +124,30 @@ def _float32_clone(model: keras.Model) -> keras.Model:
     return clone
 
 
-def _ceil_div(a: tf.Tensor, b: Any) -> tf.Tensor:
-    """ceil(a / b) for int32 tensors of any sign and positive ``b``."""
-    return -tf.math.floordiv(-a, b)
-
-
-def _mirror(idx: tf.Tensor, length: tf.Tensor) -> tf.Tensor:
-    """Indices mapped into ``[0, length)`` by repeated mirror reflection (edge not repeated);
-    ``zf_unet.inference._mirror_index`` in TensorFlow. A 1-pixel axis maps everything to 0."""
-    period = tf.maximum(2 * (length - 1), 1)
-    m = tf.math.floormod(idx, period)
-    return tf.where(m >= length, period - m, m)
-
-
-def _window(tile: tf.Tensor, blend: str, overlap: int) -> tf.Tensor:
-    """1-D float64 blend weights of ``zf_unet.inference._window`` for a dynamic ``tile``."""
-    t = tf.cast(tile, tf.float64)
-    i = tf.range(t, dtype=tf.float64)
-    if blend == "gaussian":
-        sigma = t / 8.0
-        w = tf.exp(-0.5 * tf.square((i - (t - 1.0) / 2.0) / sigma))
-        w = w / tf.reduce_max(w)
-        return tf.maximum(w, 1e-6)
-    if blend == "linear":
-        return tf.minimum(tf.constant(1.0, tf.float64),
-                          tf.minimum(i + 1.0, t - i) / (float(overlap) + 1.0))
-    return tf.ones_like(i)
-
-
-def _tile_starts(length: tf.Tensor, tile: tf.Tensor, overlap: int) -> tf.Tensor:
-    """Output tile starts along one axis, exactly as ``zf_unet.inference._tile_starts``:
-    one centred tile when ``length <= tile``, else ``round(linspace(0, length - tile, n))``
-    (float64, round half to even, last start = ``length - tile``)."""
-
-    def _single() -> tf.Tensor:
-        return tf.reshape(-tf.math.floordiv(tile - length, 2), [1])
-
-    def _spread() -> tf.Tensor:
-        stride = tf.maximum(tile - overlap, 1)
-        n = _ceil_div(length - tile, stride) + 1
-        delta = tf.cast(length - tile, tf.float64)
-        step = delta / tf.cast(tf.maximum(n - 1, 1), tf.float64)
-        y = tf.range(n, dtype=tf.float64) * step
-        y = tf.concat([y[:-1], tf.reshape(delta, [1])], axis=0)  # numpy sets the end exactly
-        return tf.cast(tf.round(y), tf.int32)
-
-    return tf.cond(length <= tile, _single, _spread)
-
-
-def _norm_1d(starts: tf.Tensor, window: tf.Tensor, length: tf.Tensor) -> tf.Tensor:
-    """Sum of the windows of all tiles at every position ``[0, length)`` (float64)."""
-    tile = tf.shape(window)[0]
-    pos = starts[:, None] + tf.range(tile)[None, :]
-    inside = (pos >= 0) & (pos < length)
-    vals = tf.where(inside, tf.broadcast_to(window[None, :], tf.shape(pos)),
-                    tf.zeros([], tf.float64))
-    return tf.math.unsorted_segment_sum(
-        tf.reshape(vals, [-1]), tf.reshape(tf.clip_by_value(pos, 0, length - 1), [-1]), length
-    )
-
-
 class _Plan:
-    """What the serving graph needs to know about a model (all static Python values)."""
+    """What the serving graph needs to know about a model (all static Python values); the
+    tiling itself is :class:`zf_unet.tiling.TilePlan`'s TensorFlow execution."""
 
     def __init__(self, model: keras.Model, tiled: bool, tile_size: int, overlap: int,
                  blend: str, batch_size: int, input_dtype: str, threshold: float) -> None:
         geom = model_geometry(model)
-        self.channels = geom["channels"]
-        self.num_classes = geom["num_classes"]
-        self.margin = geom["margin"]
-        self.divisor = geom["divisor"]
-        self.fixed = geom["fixed_size"]
-        self.out0 = geom["min_input"] - 2 * geom["margin"]
+        self.channels = geom.channels
+        self.num_classes = geom.num_classes
         self.geom = geom
         self.tiled = bool(tiled)
         self.tile_size, self.overlap, self.blend = tile_size, overlap, blend
         self.batch_size = batch_size
         self.input_dtype = input_dtype
         self.threshold = float(threshold)
-        if self.tiled:
-            self.t_max = _max_output_tile(geom, tile_size)
-            if overlap >= min(self.t_max):
-                raise ValueError(
-                    f"overlap={overlap} must be smaller than the output tile "
-                    f"({min(self.t_max)} px after fitting tile_size={tile_size} to the model)"
-                )
-        else:
-            if self.fixed is not None:
-                raise ValueError(
-                    f"this model has a fixed input size {self.fixed}; an untiled export would "
-                    "only accept that size. Export it with tiled=True (tiles of the fixed "
-                    "size cover images of any size)."
-                )
-            self.t_max = None
+        if not self.tiled and geom.fixed_size is not None:
+            raise ValueError(
+                f"this model has a fixed input size {geom.fixed_size}; an untiled export would "
+                "only accept that size. Export it with tiled=True (tiles of the fixed "
+                "size cover images of any size)."
+            )
+        self.tiles = TilePlan.for_geometry(geom, tile_size if self.tiled else None, overlap,
+                                           blend)
+        self.tiles.check_overlap()
 
     def info(self) -> dict:
         return dict(
@@ -223,25 +156,9 @@ class _Plan:
             blend=self.blend if self.tiled else None,
             batch_size=self.batch_size if self.tiled else None,
             input_dtype=self.input_dtype, threshold=self.threshold,
-            geometry={k: (list(v) if isinstance(v, tuple) else v) for k, v in self.geom.items()},
+            geometry={k: (list(v) if isinstance(v, tuple) else v)
+                      for k, v in self.geom.as_dict().items()},
         )
-
-    # ---------------------------------------------------------------- graph pieces
-    def normalise(self, x: tf.Tensor) -> tf.Tensor:
-        if self.input_dtype == "uint8":
-            return tf.cast(x, tf.float32) / 255.0
-        if self.input_dtype == "uint16":
-            return tf.cast(x, tf.float32) / 65535.0
-        return tf.cast(x, tf.float32)
-
-    def axis_tile(self, length: tf.Tensor, axis: int) -> tf.Tensor:
-        """Output tile length along an axis (``_fit_output_tile``); untiled: unbounded."""
-        if self.fixed is not None:
-            return tf.constant(self.t_max[axis], tf.int32)
-        need = self.out0 + tf.maximum(0, _ceil_div(length - self.out0, self.divisor)) * self.divisor
-        if self.t_max is None:
-            return need
-        return tf.minimum(tf.constant(self.t_max[axis], tf.int32), need)
 
     def labels(self, probs: tf.Tensor) -> tf.Tensor:
         if self.num_classes == 1:
@@ -250,94 +167,27 @@ class _Plan:
         return tf.cast(tf.argmax(probs, axis=-1), dtype)
 
 
+def _model_fn(model: keras.Model) -> Callable[[tf.Tensor], tf.Tensor]:
+    """``model`` on float32 images in [0, 1], with float32 outputs (also mixed precision)."""
+    return lambda x: tf.cast(model(x, training=False), tf.float32)
+
+
 def _predict_untiled(model: keras.Model, plan: _Plan, image: tf.Tensor) -> tf.Tensor:
-    shape = tf.shape(image)
-    h, w = shape[1], shape[2]
-    th, tw = plan.axis_tile(h, 0), plan.axis_tile(w, 1)
-    y0, x0 = -tf.math.floordiv(th - h, 2), -tf.math.floordiv(tw - w, 2)
-    m = plan.margin
-    rows = _mirror(tf.range(th + 2 * m) + (y0 - m), h)
-    cols = _mirror(tf.range(tw + 2 * m) + (x0 - m), w)
-    x = tf.gather(tf.gather(image, rows, axis=1), cols, axis=2)
-    probs = tf.cast(model(plan.normalise(x), training=False), tf.float32)
-    return probs[:, -y0 : -y0 + h, -x0 : -x0 + w, :]
+    return plan.tiles.predict_untiled_tf(_model_fn(model), image)
 
 
 def _predict_tiled(model: keras.Model, plan: _Plan, image: tf.Tensor) -> tf.Tensor:
-    shape = tf.shape(image)
-    n_img, h, w = shape[0], shape[1], shape[2]
-    k, m, bs = plan.num_classes, plan.margin, plan.batch_size
-    th, tw = plan.axis_tile(h, 0), plan.axis_tile(w, 1)
-    in_h, in_w = th + 2 * m, tw + 2 * m
-    ys = _tile_starts(h, th, plan.overlap)
-    xs = _tile_starts(w, tw, plan.overlap)
-    ny, nx = tf.size(ys), tf.size(xs)
-
-    wy, wx = _window(th, plan.blend, plan.overlap), _window(tw, plan.blend, plan.overlap)
-    weight2d = tf.cast(wy[:, None] * wx[None, :], tf.float32)[:, :, None]
-    inv_y = 1.0 / _norm_1d(ys, wy, h)
-    inv_x = 1.0 / _norm_1d(xs, wx, w)
-    norm2d = tf.cast(inv_y[:, None] * inv_x[None, :], tf.float32)[None, :, :, None]
-
-    # Canvas covering every tile: a single centred tile may stick out of a short axis.
-    off_y, off_x = tf.maximum(0, -ys[0]), tf.maximum(0, -xs[0])
-    canvas = tf.zeros(tf.stack([n_img, tf.maximum(h, th), tf.maximum(w, tw), k]), tf.float32)
-    n_tiles = n_img * ny * nx
-    n_batches = _ceil_div(n_tiles, bs)
-    fixed = plan.fixed
-
-    def body(b: tf.Tensor, acc: tf.Tensor) -> tuple:
-        t = tf.range(b * bs, tf.minimum(n_tiles, (b + 1) * bs))  # tile order (n, y, x)
-        n = t // (ny * nx)
-        ty0 = tf.gather(ys, (t // nx) % ny)
-        tx0 = tf.gather(xs, t % nx)
-        cnt = tf.size(t)
-        rows = _mirror(ty0[:, None] - m + tf.range(in_h)[None, :], h)  # [B, in_h]
-        cols = _mirror(tx0[:, None] - m + tf.range(in_w)[None, :], w)  # [B, in_w]
-        grid = tf.stack([cnt, in_h, in_w])
-        idx = tf.stack([
-            tf.broadcast_to(n[:, None, None], grid),
-            tf.broadcast_to(rows[:, :, None], grid),
-            tf.broadcast_to(cols[:, None, :], grid),
-        ], axis=-1)
-        tiles = plan.normalise(tf.gather_nd(image, idx))
-        if fixed is not None:
-            tiles = tf.ensure_shape(tiles, [None, fixed[0], fixed[1], plan.channels])
-        pred = tf.cast(model(tiles, training=False), tf.float32) * weight2d
-        ogrid = tf.stack([cnt, th, tw])
-        oidx = tf.stack([
-            tf.broadcast_to(n[:, None, None], ogrid),
-            tf.broadcast_to((ty0 + off_y)[:, None, None] + tf.range(th)[None, :, None], ogrid),
-            tf.broadcast_to((tx0 + off_x)[:, None, None] + tf.range(tw)[None, None, :], ogrid),
-        ], axis=-1)
-        return b + 1, tf.tensor_scatter_nd_add(acc, oidx, pred)
-
-    _, canvas = tf.while_loop(
-        lambda b, acc: b < n_batches, body, (tf.constant(0), canvas),
-        shape_invariants=(tf.TensorShape([]), tf.TensorShape([None, None, None, k])),
-        parallel_iterations=1,
-    )
-    return canvas[:, off_y : off_y + h, off_x : off_x + w, :] * norm2d
+    return plan.tiles.predict_tf(_model_fn(model), image, plan.batch_size)
 
 
 def _validate(tiled: bool, tile_size: Any, overlap: Any, blend: str, batch_size: Any,
               input_dtype: str, threshold: Any) -> tuple:
     check_bool("tiled", tiled)
-    tile_size = check_int("tile_size", tile_size, 1)
-    overlap = check_int("overlap", overlap, 0)
-    batch_size = check_int("batch_size", batch_size, 1)
-    if tiled and overlap >= tile_size:
-        raise ValueError(f"overlap={overlap} must be smaller than tile_size={tile_size}")
-    if blend not in BLEND_MODES:
-        raise ValueError(f"blend must be one of {BLEND_MODES}, got {blend!r}")
+    tile_size, overlap, batch_size = check_tiling(tile_size, overlap, batch_size, tiled)
+    registry.BLEND_MODES.check(blend, "blend")
     if input_dtype not in INPUT_DTYPES:
         raise ValueError(f"input_dtype must be one of {INPUT_DTYPES}, got {input_dtype!r}")
-    try:
-        threshold = float(threshold)
-    except (TypeError, ValueError):
-        raise ValueError(f"threshold must be a number, got {threshold!r}") from None
-    if not np.isfinite(threshold):
-        raise ValueError(f"threshold must be finite, got {threshold!r}")
+    threshold = check_threshold("threshold", threshold)
     return tile_size, overlap, batch_size, threshold
 
 
@@ -600,7 +450,7 @@ def export_tflite(model: Any, path: str | os.PathLike, input_size: Sequence[int]
         raise ValueError(f"input_size must be (height, width), got {input_size!r}")
     h, w = (check_int("input_size", s, 1) for s in input_size)
     _check_size(geom, (h, w))
-    spec = tf.TensorSpec([1, h, w, geom["channels"]], tf.float32, name="image")
+    spec = tf.TensorSpec([1, h, w, geom.channels], tf.float32, name="image")
 
     @tf.function(input_signature=[spec], autograph=False)
     def probabilities(image):
@@ -623,20 +473,20 @@ def export_tflite(model: Any, path: str | os.PathLike, input_size: Sequence[int]
     return Path(path)
 
 
-def _check_size(geom: dict, size: tuple) -> None:
+def _check_size(geom: ModelGeometry, size: tuple) -> None:
     from zf_unet.models.unet import valid_input_sizes
 
-    if geom["fixed_size"] is not None:
-        if tuple(size) != tuple(geom["fixed_size"]):
-            raise ValueError(f"this model only accepts {geom['fixed_size']}, got {tuple(size)}")
+    if geom.fixed_size is not None:
+        if tuple(size) != tuple(geom.fixed_size):
+            raise ValueError(f"this model only accepts {geom.fixed_size}, got {tuple(size)}")
         return
-    s0, div = geom["min_input"], geom["divisor"]
+    s0, div = geom.min_input, geom.divisor
     for s in size:
         if s < s0 or (s - s0) % div:
-            padding = geom["padding"]
+            padding = geom.padding
             raise ValueError(
                 f"input size {s} is not accepted by this model (accepted: {s0} + k * {div}); "
-                f"nearest: {valid_input_sizes(geom['depth'], padding, near=s)}"
+                f"nearest: {valid_input_sizes(geom.depth, padding, near=s)}"
             )
 
 
@@ -654,8 +504,8 @@ def export_onnx(model: Any, path: str | os.PathLike, opset: int | None = None) -
         ) from exc
     model = _float32_clone(_as_model(model))
     geom = model_geometry(model)
-    fixed = geom["fixed_size"] or (None, None)
-    spec = tf.TensorSpec([None, fixed[0], fixed[1], geom["channels"]], tf.float32, name="image")
+    fixed = geom.fixed_size or (None, None)
+    spec = tf.TensorSpec([None, fixed[0], fixed[1], geom.channels], tf.float32, name="image")
     with atomic_path(path) as tmp:
         model.export(str(tmp), format="onnx", input_signature=[spec], verbose=False,
                      opset_version=opset)

@@ -1,13 +1,17 @@
-"""Optimizers: Keras's Adam with TensorFlow's fused update kernel."""
+"""Optimizers and learning-rate schedules by name: Keras's Adam with TensorFlow's fused update
+kernel (:class:`FusedAdam`), and the factories of :data:`zf_unet.registry.OPTIMIZERS` and
+:data:`zf_unet.registry.SCHEDULES`."""
 from __future__ import annotations
 
 from typing import Any
 
 import keras
 import tensorflow as tf
-from keras.src.backend.common.stateless_scope import in_stateless_scope
 
-__all__ = ["FusedAdam"]
+from zf_unet._keras_compat import in_stateless_scope
+
+__all__ = ["FusedAdam", "adam", "adamw", "constant_schedule", "cosine_schedule",
+           "plateau_schedule", "sgd"]
 
 
 @keras.saving.register_keras_serializable(package="zf_unet")
@@ -57,3 +61,56 @@ class FusedAdam(keras.optimizers.Adam):
             use_locking=False,
         )
         return None
+
+
+# --------------------------------------------------------------------------- optimizers
+# ``f(learning_rate, *, weight_decay, momentum) -> keras Optimizer``; ``learning_rate`` is a
+# number or a schedule (see below).
+
+
+def adam(learning_rate: Any, *, weight_decay: float = 0.0, momentum: float = 0.0
+         ) -> keras.optimizers.Optimizer:
+    """:class:`FusedAdam` (Keras's Adam arithmetic, one fused kernel per variable);
+    ``weight_decay`` and ``momentum`` are not used."""
+    return FusedAdam(learning_rate)
+
+
+def adamw(learning_rate: Any, *, weight_decay: float = 0.0, momentum: float = 0.0
+          ) -> keras.optimizers.Optimizer:
+    """``keras.optimizers.AdamW`` with ``weight_decay`` (0 means the default 1e-4)."""
+    return keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay or 1e-4)
+
+
+def sgd(learning_rate: Any, *, weight_decay: float = 0.0, momentum: float = 0.0
+        ) -> keras.optimizers.Optimizer:
+    """``keras.optimizers.SGD`` with ``momentum`` and ``weight_decay`` (0: none)."""
+    return keras.optimizers.SGD(learning_rate, momentum=momentum,
+                                weight_decay=weight_decay or None)
+
+
+# --------------------------------------------------------------------------- schedules
+# ``f(*, learning_rate, min_learning_rate, total_steps, monitor, mode, patience)
+#   -> (learning rate or schedule, [callbacks])``
+
+
+def constant_schedule(*, learning_rate: float, **unused: Any) -> tuple[float, list]:
+    """A fixed ``learning_rate``, no callbacks."""
+    return learning_rate, []
+
+
+def cosine_schedule(*, learning_rate: float, min_learning_rate: float = 0.0,
+                    total_steps: int = 1, **unused: Any) -> tuple[Any, list]:
+    """Cosine decay from ``learning_rate`` to ``min_learning_rate`` over ``total_steps``."""
+    schedule = keras.optimizers.schedules.CosineDecay(
+        learning_rate, decay_steps=max(1, int(total_steps)),
+        alpha=min(1.0, min_learning_rate / learning_rate))
+    return schedule, []
+
+
+def plateau_schedule(*, learning_rate: float, min_learning_rate: float = 0.0,
+                     monitor: str = "val_loss", mode: str = "min", patience: int = 5,
+                     **unused: Any) -> tuple[float, list]:
+    """``learning_rate``, halved by a ``ReduceLROnPlateau`` callback after ``patience`` epochs
+    without improvement of ``monitor`` (down to ``min_learning_rate``)."""
+    return learning_rate, [keras.callbacks.ReduceLROnPlateau(
+        monitor=monitor, mode=mode, factor=0.5, patience=patience, min_lr=min_learning_rate)]

@@ -6,7 +6,13 @@ from typing import Iterator
 
 import keras
 
-PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
+from zf_unet import registry
+
+__all__ = ["PRECISIONS", "auto_policy", "cpu_has_bf16", "precision_scope",
+           "resolve_precision"]
+
+#: The precision names (those of :data:`zf_unet.registry.PRECISIONS`).
+PRECISIONS = registry.PRECISIONS.names()
 
 
 def cpu_has_bf16() -> bool:
@@ -33,6 +39,12 @@ def resolve_precision(precision: str = "auto") -> str:
     if tf.config.list_physical_devices("GPU"):
         return "mixed_float16"
     return "mixed_bfloat16" if cpu_has_bf16() else "float32"
+
+
+def auto_policy(name: str = "auto") -> keras.DTypePolicy:
+    """The ``keras.DTypePolicy`` of :func:`resolve_precision` ``(name)`` (``auto``: the
+    hardware's fastest; the factory of ``"auto"`` in :data:`zf_unet.registry.PRECISIONS`)."""
+    return keras.DTypePolicy(resolve_precision(name))
 
 
 @contextlib.contextmanager

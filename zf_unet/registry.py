@@ -10,9 +10,11 @@ and imported on first use, so reading a config or printing ``--help`` imports no
 registry   factory signature                          names
 ========== ========================================== =======================================
 LOSSES     ``cls(**loss_kwargs) -> keras Loss``       bce_dice, ce_dice, dice, jaccard, ...
-OPTIMIZERS ``f(learning_rate, weight_decay, momentum)`` adam, adamw, sgd
-SCHEDULES  ``f(learning_rate, min_learning_rate,      constant, cosine, plateau
-           total_steps) -> (lr, [callbacks])``
+OPTIMIZERS ``f(learning_rate, *, weight_decay,        adam, adamw, sgd
+           momentum) -> keras Optimizer``
+SCHEDULES  ``f(*, learning_rate, min_learning_rate,   constant, cosine, plateau
+           total_steps, monitor, mode, patience)
+           -> (lr or schedule, [callbacks])``
 PRECISIONS ``f(name) -> keras.DTypePolicy``           auto, float32, mixed_bfloat16, ...
 STRATEGIES ``f() -> tf.distribute.Strategy``          default, mirrored, multiworker, tpu
 BLEND_MODES ``f(tile, overlap) -> (tile,) float64``   gaussian, linear, none
@@ -29,7 +31,7 @@ from typing import Any
 from zf_unet.errors import ConfigError
 
 __all__ = ["BLEND_MODES", "INPUT_DTYPES", "LOSSES", "OPTIMIZERS", "PRECISIONS", "Registry",
-           "SCHEDULES", "STRATEGIES", "TTA_MODES", "nearest_hint"]
+           "SCHEDULES", "STRATEGIES", "TTA_MODES", "choice_message", "nearest_hint"]
 
 
 def nearest_hint(value: Any, choices: Any) -> str:
@@ -38,6 +40,12 @@ def nearest_hint(value: Any, choices: Any) -> str:
         return ""
     near = difflib.get_close_matches(value, [str(c) for c in choices], n=1)
     return f" (did you mean {near[0]!r}?)" if near else ""
+
+
+def choice_message(place: str, value: Any, choices: Any) -> str:
+    """``"<place> must be one of (...), got <value>"`` plus :func:`nearest_hint`."""
+    return (f"{place} must be one of {tuple(choices)}, got {value!r}"
+            f"{nearest_hint(value, choices)}")
 
 
 class Registry(Mapping):
@@ -79,14 +87,17 @@ class Registry(Mapping):
         """The registered names, in listing order."""
         return tuple(self._targets)
 
+    def target(self, name: str) -> str:
+        """Where the factory of ``name`` lives, ``"module:attribute"`` (nothing is imported)."""
+        return self._targets[name]
+
     def check(self, name: Any, place: str | None = None, error: type[Exception] = ValueError
               ) -> str:
         """``name`` if it is registered, else ``error`` naming ``place`` (default: the kind),
         the accepted names and the nearest one."""
         if isinstance(name, str) and name in self._targets:
             return name
-        raise error(f"{place or self.kind} must be one of {self.names()}, got {name!r}"
-                    f"{nearest_hint(name, self.names())}")
+        raise error(choice_message(place or self.kind, name, self.names()))
 
     def get(self, name: Any, place: str | None = None) -> Any:
         """The factory registered as ``name`` (a :class:`ConfigError` for unknown names)."""

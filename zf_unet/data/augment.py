@@ -40,6 +40,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from zf_unet.data.imageops import mirror_coords_tf
 from zf_unet.errors import DataError
 
 __all__ = [
@@ -65,7 +66,11 @@ _N_UNIFORM = 7
 class Augment:
     """Augmentation settings; the defaults follow the U-Net paper.
 
+    The same dataclass is the ``[data.augment]`` table of a training config
+    (:class:`zf_unet.config.Config`); its checks are the config's checks.
+
     Attributes:
+        enabled: ``False`` turns every augmentation off (the data pass through unchanged).
         elastic: random smooth elastic deformation.
         elastic_grid: coarse grid points per side (>= 2) holding the random displacements.
         elastic_std: std in pixels of the displacement at each grid point (>= 0).
@@ -82,6 +87,7 @@ class Augment:
         gamma: exponent from ``U(1 - gamma, 1 + gamma)``, in ``[0, 1)``.
     """
 
+    enabled: bool = True
     elastic: bool = True
     elastic_grid: int = 3
     elastic_std: float = 10.0
@@ -95,7 +101,7 @@ class Augment:
     gamma: float = 0.2
 
     def __post_init__(self) -> None:
-        for name in ("elastic", "flips", "rotate90", "gray_values"):
+        for name in ("enabled", "elastic", "flips", "rotate90", "gray_values"):
             value = getattr(self, name)
             if not isinstance(value, (bool, np.bool_)):
                 raise ValueError(f"Augment: {name} must be a bool, got {value!r}")
@@ -314,15 +320,6 @@ def elastic_displacement(
     return field
 
 
-def _reflect(c: tf.Tensor, last: tf.Tensor, period: tf.Tensor) -> tf.Tensor:
-    """Mirror coordinates ``c`` into ``[0, last]`` about the edge pixel centres.
-
-    ``last = n - 1`` and ``period = max(2 * last, 1)`` (float32 scalars).
-    """
-    c = c - period * tf.floor(c * (1.0 / period))  # in [0, period]
-    return tf.clip_by_value(last - tf.abs(last - c), 0.0, last)
-
-
 class _Sampler:
     """Index arithmetic shared by several ``(B, H, W, C)`` tensors resampled at one map.
 
@@ -334,10 +331,9 @@ class _Sampler:
         h_f = tf.cast(height, tf.float32)
         w_f = tf.cast(width, tf.float32)
         self.last_y, self.last_x = h_f - 1.0, w_f - 1.0
-        self.period_y = tf.maximum(2.0 * self.last_y, 1.0)
-        self.period_x = tf.maximum(2.0 * self.last_x, 1.0)
-        y = _reflect(rows, self.last_y, self.period_y)
-        x = _reflect(cols, self.last_x, self.period_x)
+        self.height, self.width = h_f, w_f
+        y = mirror_coords_tf(rows, h_f)
+        x = mirror_coords_tf(cols, w_f)
         self.y0, self.x0 = tf.floor(y), tf.floor(x)
         self.fy, self.fx = y - self.y0, x - self.x0
         self.w_i = tf.cast(width, tf.int32)
@@ -396,11 +392,11 @@ class _Sampler:
         flat = tf.cast(flat, tf.float32)
         offsets = (-1.0, 0.0, 1.0, 2.0)
         rows = [
-            tf.cast(_reflect(self.y0 + k, self.last_y, self.period_y), tf.int32) * self.w_i
+            tf.cast(mirror_coords_tf(self.y0 + k, self.height), tf.int32) * self.w_i
             for k in offsets
         ]
         cols = [
-            tf.cast(_reflect(self.x0 + k, self.last_x, self.period_x), tf.int32) for k in offsets
+            tf.cast(mirror_coords_tf(self.x0 + k, self.width), tf.int32) for k in offsets
         ]
         expand = (lambda t: t) if scalar else (lambda t: t[..., None])
         wy = [expand(_keys_kernel(self.fy - k)) for k in offsets]
@@ -651,6 +647,8 @@ def augment_batch(
         Vectorised over the batch and ``tf.function(jit_compile=True)`` compatible.
     """
     images, masks, weights, config = _validate(images, masks, weights, config, rank=4)
+    if not config.enabled:
+        return (images, masks) if weights is None else (images, masks, weights)
     seed = _as_seed(seed)
     seeds = _sample_seeds(seed, tf.shape(images)[0])
     return _augment(images, masks, weights, seeds, config)
@@ -670,6 +668,8 @@ def augment_sample(
     Returns ``(image, mask)`` or ``(image, mask, weight)`` with the input shapes and dtypes.
     """
     image, mask, weight, config = _validate(image, mask, weight, config, rank=3)
+    if not config.enabled:
+        return (image, mask) if weight is None else (image, mask, weight)
     seed = _as_seed(seed)
     out = _augment(
         image[None],

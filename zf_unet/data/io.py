@@ -66,6 +66,8 @@ __all__ = [
     "check_float_range",
     "describe_dataset",
     "find_pairs",
+    "iter_folder",
+    "iter_stacks",
     "load_arrays",
     "load_folder",
     "load_tiff_stacks",
@@ -789,7 +791,7 @@ def _rel(path: Path, root: Path) -> str:
         return str(path)
 
 
-def _iter_folder(
+def iter_folder(
     folder: PathLike,
     convention: str = "auto",
     num_classes: int | None = None,
@@ -844,7 +846,7 @@ def load_folder(
     out_images: list[np.ndarray] = []
     out_masks: list[np.ndarray] = []
     n_scaled = 0
-    for _, image, mask, scaled in _iter_folder(folder, convention, num_classes, palette,
+    for _, image, mask, scaled in iter_folder(folder, convention, num_classes, palette,
                                                images, masks, class_values, ignore_index):
         out_images.append(image)
         out_masks.append(mask)
@@ -853,7 +855,7 @@ def load_folder(
     return out_images, out_masks
 
 
-def _iter_stacks(
+def iter_stacks(
     volume_path: PathLike,
     labels_path: PathLike,
     convention: str = "auto",
@@ -911,7 +913,7 @@ def load_tiff_stacks(
     out_images: list[np.ndarray] = []
     out_masks: list[np.ndarray] = []
     n_scaled = 0
-    for _, image, mask, scaled in _iter_stacks(volume_path, labels_path, convention,
+    for _, image, mask, scaled in iter_stacks(volume_path, labels_path, convention,
                                                num_classes, palette, class_values, ignore_index):
         out_images.append(image)
         out_masks.append(mask)

@@ -18,6 +18,7 @@ import tensorflow as tf
 
 from zf_unet.data import io
 from zf_unet.data.augment import Augment, augment_batch
+from zf_unet.data.imageops import pad_reflect, unit_divisor
 from zf_unet.data.weightmaps import border_weight_map, cached_border_weight_map
 from zf_unet.errors import DataError
 
@@ -28,7 +29,7 @@ TFDS_PREFIX = "tfds:"
 
 __all__ = ["DataInfo", "DataSplit", "TFDS_PREFIX", "check_learnable", "infer_num_classes",
            "class_pixel_counts", "load_source", "make_datasets", "median_frequency_weights",
-           "to_float_image"]
+           "split_indices", "to_float_image"]
 
 
 def to_float_image(image: np.ndarray, name: str = "image") -> np.ndarray:
@@ -36,7 +37,8 @@ def to_float_image(image: np.ndarray, name: str = "image") -> np.ndarray:
     floats are kept (they must already lie in [0, 1])."""
     image = np.asarray(image)
     if np.issubdtype(image.dtype, np.integer):
-        return (image.astype(np.float32) / float(np.iinfo(image.dtype).max)).astype(np.float32)
+        return (image.astype(np.float32) / unit_divisor(image.dtype, name, signed=True)
+                ).astype(np.float32)
     if np.issubdtype(image.dtype, np.floating):
         out = image.astype(np.float32)
         if not np.isfinite(out).all():
@@ -305,8 +307,10 @@ def check_learnable(data: DataSplit, patch_size: int | None = None) -> None:
                             f"{min(h, w)}, or 0 / None to train on whole images")
 
 
-def _split_indices(n: int, val_fraction: float, val_indices: Sequence[int] | None,
-                   seed: int) -> tuple[list[int], list[int]]:
+def split_indices(n: int, val_fraction: float, val_indices: Sequence[int] | None,
+                  seed: int) -> tuple[list[int], list[int]]:
+    """``(train indices, validation indices)`` of ``n`` samples: ``val_indices``, or a seeded
+    random ``val_fraction`` of them."""
     if val_indices is not None:
         val = sorted({int(i) % n for i in val_indices})
         if any(int(i) >= n or int(i) < -n for i in val_indices):
@@ -376,13 +380,6 @@ def _margin(patch: int, aug: Augment | None) -> int:
     return m
 
 
-def _pad_reflect(x: np.ndarray, top: int, bottom: int, left: int, right: int) -> np.ndarray:
-    """Mirror padding (no edge repeat) that also works when the pad exceeds the size."""
-    pad = [(top, bottom), (left, right)] + [(0, 0)] * (x.ndim - 2)
-    mode = "reflect" if min(x.shape[:2]) > 1 else "symmetric"
-    return np.pad(x, pad, mode=mode)
-
-
 def _stack_padded(split: DataSplit, patch: int, margin: int) -> tuple[np.ndarray, ...]:
     """Mirror-pad every sample to at least ``patch`` and by ``margin``; stack to (N, H, W, .)."""
     hs = [max(img.shape[0], patch) for img in split.images]
@@ -394,10 +391,10 @@ def _stack_padded(split: DataSplit, patch: int, margin: int) -> tuple[np.ndarray
         ph, pw = max(0, patch - h), max(0, patch - w)
         t, lft = margin + ph // 2, margin + pw // 2
         b, r = margin + ph - ph // 2 + (H - max(h, patch)), margin + pw - pw // 2 + (W - max(w, patch))
-        imgs.append(_pad_reflect(img, t, b, lft, r))
-        msks.append(_pad_reflect(split.masks[i][..., None], t, b, lft, r))
+        imgs.append(pad_reflect(img, t, b, lft, r))
+        msks.append(pad_reflect(split.masks[i][..., None], t, b, lft, r))
         if split.weights is not None:
-            wts.append(_pad_reflect(split.weights[i][..., None], t, b, lft, r))
+            wts.append(pad_reflect(split.weights[i][..., None], t, b, lft, r))
         sizes.append((max(h, patch), max(w, patch)))
     out = (np.stack(imgs).astype(np.float32), np.stack(msks).astype(np.uint8),
            np.stack(wts).astype(np.float32) if wts else None, np.asarray(sizes, np.int32))
@@ -478,9 +475,9 @@ def _whole_images(split: DataSplit, batch_size: int, shuffle: bool, seed: int,
             continue
         h, wd = img.shape[:2]
         ph, pw = (-h) % tile, (-wd) % tile
-        img_p = _pad_reflect(img, 0, ph, 0, pw)
-        m_p = _pad_reflect(m, 0, ph, 0, pw)
-        w_p = None if w is None else _pad_reflect(w, 0, ph, 0, pw)
+        img_p = pad_reflect(img, 0, ph, 0, pw)
+        m_p = pad_reflect(m, 0, ph, 0, pw)
+        w_p = None if w is None else pad_reflect(w, 0, ph, 0, pw)
         for y in range(0, h + ph, tile):
             for x in range(0, wd + pw, tile):
                 imgs.append(img_p[y:y + tile, x:x + tile])
@@ -571,6 +568,8 @@ def make_datasets(
     aug = Augment() if augment is True else (augment or None)
     if aug is not None and not isinstance(aug, Augment):
         raise DataError(f"augment must be an Augment, True, False or None; got {augment!r}")
+    if aug is not None and not aug.enabled:
+        aug = None
     if val_source is not None and val_indices is not None:
         raise DataError("val_indices and val_source: expected one of them (val_source "
                         "validates on a separate source; val_indices holds out samples of "
@@ -597,7 +596,7 @@ def make_datasets(
     if val_source is not None:
         train, val = data, splits[1]
     else:
-        train_idx, val_idx = _split_indices(len(data), val_fraction, val_indices, seed)
+        train_idx, val_idx = split_indices(len(data), val_fraction, val_indices, seed)
         train, val = data.subset(train_idx), data.subset(val_idx)
     logger.info("make_datasets: %d training / %d validation samples", len(train), len(val))
 

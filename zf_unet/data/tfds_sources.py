@@ -145,12 +145,12 @@ class Isbi2012(tfds.core.GeneratorBasedBuilder):
         if form == _FOLDER_FORM:
             items = (
                 (f"images/{p.name}", img, mask, scaled)
-                for p, img, mask, scaled in io._iter_folder(manual_dir, num_classes=2)
+                for p, img, mask, scaled in io.iter_folder(manual_dir, num_classes=2)
             )
         else:
             items = (
                 (f"train-volume.tif:{i:02d}", img, mask, scaled)
-                for i, img, mask, scaled in io._iter_stacks(
+                for i, img, mask, scaled in io.iter_stacks(
                     manual_dir / "train-volume.tif", manual_dir / "train-labels.tif",
                     num_classes=2,
                 )

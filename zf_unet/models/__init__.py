@@ -1,10 +1,13 @@
-"""Model builders: U-Net (and the classic ZF_UNET_224), U-Net++ and their blocks."""
+"""Model builders: U-Net (and the classic ZF_UNET_224), U-Net++ and their blocks; the
+tiling geometry of a model (``model_geometry``) and loading ``.keras`` files."""
 from zf_unet.models.blocks import (
     CenterCropToMatch,
     FusedBatchNormalization,
     double_conv_layer,
     upsample,
 )
+from zf_unet.models.geometry import ModelGeometry, model_geometry
+from zf_unet.models.loading import load_model_file
 from zf_unet.models.unet import (
     ZF_UNET_224,
     build_unet,
@@ -24,6 +27,7 @@ from zf_unet.models.unet_plus_plus import (
 __all__ = [
     "CenterCropToMatch",
     "FusedBatchNormalization",
+    "ModelGeometry",
     "ZF_UNET_224",
     "build_unet",
     "build_unet_plus_plus",
@@ -34,6 +38,8 @@ __all__ = [
     "repeat_targets",
     "double_conv_layer",
     "level_filters",
+    "load_model_file",
+    "model_geometry",
     "output_size",
     "upsample",
     "valid_input_sizes",
