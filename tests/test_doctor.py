@@ -263,3 +263,29 @@ def test_train_adds_the_callback_by_default(tmp_path, monkeypatch):
     training.train(cfg.override(["train.collapse_warning=false", "train.epochs=3"]),
                    tmp_path / "run", verbose=0)
     assert made == []
+
+
+# --------------------------------------------------------------------------- every problem
+
+
+def test_check_data_reports_unpaired_and_corrupt_files_together(tmp_path):
+    data = zf_unet.data.write_synthetic_folder(tmp_path / "d", n=5, size=32, seed=3)
+    (data / "images" / "extra.png").write_bytes((data / "images" / "000.png").read_bytes())
+    (data / "images" / "002.png").write_bytes(b"corrupt")
+    report = check_data(data)
+    codes = {p.code: p for p in report.problems}
+    assert "unpaired" in codes and codes["unpaired"].files == ["images/extra.png"]
+    assert "extra.png" in codes["unpaired"].message
+    assert len(report.unreadable) == 1 and "002.png" in report.unreadable[0]
+    assert report.num_pairs == 5 and report.num_checked == 4 and report.exit_code == 2
+    text = report.format()
+    assert "extra.png" in text and "002.png" in text and "ERROR" in text
+    assert main(["check-data", str(data)]) == 2
+
+
+def test_check_data_unpaired_mask_only_is_an_error(tmp_path):
+    data = zf_unet.data.write_synthetic_folder(tmp_path / "d", n=5, size=32, seed=3)
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(data / "masks" / "lonely.png")
+    report = check_data(data)
+    assert [p.code for p in report.problems if p.severity == "error"] == ["unpaired"]
+    assert report.exit_code == 1 and report.num_checked == 5

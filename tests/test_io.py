@@ -544,3 +544,16 @@ def test_isbi_folder(isbi_dir, caplog):
     d = io.describe_dataset(images, masks)
     assert 0.7 < d["foreground_fraction"] < 0.85
     assert d["sizes"] == {"512x512": 24} and d["empty_masks"] == 0
+
+
+def test_match_pairs_keeps_the_pairs_and_lists_unpaired_files(tmp_path):
+    for sub, names in (("images", ["a", "b", "c"]), ("masks", ["b", "c", "d"])):
+        (tmp_path / sub).mkdir()
+        for n in names:
+            Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / sub / f"{n}.png")
+    pairs, unpaired, message = io.match_pairs(tmp_path)
+    assert [p[0].stem for p in pairs] == ["b", "c"]
+    assert [p.name for p in unpaired] == ["a.png", "d.png"]
+    with pytest.raises(DataError) as err:
+        io.find_pairs(tmp_path)
+    assert str(err.value) == message and "a.png" in message and "d.png" in message

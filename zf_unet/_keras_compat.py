@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import functools
 import importlib
-import re
 from typing import Any, Callable
 
 import keras
+from packaging.specifiers import SpecifierSet
+from packaging.version import InvalidVersion, Version
 
 __all__ = ["SUPPORTED_KERAS", "backup_files", "backup_position", "check_backup_hooks",
            "check_keras_version", "in_stateless_scope", "keras_version_supported",
@@ -25,31 +26,14 @@ __all__ = ["SUPPORTED_KERAS", "backup_files", "backup_position", "check_backup_h
 SUPPORTED_KERAS = (">=3.3", "<3.16")
 
 
-def _version_tuple(text: str) -> tuple[int, ...]:
-    """``"3.15.1"`` -> ``(3, 15, 1)`` (a pre-release or local suffix is ignored)."""
-    parts = []
-    for piece in text.strip().split(".")[:3]:
-        match = re.match(r"\d+", piece)
-        if not match:
-            break
-        parts.append(int(match.group()))
-    if not parts:
-        raise ValueError(f"not a version: {text!r}")
-    return tuple(parts)
-
-
 def keras_version_supported(version: str) -> bool:
-    """True when ``version`` satisfies every bound of :data:`SUPPORTED_KERAS`."""
-    have = _version_tuple(version)
-    for bound in SUPPORTED_KERAS:
-        op, limit = re.match(r"(>=|<=|<|>|==)\s*(.+)", bound).groups()
-        want = _version_tuple(limit)
-        width = max(len(have), len(want))
-        a, b = have + (0,) * (width - len(have)), want + (0,) * (width - len(want))
-        ok = {">=": a >= b, "<=": a <= b, "<": a < b, ">": a > b, "==": a == b}[op]
-        if not ok:
-            return False
-    return True
+    """True when ``version`` satisfies every bound of :data:`SUPPORTED_KERAS` (PEP 440
+    comparison by ``packaging``, a dependency of Keras; pre-releases count as their release)."""
+    try:
+        parsed = Version(version)
+    except InvalidVersion:
+        raise ValueError(f"not a version: {version!r}") from None
+    return SpecifierSet(",".join(SUPPORTED_KERAS)).contains(parsed, prereleases=True)
 
 
 def _unsupported(what: str, version: str) -> RuntimeError:

@@ -210,19 +210,26 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _class_values(text: str | None) -> list | None:
+    """The ``--class-values`` JSON (e.g. ``'[[0, 32], [255]]'``) as a list, or None."""
+    if not text:
+        return None
+    import json
+
+    from zf_unet.errors import DataError
+
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"--class-values {text!r}: not a list ({exc}); "
+                        "expected e.g. '[[0, 32], [255]]'") from None
+
+
 def _cmd_check_data(args: argparse.Namespace) -> int:
     from zf_unet.doctor import check_data
     from zf_unet.errors import DataError
 
-    class_values = None
-    if args.class_values:
-        import json
-
-        try:
-            class_values = json.loads(args.class_values)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"--class-values {args.class_values!r}: not a list ({exc}); "
-                            "expected e.g. '[[0, 32], [255]]'") from None
+    class_values = _class_values(args.class_values)
     report = check_data(args.data, num_classes=args.num_classes, patch_size=args.patch_size,
                         ignore_index=args.ignore_index, class_values=class_values)
     print(report.format())
@@ -236,6 +243,24 @@ def _cmd_check_data(args: argparse.Namespace) -> int:
         raise DataError(f"{len(report.unreadable)} file(s) cannot be read: "
                         f"{report.unreadable[0]}{more}")
     return report.exit_code
+
+
+def _cmd_pack(args: argparse.Namespace) -> int:
+    from zf_unet.data.shards import parse_size, write_shards
+    from zf_unet.data.sources import open_source
+
+    shard_size = parse_size(args.shard_size, "--shard-size")
+    class_values = _class_values(args.class_values)
+    samples = open_source(args.source, convention="auto", num_classes=args.num_classes,
+                          palette=None, class_values=class_values,
+                          ignore_index=args.ignore_index)
+    info = write_shards(samples, args.out, shard_size=shard_size,
+                        border_weights=args.border_weights, w0=args.w0, sigma=args.sigma,
+                        ignore_index=args.ignore_index, num_classes=args.num_classes,
+                        meta={"source": str(args.source)}, overwrite=args.overwrite)
+    print(f"wrote {info.num_samples} samples in {len(info.shards)} shards to {args.out} "
+          f"({info.total_bytes / 2**20:.1f} MB)")
+    return 0
 
 
 def _add_tiling_args(parser: argparse.ArgumentParser, *, tta: bool = True,
@@ -410,6 +435,32 @@ def build_parser() -> argparse.ArgumentParser:
                     help="gray-value codes per class as JSON, e.g. '[[0, 32, 64], [255]]'")
     ck.add_argument("--json", help="also write the report as JSON")
     ck.set_defaults(func=_cmd_check_data)
+
+    pk = sub.add_parser(
+        "pack", help="pack a training folder into TFRecord shards for data larger than memory",
+        description="Read every image/mask pair of SOURCE (a folder with images/ and masks/, "
+        "or any data source `train` accepts) and write TFRecord shard files of about "
+        "--shard-size bytes to DIR, with an index (zf_unet_shards.json) holding class pixel "
+        "counts and per-channel mean/std. Train from them with `zf-unet train --data DIR`.",
+        epilog="exit status: 0 written; 2 unreadable input or DIR exists (see --overwrite).")
+    pk.add_argument("source", metavar="SOURCE", help="folder with images/ and masks/")
+    pk.add_argument("--out", required=True, metavar="DIR", help="shard folder to create")
+    pk.add_argument("--shard-size", dest="shard_size", default="256MB",
+                    help="about how large each shard file is, e.g. 256MB, 1GB, 500k "
+                    "(default: 256MB)")
+    pk.add_argument("--border-weights", dest="border_weights", action="store_true",
+                    help="also store U-Net border weight maps (binary masks only)")
+    pk.add_argument("--w0", type=float, default=10.0, help="border weight w0 (default: 10)")
+    pk.add_argument("--sigma", type=float, default=5.0,
+                    help="border width sigma in pixels (default: 5)")
+    pk.add_argument("--num-classes", dest="num_classes", type=_int_at_least("--num-classes", 1),
+                    help="K for class-id masks (values 0..K-1); default: binary masks")
+    pk.add_argument("--class-values", dest="class_values",
+                    help="gray-value codes per class as JSON, e.g. '[[0, 32, 64], [255]]'")
+    pk.add_argument("--ignore-index", dest="ignore_index", type=_int_at_least("--ignore-index", 0),
+                    help="void mask value, left out of class counts and weight maps")
+    pk.add_argument("--overwrite", action="store_true", help="replace an existing DIR")
+    pk.set_defaults(func=_cmd_pack)
 
     show = sub.add_parser("show-augment", help="write a PNG grid of augmented training samples")
     show.add_argument("data", help="folder with images/ and masks/, or 'synthetic'")

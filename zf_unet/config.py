@@ -28,6 +28,7 @@ from typing import Any, Mapping
 
 from zf_unet import registry
 from zf_unet.data.augment import Augment
+from zf_unet.data.streaming import CACHE_MODES
 from zf_unet.errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -60,6 +61,11 @@ class DataConfig:
     w0: float = 10.0               # border weight amplitude (paper: 10)
     sigma: float = 5.0             # border weight width in px (paper: 5)
     samples_per_epoch: int = 0     # patches per epoch; 0 = as many as fit in the images
+    # where decoded samples live: auto = in memory when they fit (2 GiB), else streamed from
+    # disk | memory | disk (streamed, decoded samples cached in a file after epoch 1) | none
+    # (streamed: files read and decoded on the fly every epoch, bounded memory)
+    cache: str = "auto"
+    skip_bad_files: bool = False   # streaming: skip (and count) unreadable files, not stop
     synthetic_n: int = 64          # "synthetic" source: number of images ...
     synthetic_size: int = 128      # ... and their side length
     augment: Augment = field(default_factory=Augment)
@@ -205,6 +211,7 @@ class Config:
 #: Fields with a fixed set of names. Names with a factory come from :mod:`zf_unet.registry`
 #: (the same keys drive ``--help`` and the docs); ``auto`` is resolved from the data.
 _CHOICES = {
+    ("DataConfig", "cache"): CACHE_MODES,
     ("ModelConfig", "architecture"): ("unet", "unet_plus_plus"),
     ("ModelConfig", "upsampling"): ("nearest", "bilinear", "transpose"),
     ("ModelConfig", "padding"): ("same", "valid"),

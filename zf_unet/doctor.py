@@ -1,14 +1,16 @@
 """The data doctor: ``check_data(folder)`` / ``zf-unet check-data DIR``.
 
-It reads a training folder (``images/`` + ``masks/``, paired by file name) with the same
-readers training uses (:mod:`zf_unet.data.io`), keeps going past bad files, and reports:
+It reads a training folder (``images/`` + ``masks/``, paired by file name) through the
+source training uses (:class:`zf_unet.data.sources.FolderSource`, collecting every problem),
+keeps going past bad files, and reports:
 
 * what it saw: number of pairs, image sizes, dtypes, channels and value range, the mask
   value conventions (``{0, 1}``, ``{0, 255}``, class ids, RGB colours), class frequencies,
   empty and single-class masks;
-* problems that make training fail or learn nothing (errors): unreadable files, image/mask
-  size mismatches, mask values that fit no convention, NaN/Inf pixels, float images outside
-  [0, 1], mixed channel counts or dtypes, masks that all hold one class;
+* problems that make training fail or learn nothing (errors): unreadable files, files
+  without a partner (every one, beside the other problems), image/mask size mismatches,
+  mask values that fit no convention, NaN/Inf pixels, float images outside [0, 1], mixed
+  channel counts or dtypes, masks that all hold one class;
 * likely mistakes (warnings): severe class imbalance, classes that never occur, mixed
   mask conventions, mostly empty masks, JPEG masks, images smaller than the patch size.
 
@@ -17,7 +19,6 @@ The CLI exits 0 when nothing was found, 1 when there are problems (errors or war
 """
 from __future__ import annotations
 
-import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from zf_unet.data.io import (check_float_range, describe_dataset, find_pairs, normalize_mask,
-                             read_image)
+from zf_unet.data.io import SampleSummary, check_float_range
+from zf_unet.data.sources import FolderSource
 from zf_unet.errors import DataError
 
 __all__ = ["DataReport", "Problem", "check_data"]
@@ -168,62 +169,6 @@ def _convention(raw: np.ndarray, num_classes: int | None) -> str:
     return "other values"
 
 
-class _Totals:
-    """Running merge of per-pair :func:`describe_dataset` summaries (bounded memory)."""
-
-    def __init__(self) -> None:
-        self.sizes: Counter[str] = Counter()
-        self.heights: list[int] = []
-        self.widths: list[int] = []
-        self.channels: set[int] = set()
-        self.dtypes: set[str] = set()
-        self.vmin, self.vmax = math.inf, -math.inf
-        self.pixels: Counter[int] = Counter()
-        self.with_class: Counter[int] = Counter()
-        self.empty: list[int] = []
-        self.single = 0
-        self.ignored = 0
-        self.n = 0
-
-    def add(self, d: dict) -> None:
-        self.sizes.update(d["sizes"])
-        self.heights += d["height_range"]
-        self.widths += d["width_range"]
-        self.channels.update(d["channels"])
-        self.dtypes.update(d["image_dtypes"])
-        self.vmin = min(self.vmin, d["image_value_range"][0])
-        self.vmax = max(self.vmax, d["image_value_range"][1])
-        self.pixels.update(d["class_pixel_counts"])
-        self.with_class.update(d["masks_with_class"])
-        if d["empty_masks"]:
-            self.empty.append(self.n)
-        self.single += d["single_class_masks"]
-        self.ignored += d["ignored_pixels"]
-        self.n += 1
-
-    def summary(self) -> dict:
-        if not self.n:
-            return {}
-        total = max(1, sum(self.pixels.values()))
-        return {
-            "num_samples": self.n,
-            "ignored_pixels": self.ignored,
-            "sizes": dict(sorted(self.sizes.items())),
-            "height_range": [min(self.heights), max(self.heights)],
-            "width_range": [min(self.widths), max(self.widths)],
-            "channels": sorted(self.channels),
-            "image_dtypes": sorted(self.dtypes),
-            "image_value_range": [self.vmin, self.vmax],
-            "class_pixel_counts": dict(sorted(self.pixels.items())),
-            "class_frequencies": {c: n / total for c, n in sorted(self.pixels.items())},
-            "masks_with_class": dict(sorted(self.with_class.items())),
-            "foreground_fraction": 1.0 - self.pixels.get(0, 0) / total,
-            "empty_masks": len(self.empty),
-            "empty_mask_indices": list(self.empty),
-            "single_class_masks": self.single,
-        }
-
-
 def check_data(path: str | Path, num_classes: int | None = None, *,
                patch_size: int | None = None, imbalance: float = 0.01,
                ignore_index: int | None = None, class_values: Any = None) -> DataReport:
@@ -242,11 +187,12 @@ def check_data(path: str | Path, num_classes: int | None = None, *,
 
     Returns:
         A :class:`DataReport`; ``report.exit_code`` is 0 (fine), 1 (problems) or 2
-        (unreadable files). Bad files do not stop the check: every pair is looked at.
+        (unreadable files). Bad files do not stop the check: every pair is looked at, and
+        files without a partner are reported (``unpaired``) beside the pairs' problems.
 
     Raises:
         DataError: the folder cannot be read as a data set (missing, no ``images/`` or
-            ``masks/``, empty, unpaired file names, duplicate names) or a bad argument.
+            ``masks/``, empty, duplicate names) or a bad argument.
     """
     if num_classes is not None and (isinstance(num_classes, bool) or
                                     not isinstance(num_classes, (int, np.integer))
@@ -257,11 +203,15 @@ def check_data(path: str | Path, num_classes: int | None = None, *,
                                    or patch_size < 1):
         raise DataError(f"patch_size={patch_size!r}: expected a positive int or None")
     root = Path(path)
-    pairs = find_pairs(root)
-    report = DataReport(path=str(root), num_pairs=len(pairs),
+    source = FolderSource(root, num_classes=num_classes, class_values=class_values,
+                          ignore_index=ignore_index, strict=False)
+    report = DataReport(path=str(root), num_pairs=len(source),
                         num_classes=None if num_classes is None else int(num_classes),
                         patch_size=None if patch_size is None else int(patch_size))
-    totals = _Totals()
+    for message in source.problems:
+        report.problems.append(Problem("error", "unpaired", message,
+                                       [f"{p.parent.name}/{p.name}" for p in source.unpaired]))
+    totals = SampleSummary(ignore_index)
     conventions: Counter[str] = Counter()
     found: dict[str, list[str]] = {}  # problem code -> file names (or messages)
     first: tuple[str, int, str] | None = None  # (image name, channels, dtype)
@@ -271,15 +221,10 @@ def check_data(path: str | Path, num_classes: int | None = None, *,
     def rel(p: Path) -> str:
         return f"{p.parent.name}/{p.name}"
 
-    for img_path, mask_path in pairs:
+    for i, (img_path, mask_path) in enumerate(source.pairs):
         img_name, mask_name = rel(img_path), rel(mask_path)
         try:
-            image = read_image(img_path)
-        except DataError as exc:
-            report.unreadable.append(str(exc))
-            continue
-        try:
-            raw = read_image(mask_path, keep_palette_indices=True)
+            image, raw = source.read_raw(i)
         except DataError as exc:
             report.unreadable.append(str(exc))
             continue
@@ -316,12 +261,11 @@ def check_data(path: str | Path, num_classes: int | None = None, *,
             gray = raw[:, :, 0] if raw.ndim == 3 else raw
             if len(raw_values) <= _MAX_SUGGESTED_VALUES:
                 raw_values.update(int(v) for v in np.unique(gray) if float(v).is_integer())
-            mask = normalize_mask(raw, num_classes=num_classes, source=mask_name,
-                                  class_values=class_values, ignore_index=ignore_index)
+            mask, _ = source.rules.apply(raw, mask_name)
         except DataError as exc:
             found.setdefault("bad_mask_values", []).append(str(exc))
             continue
-        totals.add(describe_dataset([image], [mask], ignore_index=ignore_index))
+        totals.add(image, mask)
         report.num_checked += 1
 
     report.summary = totals.summary()

@@ -19,6 +19,7 @@ PRECISIONS ``f(name) -> keras.DTypePolicy``           auto, float32, mixed_bfloa
 STRATEGIES ``f() -> tf.distribute.Strategy``          default, mirrored, multiworker, tpu
 BLEND_MODES ``f(tile, overlap) -> (tile,) float64``   gaussian, linear, none
 TTA_MODES  ``f() -> [(forward, inverse), ...]``       none, flips, d4
+SOURCES    ``cls(spec..., mask rules) -> Source``     folder, stacks, arrays, synthetic, tfds
 ========== ========================================== =======================================
 """
 from __future__ import annotations
@@ -31,7 +32,7 @@ from typing import Any
 from zf_unet.errors import ConfigError
 
 __all__ = ["BLEND_MODES", "INPUT_DTYPES", "LOSSES", "OPTIMIZERS", "PRECISIONS", "Registry",
-           "SCHEDULES", "STRATEGIES", "TTA_MODES", "choice_message", "nearest_hint"]
+           "SCHEDULES", "SOURCES", "STRATEGIES", "TTA_MODES", "choice_message", "nearest_hint"]
 
 
 def nearest_hint(value: Any, choices: Any) -> str:
@@ -172,3 +173,17 @@ TTA_MODES = Registry("tta", {
 #: Input dtypes of a serving export (names only: the scaling is
 #: :func:`zf_unet.data.imageops.scale_to_unit_tf`).
 INPUT_DTYPES = ("uint8", "uint16", "float32")
+
+SOURCES = Registry("source", {
+    "folder": "zf_unet.data.sources:FolderSource",
+    "stacks": "zf_unet.data.sources:StackSource",
+    "arrays": "zf_unet.data.sources:ArraySource",
+    "synthetic": "zf_unet.data.sources:SyntheticSource",
+    "tfds": "zf_unet.data.sources:TFDSSource",
+    "shards": "zf_unet.data.shards:ShardSource",
+}, doc={"folder": "a folder with images/ and masks/, paired by file name",
+        "stacks": "(volume.tif, labels.tif): multi-page TIFF stacks, one sample per slice",
+        "arrays": "(images, masks) arrays in memory",
+        "synthetic": "the built-in EM-like set (data.synthetic_n, data.synthetic_size)",
+        "tfds": "tfds:NAME, a TensorFlow Datasets segmentation set",
+        "shards": "a folder of TFRecord shards written by zf-unet pack (zf_unet_shards.json)"})

@@ -29,7 +29,7 @@ from zf_unet.callbacks import (AtomicBackupAndRestore, BestModelCheckpoint, Coll
                                repair_csv_log)
 from zf_unet.config import Config, resolve_monitor
 from zf_unet.data.pipeline import make_datasets, median_frequency_weights
-from zf_unet.data.synthetic import make_synthetic
+from zf_unet.data.sources import open_source
 from zf_unet.distribute import is_chief, make_strategy
 from zf_unet.errors import ConfigError
 from zf_unet.io_utils import atomic_path, hidden_dirs, save_model_atomic, write_json_atomic
@@ -61,7 +61,8 @@ def _remove_stale_temporaries(folder: Path, names: list[str]) -> None:
 #: ``config.toml`` (``train.epochs`` extends or shortens the run; with the cosine schedule the
 #: learning rate then follows the new length).
 RESUMABLE_KEYS = ("train.epochs", "train.early_stopping_patience", "train.tensorboard",
-                  "train.collapse_warning", "train.strategy", "train.steps_per_execution")
+                  "train.collapse_warning", "train.strategy", "train.steps_per_execution",
+                  "data.cache", "data.skip_bad_files")
 
 
 def config_differences(old: Config, new: Config) -> list[tuple[str, Any, Any]]:
@@ -278,7 +279,7 @@ def make_data(cfg: Config, seed: int) -> tuple[tf.data.Dataset, tf.data.Dataset 
     d = cfg.data
     source: Any = d.source
     if source == "synthetic":
-        source = make_synthetic(d.synthetic_n, d.synthetic_size, seed=seed)
+        source = open_source(source, synthetic=(d.synthetic_n, d.synthetic_size, seed))
     if d.num_classes == 0:
         num_classes: Any = "auto"
     else:
@@ -290,7 +291,7 @@ def make_data(cfg: Config, seed: int) -> tuple[tf.data.Dataset, tf.data.Dataset 
         num_classes=num_classes, class_values=d.class_values or None,
         ignore_index=d.ignore_index if d.ignore_index >= 0 else None,
         val_source=d.val_source or None, samples_per_epoch=d.samples_per_epoch or None,
-        with_info=True)
+        with_info=True, cache=d.cache, skip_bad_files=d.skip_bad_files)
     return train_ds, val_ds, info
 
 
@@ -449,8 +450,15 @@ def train(config: Config | str | Path | dict, out_dir: str | Path = "runs/run",
         if len(outputs) > 1:
             train_ds = repeat_targets(train_ds, len(outputs))
             val_ds = None if val_ds is None else repeat_targets(val_ds, len(outputs))
+        fit_ds: Any = train_ds
         if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
             _keras_compat.patch_multiworker_build(model, train_ds)
+            if info.make_train is not None:
+                # Streaming: every worker reads its own share of the files.
+                heads = len(outputs)
+                fit_ds = strategy.distribute_datasets_from_function(
+                    lambda context: repeat_targets(info.make_train(context), heads)
+                    if heads > 1 else info.make_train(context))
 
         if not fresh and chief:
             check_backup(model, run / "backup")
@@ -514,11 +522,14 @@ def train(config: Config | str | Path | dict, out_dir: str | Path = "runs/run",
 
         t0 = time.perf_counter()
         try:
-            history = model.fit(train_ds, validation_data=val_ds, epochs=cfg.train.epochs,
+            history = model.fit(fit_ds, validation_data=val_ds, epochs=cfg.train.epochs,
                                 callbacks=callbacks, verbose=verbose, shuffle=False)
-        except BaseException:
+        except BaseException as exc:
             if swap is not None and not swap.done:  # the old run was never touched
                 shutil.rmtree(staging, ignore_errors=True)
+            failed = info.read_log.error if info.read_log is not None else None
+            if failed is not None and isinstance(exc, tf.errors.OpError):
+                raise failed from None  # a file that could not be read mid-epoch, named
             raise
         if swap is not None and not swap.done:
             swap.replace()
@@ -534,7 +545,10 @@ def train(config: Config | str | Path | dict, out_dir: str | Path = "runs/run",
                 "epochs_run_this_call": len(history.epoch),
                 "seconds_this_call": round(seconds, 1),
                 "final": {k: float(v[-1]) for k, v in history.history.items() if v},
+                "streaming": bool(info.streaming),
             }
+            if info.read_log is not None and info.read_log.skipped:
+                summary["skipped_files"] = sorted(set(info.read_log.skipped))
             best_state = run / "best.json"
             if best_state.exists():
                 summary["best"] = json.loads(best_state.read_text())

@@ -27,6 +27,8 @@ from zf_unet.data.pipeline import (
     median_frequency_weights,
     to_float_image,
 )
+from zf_unet.data.shards import ShardInfo, ShardSource, write_shards
+from zf_unet.data.sources import Sample, Source, open_source
 from zf_unet.data.synthetic import make_synthetic, write_synthetic_folder
 from zf_unet.data.weightmaps import (
     border_weight_map,
@@ -40,6 +42,10 @@ __all__ = [
     "AugmentLayer",
     "DataInfo",
     "DataSplit",
+    "Sample",
+    "ShardInfo",
+    "ShardSource",
+    "Source",
     "augment_batch",
     "augment_sample",
     "border_weight_map",
@@ -59,9 +65,11 @@ __all__ = [
     "class_pixel_counts",
     "median_frequency_weights",
     "normalize_mask",
+    "open_source",
     "read_image",
     "read_stack",
     "to_float_image",
     "warp",
+    "write_shards",
     "write_synthetic_folder",
 ]

@@ -47,6 +47,8 @@ __all__ = [
     "Augment",
     "AugmentLayer",
     "augment_batch",
+    "augment_dataset",
+    "augment_margin",
     "augment_sample",
     "elastic_displacement",
     "identity_coords",
@@ -679,6 +681,39 @@ def augment_sample(
         config,
     )
     return tuple(t[0] for t in out)
+
+
+# --------------------------------------------------------------------------- tf.data
+
+
+def augment_margin(patch: int, augment: Augment | None) -> int:
+    """Context in px to read around a ``patch`` x ``patch`` training patch so that the
+    elastic field (3 std) and the small rotation pull real pixels, not mirrored ones."""
+    if augment is None or not augment.enabled:
+        return 0
+    m = 0
+    if augment.elastic:
+        m += int(math.ceil(3.0 * augment.elastic_std))
+    if augment.rotation_degrees > 0:
+        m += int(math.ceil(patch * 0.7072 * math.radians(augment.rotation_degrees)))
+    return m
+
+
+def augment_dataset(ds: tf.data.Dataset, augment: Augment, seed: int, jit_compile: bool = True
+                    ) -> tf.data.Dataset:
+    """Apply :func:`augment_batch` to every batch ``(image, mask[, weight])`` of ``ds`` with a
+    seed of its own (a new one every epoch, reproducible from ``seed``); outputs float32."""
+    seeds = tf.data.Dataset.random(seed=seed + 1, rerandomize_each_iteration=True).batch(
+        2, drop_remainder=True)
+
+    @tf.function(jit_compile=jit_compile)
+    def run(s: tf.Tensor, *batch: tf.Tensor) -> tuple:
+        out = augment_batch(batch[0], batch[1], batch[2] if len(batch) == 3 else None,
+                            seed=s, config=augment)
+        return tuple(tf.cast(t, tf.float32) for t in out)
+
+    return tf.data.Dataset.zip((seeds, ds)).map(lambda s, b: run(s, *b),
+                                                num_parallel_calls=tf.data.AUTOTUNE)
 
 
 # --------------------------------------------------------------------------- Keras layer

@@ -18,8 +18,11 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from zf_unet.data.io import check_float_range
+from zf_unet.errors import DataError
+
 __all__ = ["mirror_coords_tf", "mirror_index", "mirror_index_tf", "pad_reflect",
-           "scale_to_unit_tf", "unit_divisor"]
+           "scale_to_unit_tf", "to_float_image", "unit_divisor"]
 
 
 # --------------------------------------------------------------------------- mirroring
@@ -79,3 +82,20 @@ def scale_to_unit_tf(x: tf.Tensor) -> tf.Tensor:
     divisor = unit_divisor(x.dtype.as_numpy_dtype)
     y = tf.cast(x, tf.float32)
     return y if divisor == 1.0 else y / divisor
+
+
+def to_float_image(image: np.ndarray, name: str = "image") -> np.ndarray:
+    """``(H, W, C)`` image -> float32 in [0, 1]: integers are divided by their dtype's maximum
+    (:func:`unit_divisor`), floats are kept and must already be finite and in [0, 1]
+    (:func:`zf_unet.data.io.check_float_range`). Raises :class:`DataError` naming ``name``."""
+    image = np.asarray(image)
+    if np.issubdtype(image.dtype, np.integer):
+        return image.astype(np.float32) / np.float32(unit_divisor(image.dtype, name, signed=True))
+    if np.issubdtype(image.dtype, np.floating):
+        out = image.astype(np.float32)
+        if not np.isfinite(out).all():
+            raise DataError(f"{name}: contains NaN or Inf; expected finite values in [0, 1]")
+        check_float_range(out, name)
+        return out
+    raise DataError(f"{name}: dtype {image.dtype} is not an image type (expected uint8/16 or "
+                    "float)")

@@ -66,15 +66,22 @@ __all__ = [
     "check_float_range",
     "describe_dataset",
     "find_pairs",
-    "iter_folder",
-    "iter_stacks",
+    "ImageConsistency",
+    "MaskRules",
+    "SampleSummary",
+    "check_same_size",
+    "check_stacks",
     "load_arrays",
     "load_folder",
     "load_tiff_stacks",
+    "match_pairs",
     "max_image_pixels",
     "normalize_mask",
+    "notice_scaled",
     "read_image",
     "read_stack",
+    "rel_name",
+    "split_samples",
 ]
 
 logger = logging.getLogger("zf_unet")
@@ -367,6 +374,43 @@ def _name_list(names: Sequence[str]) -> str:
     return shown + (f" and {len(names) - _MAX_LISTED} more" if len(names) > _MAX_LISTED else "")
 
 
+def match_pairs(
+    folder: PathLike, images: str = "images", masks: str = "masks"
+) -> tuple[list[tuple[Path, Path]], list[Path], str | None]:
+    """Pair ``folder/images/*`` with ``folder/masks/*`` by file stem, keeping unpaired files.
+
+    Returns:
+        ``(pairs, unpaired, message)``: the pairs as :func:`find_pairs` returns them; the
+        files without a partner (images first, natural order); and the message
+        :func:`find_pairs` raises for them (``None`` when every file is paired).
+
+    Raises:
+        DataError: missing folder/subfolder, empty subfolder, duplicate stems.
+    """
+    root = Path(folder)
+    if not root.exists():
+        raise DataError(f"{root}: folder not found")
+    if not root.is_dir():
+        raise DataError(f"{root}: expected a folder with '{images}/' and '{masks}/' subfolders")
+    imgs = _list_images(root / images, images, root)
+    msks = _list_images(root / masks, masks, root)
+    no_mask = [imgs[s] for s in sorted(set(imgs) - set(msks), key=_natural_key)]
+    no_image = [msks[s] for s in sorted(set(msks) - set(imgs), key=_natural_key)]
+    pairs = [(imgs[s], msks[s]) for s in sorted(set(imgs) & set(msks), key=_natural_key)]
+    if not (no_mask or no_image):
+        return pairs, [], None
+    parts = []
+    if no_mask:
+        names = [p.name for p in no_mask]
+        parts.append(f"{len(names)} image(s) without a mask in {masks}/ ({_name_list(names)})")
+    if no_image:
+        names = [p.name for p in no_image]
+        parts.append(f"{len(names)} mask(s) without an image in {images}/ ({_name_list(names)})")
+    message = (f"{root}: " + "; ".join(parts) + ". Images and masks are paired by file name "
+               "without extension")
+    return pairs, no_mask + no_image, message
+
+
 def find_pairs(
     folder: PathLike, images: str = "images", masks: str = "masks"
 ) -> list[tuple[Path, Path]]:
@@ -382,30 +426,10 @@ def find_pairs(
         DataError: missing folder/subfolder, empty subfolder, duplicate stems, or images
             without masks / masks without images (the first few names are listed).
     """
-    root = Path(folder)
-    if not root.exists():
-        raise DataError(f"{root}: folder not found")
-    if not root.is_dir():
-        raise DataError(f"{root}: expected a folder with '{images}/' and '{masks}/' subfolders")
-    imgs = _list_images(root / images, images, root)
-    msks = _list_images(root / masks, masks, root)
-    no_mask = sorted(set(imgs) - set(msks), key=_natural_key)
-    no_image = sorted(set(msks) - set(imgs), key=_natural_key)
-    if no_mask or no_image:
-        parts = []
-        if no_mask:
-            names = [imgs[s].name for s in no_mask]
-            parts.append(f"{len(names)} image(s) without a mask in {masks}/ ({_name_list(names)})")
-        if no_image:
-            names = [msks[s].name for s in no_image]
-            parts.append(
-                f"{len(names)} mask(s) without an image in {images}/ ({_name_list(names)})"
-            )
-        raise DataError(
-            f"{root}: " + "; ".join(parts) + ". Images and masks are paired by file name "
-            "without extension"
-        )
-    return [(imgs[s], msks[s]) for s in sorted(imgs, key=_natural_key)]
+    pairs, _, message = match_pairs(folder, images, masks)
+    if message is not None:
+        raise DataError(message)
+    return pairs
 
 
 # --------------------------------------------------------------------------- masks
@@ -731,7 +755,9 @@ def normalize_mask(
     return out
 
 
-def _notice_scaled(n_scaled: int, n_total: int, where: str) -> None:
+def notice_scaled(n_scaled: int, n_total: int, where: str) -> None:
+    """Log the loaders' one notice per data set: ``n_scaled`` of ``n_total`` masks held
+    {0, 255} and were divided by 255 (INFO on the ``"zf_unet"`` logger; nothing when 0)."""
     if n_scaled:
         logger.info(
             "%s: %d of %d masks hold {0, 255}; using 255 as class 1 (divided by 255)",
@@ -739,31 +765,64 @@ def _notice_scaled(n_scaled: int, n_total: int, where: str) -> None:
         )
 
 
-# --------------------------------------------------------------------------- loaders
+# --------------------------------------------------------------------------- sample checks
 
 
-def _tables(
-    convention: str, num_classes: int | str | None, palette: Palette | None,
-    class_values: ClassValues | None, ignore_index: int | None,
-) -> tuple[dict[int, int] | None, dict[int, int] | None]:
-    """Check the mask arguments once per data set; return (palette table, class-values table)."""
-    _check_convention(convention, num_classes, palette, class_values, ignore_index)
-    table = _palette_table(palette, num_classes, ignore_index) if palette is not None else None
-    cvt = _class_values_table(class_values, ignore_index) if class_values is not None else None
-    return table, cvt
+class MaskRules:
+    """The mask arguments of one data set, checked once: :meth:`apply` turns each raw mask
+    into ``(H, W)`` ``uint8`` class ids (see :func:`normalize_mask` for the arguments).
+
+    Raises:
+        DataError: a bad argument (unknown convention, palette, class_values ...).
+    """
+
+    def __init__(self, convention: str = "auto", num_classes: int | str | None = None,
+                 palette: Palette | None = None, class_values: ClassValues | None = None,
+                 ignore_index: int | None = None) -> None:
+        _check_convention(convention, num_classes, palette, class_values, ignore_index)
+        self.convention, self.num_classes, self.palette = convention, num_classes, palette
+        self.class_values, self.ignore_index = class_values, ignore_index
+        self._table = (_palette_table(palette, num_classes, ignore_index)
+                       if palette is not None else None)
+        self._cv_table = (_class_values_table(class_values, ignore_index)
+                          if class_values is not None else None)
+
+    @property
+    def keep_palette_indices(self) -> bool:
+        """Read palette PNG masks as their indices (no palette given: index = class id)."""
+        return self.palette is None
+
+    def apply(self, raw: np.ndarray, name: str) -> tuple[np.ndarray, bool]:
+        """``(mask (H, W) uint8, scaled_from_255)`` for a raw mask; errors name ``name``."""
+        return _normalize_mask(raw, self.convention, self.num_classes, self.palette, name,
+                               self._table, self.class_values, self.ignore_index,
+                               self._cv_table)
 
 
 def _wxh(shape: Sequence[int]) -> str:
     return f"{shape[1]}x{shape[0]}"
 
 
-class _Consistency:
-    """Checks that every image of a data set has the channel count and dtype of the first."""
+def check_same_size(mask_shape: Sequence[int], image_shape: Sequence[int], mask_name: str,
+                    image_name: str) -> None:
+    """Raise a :class:`DataError` naming both when a mask's ``(H, W)`` is not its image's.
+    ``image_name`` is written as is after "does not match" (e.g. ``"its image a.png"``)."""
+    if tuple(mask_shape[:2]) != tuple(image_shape[:2]):
+        raise DataError(
+            f"{mask_name}: size {_wxh(mask_shape)} does not match {image_name} "
+            f"({_wxh(image_shape)}) (sizes are width x height)"
+        )
+
+
+class ImageConsistency:
+    """Checks that every image of a data set has the channel count and dtype of the first one
+    checked, and (float images) finite pixel values."""
 
     def __init__(self) -> None:
         self.first: tuple[str, int, np.dtype] | None = None
 
     def check(self, image: np.ndarray, name: str) -> None:
+        """Raise a :class:`DataError` naming ``name`` for an ``(H, W, C)`` image that differs."""
         if image.dtype.kind == "f" and not np.all(np.isfinite(image)):
             y, x, c = (int(v) for v in np.argwhere(~np.isfinite(image))[0])
             raise DataError(f"{name}: image holds NaN or Inf values (first at (y, x, c) = "
@@ -784,40 +843,66 @@ class _Consistency:
             )
 
 
-def _rel(path: Path, root: Path) -> str:
+def rel_name(path: Path, root: Path) -> str:
+    """How messages name ``path`` of the data folder ``root``: relative to ``root``'s parent
+    (``data/images/a.png``), or the full path."""
     try:
         return str(path.relative_to(root.parent))
     except ValueError:
         return str(path)
 
 
-def iter_folder(
-    folder: PathLike,
-    convention: str = "auto",
-    num_classes: int | None = None,
-    palette: Palette | None = None,
-    images: str = "images",
-    masks: str = "masks",
-    class_values: ClassValues | None = None,
-    ignore_index: int | None = None,
-) -> Iterator[tuple[Path, np.ndarray, np.ndarray, bool]]:
-    """Yield ``(image_path, image (H,W,C), mask (H,W) uint8, scaled_from_255)`` per pair."""
-    table, cvt = _tables(convention, num_classes, palette, class_values, ignore_index)
-    root = Path(folder)
-    consistency = _Consistency()
-    for img_path, mask_path in find_pairs(root, images, masks):
-        image = read_image(img_path)
-        raw = read_image(mask_path, keep_palette_indices=palette is None)
-        img_name, mask_name = _rel(img_path, root), _rel(mask_path, root)
-        if raw.shape[:2] != image.shape[:2]:
-            raise DataError(
-                f"{mask_name}: size {_wxh(raw.shape)} does not match its image {img_name} "
-                f"({_wxh(image.shape)}) (sizes are width x height)"
-            )
-        consistency.check(image, img_name)
-        mask, scaled = _normalize_mask(raw, convention, num_classes, palette, mask_name, table,
-                                       class_values, ignore_index, cvt)
-        yield img_path, image, mask, scaled
+def check_stacks(volume: np.ndarray, labels: np.ndarray, volume_path: PathLike,
+                 labels_path: PathLike) -> None:
+    """Check an image stack ``(N, H, W, C)`` against its label stack ``(N, H, W, C')``: same
+    slice count and size, finite values. Raises :class:`DataError` naming the files."""
+    vol_p, lab_p = Path(volume_path), Path(labels_path)
+    if volume.shape[0] != labels.shape[0]:
+        raise DataError(
+            f"{lab_p}: {labels.shape[0]} slice(s) but the volume {vol_p} has {volume.shape[0]}; "
+            "expected one label slice per image slice"
+        )
+    if volume.shape[1:3] != labels.shape[1:3]:
+        raise DataError(
+            f"{lab_p}: slice size {_wxh(labels.shape[1:3])} does not match the volume {vol_p} "
+            f"({_wxh(volume.shape[1:3])}) (sizes are width x height)"
+        )
+    if volume.dtype.kind == "f" and not np.all(np.isfinite(volume)):
+        raise DataError(f"{vol_p}: image stack holds NaN or Inf values; expected finite pixel "
+                        "values")
+
+
+def split_samples(data: Any, name: str, image: bool) -> list[np.ndarray]:
+    """Split ``(N, H, W[, C])`` (or a sequence of ``(H, W[, C])``) into per-sample arrays
+    (views; bool becomes uint8). ``name`` (``"images"`` / ``"masks"``) is used in errors."""
+    what = "(N, H, W) or (N, H, W, C)" if image else "(N, H, W) or (N, H, W, 1)"
+    if isinstance(data, np.ndarray) or not isinstance(data, Sequence):
+        arr = np.asarray(data)
+        if arr.ndim not in (3, 4):
+            raise DataError(f"{name}: array of shape {arr.shape}; expected {what}")
+        items = list(arr)
+    else:
+        items = [np.asarray(x) for x in data]
+        for i, x in enumerate(items):
+            if x.ndim not in (2, 3):
+                raise DataError(
+                    f"{name}[{i}]: shape {x.shape}; expected (H, W) or (H, W, C) per sample"
+                )
+    if not items:
+        raise DataError(f"{name}: no samples (N = 0)")
+    for i, x in enumerate(items):
+        if x.dtype == bool:
+            items[i] = x = x.astype(np.uint8)
+        if x.dtype.kind not in "uif":
+            raise DataError(f"{name}[{i}]: dtype {x.dtype} is not a real number type")
+        if x.size == 0:
+            raise DataError(f"{name}[{i}]: empty array of shape {x.shape}")
+    return items
+
+
+# --------------------------------------------------------------------------- loaders
+# The loaders read through zf_unet.data.sources (imported on call: sources builds on this
+# module) and collect every sample into memory.
 
 
 def load_folder(
@@ -843,51 +928,11 @@ def load_folder(
         DataError: see :func:`find_pairs`, :func:`read_image`, :func:`normalize_mask`; an
             image/mask size mismatch (naming both files); mixed channel counts or dtypes.
     """
-    out_images: list[np.ndarray] = []
-    out_masks: list[np.ndarray] = []
-    n_scaled = 0
-    for _, image, mask, scaled in iter_folder(folder, convention, num_classes, palette,
-                                               images, masks, class_values, ignore_index):
-        out_images.append(image)
-        out_masks.append(mask)
-        n_scaled += scaled
-    _notice_scaled(n_scaled, len(out_masks), str(Path(folder) / masks))
-    return out_images, out_masks
+    from zf_unet.data.sources import FolderSource, collect
 
-
-def iter_stacks(
-    volume_path: PathLike,
-    labels_path: PathLike,
-    convention: str = "auto",
-    num_classes: int | None = None,
-    palette: Palette | None = None,
-    class_values: ClassValues | None = None,
-    ignore_index: int | None = None,
-) -> Iterator[tuple[int, np.ndarray, np.ndarray, bool]]:
-    """Yield ``(index, image (H,W,C), mask (H,W) uint8, scaled_from_255)`` per slice."""
-    table, cvt = _tables(convention, num_classes, palette, class_values, ignore_index)
-    vol_p, lab_p = Path(volume_path), Path(labels_path)
-    volume = read_stack(vol_p)
-    labels = read_stack(lab_p)
-    if volume.shape[0] != labels.shape[0]:
-        raise DataError(
-            f"{lab_p}: {labels.shape[0]} slice(s) but the volume {vol_p} has {volume.shape[0]}; "
-            "expected one label slice per image slice"
-        )
-    if volume.shape[1:3] != labels.shape[1:3]:
-        raise DataError(
-            f"{lab_p}: slice size {_wxh(labels.shape[1:3])} does not match the volume {vol_p} "
-            f"({_wxh(volume.shape[1:3])}) (sizes are width x height)"
-        )
-    if volume.dtype.kind == "f" and not np.all(np.isfinite(volume)):
-        raise DataError(f"{vol_p}: image stack holds NaN or Inf values; expected finite pixel "
-                        "values")
-    for i in range(volume.shape[0]):
-        mask, scaled = _normalize_mask(
-            labels[i], convention, num_classes, palette, f"{lab_p} (slice {i})", table,
-            class_values, ignore_index, cvt,
-        )
-        yield i, volume[i], mask, scaled
+    return collect(FolderSource(folder, images, masks, convention=convention,
+                                num_classes=num_classes, palette=palette,
+                                class_values=class_values, ignore_index=ignore_index))
 
 
 def load_tiff_stacks(
@@ -910,43 +955,11 @@ def load_tiff_stacks(
     Raises:
         DataError: unreadable files, different slice counts or sizes, bad mask values.
     """
-    out_images: list[np.ndarray] = []
-    out_masks: list[np.ndarray] = []
-    n_scaled = 0
-    for _, image, mask, scaled in iter_stacks(volume_path, labels_path, convention,
-                                               num_classes, palette, class_values, ignore_index):
-        out_images.append(image)
-        out_masks.append(mask)
-        n_scaled += scaled
-    _notice_scaled(n_scaled, len(out_masks), str(labels_path))
-    return out_images, out_masks
+    from zf_unet.data.sources import StackSource, collect
 
-
-def _as_items(data: Any, name: str, image: bool) -> list[np.ndarray]:
-    """Split ``(N, H, W[, C])`` (or a sequence of ``(H, W[, C])``) into per-sample arrays."""
-    what = "(N, H, W) or (N, H, W, C)" if image else "(N, H, W) or (N, H, W, 1)"
-    if isinstance(data, np.ndarray) or not isinstance(data, Sequence):
-        arr = np.asarray(data)
-        if arr.ndim not in (3, 4):
-            raise DataError(f"{name}: array of shape {arr.shape}; expected {what}")
-        items = list(arr)
-    else:
-        items = [np.asarray(x) for x in data]
-        for i, x in enumerate(items):
-            if x.ndim not in (2, 3):
-                raise DataError(
-                    f"{name}[{i}]: shape {x.shape}; expected (H, W) or (H, W, C) per sample"
-                )
-    if not items:
-        raise DataError(f"{name}: no samples (N = 0)")
-    for i, x in enumerate(items):
-        if x.dtype == bool:
-            items[i] = x = x.astype(np.uint8)
-        if x.dtype.kind not in "uif":
-            raise DataError(f"{name}[{i}]: dtype {x.dtype} is not a real number type")
-        if x.size == 0:
-            raise DataError(f"{name}[{i}]: empty array of shape {x.shape}")
-    return items
+    return collect(StackSource(volume_path, labels_path, convention=convention,
+                               num_classes=num_classes, palette=palette,
+                               class_values=class_values, ignore_index=ignore_index))
 
 
 def load_arrays(
@@ -975,36 +988,100 @@ def load_arrays(
     Raises:
         DataError: wrong ndim, N or size mismatch, NaN/Inf in images, bad mask values.
     """
-    table, cvt = _tables(convention, num_classes, palette, class_values, ignore_index)
-    imgs = _as_items(images, "images", True)
-    msks = _as_items(masks, "masks", False)
-    if len(imgs) != len(msks):
-        raise DataError(
-            f"masks: {len(msks)} sample(s) but images has {len(imgs)}; expected the same N"
-        )
-    consistency = _Consistency()
-    out_images: list[np.ndarray] = []
-    out_masks: list[np.ndarray] = []
-    n_scaled = 0
-    for i, (img, m) in enumerate(zip(imgs, msks)):
-        if img.ndim == 2:
-            img = img[:, :, None]
-        if m.shape[:2] != img.shape[:2]:
-            raise DataError(
-                f"masks[{i}]: size {_wxh(m.shape)} does not match images[{i}] "
-                f"({_wxh(img.shape)}) (sizes are width x height)"
-            )
-        consistency.check(img, f"images[{i}]")
-        mask, scaled = _normalize_mask(m, convention, num_classes, palette, f"masks[{i}]", table,
-                                       class_values, ignore_index, cvt)
-        out_images.append(img)
-        out_masks.append(mask)
-        n_scaled += scaled
-    _notice_scaled(n_scaled, len(out_masks), "masks")
-    return out_images, out_masks
+    from zf_unet.data.sources import ArraySource, collect
+
+    return collect(ArraySource(images, masks, convention=convention, num_classes=num_classes,
+                               palette=palette, class_values=class_values,
+                               ignore_index=ignore_index))
 
 
 # --------------------------------------------------------------------------- summary
+
+
+class SampleSummary:
+    """Streaming statistics of a data set, one sample at a time (bounded memory): the dict of
+    :func:`describe_dataset`. Void pixels (``ignore_index``) are only counted as ignored."""
+
+    def __init__(self, ignore_index: int | None = None) -> None:
+        self.ignore_index = ignore_index
+        self.n = 0
+        self.sizes: Counter[str] = Counter()
+        self.height_range: list[int] = []
+        self.width_range: list[int] = []
+        self.channels: set[int] = set()
+        self.dtypes: set[str] = set()
+        self.vmin, self.vmax = np.inf, -np.inf
+        self.pixels: Counter[int] = Counter()
+        self.with_class: Counter[int] = Counter()
+        self.empty: list[int] = []
+        self.single = 0
+        self.ignored = 0
+
+    def update(self, sample: Any) -> None:
+        """Add a :class:`zf_unet.data.sources.Sample` (its ``image`` and ``mask``)."""
+        self.add(sample.image, sample.mask)
+
+    def add(self, image: np.ndarray, mask: np.ndarray) -> None:
+        """Add one ``(H, W, C)`` (or ``(H, W)``) image and its ``(H, W)`` (or ``(H, W, 1)``)
+        integer class-id mask. Raises :class:`DataError` (naming the sample's index) when
+        they do not fit."""
+        img, m, i = np.asarray(image), np.asarray(mask), self.n
+        if m.ndim == 3 and m.shape[2] == 1:
+            m = m[:, :, 0]
+        if m.ndim != 2 or img.shape[:2] != m.shape:
+            raise DataError(
+                f"masks[{i}]: shape {m.shape} does not fit images[{i}] of shape {img.shape}"
+            )
+        if m.dtype.kind not in "uib":
+            raise DataError(f"masks[{i}]: dtype {m.dtype}; expected integer class ids")
+        h, w = m.shape
+        if i:
+            self.height_range = [min(self.height_range[0], h), max(self.height_range[1], h)]
+            self.width_range = [min(self.width_range[0], w), max(self.width_range[1], w)]
+        else:
+            self.height_range, self.width_range = [h, h], [w, w]
+        self.sizes[f"{w}x{h}"] += 1
+        self.channels.add(1 if img.ndim == 2 else int(img.shape[2]))
+        self.dtypes.add(str(img.dtype))
+        if img.size:
+            self.vmin = min(self.vmin, float(np.min(img)))
+            self.vmax = max(self.vmax, float(np.max(img)))
+        if self.ignore_index is not None:
+            void = m == self.ignore_index
+            self.ignored += int(np.count_nonzero(void))
+            m = m[~void]
+        ids, counts = np.unique(m, return_counts=True)
+        for c, k in zip(ids.tolist(), counts.tolist()):
+            self.pixels[int(c)] += int(k)
+            self.with_class[int(c)] += 1
+        if ids.size == 1:
+            self.single += 1
+        if not np.any(m):
+            self.empty.append(i)
+        self.n += 1
+
+    def summary(self) -> dict[str, Any]:
+        """The :func:`describe_dataset` dict; ``{}`` before the first sample."""
+        if not self.n:
+            return {}
+        total = max(1, sum(self.pixels.values()))
+        return {
+            "ignored_pixels": self.ignored,
+            "num_samples": self.n,
+            "sizes": dict(sorted(self.sizes.items())),
+            "height_range": list(self.height_range),
+            "width_range": list(self.width_range),
+            "channels": sorted(self.channels),
+            "image_dtypes": sorted(self.dtypes),
+            "image_value_range": [self.vmin, self.vmax],
+            "class_pixel_counts": dict(sorted(self.pixels.items())),
+            "class_frequencies": {c: k / total for c, k in sorted(self.pixels.items())},
+            "masks_with_class": dict(sorted(self.with_class.items())),
+            "foreground_fraction": 1.0 - self.pixels.get(0, 0) / total,
+            "empty_masks": len(self.empty),
+            "empty_mask_indices": list(self.empty),
+            "single_class_masks": self.single,
+        }
 
 
 def describe_dataset(
@@ -1025,68 +1102,13 @@ def describe_dataset(
         ``foreground_fraction`` (pixels != 0); ``empty_masks`` (masks with only class 0)
         and ``empty_mask_indices``; ``single_class_masks`` (masks holding one class);
         ``ignored_pixels``. Pixels equal to ``ignore_index`` (void) are left out of every
-        class statistic and only counted there.
+        class statistic and only counted there. :class:`SampleSummary` computes it.
     """
     if len(images) != len(masks):
         raise DataError(f"masks: {len(masks)} mask(s) but images has {len(images)}")
     if len(images) == 0:
         raise DataError("images: no samples to describe")
-    sizes: Counter[str] = Counter()
-    channels: set[int] = set()
-    dtypes: set[str] = set()
-    pixel_counts: Counter[int] = Counter()
-    with_class: Counter[int] = Counter()
-    empty: list[int] = []
-    single = 0
-    vmin, vmax = np.inf, -np.inf
-    heights, widths = [], []
-    ignored = 0
-    for i, (img, m) in enumerate(zip(images, masks)):
-        img, m = np.asarray(img), np.asarray(m)
-        if m.ndim == 3 and m.shape[2] == 1:
-            m = m[:, :, 0]
-        if m.ndim != 2 or img.shape[:2] != m.shape:
-            raise DataError(
-                f"masks[{i}]: shape {m.shape} does not fit images[{i}] of shape {img.shape}"
-            )
-        if m.dtype.kind not in "uib":
-            raise DataError(f"masks[{i}]: dtype {m.dtype}; expected integer class ids")
-        h, w = m.shape
-        heights.append(h)
-        widths.append(w)
-        sizes[f"{w}x{h}"] += 1
-        channels.add(1 if img.ndim == 2 else int(img.shape[2]))
-        dtypes.add(str(img.dtype))
-        if img.size:
-            vmin, vmax = min(vmin, float(np.min(img))), max(vmax, float(np.max(img)))
-        if ignore_index is not None:
-            void = m == ignore_index
-            ignored += int(np.count_nonzero(void))
-            m = m[~void]
-        ids, counts = np.unique(m, return_counts=True)
-        for c, n in zip(ids.tolist(), counts.tolist()):
-            pixel_counts[int(c)] += int(n)
-            with_class[int(c)] += 1
-        if ids.size == 1:
-            single += 1
-        if not np.any(m):
-            empty.append(i)
-    total = max(1, sum(pixel_counts.values()))
-    return {
-        "ignored_pixels": ignored,
-        "num_samples": len(masks),
-        "sizes": dict(sorted(sizes.items())),
-        "height_range": [min(heights), max(heights)],
-        "width_range": [min(widths), max(widths)],
-        "channels": sorted(channels),
-        "image_dtypes": sorted(dtypes),
-        "image_value_range": [vmin, vmax],
-        "class_pixel_counts": dict(sorted(pixel_counts.items())),
-        "class_frequencies": {c: n / total for c, n in sorted(pixel_counts.items())},
-        "masks_with_class": dict(sorted(with_class.items())),
-        "foreground_fraction": 1.0 - pixel_counts.get(0, 0) / total,
-        "empty_masks": len(empty),
-        "empty_mask_indices": empty,
-        "single_class_masks": single,
-    }
-
+    totals = SampleSummary(ignore_index)
+    for img, m in zip(images, masks):
+        totals.add(img, m)
+    return totals.summary()

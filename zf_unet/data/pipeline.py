@@ -11,41 +11,27 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import tensorflow as tf
 
-from zf_unet.data import io
-from zf_unet.data.augment import Augment, augment_batch
-from zf_unet.data.imageops import pad_reflect, unit_divisor
-from zf_unet.data.weightmaps import border_weight_map, cached_border_weight_map
+from zf_unet.checks import check_choice
+from zf_unet.data import io, streaming
+from zf_unet.data.augment import Augment, augment_dataset, augment_margin
+from zf_unet.data.imageops import pad_reflect, to_float_image
+from zf_unet.data.sources import TFDS_PREFIX, collect, open_source
+from zf_unet.data.streaming import ReadLog, check_binary_for_weights
+from zf_unet.data.weightmaps import (border_weight_map, cached_border_weight_map,
+                                      default_cache_dir)
 from zf_unet.errors import DataError
 
 logger = logging.getLogger("zf_unet")
 
-#: A data source string that names a TensorFlow Datasets data set: ``"tfds:NAME"``.
-TFDS_PREFIX = "tfds:"
 
 __all__ = ["DataInfo", "DataSplit", "TFDS_PREFIX", "check_learnable", "infer_num_classes",
            "class_pixel_counts", "load_source", "make_datasets", "median_frequency_weights",
-           "split_indices", "to_float_image"]
-
-
-def to_float_image(image: np.ndarray, name: str = "image") -> np.ndarray:
-    """``(H, W, C)`` image -> float32 in [0, 1]: integers are divided by their dtype's maximum,
-    floats are kept (they must already lie in [0, 1])."""
-    image = np.asarray(image)
-    if np.issubdtype(image.dtype, np.integer):
-        return (image.astype(np.float32) / unit_divisor(image.dtype, name, signed=True)
-                ).astype(np.float32)
-    if np.issubdtype(image.dtype, np.floating):
-        out = image.astype(np.float32)
-        if not np.isfinite(out).all():
-            raise DataError(f"{name}: contains NaN or Inf; expected finite values in [0, 1]")
-        io.check_float_range(out, name)
-        return out
-    raise DataError(f"{name}: dtype {image.dtype} is not an image type (expected uint8/16 or float)")
+           "refuse_unlearnable", "split_indices", "to_float_image"]
 
 
 @dataclass
@@ -85,6 +71,12 @@ class DataInfo:
             training images in [0, 1] scale (all pixels, before patching/augmentation).
         ignore_index: mask value of void pixels, or ``None``.
         num_train / num_val: samples (images or slices) in each split.
+        streaming: True when the datasets read the files on the fly (``cache`` not
+            ``"memory"``); ``read_log`` then records a file that failed mid-epoch
+            (:class:`zf_unet.data.streaming.ReadLog`), and ``make_train(input_context)``
+            builds the training stream of one ``tf.distribute`` input pipeline (its own
+            share of the files, per-replica batches) for
+            ``strategy.distribute_datasets_from_function``.
     """
 
     num_classes: int
@@ -96,6 +88,9 @@ class DataInfo:
     ignore_index: int | None
     num_train: int
     num_val: int
+    streaming: bool = False
+    read_log: ReadLog | None = None
+    make_train: Callable[[tf.distribute.InputContext], tf.data.Dataset] | None = None
 
 
 def class_pixel_counts(masks: Iterable[Any], num_classes: int,
@@ -191,8 +186,10 @@ def _resolve_num_classes(splits: Sequence[DataSplit], num_classes: int | str | N
 
 
 def infer_num_classes(masks: Sequence[np.ndarray], ignore_index: int | None = None,
-                      class_values: io.ClassValues | None = None) -> int:
-    """K for the model from normalised ``(H, W)`` uint8 masks (1 = binary); logs why (INFO).
+                      class_values: io.ClassValues | None = None, *,
+                      values: Sequence[int] | None = None) -> int:
+    """K for the model from normalised ``(H, W)`` uint8 masks (1 = binary), or from the mask
+    ``values`` already known to occur (a streamed pre-pass); logs why (INFO).
 
     With ``class_values``: its number of entries (2 entries -> 1). Otherwise the highest class
     id seen (void excluded) + 1, where ids {0, 1} (the {0,1}/{0,255} conventions) -> 1.
@@ -207,7 +204,9 @@ def infer_num_classes(masks: Sequence[np.ndarray], ignore_index: int | None = No
                     k, out, " (binary)" if out == 1 else "")
         return out
     seen = np.zeros(256, bool)
-    for m in masks:
+    if values is not None:
+        seen[np.asarray(values, np.int64)] = True
+    for m in masks if values is None else ():
         seen[np.unique(np.asarray(m, np.uint8))] = True
     if ignore_index is not None:
         seen[int(ignore_index)] = False
@@ -232,48 +231,13 @@ def infer_num_classes(masks: Sequence[np.ndarray], ignore_index: int | None = No
 def _load(source: Any, num_classes: int | str | None, convention: str, palette: Any,
           tfds_kwargs: dict | None, class_values: io.ClassValues | None,
           ignore_index: int | None) -> DataSplit:
-    """:func:`load_source` without resolving ``num_classes``."""
-    kw = dict(convention=convention, num_classes=num_classes, palette=palette,
-              class_values=class_values, ignore_index=ignore_index)
-    names: list[str] = []
-    if isinstance(source, (tuple, list)) and len(source) == 2:
-        a, b = source
-        if isinstance(a, (str, Path)) and isinstance(b, (str, Path)):
-            images, masks = io.load_tiff_stacks(a, b, **kw)
-            names = [f"{Path(a).name}[{i}]" for i in range(len(images))]
-        else:
-            images, masks = io.load_arrays(a, b, **kw)
-            names = [f"array[{i}]" for i in range(len(images))]
-    elif isinstance(source, Path) or (isinstance(source, str)
-                                      and not source.startswith(TFDS_PREFIX)):
-        if not Path(source).exists():
-            raise DataError(f"{source}: no such folder; expected a folder with images/ and "
-                            f"masks/ (or {TFDS_PREFIX}NAME for a TensorFlow Datasets data set)")
-        if not Path(source).is_dir():
-            raise DataError(f"{source}: not a folder; expected a folder with images/ and masks/")
-        pairs = io.find_pairs(source)
-        images, masks = io.load_folder(source, **kw)
-        names = [p[0].name for p in pairs]
-    elif isinstance(source, str):
-        from zf_unet.data.tfds_sources import load_tfds
-
-        name = source[len(TFDS_PREFIX):]
-        ds = load_tfds(name, **(tfds_kwargs or {}))
-        images, masks = [], []
-        for img, msk in ds.as_numpy_iterator():
-            images.append(img)
-            masks.append(msk[..., 0])
-        if not images:
-            raise DataError(f"TFDS dataset {name!r}: no examples")
-        if class_values is not None:
-            images, masks = io.load_arrays(images, masks, **kw)
-        names = [f"{name}[{i}]" for i in range(len(images))]
-    else:
-        raise DataError(f"source: expected a folder, (volume.tif, labels.tif), (images, masks) "
-                        f"arrays or '{TFDS_PREFIX}NAME'; got {type(source).__name__}")
-    floats = [to_float_image(img, names[i] if names else f"image {i}")
-              for i, img in enumerate(images)]
-    return DataSplit(floats, [np.asarray(m, np.uint8) for m in masks], None, names,
+    """:func:`load_source` without resolving ``num_classes``: every sample of the source
+    :func:`zf_unet.data.sources.open_source` names, images as float32 in [0, 1]."""
+    src = open_source(source, convention=convention, num_classes=num_classes, palette=palette,
+                      class_values=class_values, ignore_index=ignore_index,
+                      tfds_kwargs=tfds_kwargs)
+    floats, masks = collect(src, to_float_image)
+    return DataSplit(floats, [np.asarray(m, np.uint8) for m in masks], None, src.keys(),
                      ignore_index)
 
 
@@ -288,20 +252,27 @@ def check_learnable(data: DataSplit, patch_size: int | None = None) -> None:
         present.discard(-1 if data.ignore_index is None else int(data.ignore_index))
         if len(present) > 1:
             break
-    if not present and data.masks:
-        raise DataError(f"every mask pixel of the {len(data)} sample(s) is void (ignore_index="
-                        f"{data.ignore_index}): there is nothing to learn; expected labelled "
+    refuse_unlearnable(present, len(data), [img.shape[:2] for img in data.images], patch_size,
+                       data.ignore_index)
+
+
+def refuse_unlearnable(present: set[int], n_samples: int, sizes: Sequence[tuple[int, int]],
+                       patch_size: int | None, ignore_index: int | None) -> None:
+    """:func:`check_learnable` from what is known of the samples: the class ids ``present``
+    (void excluded), their number and their ``(H, W)`` sizes."""
+    if not present and n_samples:
+        raise DataError(f"every mask pixel of the {n_samples} sample(s) is void (ignore_index="
+                        f"{ignore_index}): there is nothing to learn; expected labelled "
                         "pixels of at least two classes")
     if len(present) == 1:
         (only,) = present
-        raise DataError(f"every mask of the {len(data)} sample(s) holds only class {only}"
+        raise DataError(f"every mask of the {n_samples} sample(s) holds only class {only}"
                         f"{' (all-zero masks)' if only == 0 else ''}: there is nothing to learn; "
                         "expected masks with at least two classes (check the masks with "
                         "zf-unet check-data)")
-    if patch_size and data.images:
-        largest = max(data.images, key=lambda img: min(img.shape[:2]))
-        if min(largest.shape[:2]) < int(patch_size):
-            h, w = largest.shape[:2]
+    if patch_size and sizes:
+        h, w = max(sizes, key=min)
+        if min(h, w) < int(patch_size):
             raise DataError(f"patch_size = {int(patch_size)} is larger than every image (the "
                             f"largest is {w}x{h}, width x height); expected a patch size <= "
                             f"{min(h, w)}, or 0 / None to train on whole images")
@@ -334,11 +305,7 @@ def _weight_maps(split: DataSplit, cache_dir: str | Path | None, w0: float,
     maps = []
     void = split.ignore_index
     for i, m in enumerate(split.masks):
-        labelled = m if void is None else m[m != void]
-        if labelled.size and labelled.max() > 1:
-            raise DataError(f"border_weights: {split.names[i] if split.names else i} has "
-                            f"classes {sorted(np.unique(labelled).tolist())}; border weight maps "
-                            "need binary masks (1 = cell interior)")
+        check_binary_for_weights(m, void, split.names[i] if split.names else str(i))
         if cache_dir is not None:
             maps.append(cached_border_weight_map(m, cache_dir=cache_dir, w0=w0, sigma=sigma,
                                                  ignore_index=void))
@@ -348,36 +315,18 @@ def _weight_maps(split: DataSplit, cache_dir: str | Path | None, w0: float,
 
 
 def _data_info(train: DataSplit, num_val: int) -> DataInfo:
-    """Class counts and image statistics of ``train`` (see :class:`DataInfo`)."""
+    """Class counts and image statistics of ``train`` (see :class:`DataInfo`), counted as the
+    streaming pre-pass counts them (:class:`zf_unet.data.streaming.ScanResult`)."""
     k = int(train.num_classes or 1)
-    pixels, image_pixels = class_pixel_counts(train.masks, k, train.ignore_index)
-    channels = int(train.images[0].shape[2])
-    total = np.zeros(channels, np.float64)
-    total_sq = np.zeros(channels, np.float64)
-    count = 0
-    for img in train.images:
-        flat = img.reshape(-1, channels).astype(np.float64)
-        total += flat.sum(axis=0)
-        total_sq += np.square(flat).sum(axis=0)
-        count += flat.shape[0]
-    mean = total / count
-    std = np.sqrt(np.maximum(total_sq / count - np.square(mean), 0.0))
-    return DataInfo(num_classes=k, channels=channels, class_pixels=pixels,
-                    class_image_pixels=image_pixels, mean=mean.astype(np.float32),
-                    std=std.astype(np.float32), ignore_index=train.ignore_index,
-                    num_train=len(train), num_val=num_val)
-
-
-def _margin(patch: int, aug: Augment | None) -> int:
-    """Context in px around a patch so that augmentation pulls real pixels, not mirrors."""
-    if aug is None:
-        return 0
-    m = 0
-    if aug.elastic:
-        m += int(math.ceil(3.0 * aug.elastic_std))
-    if aug.rotation_degrees > 0:
-        m += int(math.ceil(patch * 0.7072 * math.radians(aug.rotation_degrees)))
-    return m
+    stats = streaming.ScanResult()
+    for i, (image, mask) in enumerate(zip(train.images, train.masks)):
+        stats.add(train.names[i] if train.names else f"image {i}", image, mask,
+                  train.ignore_index)
+    pixels, image_pixels = stats.class_counts(k, train.ignore_index)
+    mean, std = stats.mean_std()
+    return DataInfo(num_classes=k, channels=stats.channels, class_pixels=pixels,
+                    class_image_pixels=image_pixels, mean=mean, std=std,
+                    ignore_index=train.ignore_index, num_train=len(train), num_val=num_val)
 
 
 def _stack_padded(split: DataSplit, patch: int, margin: int) -> tuple[np.ndarray, ...]:
@@ -403,7 +352,7 @@ def _stack_padded(split: DataSplit, patch: int, margin: int) -> tuple[np.ndarray
 
 def _train_patches(split: DataSplit, patch: int, batch_size: int, aug: Augment | None,
                    seed: int, samples_per_epoch: int, jit: bool) -> tf.data.Dataset:
-    margin = _margin(patch, aug)
+    margin = augment_margin(patch, aug)
     images, masks, weights, sizes = _stack_padded(split, patch, margin)
     win = patch + 2 * margin
     n = len(split)
@@ -441,23 +390,8 @@ def _train_patches(split: DataSplit, patch: int, batch_size: int, aug: Augment |
     ds = tf.data.Dataset.zip((ds, seeds)).map(crop, num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(batch_size, drop_remainder=True, num_parallel_calls=tf.data.AUTOTUNE)
     if aug is not None:
-        ds = _augmented(ds, aug, seed, jit)
+        ds = augment_dataset(ds, aug, seed, jit)
     return ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE)
-
-
-def _augmented(ds: tf.data.Dataset, aug: Augment, seed: int, jit: bool) -> tf.data.Dataset:
-    """Augment each batch of ``(image, mask[, weight])`` with its own seed (new every epoch)."""
-    seeds = tf.data.Dataset.random(seed=seed + 1, rerandomize_each_iteration=True).batch(
-        2, drop_remainder=True)
-
-    @tf.function(jit_compile=jit)
-    def run(s: tf.Tensor, *batch: tf.Tensor) -> tuple:
-        out = augment_batch(batch[0], batch[1], batch[2] if len(batch) == 3 else None,
-                            seed=s, config=aug)
-        return tuple(tf.cast(t, tf.float32) for t in out)
-
-    return tf.data.Dataset.zip((seeds, ds)).map(lambda s, b: run(s, *b),
-                                                num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def _whole_images(split: DataSplit, batch_size: int, shuffle: bool, seed: int,
@@ -497,6 +431,172 @@ def _whole_images(split: DataSplit, batch_size: int, shuffle: bool, seed: int,
     return ds.batch(batch_size)
 
 
+def _file_streams(src: Any, indices: Sequence[int], *, scan_kw: dict, reader_kw: dict,
+                  seed: int, cache_file: str | None) -> tuple[Any, Callable[..., Any]]:
+    """``(scan, stream)`` of samples ``indices`` of an indexable source (folder, stacks,
+    arrays, TFDS, synthetic): one pre-pass, then ``stream(context, shuffle, repeat)`` decodes
+    files on the fly."""
+    result = streaming.scan(src, indices, **scan_kw)
+    keep = [i for i in indices if i not in set(result.bad_indices)]
+    reader = streaming.SampleReader(src, result.channels or 1, **reader_kw)
+
+    def stream(context: Any = None, shuffle: bool = False, repeat: bool = False) -> Any:
+        return streaming.stream_samples(reader, keep, shuffle=shuffle, seed=seed,
+                                        input_context=context, repeat=repeat,
+                                        cache_file=cache_file if repeat else None)
+
+    return result, stream
+
+
+def _shard_streams(src: Any, files: Sequence[str], *, border_weights: bool,
+                   ignore_index: int | None, seed: int) -> tuple[Any, Callable[..., Any]]:
+    """``(scan, stream)`` of the shard ``files`` of a :class:`~zf_unet.data.ShardSource`:
+    the pre-pass reads the records once (stored weight maps are not recomputed)."""
+    if border_weights and not src.info.has_weights:
+        raise DataError(f"{src.path}: border_weights = true, but these shards hold no border "
+                        "weight maps; pack them with zf-unet pack --border-weights")
+    result = streaming.ScanResult()
+    for image, mask, *_ in src.as_dataset(shuffle_files=False, files=files).as_numpy_iterator():
+        result.add(str(src.path), image, mask[..., 0], ignore_index)
+
+    def stream(context: Any = None, shuffle: bool = False, repeat: bool = False) -> Any:
+        ds = src.as_dataset(shuffle_files=shuffle, seed=seed, input_context=context,
+                            files=files)
+        if src.info.has_weights and not border_weights:
+            ds = ds.map(lambda image, mask, weight: (image, mask))
+        return ds.repeat() if repeat else ds
+
+    return result, stream
+
+
+def _hold_out_shards(src: Any, val_fraction: float, val_indices: Sequence[int] | None
+                     ) -> tuple[list[str], list[str]]:
+    """Training and validation shard files: whole files held out from the end, about
+    ``val_fraction`` of the samples (records cannot be picked out of a shard cheaply)."""
+    if val_indices is not None:
+        raise DataError(f"{src.path}: val_indices cannot pick samples out of TFRecord shards; "
+                        "pack the validation data separately and set val_source")
+    files, counts = list(src.files), list(src.info.shard_counts)
+    if val_fraction <= 0:
+        return files, []
+    want, held = val_fraction * sum(counts), 0
+    cut = len(files)
+    while cut > 0 and held < want:
+        cut -= 1
+        held += counts[cut]
+    if cut == 0:
+        raise DataError(f"{src.path}: {len(files)} shard file(s); holding out val_fraction = "
+                        f"{val_fraction} of the samples takes whole files and leaves none to "
+                        "train on. Pack with a smaller --shard-size, set val_fraction = 0, or "
+                        "pack validation data separately and set val_source")
+    return files[:cut], files[cut:]
+
+
+def _stream_datasets(src: Any, val_src: Any, *, patch_size: int | None, batch_size: int,
+                     val_fraction: float, val_indices: Sequence[int] | None, seed: int,
+                     aug: Augment | None, border_weights: bool, w0: float, sigma: float,
+                     num_classes: int | str | None, class_values: io.ClassValues | None,
+                     ignore_index: int | None, samples_per_epoch: int | None,
+                     val_tiles: bool | None, cache_dir: str | Path | None, jit_compile: bool,
+                     disk_cache: bool, skip_bad_files: bool,
+                     input_context: tf.distribute.InputContext | None) -> tuple:
+    """:func:`make_datasets` for ``cache`` = ``"none"`` / ``"disk"``: one pre-pass over the
+    samples (:func:`zf_unet.data.streaming.scan`), then pipelines that read files on the fly
+    (TFRecord shards through :meth:`zf_unet.data.ShardSource.as_dataset`)."""
+    from zf_unet.data.shards import ShardSource
+
+    weight_cache = cache_dir if cache_dir is not None else default_cache_dir()
+    log = streaming.ReadLog()
+    scan_kw = dict(ignore_index=ignore_index, skip_bad_files=skip_bad_files,
+                   border_weights=border_weights, weight_cache=weight_cache, w0=w0, sigma=sigma)
+    reader_kw = dict(border_weights=border_weights, weight_cache=weight_cache, w0=w0,
+                     sigma=sigma, ignore_index=ignore_index, skip_bad_files=skip_bad_files,
+                     log=log)
+    cache_file = streaming.disk_cache_file(cache_dir) if disk_cache else None
+    shard_kw = dict(border_weights=border_weights, ignore_index=ignore_index, seed=seed)
+    file_kw = dict(scan_kw=scan_kw, reader_kw=reader_kw, seed=seed, cache_file=cache_file)
+
+    def streams(source: Any, part: Any) -> tuple[Any, Callable[..., Any]]:
+        if isinstance(source, ShardSource):
+            return _shard_streams(source, part, **shard_kw)
+        return _file_streams(source, part, **file_kw)
+
+    if val_src is not None:
+        train_part = src.files if isinstance(src, ShardSource) else range(len(src))
+        val_part = val_src.files if isinstance(val_src, ShardSource) else range(len(val_src))
+        val_from = val_src
+    elif isinstance(src, ShardSource):
+        train_part, val_part = _hold_out_shards(src, val_fraction, val_indices)
+        val_from = src
+    else:
+        train_part, val_part = split_indices(len(src), val_fraction, val_indices, seed)
+        val_from = src
+    train_scan, train_stream = streams(src, train_part)
+    val_scan, val_stream = streams(val_from, val_part) if len(val_part) else (
+        streaming.ScanResult(), None)
+    if val_scan.channels and val_scan.channels != train_scan.channels:
+        raise DataError(f"val_source: images have {val_scan.channels} channel(s) but source has "
+                        f"{train_scan.channels}; expected the same number of channels")
+    if num_classes == io.AUTO_CLASSES:
+        seen = np.union1d(train_scan.seen_classes(None), val_scan.seen_classes(None))
+        k = infer_num_classes([], ignore_index, class_values, values=seen)
+    else:
+        k = _resolve_num_classes([], num_classes, class_values, ignore_index)
+    present = set(int(v) for v in train_scan.seen_classes(ignore_index))
+    n_train, n_val = len(train_scan.sizes), len(val_scan.sizes)
+    refuse_unlearnable(present, n_train, train_scan.sizes, patch_size, ignore_index)
+    pixels, image_pixels = train_scan.class_counts(k, ignore_index)
+    mean, std = train_scan.mean_std()
+    logger.info("make_datasets (streaming): %d training / %d validation samples", n_train,
+                n_val)
+    for label, sizes in (("training", train_scan.sizes), ("validation", val_scan.sizes)):
+        tiles = patch_size is not None and (label == "training" or val_tiles is not False)
+        if not tiles and batch_size > 1 and len(set(sizes)) > 1:
+            raise DataError(f"{label} images have different sizes {sorted(set(sizes))[:4]}...; "
+                            "use patch_size= or batch_size=1 for whole-image mode")
+    if patch_size is not None and samples_per_epoch is None:
+        samples_per_epoch = sum(max(1, (h // int(patch_size)) * (w // int(patch_size)))
+                                for h, w in train_scan.sizes)
+
+    def make_train(context: tf.distribute.InputContext | None = None,
+                   batch: int = batch_size) -> tf.data.Dataset:
+        """The training stream of one input pipeline (``context``) with ``batch`` samples
+        per batch; every pipeline yields the same number of batches per epoch."""
+        pipelines = context.num_input_pipelines if context is not None else 1
+        samples = train_stream(context, shuffle=True, repeat=True)
+        if patch_size is None:
+            steps = math.ceil(math.ceil(n_train / pipelines) / batch)
+            ds = streaming.whole_image_dataset(samples, batch_size=batch, tile=None).take(steps)
+            ds = ds.apply(tf.data.experimental.assert_cardinality(steps))
+            if aug is not None:
+                ds = augment_dataset(ds, aug, seed, jit_compile)
+        else:
+            steps = max(int(samples_per_epoch), batch_size) // batch_size
+            per_sample = streaming.patches_per_sample(steps, batch,
+                                                      math.ceil(n_train / pipelines))
+            ds = streaming.patch_dataset(samples, patch=int(patch_size), batch_size=batch,
+                                         steps=steps, patches_per_sample=per_sample,
+                                         augment=aug, seed=seed, jit_compile=jit_compile)
+        return ds.prefetch(tf.data.AUTOTUNE)
+
+    train_ds = make_train(input_context)
+    val_ds = None
+    if n_val:
+        use_tiles = (patch_size is not None) if val_tiles is None else bool(val_tiles)
+        if use_tiles and patch_size is None:
+            raise DataError("val_tiles=True needs patch_size")
+        val_ds = streaming.whole_image_dataset(
+            val_stream(), batch_size=batch_size, tile=int(patch_size) if use_tiles else None,
+            sizes=None if skip_bad_files else val_scan.sizes).prefetch(tf.data.AUTOTUNE)
+    info = DataInfo(num_classes=k, channels=train_scan.channels, class_pixels=pixels,
+                    class_image_pixels=image_pixels, mean=mean, std=std,
+                    ignore_index=ignore_index, num_train=n_train, num_val=n_val,
+                    streaming=True, read_log=log,
+                    make_train=lambda context: make_train(
+                        context, context.get_per_replica_batch_size(batch_size)))
+    return train_ds, val_ds, info
+
+
 def make_datasets(
     source: Any,
     *,
@@ -521,6 +621,9 @@ def make_datasets(
     ignore_index: int | None = None,
     val_source: Any = None,
     with_info: bool = False,
+    cache: str = "auto",
+    skip_bad_files: bool = False,
+    input_context: tf.distribute.InputContext | None = None,
 ) -> Any:
     """Build ``(train_ds, val_ds)`` for ``model.fit(train_ds, validation_data=val_ds)``.
 
@@ -553,6 +656,15 @@ def make_datasets(
             set) instead of whole images.
         cache_dir: keep border weight maps on disk between runs.
         jit_compile: XLA-compile the batched augmentation (about 3x faster on CPU).
+        cache: ``"auto"`` (default: in memory when the decoded data fit
+            :data:`zf_unet.data.streaming.MEMORY_BUDGET`, else streamed), ``"memory"`` (every
+            sample decoded once and stacked: fastest), ``"none"`` (streamed: files read and
+            decoded on the fly, bounded memory) or ``"disk"`` (streamed, decoded samples
+            cached in a file after the first epoch). See :mod:`zf_unet.data.streaming`.
+        skip_bad_files: streaming only: skip a sample that cannot be read (logged, counted in
+            ``info.read_log``) instead of stopping with a :class:`DataError` naming it.
+        input_context: streaming only: read only this input pipeline's share of the
+            training samples (``tf.distribute`` multi-worker input; disjoint files).
 
     Returns:
         ``(train_ds, val_ds)``, or ``(train_ds, val_ds, info)`` with ``with_info=True``.
@@ -574,9 +686,31 @@ def make_datasets(
         raise DataError("val_indices and val_source: expected one of them (val_source "
                         "validates on a separate source; val_indices holds out samples of "
                         "source)")
+    mode = check_choice("cache", cache, streaming.CACHE_MODES)
     load_kw = dict(num_classes=num_classes, convention=convention, palette=palette,
                    tfds_kwargs=tfds_kwargs, class_values=class_values,
                    ignore_index=ignore_index)
+    if mode != "memory":
+        from zf_unet.data.sources import open_source
+
+        reading = dict(convention=convention, num_classes=num_classes, palette=palette,
+                       class_values=class_values, ignore_index=ignore_index,
+                       tfds_kwargs=tfds_kwargs)
+        src = open_source(source, **reading)
+        val_src = None if val_source is None else open_source(val_source, **reading)
+        fits = (src.nbytes_hint() + (0 if val_src is None else val_src.nbytes_hint())
+                <= streaming.MEMORY_BUDGET)
+        if mode != "auto" or not fits:
+            out = _stream_datasets(
+                src, val_src, patch_size=patch_size, batch_size=int(batch_size),
+                val_fraction=val_fraction, val_indices=val_indices, seed=seed, aug=aug,
+                border_weights=border_weights, w0=w0, sigma=sigma, num_classes=num_classes,
+                class_values=class_values, ignore_index=ignore_index,
+                samples_per_epoch=samples_per_epoch, val_tiles=val_tiles, cache_dir=cache_dir,
+                jit_compile=jit_compile, disk_cache=mode == "disk",
+                skip_bad_files=skip_bad_files, input_context=input_context)
+            return out if with_info else out[:2]
+        source, val_source = src, val_src
     data = _load(source, **load_kw)
     splits = [data]
     if val_source is not None:
@@ -603,7 +737,7 @@ def make_datasets(
     if patch_size is None:
         train_ds = _whole_images(train, batch_size, shuffle=True, seed=seed, tile=None)
         if aug is not None:
-            train_ds = _augmented(train_ds, aug, seed, jit_compile)
+            train_ds = augment_dataset(train_ds, aug, seed, jit_compile)
     else:
         patch = int(patch_size)
         if samples_per_epoch is None:

@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from zf_unet.data import io
+from zf_unet.data.sources import FolderSource, Source, StackSource
 from zf_unet.errors import DataError
 
 __all__ = ["ISBI2012_NAME", "Isbi2012", "OXFORD_PET_TRIMAP", "load_tfds"]
@@ -142,19 +142,17 @@ class Isbi2012(tfds.core.GeneratorBasedBuilder):
         self, manual_dir: Path, form: str
     ) -> Iterator[tuple[str, dict[str, Any]]]:
         n_scaled = 0
+        source: Source
         if form == _FOLDER_FORM:
-            items = (
-                (f"images/{p.name}", img, mask, scaled)
-                for p, img, mask, scaled in io.iter_folder(manual_dir, num_classes=2)
-            )
+            source = FolderSource(manual_dir, num_classes=2)
         else:
-            items = (
-                (f"train-volume.tif:{i:02d}", img, mask, scaled)
-                for i, img, mask, scaled in io.iter_stacks(
-                    manual_dir / "train-volume.tif", manual_dir / "train-labels.tif",
-                    num_classes=2,
-                )
-            )
+            source = StackSource(manual_dir / "train-volume.tif",
+                                 manual_dir / "train-labels.tif", num_classes=2)
+        items = (
+            (s.name if form == _FOLDER_FORM else f"train-volume.tif:{i:02d}", s.image,
+             s.mask, s.scaled_from_255)
+            for i, s in enumerate(source)
+        )
         for name, image, mask, scaled in items:
             if scaled and not n_scaled:
                 logger.info("%s: masks hold {0, 255}; using 255 as class 1 (cell interior)",
