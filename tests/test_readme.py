@@ -65,11 +65,13 @@ MAPPED = {
                "test_export.py::test_export_is_atomic_and_keeps_versions",
                "test_export.py::test_tiled_savedmodel_matches_predict_tiled"],
     "saved_model_cli": ["test_export.py::test_saved_model_cli_lists_the_signature"],
+    "pack": ["test_shards.py::test_pack_command",
+             "test_streaming.py::test_shards_stream_with_held_out_files_and_train"],
     "make demo": ["test_cli.py::test_demo_learns_well_above_trivial"],
 }
 # What a mapped test's source must contain to count as running the command.
 INVOKES = {"demo": '"demo"', "train": '"train"', "predict": '"predict"', "evaluate": '"evaluate"',
-           "export": '"export"', "saved_model_cli": "saved_model_cli", "make demo": "run_demo"}
+           "export": '"export"', "pack": '"pack"', "saved_model_cli": "saved_model_cli", "make demo": "run_demo"}
 
 # Python blocks, by their first line: ("run", substitutions) or ("mapped", tests).
 PY_BLOCKS = {

@@ -28,6 +28,7 @@ TABLES = [
     (registry.BLEND_MODES, "`predict_tiled(blend=...)`, `export_saved_model(blend=...)`"),
     (registry.TTA_MODES, "`predict_tiled(tta=...)` (`None` = `none`), `--tta`"),
     (registry.SOURCES, "`data.source`, `make_datasets(source)`, `zf_unet.data.open_source(spec)`"),
+    (registry.BACKBONES, "`model.backbone`, `build_unet(backbone=...)`"),
 ]
 
 

@@ -85,6 +85,17 @@ class ModelConfig:
     # a Normalization layer, so prediction and exports need no extra step): auto = for images
     # with 3 or more channels | mean_std | none
     input_normalization: str = "auto"
+    # pretrained encoder (keras.applications, docs/choices.md "backbone"): "" = the U-Net's own
+    # encoder | resnet50 | efficientnetv2b0 | convnext_tiny | ... With a backbone the model has
+    # 6 levels (strides 1 .. 32; model.depth is not used), padding must be "same" and the
+    # input is scaled as the backbone expects (input_normalization is not used).
+    backbone: str = ""
+    # encoder weights: "" = random | "imagenet" (downloaded by Keras into ~/.keras/models/) |
+    # the path of a .weights.h5 / .h5 file of the keras.applications model (include_top=False)
+    encoder_weights: str = ""
+    # epochs with the encoder frozen (BatchNorm in inference mode) before it is unfrozen and
+    # training continues with the learning rate divided by 10; 0 = train everything throughout
+    encoder_freeze_epochs: int = 0
 
 
 @dataclass
@@ -216,6 +227,7 @@ _CHOICES = {
     ("ModelConfig", "upsampling"): ("nearest", "bilinear", "transpose"),
     ("ModelConfig", "padding"): ("same", "valid"),
     ("ModelConfig", "input_normalization"): ("auto", "none", "mean_std"),
+    ("ModelConfig", "backbone"): ("", *registry.BACKBONES),
     ("LossConfig", "name"): ("auto", *registry.LOSSES),
     ("OptimizerConfig", "name"): registry.OPTIMIZERS.names(),
     ("OptimizerConfig", "schedule"): registry.SCHEDULES.names(),
@@ -270,6 +282,7 @@ _RANGES = {
     ("ModelConfig", "depth"): Range(2, 10),
     ("ModelConfig", "filters"): Range(1),
     ("ModelConfig", "dropout"): Range(0.0, 1.0, high_open=True),
+    ("ModelConfig", "encoder_freeze_epochs"): Range(0),
     ("LossConfig", "bce_weight"): Range(0.0),
     ("LossConfig", "dice_weight"): Range(0.0),
     ("LossConfig", "focal_gamma"): Range(0.0),
@@ -309,8 +322,13 @@ def monitor_names(cfg: "Config", num_classes: int | None = None) -> list[str]:
         base += ["miou"] + [f"iou_{c}" for c in range(k if k > 1 else 255)]
     names = list(base)
     if cfg.model.architecture == "unet_plus_plus" and cfg.model.deep_supervision:
-        names += [f"L{level}_{m}" for level in range(1, cfg.model.depth) for m in base]
+        names += [f"L{level}_{m}" for level in range(1, model_levels(cfg.model)) for m in base]
     return names + [f"val_{n}" for n in names]
+
+
+def model_levels(model: ModelConfig) -> int:
+    """Resolution levels of the model ``model`` describes: ``depth``, or 6 on a backbone."""
+    return 6 if model.backbone else model.depth
 
 
 def resolve_monitor(monitor: str, num_classes: int) -> str:
@@ -456,6 +474,14 @@ def _validate(cfg: "Config", where: str) -> None:
         raise ConfigError(f"{where} [optimizer]: min_learning_rate = {o.min_learning_rate!r} is "
                           f"above learning_rate = {o.learning_rate!r}; expected a floor <= "
                           "learning_rate")
+    m = cfg.model
+    if not m.backbone and (m.encoder_weights or m.encoder_freeze_epochs):
+        key = "encoder_weights" if m.encoder_weights else "encoder_freeze_epochs"
+        raise ConfigError(f"{where} [model]: {key} = {getattr(m, key)!r} needs a backbone; "
+                          "set model.backbone (e.g. \"resnet50\") or remove it")
+    if m.backbone and m.padding != "same":
+        raise ConfigError(f"{where} [model]: padding = {m.padding!r} cannot be used with "
+                          f"backbone = {m.backbone!r}; expected \"same\"")
     d, k = cfg.data, cfg.data.num_classes
     if d.class_values:
         groups = len(d.class_values)

@@ -20,6 +20,7 @@ STRATEGIES ``f() -> tf.distribute.Strategy``          default, mirrored, multiwo
 BLEND_MODES ``f(tile, overlap) -> (tile,) float64``   gaussian, linear, none
 TTA_MODES  ``f() -> [(forward, inverse), ...]``       none, flips, d4
 SOURCES    ``cls(spec..., mask rules) -> Source``     folder, stacks, arrays, synthetic, tfds
+BACKBONES  ``f(input_shape, weights) -> encoder``     resnet50, efficientnetv2b0, ...
 ========== ========================================== =======================================
 """
 from __future__ import annotations
@@ -31,7 +32,7 @@ from typing import Any
 
 from zf_unet.errors import ConfigError
 
-__all__ = ["BLEND_MODES", "INPUT_DTYPES", "LOSSES", "OPTIMIZERS", "PRECISIONS", "Registry",
+__all__ = ["BACKBONES", "BLEND_MODES", "INPUT_DTYPES", "LOSSES", "OPTIMIZERS", "PRECISIONS", "Registry",
            "SCHEDULES", "SOURCES", "STRATEGIES", "TTA_MODES", "choice_message", "nearest_hint"]
 
 
@@ -187,3 +188,58 @@ SOURCES = Registry("source", {
         "synthetic": "the built-in EM-like set (data.synthetic_n, data.synthetic_size)",
         "tfds": "tfds:NAME, a TensorFlow Datasets segmentation set",
         "shards": "a folder of TFRecord shards written by zf-unet pack (zf_unet_shards.json)"})
+
+#: Pretrained encoders (``keras.applications``, taps at strides 2 .. 32): the factory of a name
+#: is its :class:`zf_unet.models.backbones.Backbone` (``backbone(input_shape, weights)`` builds
+#: the encoder); ``model.backbone`` and ``build_unet(backbone=...)`` take these names.
+BACKBONES = Registry("backbone", {
+    "resnet50": "zf_unet.models.backbones:RESNET50",
+    "resnet101": "zf_unet.models.backbones:RESNET101",
+    "resnet50v2": "zf_unet.models.backbones:RESNET50V2",
+    "resnet101v2": "zf_unet.models.backbones:RESNET101V2",
+    "efficientnetb0": "zf_unet.models.backbones:EFFICIENTNETB0",
+    "efficientnetb1": "zf_unet.models.backbones:EFFICIENTNETB1",
+    "efficientnetb2": "zf_unet.models.backbones:EFFICIENTNETB2",
+    "efficientnetb3": "zf_unet.models.backbones:EFFICIENTNETB3",
+    "efficientnetb4": "zf_unet.models.backbones:EFFICIENTNETB4",
+    "efficientnetb5": "zf_unet.models.backbones:EFFICIENTNETB5",
+    "efficientnetb6": "zf_unet.models.backbones:EFFICIENTNETB6",
+    "efficientnetb7": "zf_unet.models.backbones:EFFICIENTNETB7",
+    "efficientnetv2b0": "zf_unet.models.backbones:EFFICIENTNETV2B0",
+    "efficientnetv2b1": "zf_unet.models.backbones:EFFICIENTNETV2B1",
+    "efficientnetv2b2": "zf_unet.models.backbones:EFFICIENTNETV2B2",
+    "efficientnetv2b3": "zf_unet.models.backbones:EFFICIENTNETV2B3",
+    "efficientnetv2s": "zf_unet.models.backbones:EFFICIENTNETV2S",
+    "convnext_tiny": "zf_unet.models.backbones:CONVNEXT_TINY",
+    "convnext_small": "zf_unet.models.backbones:CONVNEXT_SMALL",
+    "mobilenetv2": "zf_unet.models.backbones:MOBILENETV2",
+    "mobilenetv3small": "zf_unet.models.backbones:MOBILENETV3SMALL",
+    "mobilenetv3large": "zf_unet.models.backbones:MOBILENETV3LARGE",
+    "densenet121": "zf_unet.models.backbones:DENSENET121",
+    "vgg16": "zf_unet.models.backbones:VGG16",
+}, doc={
+    "resnet50": "ResNet50 (v1), caffe scaling",
+    "resnet101": "ResNet101 (v1), caffe scaling",
+    "resnet50v2": "ResNet50V2, [-1, 1] scaling",
+    "resnet101v2": "ResNet101V2, [-1, 1] scaling",
+    "efficientnetb0": "EfficientNet-B0",
+    "efficientnetb1": "EfficientNet-B1",
+    "efficientnetb2": "EfficientNet-B2",
+    "efficientnetb3": "EfficientNet-B3",
+    "efficientnetb4": "EfficientNet-B4",
+    "efficientnetb5": "EfficientNet-B5",
+    "efficientnetb6": "EfficientNet-B6",
+    "efficientnetb7": "EfficientNet-B7",
+    "efficientnetv2b0": "EfficientNetV2-B0",
+    "efficientnetv2b1": "EfficientNetV2-B1",
+    "efficientnetv2b2": "EfficientNetV2-B2",
+    "efficientnetv2b3": "EfficientNetV2-B3",
+    "efficientnetv2s": "EfficientNetV2-S",
+    "convnext_tiny": "ConvNeXt-Tiny (stride-2 skip from a learned stem)",
+    "convnext_small": "ConvNeXt-Small (stride-2 skip from a learned stem)",
+    "mobilenetv2": "MobileNetV2",
+    "mobilenetv3small": "MobileNetV3-Small",
+    "mobilenetv3large": "MobileNetV3-Large",
+    "densenet121": "DenseNet121",
+    "vgg16": "VGG16, caffe scaling",
+})

@@ -27,7 +27,7 @@ from zf_unet.callbacks import (AtomicBackupAndRestore, BestModelCheckpoint, Coll
                                CurvesAtEnd, ReplaceOldRun, TimeBudget, backup_source,
                                completed_epochs, hidden_sibling, read_csv_log, recover_backup,
                                repair_csv_log)
-from zf_unet.config import Config, resolve_monitor
+from zf_unet.config import Config, model_levels, resolve_monitor
 from zf_unet.data.pipeline import make_datasets, median_frequency_weights
 from zf_unet.data.sources import open_source
 from zf_unet.distribute import is_chief, make_strategy
@@ -220,6 +220,36 @@ def resolve_class_weights(cfg: Config, class_pixels: np.ndarray | None = None,
     return [float(v) for v in w]
 
 
+#: With ``model.encoder_freeze_epochs``: the learning rate (and its floor) of the training
+#: after the encoder is unfrozen is the configured one divided by this factor.
+FINETUNE_LR_FACTOR = 10.0
+
+
+def encoder_freeze_epochs(cfg: Config) -> int:
+    """Epochs to train with the encoder frozen (0 without a backbone)."""
+    return int(cfg.model.encoder_freeze_epochs) if cfg.model.backbone else 0
+
+
+def finetune_config(cfg: Config) -> Config:
+    """``cfg`` with ``optimizer.learning_rate`` and ``min_learning_rate`` divided by
+    :data:`FINETUNE_LR_FACTOR`: the optimizer of the training after the encoder is unfrozen."""
+    o = cfg.optimizer
+    return dataclasses.replace(cfg, optimizer=dataclasses.replace(
+        o, learning_rate=o.learning_rate / FINETUNE_LR_FACTOR,
+        min_learning_rate=o.min_learning_rate / FINETUNE_LR_FACTOR))
+
+
+def set_encoder_trainable(model: keras.Model, trainable: bool) -> None:
+    """Freeze (``False``: weights fixed, BatchNorm in inference mode) or unfreeze the nested
+    ``"encoder"`` of a model on a backbone; models without one are left as they are. The
+    model must be compiled again afterwards."""
+    try:
+        encoder = model.get_layer("encoder")
+    except ValueError:
+        return
+    encoder.trainable = bool(trainable)
+
+
 def make_model(cfg: Config, channels: int, sync_batch_norm: bool = False,
                num_classes: int | None = None, normalization: Any = None) -> keras.Model:
     """The U-Net or U-Net++ that ``cfg.model`` describes, for ``channels`` input channels and
@@ -231,6 +261,9 @@ def make_model(cfg: Config, channels: int, sync_batch_norm: bool = False,
                   filters=m.filters, batch_norm=m.batch_norm, dropout=m.dropout,
                   upsampling=m.upsampling, sync_batch_norm=sync_batch_norm,
                   input_normalization=normalization)
+    if m.backbone:  # the encoder fixes the depth and scales the input itself
+        common.update(depth=None, input_normalization=None, backbone=m.backbone,
+                      encoder_weights=m.encoder_weights or None)
     if m.architecture == "unet_plus_plus":
         if m.padding != "same":
             raise ConfigError("model.padding must be 'same' for unet_plus_plus")
@@ -299,6 +332,8 @@ def resolve_normalization(cfg: Config, info: Any) -> tuple[list[float], list[flo
     """``model.input_normalization`` as ``(mean, std)`` of the training images or None
     (``auto``: standardise images with 3 or more channels, natural images; not gray EM)."""
     mode = cfg.model.input_normalization
+    if cfg.model.backbone:  # BackbonePreprocessing scales the input
+        return None
     if mode == "none" or (mode == "auto" and info.channels < 3):
         return None
     return ([round(float(v), 6) for v in info.mean], [round(float(v), 6) for v in info.std])
@@ -311,20 +346,21 @@ def check_input_sizes(cfg: Config, datasets: dict[str, tf.data.Dataset | None]) 
     from zf_unet.models.unet import output_size, valid_input_sizes
 
     m = cfg.model
+    depth = model_levels(m)
     for label, ds in datasets.items():
         if ds is None:
             continue
         spec = ds.element_spec[0]
         for side in (spec.shape[1], spec.shape[2]):
-            if side is None or output_size(int(side), m.depth, m.padding) is not None:
+            if side is None or output_size(int(side), depth, m.padding) is not None:
                 continue
-            nearest = valid_input_sizes(m.depth, m.padding, near=int(side))
-            rule = (f"a multiple of 2**(depth-1) = {2 ** (m.depth - 1)}" if m.padding == "same"
+            nearest = valid_input_sizes(depth, m.padding, near=int(side))
+            rule = (f"a multiple of 2**(depth-1) = {2 ** (depth - 1)}" if m.padding == "same"
                     else "a size whose feature maps stay even before every pooling")
             where = (f"data.patch_size = {cfg.data.patch_size}" if cfg.data.patch_size
                      else f"the {label} images (data.patch_size = 0: whole images)")
             raise ConfigError(
-                f"{where}: a depth-{m.depth} U-Net with padding={m.padding!r} cannot take "
+                f"{where}: a depth-{depth} U-Net with padding={m.padding!r} cannot take "
                 f"{label} inputs of {int(side)} px; expected {rule} (nearest: {nearest}), or "
                 "another model.depth")
 
@@ -439,14 +475,26 @@ def train(config: Config | str | Path | dict, out_dir: str | Path = "runs/run",
                 metrics = _metrics(k, ignore)
                 loss, loss_weights = make_loss(cfg, k, class_weights), None
             optimizer, schedule_callbacks = make_optimizer(cfg, max(1, steps), monitor)
-            model.compile(
-                optimizer=optimizer,
-                loss=loss,
-                loss_weights=loss_weights,
-                metrics=metrics,
-                steps_per_execution=cfg.train.steps_per_execution,
-                jit_compile=False,  # XLA is slower on CPU and loses oneDNN bf16 kernels
-            )
+            # Fine-tuning: the encoder frozen for the first encoder_freeze_epochs epochs
+            # (resumed runs: unless the backup is past them).
+            freeze = encoder_freeze_epochs(cfg)
+            done = 0 if fresh else completed_epochs(run / "backup")
+            frozen = done < freeze
+            set_encoder_trainable(model, not frozen)
+
+            def compile_with(opt: keras.optimizers.Optimizer) -> None:
+                model.compile(
+                    optimizer=opt,
+                    loss=loss,
+                    loss_weights=loss_weights,
+                    metrics=metrics,
+                    steps_per_execution=cfg.train.steps_per_execution,
+                    jit_compile=False,  # XLA is slower on CPU and loses oneDNN bf16 kernels
+                )
+            if freeze and not frozen:  # resumed after the switch: the reduced rate
+                optimizer, schedule_callbacks = make_optimizer(
+                    finetune_config(cfg), max(1, steps), monitor)
+            compile_with(optimizer)
         if len(outputs) > 1:
             train_ds = repeat_targets(train_ds, len(outputs))
             val_ds = None if val_ds is None else repeat_targets(val_ds, len(outputs))
@@ -522,8 +570,32 @@ def train(config: Config | str | Path | dict, out_dir: str | Path = "runs/run",
 
         t0 = time.perf_counter()
         try:
-            history = model.fit(fit_ds, validation_data=val_ds, epochs=cfg.train.epochs,
-                                callbacks=callbacks, verbose=verbose, shuffle=False)
+            if frozen:
+                # Phase 1: decoder only, then the whole model at learning_rate / 10 (a new
+                # optimizer; a backup written before the switch restores the weights only).
+                history = model.fit(fit_ds, validation_data=val_ds,
+                                    epochs=min(freeze, cfg.train.epochs), callbacks=callbacks,
+                                    verbose=verbose, shuffle=False)
+                if freeze < cfg.train.epochs and not model.stop_training:
+                    with strategy.scope():
+                        set_encoder_trainable(model, True)
+                        optimizer, new_schedule = make_optimizer(
+                            finetune_config(cfg), max(1, steps), monitor)
+                        compile_with(optimizer)
+                    callbacks = [c for c in callbacks if c not in schedule_callbacks]
+                    callbacks += new_schedule
+                    if verbose:
+                        print(f"encoder unfrozen after {freeze} epoch(s); learning rate / "
+                              f"{FINETUNE_LR_FACTOR:g}", flush=True)
+                    more = model.fit(fit_ds, validation_data=val_ds, epochs=cfg.train.epochs,
+                                     initial_epoch=freeze, callbacks=callbacks,
+                                     verbose=verbose, shuffle=False)
+                    for key, values in more.history.items():
+                        history.history.setdefault(key, []).extend(values)
+                    history.epoch = list(history.epoch) + list(more.epoch)
+            else:
+                history = model.fit(fit_ds, validation_data=val_ds, epochs=cfg.train.epochs,
+                                    callbacks=callbacks, verbose=verbose, shuffle=False)
         except BaseException as exc:
             if swap is not None and not swap.done:  # the old run was never touched
                 shutil.rmtree(staging, ignore_errors=True)

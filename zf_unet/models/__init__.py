@@ -1,5 +1,6 @@
 """Model builders: U-Net (and the classic ZF_UNET_224), U-Net++ and their blocks; the
 tiling geometry of a model (``model_geometry``) and loading ``.keras`` files."""
+from zf_unet.models.backbones import BackbonePreprocessing, adapt_channels, build_encoder
 from zf_unet.models.blocks import (
     CenterCropToMatch,
     FusedBatchNormalization,
@@ -25,10 +26,13 @@ from zf_unet.models.unet_plus_plus import (
 )
 
 __all__ = [
+    "BackbonePreprocessing",
     "CenterCropToMatch",
     "FusedBatchNormalization",
     "ModelGeometry",
     "ZF_UNET_224",
+    "adapt_channels",
+    "build_encoder",
     "build_unet",
     "build_unet_plus_plus",
     "deep_supervision_targets",

@@ -140,6 +140,10 @@ def _probe_output_size(model: keras.Model, size: tuple[int, int], channels: int)
 def _downsampling(model: keras.Model) -> tuple[int, int, bool]:
     """``(divisor, number of downsamplings, has a valid-padding conv wider than 1)``."""
     divisor, n_down, valid_conv = 1, 0, False
+    if any(type(layer).__name__ == "BackbonePreprocessing" for layer in model.layers):
+        # A model on a pretrained encoder (zf_unet.models.backbones): 5 stride-2 steps; its
+        # padded "valid" convolutions and strided shortcuts would miscount.
+        return 32, 5, False
     for layer in _iter_layers(model):
         if "Transpose" in type(layer).__name__:
             continue

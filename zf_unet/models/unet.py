@@ -10,6 +10,7 @@ from keras import layers
 
 from zf_unet.checks import check_bool, check_choice, check_int, check_rate
 from zf_unet.errors import DataError
+from zf_unet.models.backbones import check_backbone, encoder_features
 from zf_unet.models.blocks import (
     FusedBatchNormalization,
     PADDING_MODES,
@@ -156,10 +157,36 @@ def check_builder_args(input_shape: Sequence[int | None], num_classes: int, dept
     return depth, shape, widths, output_activation
 
 
+#: ``depth`` of a model on a backbone: features at strides 1 (output) .. 32 (bottleneck).
+BACKBONE_DEPTH = 6
+
+
+def resolve_backbone_args(backbone: Any, depth: int | None, padding: str,
+                          input_normalization: Any) -> int:
+    """Check the backbone options of a builder; returns the ``depth`` to build (5 without a
+    backbone by default, always :data:`BACKBONE_DEPTH` with one)."""
+    if backbone is None:
+        return 5 if depth is None else depth
+    check_backbone(backbone)
+    if depth not in (None, BACKBONE_DEPTH):
+        raise ValueError(f"depth={depth!r} cannot be used with backbone={backbone!r}: the "
+                         f"encoder fixes {BACKBONE_DEPTH} levels (strides 1 .. 32); leave "
+                         "depth=None")
+    if padding != "same":
+        raise ValueError(f"padding={padding!r} cannot be used with backbone={backbone!r}: "
+                         "pretrained encoders pad their convolutions ('same'); use "
+                         "padding='same'")
+    if input_normalization is not None:
+        raise ValueError(f"input_normalization cannot be used with backbone={backbone!r}: the "
+                         "model already scales its [0, 1] input as the backbone was trained "
+                         "(BackbonePreprocessing); leave input_normalization=None")
+    return BACKBONE_DEPTH
+
+
 def build_unet(
     input_shape: Sequence[int | None] = (None, None, 1),
     num_classes: int = 1,
-    depth: int = 5,
+    depth: int | None = None,
     filters: int | Sequence[int] = 32,
     batch_norm: bool = True,
     dropout: float = 0.0,
@@ -172,14 +199,16 @@ def build_unet(
     sync_batch_norm: bool = False,
     fused_batch_norm: bool = True,
     input_normalization: Any = None,
+    backbone: str | None = None,
+    encoder_weights: Any = None,
 ) -> keras.Model:
-    """Build a U-Net as a functional ``keras.Model``.
+    """Build a U-Net as a functional ``keras.Model``, optionally on a pretrained encoder.
 
     Args:
         input_shape: ``(H, W, C)``; ``H``/``W`` may be ``None`` for any size.
         num_classes: output channels. 1 = binary (sigmoid), >1 = one channel per class (softmax).
         depth: number of resolution levels (``depth - 1`` max-poolings). ZF_UNET_224 has 6,
-            the paper 5.
+            the paper 5; ``None`` = 5 (6 with a backbone, the only value allowed there).
         filters: channels at the top level, doubled at every level below; or a list of
             ``depth`` ints.
         batch_norm: BatchNorm after every 3x3 convolution.
@@ -204,12 +233,24 @@ def build_unet(
             mixed precision). ``False`` uses the Keras layer.
         input_normalization: ``None`` or ``(mean, std)`` per input channel (images in
             [0, 1]): a ``Normalization`` layer standardises the input inside the model.
+        backbone: ``None`` (the U-Net encoder above) or a ``zf_unet.registry.BACKBONES`` name
+            (e.g. ``"resnet50"``, ``"efficientnetv2b0"``): the ``keras.applications`` encoder,
+            nested as the layer ``"encoder"`` after a ``BackbonePreprocessing`` layer (the
+            family's scaling of [0, 1] images); the decoder levels 4 .. 0 (strides 16 .. 1)
+            upsample and concatenate the encoder's features at strides 16 .. 2 (none at
+            stride 1), each followed by a double conv block of ``filters * 2**level``
+            channels. ``H``/``W`` must be multiples of 32; ``padding="same"`` only.
+        encoder_weights: with a backbone: ``None`` (random), ``"imagenet"`` (downloaded by
+            Keras, cached in ``~/.keras/models/``) or a local ``.weights.h5`` / ``.h5`` path;
+            inputs with ``C != 3`` channels get the first kernel adapted
+            (``zf_unet.models.backbones.adapt_channels``).
 
     Returns:
         ``keras.Model`` mapping ``(B, H, W, C)`` float images to ``(B, H', W', num_classes)``
         float32 probabilities (or logits). ``H' = H`` for ``same``; see ``output_size`` for
         ``valid``.
     """
+    depth = resolve_backbone_args(backbone, depth, padding, input_normalization)
     depth, shape, widths, output_activation = check_builder_args(
         input_shape, num_classes, depth, filters, upsampling, padding, output_activation,
         dropout, kernel_initializer, name, batch_norm=batch_norm,
@@ -217,26 +258,39 @@ def build_unet(
         fused_batch_norm=fused_batch_norm)
 
     inputs = keras.Input(shape=shape, name="image")
-    inputs_normalized = normalize_input(inputs, input_normalization, shape[-1])
-    x = inputs_normalized
-    skips = []
-    for level in range(depth - 1):
+    skips: list = []
+    if backbone is not None:
+        bn_cls = (FusedBatchNormalization if fused_batch_norm and not sync_batch_norm
+                  else layers.BatchNormalization)
+        features, _ = encoder_features(backbone, inputs, encoder_weights, widths[1],
+                                       kernel_initializer, bn_cls)
+        skips = [None] + [features[2 ** level] for level in range(1, depth - 1)]
+        x = features[2 ** (depth - 1)]
+    else:
+        if encoder_weights is not None:
+            raise ValueError("encoder_weights needs a backbone (backbone=None builds the "
+                             "U-Net's own encoder, which has no pretrained weights)")
+        inputs_normalized = normalize_input(inputs, input_normalization, shape[-1])
+        x = inputs_normalized
+        for level in range(depth - 1):
+            x = double_conv_layer(
+                x, widths[level], dropout, batch_norm, padding, kernel_initializer,
+                name=f"enc{level}", sync_batch_norm=sync_batch_norm,
+                fused_batch_norm=fused_batch_norm,
+            )
+            skips.append(x)
+            x = layers.MaxPooling2D(pool_size=2, name=f"enc{level}_pool")(x)
         x = double_conv_layer(
-            x, widths[level], dropout, batch_norm, padding, kernel_initializer, name=f"enc{level}",
+            x, widths[-1], dropout, batch_norm, padding, kernel_initializer, name="bottleneck",
             sync_batch_norm=sync_batch_norm, fused_batch_norm=fused_batch_norm,
         )
-        skips.append(x)
-        x = layers.MaxPooling2D(pool_size=2, name=f"enc{level}_pool")(x)
-    x = double_conv_layer(
-        x, widths[-1], dropout, batch_norm, padding, kernel_initializer, name="bottleneck",
-        sync_batch_norm=sync_batch_norm, fused_batch_norm=fused_batch_norm,
-    )
     for level in reversed(range(depth - 1)):
         x = upsample(x, upsampling, widths[level], kernel_initializer, name=f"dec{level}_up")
         skip = skips[level]
         if padding == "valid":
             skip = crop_to_match(skip, x, name=f"dec{level}_crop")
-        x = layers.Concatenate(axis=-1, name=f"dec{level}_concat")([x, skip])
+        if skip is not None:
+            x = layers.Concatenate(axis=-1, name=f"dec{level}_concat")([x, skip])
         block_dropout = dropout if level > 0 else 0.0
         x = double_conv_layer(
             x, widths[level], block_dropout, batch_norm, padding, kernel_initializer,

@@ -38,8 +38,15 @@ from typing import Any, Sequence
 import keras
 from keras import layers
 
-from zf_unet.models.blocks import PADDING_MODES, double_conv_layer, normalize_input, upsample
-from zf_unet.models.unet import check_builder_args
+from zf_unet.models.backbones import encoder_features
+from zf_unet.models.blocks import (
+    PADDING_MODES,
+    FusedBatchNormalization,
+    double_conv_layer,
+    normalize_input,
+    upsample,
+)
+from zf_unet.models.unet import check_builder_args, resolve_backbone_args
 
 __all__ = [
     "build_unet_plus_plus",
@@ -60,7 +67,7 @@ def head_name(level: int) -> str:
 def build_unet_plus_plus(
     input_shape: Sequence[int | None] = (None, None, 1),
     num_classes: int = 1,
-    depth: int = 5,
+    depth: int | None = None,
     filters: int | Sequence[int] = 32,
     batch_norm: bool = True,
     dropout: float = 0.0,
@@ -73,15 +80,17 @@ def build_unet_plus_plus(
     padding: str = "same",
     fused_batch_norm: bool = True,
     input_normalization: Any = None,
+    backbone: str | None = None,
+    encoder_weights: Any = None,
 ) -> keras.Model:
-    """Build a U-Net++ as a functional ``keras.Model``.
+    """Build a U-Net++ as a functional ``keras.Model``, optionally on a pretrained encoder.
 
     Args:
         input_shape: ``(H, W, C)``; ``H``/``W`` may be ``None``, else multiples of
             ``2**(depth-1)``.
         num_classes: output channels per head. 1 = binary (sigmoid), >1 = softmax.
         depth: resolution levels, as in ``build_unet``; the nested levels are ``L1 .. L{depth-1}``
-            (the paper: depth 5, ``L1 .. L4``).
+            (the paper: depth 5, ``L1 .. L4``). ``None`` = 5 (6 with a backbone).
         filters: channels at level 0, doubled at every level below; or a list of ``depth`` ints.
         batch_norm: BatchNorm after every 3x3 convolution (the official code has none).
         dropout: ``SpatialDropout2D`` rate at the end of every node block except the
@@ -99,6 +108,11 @@ def build_unet_plus_plus(
         fused_batch_norm: ``FusedBatchNormalization`` layers (as in ``build_unet``).
         input_normalization: ``None`` or ``(mean, std)`` per input channel (images in
             [0, 1]): a ``Normalization`` layer standardises the input inside the model.
+        backbone: ``None`` or a ``zf_unet.registry.BACKBONES`` name (see ``build_unet``): the
+            encoder nodes ``X^{i,0}`` (``i = 1 .. 5``) are the pretrained encoder's features at
+            stride ``2**i``; there is no ``X^{0,0}`` (stride 1), so ``X^{0,j}`` concatenate
+            ``X^{0,1} .. X^{0,j-1}`` and the upsampled ``X^{1,j-1}``. Heads ``L1 .. L5``.
+        encoder_weights: ``None``, ``"imagenet"`` or a weights file path (see ``build_unet``).
 
     Returns:
         ``keras.Model`` mapping ``(B, H, W, C)`` to ``(B, H, W, num_classes)`` float32 (a list of
@@ -108,18 +122,22 @@ def build_unet_plus_plus(
     upsampling="transpose"``, one class) it has 9,041,601 parameters, 9,041,700 with deep
     supervision, like the official Keras code (MrGiovanni/UNetPlusPlus).
     """
-    if padding != "same":
+    if padding != "same" and backbone is None:
         if padding in PADDING_MODES:
             raise ValueError(
                 f"U-Net++ supports only padding='same', got {padding!r}: its nested skip "
                 "pathways concatenate maps from several depths, which must keep equal sizes"
             )
         raise ValueError(f"padding must be 'same' for U-Net++, got {padding!r}")
+    depth = resolve_backbone_args(backbone, depth, padding, input_normalization)
     depth, shape, widths, output_activation = check_builder_args(
         input_shape, num_classes, depth, filters, upsampling, padding, output_activation,
         dropout, kernel_initializer, name, batch_norm=batch_norm,
         deep_supervision=deep_supervision, sync_batch_norm=sync_batch_norm,
         fused_batch_norm=fused_batch_norm)
+    if backbone is None and encoder_weights is not None:
+        raise ValueError("encoder_weights needs a backbone (backbone=None builds the "
+                         "U-Net++'s own encoder, which has no pretrained weights)")
 
     def block(x: Any, i: int, j: int) -> Any:
         rate = 0.0 if (i == 0 and j >= 1) else dropout
@@ -129,22 +147,30 @@ def build_unet_plus_plus(
         )
 
     inputs = keras.Input(shape=shape, name="image")
-    inputs_normalized = normalize_input(inputs, input_normalization, shape[-1])
     nodes: dict[tuple[int, int], Any] = {}
-    x = inputs_normalized
-    for i in range(depth):  # encoder X^{i,0}
-        if i > 0:
-            x = layers.MaxPooling2D(pool_size=2, name=f"x{i - 1}_0_pool")(x)
-        x = block(x, i, 0)
-        nodes[(i, 0)] = x
+    if backbone is not None:
+        bn_cls = (FusedBatchNormalization if fused_batch_norm and not sync_batch_norm
+                  else layers.BatchNormalization)
+        features, _ = encoder_features(backbone, inputs, encoder_weights, widths[1],
+                                       kernel_initializer, bn_cls)
+        for i in range(1, depth):  # encoder X^{i,0}: the features at stride 2**i
+            nodes[(i, 0)] = features[2 ** i]
+    else:
+        inputs_normalized = normalize_input(inputs, input_normalization, shape[-1])
+        x = inputs_normalized
+        for i in range(depth):  # encoder X^{i,0}
+            if i > 0:
+                x = layers.MaxPooling2D(pool_size=2, name=f"x{i - 1}_0_pool")(x)
+            x = block(x, i, 0)
+            nodes[(i, 0)] = x
     # Nested nodes, column by column (j), so that every X^{i,j} has its inputs.
     for j in range(1, depth):
         for i in range(depth - j):
             up = upsample(nodes[(i + 1, j - 1)], upsampling, widths[i], kernel_initializer,
                           name=f"x{i}_{j}_up")
-            cat = layers.Concatenate(axis=-1, name=f"x{i}_{j}_concat")(
-                [nodes[(i, k)] for k in range(j)] + [up]
-            )
+            parts = [nodes[(i, k)] for k in range(j) if (i, k) in nodes] + [up]
+            cat = parts[0] if len(parts) == 1 else layers.Concatenate(
+                axis=-1, name=f"x{i}_{j}_concat")(parts)
             nodes[(i, j)] = block(cat, i, j)
 
     def head(level: int) -> Any:
@@ -161,16 +187,18 @@ def build_unet_plus_plus(
     return keras.Model(inputs, outputs, name=name)
 
 
-_NODE_RE = re.compile(r"^x(\d+)_0_conv1$")
+_NODE_RE = re.compile(r"^x(\d+)_(\d+)_conv1$")
 
 
 def nested_depth(model: keras.Model) -> int:
-    """The ``depth`` a U-Net++ was built with, found from its layer names (``x{i}_0_conv1``)."""
-    levels = [int(m.group(1)) for m in (_NODE_RE.match(lyr.name) for lyr in model.layers) if m]
+    """The ``depth`` a U-Net++ was built with, found from its layer names (``x{i}_{j}_conv1``:
+    ``depth - 1`` is the largest ``i + j``; models on a backbone have no ``x{i}_0`` nodes)."""
+    levels = [int(m.group(1)) + int(m.group(2))
+              for m in (_NODE_RE.match(lyr.name) for lyr in model.layers) if m]
     if not levels:
         raise ValueError(
             f"model {model.name!r} is not a U-Net++ from build_unet_plus_plus "
-            "(no 'x{i}_0_conv1' layers)"
+            "(no 'x{i}_{j}_conv1' layers)"
         )
     return max(levels) + 1
 
