@@ -12,7 +12,9 @@
    10 px, flips, rot90, gray values) and border weight maps, 512x512 patches, batch 4, from
    the 250-image folder: in-memory, streamed from the PNG files, and streamed from TFRecord
    shards (``zf-unet pack``). The three are built once in one process and timed in turn
-   (``--repeats`` rounds of ``--batches`` batches each, interleaved); medians per batch.
+   (``--repeats`` rounds of ``--batches`` batches each, interleaved, each block on a fresh
+   iterator after 3 warm-up batches, so no pipeline works ahead while another is timed);
+   medians per batch.
    The reference is what a training step consumes: the default U-Net (depth 5, 32 filters,
    mixed_bfloat16 on this CPU) timed on a fixed batch of 4 512x512 patches in the same run.
 
@@ -109,17 +111,18 @@ def throughput(folder: Path, shards: Path, weight_cache: Path, repeats: int, bat
         "streamed PNG files": make_datasets(folder, cache="none", **kw)[0],
         "streamed TFRecord shards": make_datasets(shards, cache="none", **kw)[0],
     }
-    iters = {k: iter(ds.repeat()) for k, ds in built.items()}
-    for it in iters.values():  # warm-up: XLA compile, buffers filled
-        for _ in range(3):
-            next(it)
-    times: dict[str, list[float]] = {k: [] for k in iters}
+    times: dict[str, list[float]] = {k: [] for k in built}
     for _ in range(repeats):
-        for k, it in iters.items():
+        for k, ds in built.items():
+            # A fresh iterator per block: no pipeline works ahead while another is timed.
+            it = iter(ds.repeat())
+            for _ in range(3):  # warm-up: XLA compile (first block), buffers filled
+                next(it)
             t0 = time.perf_counter()
             for _ in range(batches):
                 next(it)
             times[k].append((time.perf_counter() - t0) / batches)
+            del it
 
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
     model = zf_unet.build_unet((None, None, 1), depth=5, filters=32)
@@ -141,11 +144,12 @@ def throughput(folder: Path, shards: Path, weight_cache: Path, repeats: int, bat
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[250, 1000, 4000])
+    parser.add_argument("--sizes", type=int, nargs="*", default=[250, 1000, 4000],
+                        help="folder sizes for the memory table (none: throughput only)")
     parser.add_argument("--memory-limit", type=int, default=1000,
                         help="largest N measured in memory (4000 needs about 16 GB)")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--batches", type=int, default=10)
+    parser.add_argument("--batches", type=int, default=20)
     parser.add_argument("--json", default="benchmarks/results/streaming.json")
     args = parser.parse_args()
 

@@ -46,17 +46,17 @@ Run (4-6 minutes on 2 cores):
 from __future__ import annotations
 
 import argparse
-import datetime
-import importlib.metadata
 import importlib.util
 import json
 import math
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_common import machine_info  # noqa: E402
 
 REFERENCE = "torch-bf16-cl"
 DEFAULT_VARIANTS = [
@@ -556,37 +556,6 @@ def run_zf(spec: dict, args: argparse.Namespace) -> dict:
 # --------------------------------------------------------------------------- parent
 
 
-def package_version(*names: str) -> str:
-    for n in names:
-        try:
-            return importlib.metadata.version(n)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return "not installed"
-
-
-def machine_info() -> dict:
-    model, flags = "unknown", ""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name") and model == "unknown":
-                    model = line.split(":", 1)[1].strip()
-                elif line.startswith("flags") and not flags:
-                    flags = line
-    except OSError:
-        pass
-    isa = [f for f in ("avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f" {f}" in flags]
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {
-        "cpu": model, "isa": " ".join(isa) or "n/a", "cores": cores,
-        "python": platform.python_version(),
-        "tensorflow": package_version("tensorflow", "tensorflow-cpu", "tf-nightly"),
-        "keras": package_version("keras"), "torch": package_version("torch"),
-        "date": datetime.date.today().isoformat(),
-    }
-
-
 def run_child(name: str, args: argparse.Namespace) -> dict:
     spec = parse_variant(name)
     env = dict(os.environ)
@@ -699,7 +668,7 @@ def main(argv: list[str] | None = None) -> int:
         variants = [v for v in variants if not v.startswith("torch")]
         args.paired = False
 
-    info = machine_info()
+    info = machine_info("torch")
     load0 = os.getloadavg()
     print(f"# ZF_UNET_224 training speed: batch {args.batch}, {args.size}x{args.size}x3, "
           f"BCE+Dice, Adam; median of {args.steps} steps after {args.warmup} warm-up, "

@@ -230,27 +230,11 @@ def test_two_workers_read_disjoint_files_that_cover_the_epoch_and_train_alike(tm
     """Two MultiWorkerMirroredStrategy processes on 127.0.0.1 stream one folder: in one epoch
     they read every training sample exactly once between them, and training through
     ``zf_unet.train`` ends with the same weights on both."""
-    from test_train import _free_ports
+    from _multiworker import run_workers
 
     folder = _id_folder(tmp_path / "d", 8)
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(2)]}
-    procs = []
-    for i in range(2):
-        env = dict(os.environ, CUDA_VISIBLE_DEVICES="", PYTHONPATH=str(ROOT),
-                   TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker",
-                                                                       "index": i}}))
-        procs.append(subprocess.Popen(
-            [sys.executable, str(ROOT / "tests" / "_multiworker_stream_worker.py"), str(folder),
-             str(tmp_path / "run"), str(tmp_path / f"w{i}")],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    for p in procs:
-        try:
-            out, _ = p.communicate(timeout=300)
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            pytest.fail("multi-worker streaming did not finish in 300 s")
-        assert p.returncode == 0, out[-3000:]
+    run_workers(ROOT / "tests" / "_multiworker_stream_worker.py",
+                [[str(folder), str(tmp_path / "run"), str(tmp_path / f"w{i}")] for i in range(2)])
     seen = [json.loads((tmp_path / f"w{i}.json").read_text())["seen"] for i in range(2)]
     assert sorted(seen[0] + seen[1]) == list(range(8))  # every sample once, none twice
     assert set(seen[0]).isdisjoint(seen[1]) and seen[0] and seen[1]
