@@ -274,3 +274,37 @@ def test_shards_stream_with_held_out_files_and_train(folder, tmp_path):
         "model.depth=2", "model.filters=4", "train.epochs=1", 'train.precision="float32"',
         "train.tensorboard=false"]), tmp_path / "run", verbose=0)
     assert json.loads((run / "summary.json").read_text())["streaming"] is True
+
+
+@pytest.mark.parametrize("kind", ["stacks", "synthetic", "tfds", "arrays"])
+def test_every_source_kind_streams_like_it_loads(kind, tmp_path, monkeypatch):
+    """Stacks, the synthetic set, TFDS and arrays stream (cache="none") with the statistics
+    and validation data of the in-memory path."""
+    import tifffile
+
+    from zf_unet.data import make_synthetic, tfds_sources
+
+    x, y = make_synthetic(6, 32, seed=2)
+    images, masks = (x[..., 0] * 255).astype(np.uint8), y[..., 0].astype(np.uint8)
+    if kind == "stacks":
+        tifffile.imwrite(tmp_path / "v.tif", images)
+        tifffile.imwrite(tmp_path / "l.tif", masks * 255)
+        source = (tmp_path / "v.tif", tmp_path / "l.tif")
+    elif kind == "tfds":
+        monkeypatch.setattr(tfds_sources, "load_tfds", lambda name, **kw: (
+            tf.data.Dataset.from_tensor_slices((images[..., None], masks[..., None]))))
+        source = "tfds:tiny"
+    elif kind == "synthetic":
+        source = "synthetic"
+    else:
+        source = (images, masks)
+    kw = dict(patch_size=16, batch_size=2, val_fraction=0.34, seed=0, with_info=True)
+    _, mem_val, mem = make_datasets(source, cache="memory", **kw)
+    train, st_val, st = make_datasets(source, cache="none", **kw)
+    assert st.streaming and not mem.streaming
+    assert (st.num_train, st.num_val, st.num_classes) == (mem.num_train, mem.num_val, 1)
+    np.testing.assert_array_equal(st.class_pixels, mem.class_pixels)
+    np.testing.assert_allclose(st.mean, mem.mean, rtol=1e-5)
+    for a, b in zip(_arrays(list(mem_val)), _arrays(list(st_val))):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    assert len(list(train)) == int(train.cardinality()) > 0
