@@ -42,6 +42,7 @@ import numpy as np
 import tensorflow as tf
 
 from zf_unet.data.imageops import scale_to_unit_tf, to_float_image
+from zf_unet.data.streaming import ScanResult
 from zf_unet.errors import ConfigError, DataError, OutputExistsError
 
 __all__ = ["FORMAT_VERSION", "INDEX_NAME", "ShardInfo", "ShardSource", "parse_size",
@@ -396,8 +397,6 @@ def write_shards(
             with ``border_weights``.
         ConfigError: a bad ``shard_size``.
     """
-    from zf_unet.data.pipeline import class_pixel_counts
-
     out = str(out_dir)
     out = out.rstrip("/") if len(out) > 1 else out
     size = parse_size(shard_size, "shard_size")
@@ -417,41 +416,23 @@ def write_shards(
     try:
         names: list[str] = []
         dtypes: list[str] = []
-        channels: int | None = None
-        k = max(2, int(num_classes)) if num_classes else 2
-        pixels, image_pixels = np.zeros(k, np.int64), np.zeros(k, np.int64)
-        ch_sum = ch_sq = None
-        num_pixels = 0
-        sizes: list[tuple[int, int]] = []
+        stats = ScanResult()  # class counts, channel sums and sizes, streamed
+        k_given = max(2, int(num_classes)) if num_classes else None
         for index, sample in enumerate(samples):
             name, image, mask = _sample_arrays(sample, index)
-            if channels is None:
-                channels = image.shape[-1]
-                ch_sum, ch_sq = np.zeros(channels, np.float64), np.zeros(channels, np.float64)
-            elif image.shape[-1] != channels:
+            if stats.channels and image.shape[-1] != stats.channels:
                 raise DataError(f"{name}: {image.shape[-1]} channel(s), but the samples before "
-                                f"it have {channels}; all images must have the same channels")
+                                f"it have {stats.channels}; all images must have the same "
+                                "channels")
             dtype = image.dtype.name
             if dtype not in dtypes:
                 dtypes.append(dtype)
-            # class counts (streamed): grow K when num_classes is not given
             labelled = mask if ignore_index is None else mask[mask != ignore_index]
-            top = int(labelled.max()) + 1 if labelled.size else 0
-            if num_classes is None and top > k:
-                pixels = np.pad(pixels, (0, top - k))
-                image_pixels = np.pad(image_pixels, (0, top - k))
-                k = top
-            try:
-                p, ip = class_pixel_counts([mask], k, ignore_index)
-            except ValueError as exc:
-                raise DataError(f"{name}: {exc}") from None
-            pixels += p
-            image_pixels += ip
-            scaled = to_float_image(image, name).astype(np.float64)
-            sizes.append((int(image.shape[0]), int(image.shape[1])))
-            ch_sum += scaled.sum(axis=(0, 1))
-            ch_sq += np.square(scaled).sum(axis=(0, 1))
-            num_pixels += image.shape[0] * image.shape[1]
+            if k_given is not None and labelled.size and int(labelled.max()) >= k_given:
+                raise DataError(f"{name}: mask values must be class ids in 0..{k_given - 1} (or "
+                                f"ignore_index={ignore_index}), got "
+                                f"{np.unique(labelled)[:10].tolist()}")
+            stats.add(name, to_float_image(image, name), mask, ignore_index)
             feature = {
                 "name": _bytes_feature(name.encode("utf-8")),
                 "image": _bytes_feature(image.tobytes()),
@@ -468,23 +449,26 @@ def write_shards(
         writer.close()
         if not names:
             raise DataError(f"no samples to write to {out}")
+        seen = stats.seen_classes(ignore_index)
+        k = k_given or max(2, int(seen[-1]) + 1 if seen.size else 2)
+        pixels, image_pixels = stats.class_counts(k, ignore_index)
         count = len(writer.parts)
         shards = [_shard_name(i, count) for i in range(count)]
         for part, shard in zip(writer.parts, shards):
             tf.io.gfile.rename(part, _join(tmp_dir, shard))
         info = ShardInfo(
             format_version=FORMAT_VERSION, num_samples=len(names), shards=tuple(shards),
-            shard_counts=tuple(writer.counts), names=tuple(names), channels=int(channels),
+            shard_counts=tuple(writer.counts), names=tuple(names), channels=int(stats.channels),
             image_dtypes=tuple(dtypes), has_weights=bool(border_weights),
             w0=float(w0) if border_weights else None,
             sigma=float(sigma) if border_weights else None,
             num_classes=None if num_classes is None else int(num_classes),
             ignore_index=None if ignore_index is None else int(ignore_index),
             class_pixels=tuple(int(c) for c in pixels),
-            class_image_pixels=tuple(int(c) for c in image_pixels), num_pixels=num_pixels,
-            channel_sum=tuple(float(s) for s in ch_sum),
-            channel_sum_sq=tuple(float(s) for s in ch_sq),
-            total_bytes=writer.total_bytes, meta=dict(meta or {}), sizes=tuple(sizes))
+            class_image_pixels=tuple(int(c) for c in image_pixels), num_pixels=stats.pixels,
+            channel_sum=tuple(float(v) for v in stats.channel_sum),
+            channel_sum_sq=tuple(float(v) for v in stats.channel_sq),
+            total_bytes=writer.total_bytes, meta=dict(meta or {}), sizes=tuple(stats.sizes))
         with tf.io.gfile.GFile(_join(tmp_dir, INDEX_NAME), "w") as f:
             f.write(json.dumps(info.to_dict(), indent=1) + "\n")
         _move_into_place(tmp_dir, out, exists)
