@@ -189,3 +189,34 @@ def test_config_keys_and_freezing(tmp_path):
     assert not t0 and t1 and lr1 < lr0
     assert all(np.array_equal(a, b) for a, b in zip(initial, w0))  # frozen epoch: unchanged
     assert any(not np.array_equal(a, b) for a, b in zip(w0, w1))  # trained after unfreezing
+
+
+def test_resuming_across_the_unfreeze_switch(tmp_path):
+    """A run stopped after its frozen epochs resumes into the fine-tuning phase: encoder
+    trainable, learning rate divided by 10, the encoder trained further."""
+    from zf_unet.callbacks import read_csv_log
+    from zf_unet.config import Config
+
+    base = {"data": {"synthetic_n": 8, "synthetic_size": 64, "batch_size": 4},
+            "model": {"backbone": "mobilenetv2", "filters": 4, "encoder_freeze_epochs": 1},
+            "optimizer": {"schedule": "constant"},
+            "train": {"epochs": 1, "tensorboard": False, "collapse_warning": False}}
+    first, run = zf_unet.train(Config.from_dict(base), tmp_path / "run", verbose=0)
+    frozen = [w.numpy().copy() for w in first.model.get_layer("encoder").weights]
+    seen: list = []
+
+    class Snapshot(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            enc = self.model.get_layer("encoder")
+            seen.append((epoch, enc.trainable,
+                         float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))))
+
+    base["train"]["epochs"] = 2  # resumable key: the same run continues
+    second, _ = zf_unet.train(Config.from_dict(base), run, verbose=0,
+                              extra_callbacks=[Snapshot()])
+    assert [e for e, *_ in seen] == [1]  # only the second epoch ran
+    (_, trainable, lr), = seen
+    assert trainable and lr == pytest.approx(1e-3 / 10)
+    after = [w.numpy() for w in second.model.get_layer("encoder").weights]
+    assert any(not np.array_equal(a, b) for a, b in zip(frozen, after))
+    assert len(read_csv_log(run / "log.csv")["loss"]) == 2
