@@ -175,11 +175,11 @@ def scan(source: Any, indices: Sequence[int], result: ScanResult | None = None, 
     compute each border weight map into ``weight_cache`` (read back by the stream)."""
     out = result or ScanResult()
     for i in indices:
-        name = _name(source, i)
         try:
             sample = source.read(int(i))
             image = to_float_image(sample.image, sample.name)
         except Exception as exc:  # noqa: BLE001 - any unreadable file is named
+            name = _name(source, i)  # only here: names() lists every sample
             if not skip_bad_files:
                 raise _as_data_error(name, exc) from None
             out.bad.append(name)
@@ -239,7 +239,6 @@ class SampleReader:
         return [tf.float32, tf.uint8] + ([tf.float32] if self.border_weights else [])
 
     def __call__(self, i: Any) -> tuple[np.ndarray, ...]:
-        name = _name(self.source, int(i))
         try:
             sample = self.source.read(int(i))
             image = to_float_image(sample.image, sample.name)
@@ -254,6 +253,7 @@ class SampleReader:
                     ignore_index=self.ignore_index)[..., None].astype(np.float32))
             return tuple(out)
         except Exception as exc:  # noqa: BLE001 - any unreadable file is named
+            name = _name(self.source, int(i))  # only here: names() lists every sample
             err = _as_data_error(name, exc)
             if not self.skip_bad_files:
                 self.log.failed(err)
