@@ -106,6 +106,39 @@ def test_weights_by_path_arrive_and_channels_adapt(tmp_path):
         zf_unet.build_unet((None, None, 3), backbone="vgg16", encoder_weights="nope.h5")
 
 
+def test_encoder_trained_here_is_reused_by_path_or_model_file(tmp_path):
+    """The fine-tuning recipe without ImageNet: the encoder of a trained grayscale model is
+    written as its application's weights file (or the .keras file itself is named) and a
+    new model with other classes starts from it; a 3-channel model refuses 1-channel weights."""
+    rng = np.random.default_rng(3)
+    pre = zf_unet.build_unet((None, None, 1), num_classes=1, backbone="mobilenetv2", filters=4)
+    enc = pre.get_layer("encoder")
+    for lyr in enc.layers:
+        if lyr.weights:
+            lyr.set_weights([rng.normal(size=w.shape).astype("float32") for w in lyr.weights])
+    path = backbones.save_encoder_weights(pre, tmp_path / "enc" / "mine.weights.h5")
+    assert path.is_file() and not list(path.parent.glob(".*tmp*"))
+    app = keras.applications.MobileNetV2(include_top=False, weights=None,
+                                         input_shape=(None, None, 1))
+    app.load_weights(str(path))  # a plain keras.applications weights file
+    pre.save(tmp_path / "pre.keras")
+    for weights in (str(path), str(tmp_path / "pre.keras")):
+        new = zf_unet.build_unet((None, None, 1), num_classes=5, backbone="mobilenetv2",
+                                 filters=4, encoder_weights=weights)
+        got = new.get_layer("encoder")
+        for name in ("Conv1", "block_16_project", "block_6_expand_BN"):
+            for a, b in zip(got.get_layer(name).weights, enc.get_layer(name).weights):
+                np.testing.assert_array_equal(a.numpy(), b.numpy())
+    with pytest.raises(ConfigError, match="1-channel|cannot be loaded"):
+        zf_unet.build_unet((None, None, 3), backbone="mobilenetv2", filters=4,
+                           encoder_weights=str(tmp_path / "pre.keras"))
+    with pytest.raises(ValueError, match="weights.h5"):
+        backbones.save_encoder_weights(pre, tmp_path / "x.h5")
+    with pytest.raises(ValueError, match="no layer named 'encoder'"):
+        backbones.save_encoder_weights(zf_unet.build_unet((None, None, 1), filters=2,
+                                                          depth=2), tmp_path / "y.weights.h5")
+
+
 def test_imagenet_download_failure_names_the_file(monkeypatch):
     url = ("https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v2/"
            "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5")

@@ -15,6 +15,12 @@ Serving is enough. Its signatures:
     the same input, only the ``mask`` output (a REST response without the probability map
     is several times smaller).
 
+Volume models (input ``(batch, D, H, W, C)``, see ``zf_unet.predict_tiled``) export the same
+two signatures with a ``[batch, D, H, W, C]`` input, ``probabilities`` ``[batch, D, H, W, K]``
+and ``mask`` ``[batch, D, H, W]``; tiled (``tile_size`` / ``overlap`` an int or per axis,
+e.g. ``(16, 128, 128)``) and untiled. ``export_tflite`` and ``export_onnx`` refuse volume
+models (``ValueError``): they are neither built nor tested for 3-D convolutions.
+
 Everything the training pipeline did to an image happens inside the graph:
 uint8 / 255 and uint16 / 65535 (``zf_unet.data.to_float_image``); float32 is used as it is
 (it must be finite, expected in [0, 1]). Sizes the U-Net cannot take are padded by mirror
@@ -62,12 +68,12 @@ import numpy as np
 import tensorflow as tf
 
 from zf_unet import registry
-from zf_unet.checks import check_bool, check_int, check_threshold, check_tiling
+from zf_unet.checks import check_bool, check_int, check_threshold
 from zf_unet.errors import OutputExistsError
 from zf_unet.io_utils import atomic_path, make_hidden_dir
 from zf_unet.models.geometry import ModelGeometry, model_geometry
 from zf_unet.models.loading import load_model_file
-from zf_unet.tiling.plan import TilePlan
+from zf_unet.tiling.plan import TilePlan, check_tile_args
 
 try:
     import fcntl
@@ -183,7 +189,7 @@ def _predict_tiled(model: keras.Model, plan: _Plan, image: tf.Tensor) -> tf.Tens
 def _validate(tiled: bool, tile_size: Any, overlap: Any, blend: str, batch_size: Any,
               input_dtype: str, threshold: Any) -> tuple:
     check_bool("tiled", tiled)
-    tile_size, overlap, batch_size = check_tiling(tile_size, overlap, batch_size, tiled)
+    tile_size, overlap, batch_size = check_tile_args(tile_size, overlap, batch_size, tiled)
     registry.BLEND_MODES.check(blend, "blend")
     if input_dtype not in INPUT_DTYPES:
         raise ValueError(f"input_dtype must be one of {INPUT_DTYPES}, got {input_dtype!r}")
@@ -191,21 +197,24 @@ def _validate(tiled: bool, tile_size: Any, overlap: Any, blend: str, batch_size:
     return tile_size, overlap, batch_size, threshold
 
 
-def _serving_fns(model: keras.Model, *, tiled: bool = False, tile_size: int = 256,
-                 overlap: int = 64, blend: str = "gaussian", batch_size: int = 4,
-                 input_dtype: str = "uint8", threshold: float = 0.5) -> tuple:
+def _serving_fns(model: keras.Model, *, tiled: bool = False,
+                 tile_size: int | Sequence[int] = 256, overlap: int | Sequence[int] = 64,
+                 blend: str = "gaussian", batch_size: int = 4, input_dtype: str = "uint8",
+                 threshold: float = 0.5) -> tuple:
     tile_size, overlap, batch_size, threshold = _validate(
         tiled, tile_size, overlap, blend, batch_size, input_dtype, threshold
     )
     plan = _Plan(model, tiled, tile_size, overlap, blend, batch_size, input_dtype, threshold)
-    spec = tf.TensorSpec([None, None, None, plan.channels], tf.as_dtype(input_dtype),
+    nd = plan.geom.spatial_axes
+    spec = tf.TensorSpec([None] * (1 + nd) + [plan.channels], tf.as_dtype(input_dtype),
                          name="image")
+    sides = "height and width" if nd == 2 else "depth, height and width"
     predict = _predict_tiled if plan.tiled else _predict_untiled
 
     def _probs(image: tf.Tensor) -> tf.Tensor:
         shape = tf.shape(image)
         checks = [tf.debugging.assert_positive(
-            shape[1:3], message="image height and width must be >= 1")]
+            shape[1 : 1 + nd], message=f"image {sides} must be >= 1")]
         if input_dtype == "float32":
             checks.append(tf.debugging.assert_all_finite(
                 image, "image contains NaN or Inf pixels; values must be finite"))
@@ -225,7 +234,8 @@ def _serving_fns(model: keras.Model, *, tiled: bool = False, tile_size: int = 25
     return serving_default, mask_only, spec, plan
 
 
-def make_serving_fn(model: Any, *, tiled: bool = False, tile_size: int = 256, overlap: int = 64,
+def make_serving_fn(model: Any, *, tiled: bool = False,
+                    tile_size: int | Sequence[int] = 256, overlap: int | Sequence[int] = 64,
                     blend: str = "gaussian", batch_size: int = 4, input_dtype: str = "uint8",
                     threshold: float = 0.5) -> Callable:
     """The ``serving_default`` function of ``export_saved_model`` as an in-process
@@ -246,8 +256,8 @@ def export_saved_model(
     version: int = 1,
     *,
     tiled: bool = False,
-    tile_size: int = 256,
-    overlap: int = 64,
+    tile_size: int | Sequence[int] = 256,
+    overlap: int | Sequence[int] = 64,
     blend: str = "gaussian",
     batch_size: int = 4,
     input_dtype: str = "uint8",
@@ -258,14 +268,15 @@ def export_saved_model(
     """Write a TF Serving SavedModel to ``path/<version>/`` and return that folder.
 
     Args:
-        model: a ``keras.Model`` from ``zf_unet.build_unet`` (or any single-input image model
-            ``predict_tiled`` accepts), or the path of a ``.keras`` file.
+        model: a ``keras.Model`` from ``zf_unet.build_unet`` (or any single-input image or
+            volume model ``predict_tiled`` accepts), or the path of a ``.keras`` file. The
+            ``image`` input is ``[batch, H, W, C]``, for volume models ``[batch, D, H, W, C]``.
         path: the model's base folder (TF Serving's ``--model_base_path``).
         version: integer >= 1; the version subfolder.
         tiled: overlap-tile prediction inside the graph (any image size with bounded
             memory); else one model call on the mirror-padded whole image.
         tile_size, overlap, blend, batch_size: tiling parameters, as in ``predict_tiled``
-            (used when ``tiled``).
+            (used when ``tiled``; ``tile_size`` / ``overlap`` an int or one per spatial axis).
         input_dtype: dtype of the ``image`` input: ``"uint8"`` (scaled by 1/255, the
             default), ``"uint16"`` (1/65535) or ``"float32"`` (in [0, 1], used as it is).
         threshold: the ``mask`` output of a one-class model is ``probabilities > threshold``.
@@ -440,9 +451,11 @@ def export_tflite(model: Any, path: str | os.PathLike, input_size: Sequence[int]
     ``padding="same"``), output ``[1, H', W', K]`` float32 probabilities. Mixed-precision
     models are converted from a float32 copy. ``quantize=True`` applies dynamic-range
     quantisation (int8 weights, float activations; about 4x smaller, not bit-exact).
+    Volume models are refused (``ValueError``; use ``export_saved_model``).
     """
     model = _float32_clone(_as_model(model))
     geom = model_geometry(model)
+    _refuse_volumes(geom, "export_tflite")
     check_bool("quantize", quantize)
     if isinstance(input_size, (int, np.integer)) and not isinstance(input_size, bool):
         input_size = (int(input_size), int(input_size))
@@ -473,6 +486,15 @@ def export_tflite(model: Any, path: str | os.PathLike, input_size: Sequence[int]
     return Path(path)
 
 
+def _refuse_volumes(geom: ModelGeometry, what: str) -> None:
+    """``ValueError`` for volume models (3 spatial axes): ``what`` supports images only."""
+    if geom.spatial_axes != 2:
+        raise ValueError(
+            f"{what} supports 2-D image models only; this model segments volumes "
+            "(input (batch, D, H, W, C)). Export it with export_saved_model (tiled or not)."
+        )
+
+
 def _check_size(geom: ModelGeometry, size: tuple) -> None:
     from zf_unet.models.unet import valid_input_sizes
 
@@ -495,7 +517,10 @@ def export_onnx(model: Any, path: str | os.PathLike, opset: int | None = None) -
     its path. Input ``image`` float32 ``[batch, H, W, C]`` in [0, 1] with batch, H and W
     dynamic (H, W must be sizes the model accepts; no padding in the graph); output float32
     probabilities ``[batch, H', W', K]``. Mixed-precision models are exported from a float32
-    copy. Needs ``pip install tf2onnx onnx`` (and ``onnxruntime`` to run it)."""
+    copy. Needs ``pip install tf2onnx onnx`` (and ``onnxruntime`` to run it). Volume models
+    are refused (``ValueError``)."""
+    if isinstance(model, keras.Model):  # a volume model is refused before the import check
+        _refuse_volumes(model_geometry(model), "export_onnx")
     try:
         import tf2onnx  # noqa: F401
     except ImportError as exc:
@@ -504,6 +529,7 @@ def export_onnx(model: Any, path: str | os.PathLike, opset: int | None = None) -
         ) from exc
     model = _float32_clone(_as_model(model))
     geom = model_geometry(model)
+    _refuse_volumes(geom, "export_onnx")
     fixed = geom.fixed_size or (None, None)
     spec = tf.TensorSpec([None, fixed[0], fixed[1], geom.channels], tf.float32, name="image")
     with atomic_path(path) as tmp:

@@ -1,4 +1,4 @@
-"""Overlap-tile inference (Ronneberger et al. 2015, Fig. 2) for images of any size.
+"""Overlap-tile inference (Ronneberger et al. 2015, Fig. 2) for images and volumes of any size.
 
 ``predict_tiled(model, image)`` cuts an image of any size (1x1 up to whole-slide scans) into
 tiles the model accepts, predicts them in batches, and blends the overlapping tile outputs
@@ -9,8 +9,12 @@ repeated for images smaller than the context), as in the paper.
 Memory stays bounded by one batch of tiles plus the float32 output accumulator. The image is
 never padded or converted as a whole: every tile is read straight from the input array
 (mirrored indices at the borders) and converted to float32 on its own, so a ``np.memmap``
-works too. The blend normaliser is separable (two 1-D arrays), because the tiles form a
-regular grid and the window is the outer product of two 1-D windows.
+works too. The blend normaliser is separable (one 1-D array per axis), because the tiles form a
+regular grid and the window is the outer product of 1-D windows.
+
+Volume models (``(B, D, H, W, C)`` inputs, ``padding="same"``) are tiled the same way along
+depth, height and width: ``predict_tiled(model, volume, tile_size=(16, 256, 256),
+overlap=(4, 64, 64))`` returns ``(D, H, W, K)``.
 
 The tiling arithmetic (tile sizes, starts, windows, normaliser, mirrored reading) is
 :class:`zf_unet.tiling.TilePlan`, shared with the serving export; the model's geometry is
@@ -19,20 +23,21 @@ predicting image files into a folder is :func:`zf_unet.file_prediction.predict_f
 """
 from __future__ import annotations
 
+import itertools
 import math
 import weakref
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import keras
 import numpy as np
 
 from zf_unet import registry
-from zf_unet.checks import check_threshold, check_tiling
+from zf_unet.checks import check_threshold
 from zf_unet.data.imageops import unit_divisor
 from zf_unet.data.io import check_float_range
 from zf_unet.models.geometry import ModelGeometry, model_geometry
 from zf_unet.models.loading import load_model_file
-from zf_unet.tiling.plan import TilePlan
+from zf_unet.tiling.plan import TilePlan, check_tile_args
 from zf_unet.tiling.tta import Transform, tta_key, tta_transforms
 
 __all__ = ["BLEND_MODES", "CHUNK_ELEMENTS", "TTA_MODES", "as_image_stack", "check_finite",
@@ -52,10 +57,15 @@ _PREDICT_FN_CACHE: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDicti
 # --------------------------------------------------------------------------------------------
 # Input handling
 # --------------------------------------------------------------------------------------------
-def as_image_stack(image: Any, channels: int) -> tuple[np.ndarray, bool]:
-    """View ``image`` (see :func:`predict_tiled`) as ``(N, H, W, C)`` (no copy); return it and
-    whether it was a stack. ``ValueError`` for shapes / channels that do not fit the model."""
+def as_image_stack(image: Any, channels: int, spatial_axes: int = 2
+                   ) -> tuple[np.ndarray, bool]:
+    """View ``image`` (see :func:`predict_tiled`) as ``(N, H, W, C)`` for image models
+    (``spatial_axes=2``) or ``(N, D, H, W, C)`` for volume models (``spatial_axes=3``), without
+    a copy; return it and whether it was a stack / batch. ``ValueError`` for shapes /
+    channels that do not fit the model."""
     arr = image if isinstance(image, np.ndarray) else np.asarray(image)
+    if spatial_axes == 3:
+        return _as_volume_batch(arr, channels)
     if arr.ndim == 2:
         if channels != 1:
             raise ValueError(
@@ -86,28 +96,67 @@ def as_image_stack(image: Any, channels: int) -> tuple[np.ndarray, bool]:
                 f"expects {channels}"
             )
         return arr, True
+    hint = ("; this model segments 2-D images, a volume needs a 3-D model"
+            if arr.ndim == 5 else "")
     raise ValueError(
         f"image must be (H, W), (H, W, C), (N, H, W) or (N, H, W, C); got ndim={arr.ndim} "
-        f"with shape {arr.shape}"
+        f"with shape {arr.shape}{hint}"
     )
 
 
+def _as_volume_batch(arr: np.ndarray, channels: int) -> tuple[np.ndarray, bool]:
+    """:func:`as_image_stack` for volume models: ``(D, H, W)`` (1 channel), ``(D, H, W, C)``
+    or a batch ``(N, D, H, W, C)`` as ``(N, D, H, W, C)``."""
+    forms = f"(D, H, W, {channels})" if channels != 1 else "(D, H, W) or (D, H, W, 1)"
+    if arr.ndim == 2:
+        raise ValueError(
+            f"this model segments volumes (D, H, W[, C]); got an image of shape {arr.shape} "
+            f"(H, W). Pass {forms}, or a batch (N, D, H, W, {channels})"
+        )
+    if arr.ndim == 3:
+        if channels == 1:
+            return arr[None, ..., None], False
+        raise ValueError(
+            f"volume of shape {arr.shape} has no channel axis but the model expects "
+            f"{channels} channels; pass (D, H, W, {channels})"
+        )
+    if arr.ndim == 4:
+        if arr.shape[-1] == channels:
+            return arr[None], False
+        raise ValueError(
+            f"volume of shape {arr.shape} has {arr.shape[-1]} channels in its last axis but "
+            f"the model expects {channels}; pass {forms} or a batch (N, D, H, W, {channels})"
+        )
+    if arr.ndim == 5:
+        if arr.shape[-1] != channels:
+            raise ValueError(
+                f"volume batch of shape {arr.shape} has {arr.shape[-1]} channels but the "
+                f"model expects {channels}"
+            )
+        return arr, True
+    raise ValueError(
+        f"this model segments volumes: pass {forms} or a batch (N, D, H, W, {channels}); got "
+        f"ndim={arr.ndim} with shape {arr.shape}"
+    )
+
 
 def check_finite(stack: np.ndarray) -> None:
-    """``ValueError`` naming the first NaN / Inf pixel of a float ``(N, H, W, C)`` stack
-    (checked a chunk at a time; other dtypes pass)."""
+    """``ValueError`` naming the first NaN / Inf pixel of a float ``(N, H, W, C)`` stack or
+    ``(N, D, H, W, C)`` volume batch (checked a chunk at a time; other dtypes pass)."""
     if not np.issubdtype(stack.dtype, np.floating):
         return
-    n, h, w, c = stack.shape
-    rows = max(1, CHUNK_ELEMENTS // max(1, w * c))
+    n, first = stack.shape[0], stack.shape[1]
+    row = int(np.prod(stack.shape[2:]))
+    rows = max(1, CHUNK_ELEMENTS // max(1, row))
+    names = "(n, y, x, c)" if stack.ndim == 4 else "(n, z, y, x, c)"
     for i in range(n):
-        for r in range(0, h, rows):
+        for r in range(0, first, rows):
             chunk = stack[i, r : r + rows]
             if not np.isfinite(chunk).all():
                 bad = np.argwhere(~np.isfinite(chunk))[0]
-                where = (i, r + int(bad[0]), int(bad[1]), int(bad[2]))
+                where = (i, r + int(bad[0]), *(int(b) for b in bad[1:]))
                 raise ValueError(
-                    f"image contains NaN or Inf pixels (first at (n, y, x, c) = {where}); "
+                    f"image contains NaN or Inf pixels (first at {names} = {where}); "
                     "image values must be finite"
                 )
 
@@ -157,8 +206,8 @@ def _predict_fn(model: keras.Model, geom: ModelGeometry, shape: tuple, calls: in
             shapes.pop(next(iter(shapes)))
         return fn
     if entry["generic"] is None:
-        fixed = geom.fixed_size or (None, None)
-        entry["generic"] = _make((None, fixed[0], fixed[1], geom.channels))
+        fixed = geom.fixed_size or (None,) * geom.spatial_axes
+        entry["generic"] = _make((None, *fixed, geom.channels))
     return entry["generic"]
 
 
@@ -185,20 +234,22 @@ def _predict_batch(predict: Callable, x: np.ndarray, transforms: list[Transform]
 def predict_tiled(
     model: keras.Model,
     image: Any,
-    tile_size: int = 256,
-    overlap: int = 64,
+    tile_size: int | Sequence[int] = 256,
+    overlap: int | Sequence[int] = 64,
     blend: str = "gaussian",
     tta: str | None = None,
     batch_size: int = 4,
     threshold: float | None = None,
 ) -> np.ndarray:
-    """Predict an image of any size with the paper's overlap-tile strategy.
+    """Predict an image or a volume of any size with the paper's overlap-tile strategy.
 
     Args:
         model: a Keras model mapping ``(B, h, w, C)`` float32 images in [0, 1] to
             ``(B, h', w', K)`` probabilities, with ``h' = h`` (``padding="same"``) or
-            ``h' = h - 2 * margin`` (``padding="valid"``), e.g. from ``zf_unet.build_unet``.
-        image: one of
+            ``h' = h - 2 * margin`` (``padding="valid"``), e.g. from ``zf_unet.build_unet``;
+            or a volume model mapping ``(B, d, h, w, C)`` to ``(B, d, h, w, K)``
+            (``padding="same"`` only; it may pool each axis differently, e.g. ``(1, 2, 2)``).
+        image: for an image model one of
             ``(H, W)`` grayscale image (model with 1 channel);
             ``(H, W, C)`` image, if ``C`` equals the model's input channels;
             ``(N, H, W)`` stack of grayscale images: any other 3-D array when the model has 1
@@ -206,126 +257,153 @@ def predict_tiled(
             2..4 but differs from the model's channels is an error, not a stack; pass
             ``(N, H, W, 1)`` for stacks of images 1..4 px wide);
             ``(N, H, W, C)`` stack.
-            ``H``, ``W`` >= 1, any size. uint8 / uint16 / bool are scaled by the dtype maximum;
+            For a volume model one of ``(D, H, W)`` (model with 1 channel),
+            ``(D, H, W, C)``, or a batch ``(N, D, H, W, C)``.
+            Every side >= 1, any size. uint8 / uint16 / bool are scaled by the dtype maximum;
             floats must be finite and in [0, 1] (the rule of training,
             :func:`zf_unet.data.io.check_float_range`) and are used as they are.
-        tile_size: side of the model's input tile in pixels, rounded down to a size the model
-            accepts (a multiple of ``2**(depth-1)`` for ``"same"`` models; for ``"valid"``
-            models the output tile is ``tile - 2 * margin``). Smaller images use the smallest
-            accepted tile that covers them. Ignored for models with a fixed input size.
-        overlap: minimum overlap in output pixels between neighbouring tiles; must be smaller
-            than the output tile. Tiles are spread evenly, so the real overlap can be larger.
-        blend: weight window over each output tile: ``"gaussian"`` (sigma = tile / 8, as in
-            nnU-Net), ``"linear"`` (ramps over ``overlap`` pixels at the tile edges) or
-            ``"none"`` (plain average in the overlaps). Accumulated predictions are divided by
-            the accumulated weights, so blending never changes a constant prediction.
+        tile_size: side of the model's input tile in pixels: an int for every spatial axis,
+            or one per axis (``(H, W)``; ``(D, H, W)`` for volumes, e.g. ``(16, 256, 256)``),
+            each rounded down to a size the model accepts along that axis (a multiple of the
+            axis's divisor, e.g. ``2**(depth-1)``, for ``"same"`` models; for ``"valid"``
+            models the output tile is ``tile - 2 * margin``). Shorter axes use the smallest
+            accepted tile that covers them (so an int 256 fits a 12-slice volume with a
+            12-slice tile). Ignored for models with a fixed input size.
+        overlap: minimum overlap in output pixels between neighbouring tiles, an int or one per
+            spatial axis; must be smaller than the output tile along every axis split into
+            several tiles. Tiles are spread evenly, so the real overlap can be larger.
+        blend: weight window over each output tile (the outer product of one 1-D window per
+            axis): ``"gaussian"`` (sigma = tile / 8, as in nnU-Net), ``"linear"`` (ramps over
+            ``overlap`` pixels at the tile edges) or ``"none"`` (plain average in the
+            overlaps). Accumulated predictions are divided by the accumulated weights, so
+            blending never changes a constant prediction.
         tta: test-time augmentation: ``None``; ``"flips"`` (identity, horizontal, vertical,
-            both: 4 predictions); ``"d4"`` (the 8 rotations / reflections of the square; tiles
-            are made square). Each tile batch is transformed, predicted, transformed back and
-            averaged.
+            both: 4 predictions; for volumes also each with a depth flip: 8); ``"d4"`` (the 8
+            rotations / reflections of the (H, W) square; tiles are made square in-plane; for
+            volumes also each with a depth flip: 16; depth is never rotated). Each tile batch
+            is transformed, predicted, transformed back and averaged.
         batch_size: tiles per model call (per TTA transform).
         threshold: ``None`` returns probabilities. Otherwise returns uint8 labels: ``p >
             threshold`` for one class, the argmax over classes (value ignored) for several.
 
     Returns:
-        float32 ``(H, W, K)`` (or ``(N, H, W, K)`` for stacks); with ``threshold`` uint8
-        ``(H, W)`` (or ``(N, H, W)``).
+        float32 ``(H, W, K)`` (``(N, H, W, K)`` for stacks; ``(D, H, W, K)`` /
+        ``(N, D, H, W, K)`` for volumes); with ``threshold`` uint8 ``(H, W)`` (``(N, H, W)``,
+        ``(D, H, W)``, ``(N, D, H, W)``).
+
+    Memory: the output (float32 ``(*spatial, K)`` per image, which is also the accumulator
+    of weighted tile predictions; with ``threshold`` one float32 accumulator for the image
+    being predicted plus the label output), one batch of input tiles (float32
+    ``(batch_size, *tile_in, C)``) and its predictions (about ``2 + 1`` float32
+    ``(batch_size, *tile, K)`` arrays with TTA), the float32 ``(*tile)`` weight window, and
+    one 1-D float64 normaliser per axis (the blend normaliser is separable, never a
+    full-size weight volume; it is applied a block of at most ``CHUNK_ELEMENTS`` elements at
+    a time). The input is never copied or padded as a whole.
 
     Raises:
         ValueError: ``model`` not a ``keras.Model``; bad ``image`` shape / channels / dtype /
-            NaN-Inf pixels (a :class:`DataError` for float values outside [0, 1]), ``tile_size`` too
-            small for the model, ``overlap`` not smaller than the tile, unknown ``blend`` or
-            ``tta``, non-positive ``batch_size``.
+            NaN-Inf pixels (a :class:`DataError` for float values outside [0, 1]); an image
+            for a volume model or a volume for an image model, ``tile_size`` too small for
+            the model, ``overlap`` not smaller than the tile, per-axis values with the wrong
+            number of axes, unknown ``blend`` or ``tta``, non-positive ``batch_size``.
     """
-    tile_size, overlap, batch_size = check_tiling(tile_size, overlap, batch_size)
+    tile_size, overlap, batch_size = check_tile_args(tile_size, overlap, batch_size)
     registry.BLEND_MODES.check(blend, "blend")
     tta_key(tta)
     threshold = check_threshold("threshold", threshold, allow_none=True)
 
     geom = model_geometry(model)
-    channels, num_classes = geom.channels, geom.num_classes
-    stack, is_stack = as_image_stack(image, channels)
-    n_img, height, width, _ = stack.shape
-    if height < 1 or width < 1:
-        raise ValueError(f"image must have H, W >= 1, got shape {np.shape(image)}")
+    channels, num_classes, nd = geom.channels, geom.num_classes, geom.spatial_axes
+    stack, is_stack = as_image_stack(image, channels, nd)
+    n_img, lengths = stack.shape[0], tuple(int(v) for v in stack.shape[1:-1])
+    if min(lengths) < 1:
+        what = "H, W" if nd == 2 else "D, H, W"
+        raise ValueError(f"image must have {what} >= 1, got shape {np.shape(image)}")
     divisor = np.float32(unit_divisor(stack.dtype))  # float32 division, as the serving graph
     check_finite(stack)
     check_float_range(stack, "image")
 
     plan = TilePlan.for_geometry(geom, tile_size, overlap, blend)
-    out_h, out_w = plan.output_tile(height, 0), plan.output_tile(width, 1)
-    if tta == "d4" and out_h != out_w:
+    outs = [plan.output_tile(lengths[a], a) for a in range(nd)]
+    if tta == "d4" and outs[-2] != outs[-1]:
         if geom.fixed_size is not None:
             raise ValueError(
                 f"tta='d4' needs a square model input, got fixed size {geom.fixed_size}"
             )
-        out_h = out_w = max(out_h, out_w)
+        outs[-2] = outs[-1] = max(outs[-2], outs[-1])
     # Overlap only matters along axes that are split into several tiles.
-    plan.check_overlap((height, width), (out_h, out_w))
-    in_h, in_w = out_h + 2 * geom.margin, out_w + 2 * geom.margin
+    plan.check_overlap(lengths, outs)
+    ins = [t + 2 * geom.margin for t in outs]
 
-    ys, xs = plan.tile_starts(height, out_h), plan.tile_starts(width, out_w)
-    wy, wx = plan.window(out_h), plan.window(out_w)
-    weight2d = plan.tile_weights(wy, wx)
-    inv_ry, inv_rx = plan.normaliser(ys, wy, height), plan.normaliser(xs, wx, width)
+    starts = [plan.tile_starts(lengths[a], outs[a], a) for a in range(nd)]
+    wins = [plan.window(outs[a], a) for a in range(nd)]
+    weight = plan.tile_weights(*wins)
+    inverses = [plan.normaliser(starts[a], wins[a], lengths[a]) for a in range(nd)]
 
-    tiles = [(n, int(y0), int(x0)) for n in range(n_img) for y0 in ys for x0 in xs]
+    tiles = [(n, tuple(int(v) for v in st)) for n in range(n_img)
+             for st in itertools.product(*starts)]
     if not tiles:  # empty stack (N = 0)
         if threshold is None:
-            result = np.zeros((0, height, width, num_classes), dtype=np.float32)
-        else:
-            result = np.zeros((0, height, width), dtype=np.uint8)
-        return result
-    tiles_per_image = len(ys) * len(xs)
+            return np.zeros((0, *lengths, num_classes), dtype=np.float32)
+        return np.zeros((0, *lengths), dtype=np.uint8)
+    tiles_per_image = math.prod(len(st) for st in starts)
     bs = min(batch_size, len(tiles))
-    transforms = tta_transforms(tta)
+    transforms = tta_transforms(tta, nd)
     predict = _predict_fn(
-        model, geom, (bs, in_h, in_w, channels), math.ceil(len(tiles) / bs) * len(transforms)
+        model, geom, (bs, *ins, channels), math.ceil(len(tiles) / bs) * len(transforms)
     )
-    buf = np.zeros((bs, in_h, in_w, channels), dtype=np.float32)
+    buf = np.zeros((bs, *ins, channels), dtype=np.float32)
 
     if threshold is None:
-        result = np.zeros((n_img, height, width, num_classes), dtype=np.float32)
-        accumulators: dict[int, np.ndarray] = {}
+        result = np.zeros((n_img, *lengths, num_classes), dtype=np.float32)
     else:
         label_dtype = np.uint8 if num_classes <= 256 else np.int32
-        result = np.zeros((n_img, height, width), dtype=label_dtype)
-        accumulators = {}
+        result = np.zeros((n_img, *lengths), dtype=label_dtype)
+    accumulators: dict[int, np.ndarray] = {}
 
     def _accumulator(n: int) -> np.ndarray:
         if threshold is None:
             return result[n]
         if n not in accumulators:
-            accumulators[n] = np.zeros((height, width, num_classes), dtype=np.float32)
+            accumulators[n] = np.zeros((*lengths, num_classes), dtype=np.float32)
         return accumulators[n]
 
     def _finish(n: int) -> None:
+        """Normalise image ``n`` block by block: every index of the spatial axes before the
+        last two, then row chunks (the 2-D normaliser of a block is outer products of
+        slices of the 1-D ones; the leading axes multiply in first, in axis order)."""
         acc = _accumulator(n)
+        height, width = lengths[-2], lengths[-1]
         rows = max(1, CHUNK_ELEMENTS // max(1, width * num_classes))
-        for r in range(0, height, rows):
-            norm = (inv_ry[r : r + rows, None] * inv_rx[None, :]).astype(np.float32)
-            block = acc[r : r + rows]
-            block *= norm[:, :, None]
-            if threshold is not None:
-                if num_classes == 1:
-                    result[n, r : r + rows] = block[..., 0] > threshold
-                else:
-                    result[n, r : r + rows] = np.argmax(block, axis=-1)
+        for lead in np.ndindex(*lengths[:-2]):
+            for r in range(0, height, rows):
+                parts = [inverses[a][i : i + 1] for a, i in enumerate(lead)]
+                norm = plan.outer_normaliser(parts + [inverses[-2][r : r + rows],
+                                                      inverses[-1]])
+                norm = norm.reshape(norm.shape[len(lead):])
+                block = acc[lead][r : r + rows]
+                block *= norm[..., None]
+                if threshold is not None:
+                    if num_classes == 1:
+                        result[n][lead][r : r + rows] = block[..., 0] > threshold
+                    else:
+                        result[n][lead][r : r + rows] = np.argmax(block, axis=-1)
         if threshold is not None:
             del accumulators[n]
 
     for b0 in range(0, len(tiles), bs):
         batch = tiles[b0 : b0 + bs]
-        for k, (n, y0, x0) in enumerate(batch):
-            tile = plan.read_tile(stack[n], (y0, x0), (out_h, out_w))
+        for k, (n, st) in enumerate(batch):
+            tile = plan.read_tile(stack[n], st, outs)
             np.divide(tile, divisor, out=buf[k], casting="unsafe")
-        pred = _predict_batch(predict, buf, transforms, (bs, out_h, out_w, num_classes))
-        for k, (n, y0, x0) in enumerate(batch):
-            a, b = max(0, y0), min(height, y0 + out_h)
-            c, d = max(0, x0), min(width, x0 + out_w)
-            p = pred[k, a - y0 : b - y0, c - x0 : d - x0]
-            p *= weight2d[a - y0 : b - y0, c - x0 : d - x0]
-            _accumulator(n)[a:b, c:d] += p
+        pred = _predict_batch(predict, buf, transforms, (bs, *outs, num_classes))
+        for k, (n, st) in enumerate(batch):
+            dst = tuple(slice(max(0, s0), min(length, s0 + t))
+                        for s0, t, length in zip(st, outs, lengths))
+            src = tuple(slice(d.start - s0, d.stop - s0) for d, s0 in zip(dst, st))
+            p = pred[k][src]
+            p *= weight[src]
+            _accumulator(n)[dst] += p
             if (b0 + k + 1) % tiles_per_image == 0:  # last tile of image n
                 _finish(n)
 

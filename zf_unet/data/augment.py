@@ -25,6 +25,19 @@ Conventions
   ``split_i = tf.random.experimental.stateless_split(s, B, alg="philox")[i]``.
   Random numbers come from Philox integer bits converted here, so eager, graph and XLA runs
   draw identical values.
+* Volumes (``spatial_dims=3``): images ``(B, D, H, W, C)`` (a sample ``(D, H, W, C)``), masks
+  and weights ``(B, D, H, W, K)`` or without the channel axis ``(B, D, H, W)``; coordinates
+  ``(B, Do, Ho, Wo, 3)`` hold ``(z, row, col)``. The same public functions handle them:
+  :func:`warp` dispatches on ``x``'s rank; :func:`augment_batch`, :func:`augment_sample`,
+  :func:`augment_dataset`, :func:`augment_margin` and :class:`AugmentLayer` take
+  ``spatial_dims`` (default 2, since a rank-4 image is a 2-D batch or a 3-D sample). One
+  ``(z, row, col)`` map per volume is shared by image (trilinear / tricubic), mask and weight
+  (nearest). Flips act on z, rows and columns; 90-degree rotations and the small rotation
+  act in-plane only (the same rotation for every section, never turning z into the plane);
+  gray values are drawn per volume. The elastic field lives on a ``grid**3`` lattice,
+  cubic-upsampled separably; with a coarse z spacing (``Augment.spacing``, z > 2x in-plane)
+  its z component is 0, while its in-plane components still vary smoothly across sections
+  (the same in-plane field as the isotropic case, so each section keeps its own content).
 * Speed: the warp is a gather-based sampler vectorised over the batch. Wrap the call in
   ``tf.function(jit_compile=True)`` (also inside ``tf.data.Dataset.map``) for the fused XLA
   version; see ``benchmarks/augment_speed.py``.
@@ -55,10 +68,16 @@ __all__ = [
     "warp",
 ]
 
+_SPATIAL_DIMS = (2, 3)
+
 _INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
 _KEYS_A = -0.5  # Keys (1981) cubic convolution parameter; the kernel of "bicubic" resizing.
 # Per-sample uniform draws: [flip_rows, flip_cols, rot90_k, angle, brightness, contrast, gamma].
 _N_UNIFORM = 7
+# Volumes draw one more: [..., gamma, flip_z] (the first seven keep their 2-D meaning).
+_N_UNIFORM_3D = 8
+# z spacing above this multiple of the (coarsest) in-plane spacing: in-plane elastic only.
+_ANISOTROPY_LIMIT = 2.0
 
 
 # --------------------------------------------------------------------------- config
@@ -87,6 +106,10 @@ class Augment:
         brightness: additive offset drawn from ``U(-brightness, brightness)``, in ``[0, 1]``.
         contrast: factor around the image mean from ``U(1 - contrast, 1 + contrast)``, ``[0, 1)``.
         gamma: exponent from ``U(1 - gamma, 1 + gamma)``, in ``[0, 1)``.
+        spacing: volumes only (ignored for 2-D): voxel size ``(z, y, x)`` in any one unit, or
+            ``None`` for isotropic voxels. When ``z > 2 * max(y, x)`` the elastic deformation is
+            in-plane only (z displacement exactly 0, see :attr:`elastic_in_plane`).
+            ``elastic_std`` stays in voxels of each axis either way.
     """
 
     enabled: bool = True
@@ -101,6 +124,7 @@ class Augment:
     brightness: float = 0.1
     contrast: float = 0.2
     gamma: float = 0.2
+    spacing: tuple[float, float, float] | None = None
 
     def __post_init__(self) -> None:
         for name in ("enabled", "elastic", "flips", "rotate90", "gray_values"):
@@ -139,6 +163,30 @@ class Augment:
                     f"Augment: {name} must be in [{low:g}, {high:g}{bracket}, got {value!r}"
                 )
             object.__setattr__(self, name, value)
+        spacing = self.spacing
+        if spacing is not None:
+            items = list(spacing) if isinstance(spacing, (list, tuple, np.ndarray)) else None
+            ok = items is not None and len(items) == 3 and all(
+                isinstance(v, (int, float, np.integer, np.floating))
+                and not isinstance(v, (bool, np.bool_))
+                and math.isfinite(float(v)) and float(v) > 0.0
+                for v in items
+            )
+            if not ok:
+                raise ValueError(
+                    "Augment: spacing must be None or three positive finite numbers (z, y, x), "
+                    f"got {spacing!r}"
+                )
+            object.__setattr__(self, "spacing", tuple(float(v) for v in items))
+
+    @property
+    def elastic_in_plane(self) -> bool:
+        """True when volumes get in-plane elastic deformation only (z spacing is coarse:
+        ``spacing[0] > 2 * max(spacing[1], spacing[2])``)."""
+        if self.spacing is None:
+            return False
+        z, y, x = self.spacing
+        return z > _ANISOTROPY_LIMIT * max(y, x)
 
     @property
     def moves_subpixel(self) -> bool:
@@ -246,24 +294,32 @@ def _normal(shape: list[int], seed: tf.Tensor) -> tf.Tensor:
     return radius * tf.cos((2.0 * math.pi) * u[1])
 
 
-def _draw(sample_seeds: tf.Tensor, grid: int) -> tuple[tf.Tensor, tf.Tensor]:
+def _draw(
+    sample_seeds: tf.Tensor, grid: int, spatial_dims: int = 2
+) -> tuple[tf.Tensor, tf.Tensor]:
     """Per-sample random numbers: uniforms ``(B, 7)`` and grid normals ``(B, grid, grid, 2)``.
+
+    With ``spatial_dims=3``: uniforms ``(B, 8)`` (the eighth is the z flip) and normals
+    ``(B, grid, grid, grid, 3)`` holding ``(dz, drow, dcol)``.
 
     Each sample's numbers depend only on its own seed (``tf.map_fn`` over the seeds, a graph
     loop of a few tiny ops; no Python loop), so a sample's augmentation does not depend on
     the rest of the batch.
     """
 
+    n_uniform = _N_UNIFORM if spatial_dims == 2 else _N_UNIFORM_3D
+    noise_shape = [grid] * spatial_dims + [spatial_dims]
+
     def one(s: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         su, sn = tf.unstack(tf.random.experimental.stateless_split(s, 2, alg="philox"))
-        return _uniform([_N_UNIFORM], su), _normal([grid, grid, 2], sn)
+        return _uniform([n_uniform], su), _normal(noise_shape, sn)
 
     return tf.map_fn(
         one,
         sample_seeds,
         fn_output_signature=(
-            tf.TensorSpec([_N_UNIFORM], tf.float32),
-            tf.TensorSpec([grid, grid, 2], tf.float32),
+            tf.TensorSpec([n_uniform], tf.float32),
+            tf.TensorSpec(noise_shape, tf.float32),
         ),
     )
 
@@ -288,12 +344,33 @@ def _upsample_field(noise: tf.Tensor, height: Any, width: Any, split: bool = Fal
     return tuple(parts) if split else tf.stack(parts, axis=-1)
 
 
-def identity_coords(height: Any, width: Any) -> tf.Tensor:
-    """``(H, W, 2)`` float32 map of each pixel's own ``(row, col)`` (``warp`` with it: identity)."""
-    rows = tf.range(tf.cast(height, tf.float32), dtype=tf.float32)
-    cols = tf.range(tf.cast(width, tf.float32), dtype=tf.float32)
-    yy, xx = tf.meshgrid(rows, cols, indexing="ij")
-    return tf.stack([yy, xx], axis=-1)
+def _upsample_field_3d(
+    noise: tf.Tensor, depth: Any, height: Any, width: Any
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """Separable cubic (Keys) upsampling of ``(B, g, g, g, 3)`` grid displacements.
+
+    Returns the three ``(B, D, H, W)`` float32 components ``(dz, drow, dcol)``; each axis is
+    interpolated as in :func:`_upsample_field` (corner-aligned nodes, through the grid values).
+    """
+    grid = noise.shape[1]
+    t = tf.einsum("dg,bghwc->bdhwc", _cubic_matrix(depth, grid), noise)  # (B, D, g, g, 3)
+    t = tf.einsum("hk,bdkwc->bdhwc", _cubic_matrix(height, grid), t)  # (B, D, H, g, 3)
+    t = tf.einsum("wl,bdhlc->bdhwc", _cubic_matrix(width, grid), t)  # (B, D, H, W, 3)
+    return t[..., 0], t[..., 1], t[..., 2]
+
+
+def identity_coords(*sizes: Any) -> tf.Tensor:
+    """Each pixel's (voxel's) own coordinates, float32: ``warp`` with them is the identity.
+
+    ``identity_coords(height, width)`` gives ``(H, W, 2)`` ``(row, col)``;
+    ``identity_coords(depth, height, width)`` gives ``(D, H, W, 3)`` ``(z, row, col)``.
+    """
+    if len(sizes) not in _SPATIAL_DIMS:
+        raise ValueError(
+            f"identity_coords: expected (height, width) or (depth, height, width), got {sizes!r}"
+        )
+    axes = [tf.range(tf.cast(n, tf.float32), dtype=tf.float32) for n in sizes]
+    return tf.stack(tf.meshgrid(*axes, indexing="ij"), axis=-1)
 
 
 def elastic_displacement(
@@ -303,8 +380,17 @@ def elastic_displacement(
     seed: Any,
     grid: int = 3,
     std: float = 10.0,
+    *,
+    depth: Any = None,
+    in_plane: bool = False,
 ) -> tf.Tensor:
     """Random smooth displacement field ``(B, H, W, 2)`` float32, ``(d_row, d_col)`` in pixels.
+
+    With ``depth`` (volumes): ``(B, D, H, W, 3)`` float32 ``(d_z, d_row, d_col)`` in voxels,
+    from a ``grid**3`` lattice of N(0, std^2) vectors upsampled separably the same way; with
+    ``in_plane=True`` the z component is exactly 0 (the in-plane components are unchanged and
+    still vary smoothly across z). This is the field ``augment_batch(..., spatial_dims=3)``
+    uses, ``in_plane`` being ``Augment.elastic_in_plane``.
 
     A ``grid x grid`` array of N(0, std^2) vectors per sample (sample ``i`` seeded with
     ``stateless_split(seed, B, alg="philox")[i]``), placed corner-to-corner on the image and
@@ -315,10 +401,19 @@ def elastic_displacement(
     if not _is_int(grid) or grid < 2:
         raise ValueError(f"elastic_displacement: grid must be an int >= 2, got {grid!r}")
     seed = _as_seed(seed)
-    _, noise = _draw(_sample_seeds(seed, batch), int(grid))
-    field = _upsample_field(noise * float(std), height, width)
-    static = [b if isinstance(b, (int, np.integer)) else None for b in (batch, height, width)]
-    field.set_shape(static + [2])
+    if depth is not None:
+        _, noise = _draw(_sample_seeds(seed, batch), int(grid), 3)
+        dz, dy, dx = _upsample_field_3d(noise * float(std), depth, height, width)
+        if in_plane:
+            dz = tf.zeros_like(dz)
+        field = tf.stack([dz, dy, dx], axis=-1)
+        sizes = (batch, depth, height, width)
+    else:
+        _, noise = _draw(_sample_seeds(seed, batch), int(grid))
+        field = _upsample_field(noise * float(std), height, width)
+        sizes = (batch, height, width)
+    static = [b if isinstance(b, (int, np.integer)) else None for b in sizes]
+    field.set_shape(static + [len(sizes) - 1])
     return field
 
 
@@ -419,6 +514,112 @@ class _Sampler:
         return self.bicubic(x)
 
 
+class _Sampler3D:
+    """:class:`_Sampler` for volumes: ``(B, D, H, W, C)`` tensors resampled at one map.
+
+    ``z``/``rows``/``cols`` are ``(B, Do, Ho, Wo)`` float32 source positions (same shape);
+    gathers read a flattened ``(B * D * H * W, C)`` view, one int32 index per output voxel.
+    Mirroring, rounding (half up) and the "step 0 on the last plane" rule are the 2-D ones
+    applied per axis.
+    """
+
+    def __init__(
+        self, z: tf.Tensor, rows: tf.Tensor, cols: tf.Tensor, depth: Any, height: Any, width: Any
+    ) -> None:
+        d_f = tf.cast(depth, tf.float32)
+        h_f = tf.cast(height, tf.float32)
+        w_f = tf.cast(width, tf.float32)
+        self.depth, self.height, self.width = d_f, h_f, w_f
+        zz = mirror_coords_tf(z, d_f)
+        y = mirror_coords_tf(rows, h_f)
+        x = mirror_coords_tf(cols, w_f)
+        self.z0, self.y0, self.x0 = tf.floor(zz), tf.floor(y), tf.floor(x)
+        self.fz, self.fy, self.fx = zz - self.z0, y - self.y0, x - self.x0
+        self.w_i = tf.cast(width, tf.int32)
+        self.hw_i = tf.cast(height, tf.int32) * self.w_i
+        batch = tf.shape(z)[0]
+        self.base = (tf.range(batch, dtype=tf.int32) * (tf.cast(depth, tf.int32) * self.hw_i))[
+            :, None, None, None
+        ]
+        # Steps to the next plane/row/column: 0 on the last one (its weight is then 0).
+        self.dz = tf.where(self.z0 < d_f - 1.0, self.hw_i, 0)
+        self.dr = tf.where(self.y0 < h_f - 1.0, self.w_i, 0)
+        self.dc = tf.where(self.x0 < w_f - 1.0, 1, 0)
+        self.i000 = (
+            self.base
+            + tf.cast(self.z0, tf.int32) * self.hw_i
+            + tf.cast(self.y0, tf.int32) * self.w_i
+            + tf.cast(self.x0, tf.int32)
+        )
+        self._nearest: tf.Tensor | None = None
+
+    def nearest(self, x: tf.Tensor) -> tf.Tensor:
+        """Nearest-neighbour (round half up, like SciPy ``order=0``); any dtype."""
+        if self._nearest is None:
+            self._nearest = (
+                self.i000
+                + tf.where(self.fz >= 0.5, self.dz, 0)
+                + tf.where(self.fy >= 0.5, self.dr, 0)
+                + tf.where(self.fx >= 0.5, self.dc, 0)
+            )
+        flat, scalar = _Sampler._flat(x)
+        return _Sampler._unflat(tf.gather(flat, self._nearest), scalar)
+
+    def trilinear(self, x: tf.Tensor) -> tf.Tensor:
+        """Trilinear interpolation in float32, returned in ``x``'s float dtype."""
+        flat, scalar = _Sampler._flat(x)
+        flat = tf.cast(flat, tf.float32)
+        expand = (lambda t: t) if scalar else (lambda t: t[..., None])
+        fz, fy, fx = expand(self.fz), expand(self.fy), expand(self.fx)
+        planes = []
+        for iz in (self.i000, self.i000 + self.dz):
+            lines = []
+            for iy in (iz, iz + self.dr):
+                v0 = tf.gather(flat, iy)
+                v1 = tf.gather(flat, iy + self.dc)
+                lines.append(v0 + (v1 - v0) * fx)
+            planes.append(lines[0] + (lines[1] - lines[0]) * fy)
+        out = planes[0] + (planes[1] - planes[0]) * fz
+        return tf.cast(_Sampler._unflat(out, scalar), x.dtype)
+
+    def tricubic(self, x: tf.Tensor) -> tf.Tensor:
+        """Keys tricubic (a = -0.5) on the mirrored 4x4x4 neighbourhood (64 gathers)."""
+        flat, scalar = _Sampler._flat(x)
+        flat = tf.cast(flat, tf.float32)
+        offsets = (-1.0, 0.0, 1.0, 2.0)
+        planes = [
+            tf.cast(mirror_coords_tf(self.z0 + k, self.depth), tf.int32) * self.hw_i
+            for k in offsets
+        ]
+        rows = [
+            tf.cast(mirror_coords_tf(self.y0 + k, self.height), tf.int32) * self.w_i
+            for k in offsets
+        ]
+        cols = [tf.cast(mirror_coords_tf(self.x0 + k, self.width), tf.int32) for k in offsets]
+        expand = (lambda t: t) if scalar else (lambda t: t[..., None])
+        wz = [expand(_keys_kernel(self.fz - k)) for k in offsets]
+        wy = [expand(_keys_kernel(self.fy - k)) for k in offsets]
+        wx = [expand(_keys_kernel(self.fx - k)) for k in offsets]
+        out = 0.0
+        for p, w_p in zip(planes, wz):
+            plane = 0.0
+            for r, w_r in zip(rows, wy):
+                line = 0.0
+                for c, w_c in zip(cols, wx):
+                    line = line + w_c * tf.gather(flat, self.base + p + r + c)
+                plane = plane + w_r * line
+            out = out + w_p * plane
+        return tf.cast(_Sampler._unflat(out, scalar), x.dtype)
+
+    def sample(self, x: tf.Tensor, interpolation: str) -> tf.Tensor:
+        """``"nearest"``, ``"bilinear"`` (trilinear here) or ``"bicubic"`` (tricubic here)."""
+        if interpolation == "nearest":
+            return self.nearest(x)
+        if interpolation == "bilinear":
+            return self.trilinear(x)
+        return self.tricubic(x)
+
+
 def _check_rank4(x: tf.Tensor, name: str, what: str) -> None:
     if x.shape.rank != 4:
         raise DataError(f"{name} must be a rank-4 {what} tensor (B, H, W, C), got shape {x.shape}")
@@ -428,14 +629,17 @@ def warp(x: Any, coords: Any, interpolation: str = "bilinear") -> tf.Tensor:
     """Resample ``x`` at ``coords`` with mirrored borders.
 
     Args:
-        x: ``(B, H, W, C)``; any dtype for ``"nearest"``, float for ``"bilinear"``/``"bicubic"``.
-        coords: ``(B, Ho, Wo, 2)`` float32 ``(row, col)`` source positions in ``x``'s pixels.
-        interpolation: ``"nearest"``, ``"bilinear"`` or ``"bicubic"`` (Keys, a = -0.5).
+        x: ``(B, H, W, C)``, or a volume ``(B, D, H, W, C)`` (dispatch on the rank); any dtype
+            for ``"nearest"``, float for ``"bilinear"``/``"bicubic"``.
+        coords: ``(B, Ho, Wo, 2)`` float32 ``(row, col)`` source positions in ``x``'s pixels;
+            for a volume ``(B, Do, Ho, Wo, 3)`` ``(z, row, col)`` in voxels.
+        interpolation: ``"nearest"``, ``"bilinear"`` or ``"bicubic"`` (Keys, a = -0.5); on a
+            volume these are nearest, trilinear and tricubic.
 
     Returns:
-        ``(B, Ho, Wo, C)`` of ``x``'s dtype. ``out[b, i, j] = x[b](coords[b, i, j])`` where
-        coordinates outside ``[0, H - 1]`` are mirrored about the edge pixel centres (SciPy
-        ``map_coordinates(mode="mirror")``).
+        ``(B, Ho, Wo, C)`` (volume: ``(B, Do, Ho, Wo, C)``) of ``x``'s dtype.
+        ``out[b, i, j] = x[b](coords[b, i, j])`` where coordinates outside ``[0, H - 1]`` are
+        mirrored about the edge pixel centres (SciPy ``map_coordinates(mode="mirror")``).
     """
     if interpolation not in _INTERPOLATIONS:
         raise ValueError(
@@ -443,6 +647,8 @@ def warp(x: Any, coords: Any, interpolation: str = "bilinear") -> tf.Tensor:
         )
     x = tf.convert_to_tensor(x)
     coords = tf.cast(tf.convert_to_tensor(coords), tf.float32)
+    if x.shape.rank == 5:
+        return _warp_3d(x, coords, interpolation)
     _check_rank4(x, "warp: x", "image")
     if coords.shape.rank != 4 or coords.shape[-1] not in (None, 2):
         raise DataError(f"warp: coords must have shape (B, Ho, Wo, 2), got {coords.shape}")
@@ -456,6 +662,27 @@ def warp(x: Any, coords: Any, interpolation: str = "bilinear") -> tf.Tensor:
     sampler = _Sampler(coords[..., 0], coords[..., 1], _size(x, 1), _size(x, 2))
     out = sampler.sample(x, interpolation)
     out.set_shape(coords.shape[:3].concatenate(x.shape[3:]))
+    return out
+
+
+def _warp_3d(x: tf.Tensor, coords: tf.Tensor, interpolation: str) -> tf.Tensor:
+    """:func:`warp` for a volume batch ``x`` ``(B, D, H, W, C)``, ``coords (B, Do, Ho, Wo, 3)``."""
+    if coords.shape.rank != 5 or coords.shape[-1] not in (None, 3):
+        raise DataError(
+            f"warp: coords for a volume must have shape (B, Do, Ho, Wo, 3), got {coords.shape}"
+        )
+    if x.shape[0] is not None and coords.shape[0] is not None and x.shape[0] != coords.shape[0]:
+        raise DataError(f"warp: x has batch {x.shape[0]} but coords has batch {coords.shape[0]}")
+    if interpolation != "nearest" and not x.dtype.is_floating:
+        raise DataError(
+            f"warp: {interpolation!r} needs a float tensor, got {x.dtype.name}; "
+            "use interpolation='nearest' for labels"
+        )
+    sampler = _Sampler3D(
+        coords[..., 0], coords[..., 1], coords[..., 2], _size(x, 1), _size(x, 2), _size(x, 3)
+    )
+    out = sampler.sample(x, interpolation)
+    out.set_shape(coords.shape[:4].concatenate(x.shape[4:]))
     return out
 
 
@@ -481,6 +708,21 @@ def _coordinate_map(
     cy, cx = (h_f - 1.0) / 2.0, (w_f - 1.0) / 2.0
     vy = (tf.range(h_f, dtype=tf.float32) - cy)[None, :, None]  # (1, H, 1)
     vx = (tf.range(w_f, dtype=tf.float32) - cx)[None, None, :]  # (1, 1, W)
+    m = [t[:, None, None] for t in _in_plane_matrix(u, square, config)]
+    rows = cy + m[0] * vy + m[1] * vx  # (B, H, W)
+    cols = cx + m[2] * vy + m[3] * vx
+    if config.elastic:
+        d_rows, d_cols = _upsample_field(noise * config.elastic_std, height, width, split=True)
+        rows = rows + d_rows
+        cols = cols + d_cols
+    return rows, cols
+
+
+def _in_plane_matrix(
+    u: tf.Tensor, square: Any, config: Augment
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
+    """Per-sample ``(B,)`` entries ``(a00, a01, a10, a11)`` of the in-plane matrix ``M``:
+    small rotation @ 90-degree rotation @ row/column flips, from the uniforms ``u[:, 0:4]``."""
     batch = tf.shape(u)[0]
     one = tf.ones([batch], tf.float32)
     zero = tf.zeros([batch], tf.float32)
@@ -511,14 +753,55 @@ def _coordinate_map(
             sin * a00 + cos * a10,
             sin * a01 + cos * a11,
         )
-    m = [t[:, None, None] for t in (a00, a01, a10, a11)]
-    rows = cy + m[0] * vy + m[1] * vx  # (B, H, W)
+    return a00, a01, a10, a11
+
+
+def _coordinate_map_3d(
+    u: tf.Tensor,
+    noise: tf.Tensor,
+    depth: Any,
+    height: Any,
+    width: Any,
+    square: Any,
+    config: Augment,
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """One volume sampling map ``(z, rows, cols)``, each ``(B, D, H, W)`` float32.
+
+    In-plane: the 2-D map (:func:`_in_plane_matrix`, same uniforms) applied identically to
+    every section. z: a flip about the centre (``u[:, 7]``), nothing else rigid. Plus the
+    elastic field of :func:`_upsample_field_3d`, its z part dropped when
+    ``config.elastic_in_plane``.
+    """
+    d_f = tf.cast(depth, tf.float32)
+    h_f = tf.cast(height, tf.float32)
+    w_f = tf.cast(width, tf.float32)
+    cz, cy, cx = (d_f - 1.0) / 2.0, (h_f - 1.0) / 2.0, (w_f - 1.0) / 2.0
+    vz = (tf.range(d_f, dtype=tf.float32) - cz)[None, :, None, None]  # (1, D, 1, 1)
+    vy = (tf.range(h_f, dtype=tf.float32) - cy)[None, None, :, None]  # (1, 1, H, 1)
+    vx = (tf.range(w_f, dtype=tf.float32) - cx)[None, None, None, :]  # (1, 1, 1, W)
+    m = [t[:, None, None, None] for t in _in_plane_matrix(u, square, config)]
+    rows = cy + m[0] * vy + m[1] * vx  # (B, 1, H, W)
     cols = cx + m[2] * vy + m[3] * vx
+    if config.flips:
+        fz = tf.where(u[:, 7] < 0.5, -1.0, 1.0)[:, None, None, None]
+        z = cz + fz * vz  # (B, D, 1, 1)
+    else:
+        z = cz + vz  # (1, D, 1, 1), broadcast below
     if config.elastic:
-        d_rows, d_cols = _upsample_field(noise * config.elastic_std, height, width, split=True)
+        dz, d_rows, d_cols = _upsample_field_3d(
+            noise * config.elastic_std, depth, height, width
+        )
         rows = rows + d_rows
         cols = cols + d_cols
-    return rows, cols
+        if not config.elastic_in_plane:
+            z = z + dz
+    shape = tf.stack([
+        tf.shape(u)[0],
+        tf.cast(depth, tf.int32),
+        tf.cast(height, tf.int32),
+        tf.cast(width, tf.int32),
+    ])
+    return tuple(tf.broadcast_to(t, shape) for t in (z, rows, cols))
 
 
 def _gamma(x: tf.Tensor, exponent: tf.Tensor) -> tf.Tensor:
@@ -532,12 +815,14 @@ def _gray_values(
 ) -> tf.Tensor:
     """Random gamma, then contrast about the mean gray value, then brightness; clip to [0, 1].
 
-    ``images``: ``(B, H, W, C)`` float in [0, 1]; ``u``: the ``(B, 7)`` per-sample uniforms.
+    ``images``: ``(B, H, W, C)`` or ``(B, D, H, W, C)`` float in [0, 1] (one draw per image
+    or volume); ``u``: the ``(B, 7)`` (volumes ``(B, 8)``) per-sample uniforms.
     The contrast pivot is ``mean(source) ** gamma`` per sample (``source`` defaults to
     ``images``). ``_augment`` passes the un-warped input, whose mean the mirrored warp nearly
     keeps, so warp, gamma, contrast and brightness fuse into one pass under XLA.
     """
-    col = lambda t: t[:, None, None, None]  # noqa: E731
+    rank = images.shape.rank
+    col = lambda t: tf.reshape(t, [-1] + [1] * (rank - 1))  # noqa: E731
     exponent = col(1.0 + config.gamma * (2.0 * u[:, 6] - 1.0))
 
     def curve(t: tf.Tensor) -> tf.Tensor:
@@ -548,7 +833,7 @@ def _gray_values(
     if config.contrast > 0.0:
         source = images if source is None else source
         clipped = tf.clip_by_value(tf.cast(source, tf.float32), 0.0, 1.0)
-        pivot = curve(tf.reduce_mean(clipped, axis=[1, 2, 3], keepdims=True))
+        pivot = curve(tf.reduce_mean(clipped, axis=list(range(1, rank)), keepdims=True))
         x = (x - pivot) * col(1.0 + config.contrast * (2.0 * u[:, 5] - 1.0)) + pivot
     if config.brightness > 0.0:
         x = x + col(config.brightness * (2.0 * u[:, 4] - 1.0))
@@ -561,18 +846,27 @@ def _augment(
     weights: tf.Tensor | None,
     sample_seeds: tf.Tensor,
     config: Augment,
+    spatial_dims: int = 2,
 ) -> tuple[tf.Tensor, ...]:
-    height, width = _size(images, 1), _size(images, 2)
+    """Batched augmentation: ``images (B, *S, C)``, ``masks (B, *S, K)``, ``weights`` or None,
+    with ``S`` = ``(H, W)`` or ``(D, H, W)`` (``spatial_dims``)."""
+    height, width = _size(images, spatial_dims - 1), _size(images, spatial_dims)
     if isinstance(height, int) and isinstance(width, int):
         square = height == width
     else:
         square = tf.equal(tf.cast(height, tf.int32), tf.cast(width, tf.int32))
-    u, noise = _draw(sample_seeds, config.elastic_grid)
+    u, noise = _draw(sample_seeds, config.elastic_grid, spatial_dims)
     geometric = config.elastic or config.flips or config.rotate90 or config.rotation_degrees > 0
     out_images, out_masks, out_weights = images, masks, weights
     if geometric:
-        rows, cols = _coordinate_map(u, noise, height, width, square, config)
-        sampler = _Sampler(rows, cols, height, width)
+        sampler: _Sampler | _Sampler3D
+        if spatial_dims == 3:
+            depth = _size(images, 1)
+            z, rows, cols = _coordinate_map_3d(u, noise, depth, height, width, square, config)
+            sampler = _Sampler3D(z, rows, cols, depth, height, width)
+        else:
+            rows, cols = _coordinate_map(u, noise, height, width, square, config)
+            sampler = _Sampler(rows, cols, height, width)
         interp = config.interpolation if config.moves_subpixel else "nearest"
         out_images = sampler.sample(images, interp)
         out_masks = sampler.nearest(masks)
@@ -592,25 +886,59 @@ def _augment(
     return out_images, out_masks, out_weights
 
 
+_LAYOUTS = {
+    (2, True): "(B, H, W, C)",
+    (2, False): "(H, W, C)",
+    (3, True): "(B, D, H, W, C)",
+    (3, False): "(D, H, W, C)",
+}
+
+
+def _check_spatial_dims(spatial_dims: Any, where: str) -> int:
+    if not _is_int(spatial_dims) or int(spatial_dims) not in _SPATIAL_DIMS:
+        raise ValueError(f"{where}: spatial_dims must be 2 or 3, got {spatial_dims!r}")
+    return int(spatial_dims)
+
+
 def _validate(
-    images: Any, masks: Any, weights: Any, config: Augment | None, rank: int
-) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor | None, Augment]:
+    images: Any,
+    masks: Any,
+    weights: Any,
+    config: Augment | Mapping[str, Any] | None,
+    spatial_dims: int,
+    batched: bool,
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor | None, Augment, tuple[bool, bool]]:
+    """Checked tensors and config. Volume masks/weights may lack the channel axis: they get
+    one here, and the returned flags ``(mask, weight)`` say which to squeeze afterwards."""
     if config is None:
         config = Augment()
     elif isinstance(config, Mapping):
         config = Augment.from_config(config)
     elif not isinstance(config, Augment):
         raise ValueError(f"config must be an Augment (or its dict), got {type(config).__name__}")
-    layout = "(B, H, W, C)" if rank == 4 else "(H, W, C)"
+    spatial_dims = _check_spatial_dims(spatial_dims, "augment")
+    rank = spatial_dims + (2 if batched else 1)
+    layout = _LAYOUTS[(spatial_dims, batched)]
     images = tf.convert_to_tensor(images)
     masks = tf.convert_to_tensor(masks)
     weights = None if weights is None else tf.convert_to_tensor(weights)
+    squeeze = [False, False]
+    if spatial_dims == 3:  # (.., D, H, W) labels/weights without a channel axis
+        if masks.shape.rank == rank - 1:
+            masks, squeeze[0] = masks[..., None], True
+        if weights is not None and weights.shape.rank == rank - 1:
+            weights, squeeze[1] = weights[..., None], True
     named = [("images", images), ("masks", masks)]
     if weights is not None:
         named.append(("weights", weights))
     for name, t in named:
         if t.shape.rank != rank:
-            raise DataError(f"{name} must have rank {rank} {layout}, got shape {t.shape}")
+            hint = ""
+            if spatial_dims == 3 and name != "images":
+                hint = " (or without the channel axis)"
+            elif spatial_dims == 2 and t.shape.rank == rank + 1:
+                hint = "; pass spatial_dims=3 for volumes"
+            raise DataError(f"{name} must have rank {rank} {layout}, got shape {t.shape}{hint}")
     if not images.dtype.is_floating:
         raise DataError(f"images must be float (e.g. float32 in [0, 1]), got {images.dtype.name}")
     if weights is not None and not weights.dtype.is_floating:
@@ -622,7 +950,14 @@ def _validate(
                 f"{name} shape {t.shape} does not match images shape {images.shape} "
                 "(all but the channel axis must agree)"
             )
-    return images, masks, weights, config
+    return images, masks, weights, config, (squeeze[0], squeeze[1])
+
+
+def _squeezed(out: tuple[tf.Tensor, ...], squeeze: tuple[bool, bool]) -> tuple[tf.Tensor, ...]:
+    """Drop the channel axis that :func:`_validate` added to masks/weights."""
+    return tuple(
+        t[..., 0] if i > 0 and squeeze[i - 1] else t for i, t in enumerate(out)
+    )
 
 
 def augment_batch(
@@ -632,28 +967,38 @@ def augment_batch(
     *,
     seed: Any,
     config: Augment | Mapping[str, Any] | None = None,
+    spatial_dims: int = 2,
 ) -> tuple[tf.Tensor, ...]:
     """Augment a batch; every sample gets its own random field from its own derived seed.
 
     Args:
-        images: ``(B, H, W, C)`` float (float32 in ``[0, 1]`` for gray values).
+        images: ``(B, H, W, C)`` float (float32 in ``[0, 1]`` for gray values); volumes
+            (``spatial_dims=3``) ``(B, D, H, W, C)``.
         masks: ``(B, H, W, K)`` labels of any dtype; resampled nearest-neighbour, so the output
-            keeps the dtype and holds only values present in the input.
-        weights: optional ``(B, H, W, 1)`` float32 weight map, nearest-neighbour.
+            keeps the dtype and holds only values present in the input. Volumes:
+            ``(B, D, H, W, K)`` or ``(B, D, H, W)``.
+        weights: optional ``(B, H, W, 1)`` float32 weight map, nearest-neighbour. Volumes:
+            ``(B, D, H, W, 1)`` or ``(B, D, H, W)``.
         seed: shape-``[2]`` int32/int64 tensor; sample ``i`` uses
             ``stateless_split(seed, B, alg="philox")[i]``.
         config: an :class:`Augment` (default paper settings) or its dict.
+        spatial_dims: 2 for images, 3 for volumes (one shared ``(z, row, col)`` map per
+            volume; see the module notes).
 
     Returns:
         ``(images, masks)`` or ``(images, masks, weights)``, shapes and dtypes as the inputs.
         Vectorised over the batch and ``tf.function(jit_compile=True)`` compatible.
     """
-    images, masks, weights, config = _validate(images, masks, weights, config, rank=4)
-    if not config.enabled:
-        return (images, masks) if weights is None else (images, masks, weights)
-    seed = _as_seed(seed)
-    seeds = _sample_seeds(seed, tf.shape(images)[0])
-    return _augment(images, masks, weights, seeds, config)
+    images, masks, weights, config, squeeze = _validate(
+        images, masks, weights, config, spatial_dims, batched=True
+    )
+    if config.enabled:
+        seed = _as_seed(seed)
+        seeds = _sample_seeds(seed, tf.shape(images)[0])
+        out = _augment(images, masks, weights, seeds, config, int(spatial_dims))
+    else:
+        out = (images, masks) if weights is None else (images, masks, weights)
+    return _squeezed(out, squeeze)
 
 
 def augment_sample(
@@ -663,53 +1008,96 @@ def augment_sample(
     *,
     seed: Any,
     config: Augment | Mapping[str, Any] | None = None,
+    spatial_dims: int = 2,
 ) -> tuple[tf.Tensor, ...]:
     """Augment one sample: ``image (H, W, C)``, ``mask (H, W, K)``, ``weight (H, W, 1)`` or None.
 
+    With ``spatial_dims=3`` a volume: ``image (D, H, W, C)``, ``mask (D, H, W, K)`` or
+    ``(D, H, W)``, ``weight (D, H, W, 1)``, ``(D, H, W)`` or None, all with one shared map.
     ``seed`` (shape ``[2]``) is used as the sample's own seed (see :func:`augment_batch`).
     Returns ``(image, mask)`` or ``(image, mask, weight)`` with the input shapes and dtypes.
     """
-    image, mask, weight, config = _validate(image, mask, weight, config, rank=3)
-    if not config.enabled:
-        return (image, mask) if weight is None else (image, mask, weight)
-    seed = _as_seed(seed)
-    out = _augment(
-        image[None],
-        mask[None],
-        None if weight is None else weight[None],
-        seed[None],
-        config,
+    image, mask, weight, config, squeeze = _validate(
+        image, mask, weight, config, spatial_dims, batched=False
     )
-    return tuple(t[0] for t in out)
+    if config.enabled:
+        seed = _as_seed(seed)
+        batched = _augment(
+            image[None],
+            mask[None],
+            None if weight is None else weight[None],
+            seed[None],
+            config,
+            int(spatial_dims),
+        )
+        out = tuple(t[0] for t in batched)
+    else:
+        out = (image, mask) if weight is None else (image, mask, weight)
+    return _squeezed(out, squeeze)
 
 
 # --------------------------------------------------------------------------- tf.data
 
 
-def augment_margin(patch: int, augment: Augment | None) -> int:
+def augment_margin(
+    patch: int | tuple[int, ...], augment: Augment | None, spatial_dims: int = 2
+) -> int | tuple[int, int, int]:
     """Context in px to read around a ``patch`` x ``patch`` training patch so that the
-    elastic field (3 std) and the small rotation pull real pixels, not mirrored ones."""
+    elastic field (3 std) and the small rotation pull real pixels, not mirrored ones.
+
+    With ``spatial_dims=3``: ``patch`` is an int (a cube) or ``(D, H, W)``, and the result is
+    the per-axis margin ``(z, y, x)``. z gets only the elastic part, and none when the
+    deformation is in-plane (:attr:`Augment.elastic_in_plane`); the rotation is in-plane.
+    """
+    spatial_dims = _check_spatial_dims(spatial_dims, "augment_margin")
+    if spatial_dims == 2:
+        if augment is None or not augment.enabled:
+            return 0
+        m = 0
+        if augment.elastic:
+            m += int(math.ceil(3.0 * augment.elastic_std))
+        if augment.rotation_degrees > 0:
+            m += int(math.ceil(patch * 0.7072 * math.radians(augment.rotation_degrees)))
+        return m
+    sizes = (patch,) * 3 if _is_int(patch) else tuple(patch)
+    if len(sizes) != 3 or not all(_is_int(n) and n >= 1 for n in sizes):
+        raise ValueError(f"augment_margin: patch must be an int or (D, H, W), got {patch!r}")
     if augment is None or not augment.enabled:
-        return 0
-    m = 0
-    if augment.elastic:
-        m += int(math.ceil(3.0 * augment.elastic_std))
+        return (0, 0, 0)
+    elastic = int(math.ceil(3.0 * augment.elastic_std)) if augment.elastic else 0
+    rotation = 0
     if augment.rotation_degrees > 0:
-        m += int(math.ceil(patch * 0.7072 * math.radians(augment.rotation_degrees)))
-    return m
+        rotation = int(
+            math.ceil(max(sizes[1:]) * 0.7072 * math.radians(augment.rotation_degrees))
+        )
+    z = 0 if augment.elastic_in_plane else elastic
+    return (z, elastic + rotation, elastic + rotation)
 
 
-def augment_dataset(ds: tf.data.Dataset, augment: Augment, seed: int, jit_compile: bool = True
-                    ) -> tf.data.Dataset:
+def augment_dataset(
+    ds: tf.data.Dataset,
+    augment: Augment,
+    seed: int,
+    jit_compile: bool = True,
+    spatial_dims: int = 2,
+) -> tf.data.Dataset:
     """Apply :func:`augment_batch` to every batch ``(image, mask[, weight])`` of ``ds`` with a
-    seed of its own (a new one every epoch, reproducible from ``seed``); outputs float32."""
+    seed of its own (a new one every epoch, reproducible from ``seed``); outputs float32.
+
+    ``spatial_dims=3`` for volumes. Elements whose image has rank ``spatial_dims + 1`` (one
+    unbatched sample, e.g. ``(D, H, W, C)``) go through :func:`augment_sample` instead.
+    """
+    spatial_dims = _check_spatial_dims(spatial_dims, "augment_dataset")
+    spec = ds.element_spec
+    image_rank = spec[0].shape.rank if isinstance(spec, tuple) else None
+    fn = augment_sample if image_rank == spatial_dims + 1 else augment_batch
     seeds = tf.data.Dataset.random(seed=seed + 1, rerandomize_each_iteration=True).batch(
         2, drop_remainder=True)
 
     @tf.function(jit_compile=jit_compile)
     def run(s: tf.Tensor, *batch: tf.Tensor) -> tuple:
-        out = augment_batch(batch[0], batch[1], batch[2] if len(batch) == 3 else None,
-                            seed=s, config=augment)
+        out = fn(batch[0], batch[1], batch[2] if len(batch) == 3 else None,
+                 seed=s, config=augment, spatial_dims=spatial_dims)
         return tuple(tf.cast(t, tf.float32) for t in out)
 
     return tf.data.Dataset.zip((seeds, ds)).map(lambda s, b: run(s, *b),
@@ -723,6 +1111,7 @@ def augment_dataset(ds: tf.data.Dataset, augment: Augment, seed: int, jit_compil
 class AugmentLayer(keras.layers.Layer):
     """Keras layer applying :func:`augment_batch` to ``(images, masks[, weights])`` when training.
 
+    ``spatial_dims=3`` takes volume batches ``(B, D, H, W, C)`` (see :func:`augment_batch`).
     With ``training=False`` (or unset) the inputs are returned unchanged. Each training call
     draws a fresh seed from a ``keras.random.SeedGenerator(seed)``, so two layers built with
     the same ``seed`` produce the same sequence of augmentations.
@@ -732,6 +1121,7 @@ class AugmentLayer(keras.layers.Layer):
         self,
         augment: Augment | Mapping[str, Any] | None = None,
         seed: int | None = None,
+        spatial_dims: int = 2,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -746,6 +1136,7 @@ class AugmentLayer(keras.layers.Layer):
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
             raise ValueError(f"AugmentLayer: seed must be an int or None, got {seed!r}")
         self.augment = augment
+        self.spatial_dims = _check_spatial_dims(spatial_dims, "AugmentLayer")
         self.seed = None if seed is None else int(seed)
         self.seed_generator = keras.random.SeedGenerator(self.seed)
         self.supports_masking = False
@@ -761,12 +1152,14 @@ class AugmentLayer(keras.layers.Layer):
             return inputs
         seed = tf.cast(self.seed_generator.next(), tf.int64)
         weights = inputs[2] if len(inputs) == 3 else None
-        return augment_batch(inputs[0], inputs[1], weights, seed=seed, config=self.augment)
+        return augment_batch(inputs[0], inputs[1], weights, seed=seed, config=self.augment,
+                             spatial_dims=self.spatial_dims)
 
     def compute_output_shape(self, input_shape: Any) -> Any:
         return tuple(input_shape)
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
-        config.update({"augment": self.augment.get_config(), "seed": self.seed})
+        config.update({"augment": self.augment.get_config(), "seed": self.seed,
+                       "spatial_dims": self.spatial_dims})
         return config

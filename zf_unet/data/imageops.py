@@ -13,7 +13,7 @@ uint16 / 65535), bool is 0/1 and floats are used as they are (they must already 
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -22,7 +22,7 @@ from zf_unet.data.io import check_float_range
 from zf_unet.errors import DataError
 
 __all__ = ["mirror_coords_tf", "mirror_index", "mirror_index_tf", "pad_reflect",
-           "scale_to_unit_tf", "to_float_image", "unit_divisor"]
+           "pad_reflect_axes", "scale_to_unit_tf", "to_float_image", "unit_divisor"]
 
 
 # --------------------------------------------------------------------------- mirroring
@@ -60,6 +60,22 @@ def pad_reflect(x: np.ndarray, top: int, bottom: int, left: int, right: int) -> 
     rows = mirror_index(np.arange(-top, h + bottom), h)
     cols = mirror_index(np.arange(-left, w + right), w)
     return x[rows][:, cols]
+
+
+def pad_reflect_axes(x: np.ndarray, pads: Sequence[tuple[int, int]]) -> np.ndarray:
+    """``x`` mirror-padded (the rule of :func:`mirror_index`) on its leading ``len(pads)`` axes,
+    ``pads[i] = (before, after)`` >= 0 (may exceed the size). A volume ``(D, H, W, ...)`` with
+    three pairs: ``(D + dz0 + dz1, H + ..., W + ..., ...)``, same dtype."""
+    x = np.asarray(x)
+    if len(pads) > x.ndim:
+        raise ValueError(f"pad_reflect_axes: {len(pads)} pads for an array of rank {x.ndim}")
+    index = []
+    for axis, (before, after) in enumerate(pads):
+        if before < 0 or after < 0:
+            raise ValueError(f"pad_reflect_axes: pads must be >= 0, got {tuple(pads[axis])}")
+        n = x.shape[axis]
+        index.append(mirror_index(np.arange(-before, n + after), n))
+    return x[np.ix_(*index)] if index else x
 
 
 # --------------------------------------------------------------------------- scaling

@@ -1,9 +1,17 @@
-"""Model builders: U-Net (and the classic ZF_UNET_224), U-Net++ and their blocks; the
-tiling geometry of a model (``model_geometry``) and loading ``.keras`` files."""
-from zf_unet.models.backbones import BackbonePreprocessing, adapt_channels, build_encoder
+"""Model builders: U-Net (and the classic ZF_UNET_224), U-Net++ and their blocks, for images
+and (anisotropic) volumes (``plan_pooling``); the tiling geometry of a model
+(``model_geometry``) and loading ``.keras`` files."""
+from zf_unet.models.anisotropy import plan_pooling
+from zf_unet.models.backbones import (
+    BackbonePreprocessing,
+    adapt_channels,
+    build_encoder,
+    save_encoder_weights,
+)
 from zf_unet.models.blocks import (
     CenterCropToMatch,
     FusedBatchNormalization,
+    LinearUpSampling3D,
     double_conv_layer,
     upsample,
 )
@@ -29,6 +37,7 @@ __all__ = [
     "BackbonePreprocessing",
     "CenterCropToMatch",
     "FusedBatchNormalization",
+    "LinearUpSampling3D",
     "ModelGeometry",
     "ZF_UNET_224",
     "adapt_channels",
@@ -40,11 +49,13 @@ __all__ = [
     "nested_depth",
     "prune",
     "repeat_targets",
+    "save_encoder_weights",
     "double_conv_layer",
     "level_filters",
     "load_model_file",
     "model_geometry",
     "output_size",
+    "plan_pooling",
     "upsample",
     "valid_input_sizes",
 ]

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -48,7 +49,8 @@ from zf_unet.errors import ConfigError
 
 __all__ = ["BACKBONE_TABLE", "Backbone", "BackbonePreprocessing", "TAP_STRIDES",
            "adapt_channels", "backbone_names", "build_encoder", "check_backbone",
-           "encoder_features", "encoder_layer_names"]
+           "encoder_application", "encoder_features", "encoder_layer_names",
+           "save_encoder_weights"]
 
 #: The strides of the encoder features: skips at 2, 4, 8, 16; the bottleneck at 32.
 TAP_STRIDES = (2, 4, 8, 16, 32)
@@ -308,11 +310,14 @@ def _load_application(spec: Backbone, input_shape: tuple, weights: Any) -> keras
     path = Path(os.fspath(weights))
     if not path.is_file():
         raise ConfigError(f"encoder_weights: {str(weights)!r} is neither 'imagenet' nor an "
-                          "existing weights file; expected None, 'imagenet' or the path of a "
+                          "existing weights file; expected None, 'imagenet', the path of a "
                           ".weights.h5 / .h5 file of the same keras.applications model "
-                          f"(keras.applications.{spec.constructor}(include_top=False))")
+                          f"(keras.applications.{spec.constructor}(include_top=False)) or a "
+                          "zf_unet .keras model on the same backbone")
+    if path.name.endswith(".keras"):
+        return _application_from_model_file(spec, path, input_shape)
     if not path.name.endswith(".h5"):
-        raise ConfigError(f"encoder_weights: {path} is not a .weights.h5 or .h5 file")
+        raise ConfigError(f"encoder_weights: {path} is not a .weights.h5, .h5 or .keras file")
     app = spec.application(input_shape, None)
     try:
         app.load_weights(str(path))
@@ -322,6 +327,123 @@ def _load_application(spec: Backbone, input_shape: tuple, weights: Any) -> keras
                           f"{spec.name!r} ({type(exc).__name__}: {first}); expected the "
                           f"weights of keras.applications.{spec.constructor}"
                           "(include_top=False)") from None
+    return app
+
+
+def _copy_by_name(src: keras.Model, dst: keras.Model) -> int:
+    """Copy the weights of every layer of ``dst`` that ``src`` has under the same name and
+    with the same weight shapes; returns the number of layers copied."""
+    by_name = {lyr.name: lyr for lyr in src.layers if lyr.weights}
+    copied = 0
+    for lyr in dst.layers:
+        other = by_name.get(lyr.name)
+        if not lyr.weights or other is None:
+            continue
+        if [tuple(w.shape) for w in lyr.weights] != [tuple(w.shape) for w in other.weights]:
+            continue
+        lyr.set_weights([np.asarray(w.numpy()) for w in other.weights])
+        copied += 1
+    return copied
+
+
+def encoder_application(model: keras.Model, backbone: str | None = None) -> keras.Model:
+    """The complete ``keras.applications`` model (``include_top=False``) behind the encoder
+    of ``model`` (a zf_unet model on a backbone), with the encoder's trained weights.
+
+    Args:
+        model: a model from ``build_unet`` / ``build_unet_plus_plus`` with ``backbone=``; its
+            nested ``"encoder"`` model holds the weights.
+        backbone: the backbone name; ``None`` = found from the encoder's layers.
+
+    Returns:
+        The application for ``(None, None, C)`` inputs, ``C`` = the model's input channels.
+        Layers past the stride-32 tap that the encoder does not use keep their initial values.
+    """
+    try:
+        encoder = model.get_layer("encoder")
+    except ValueError:
+        raise ValueError("model has no pretrained-encoder backbone (no layer named 'encoder'); "
+                         "build it with backbone=...") from None
+    channels = int(encoder.input_shape[-1])
+    names = {lyr.name: [tuple(w.shape) for w in lyr.weights] for lyr in encoder.layers
+             if lyr.weights}
+    candidates = [backbone] if backbone is not None else [
+        n for n, spec in BACKBONE_TABLE.items()
+        if all(t is None or t == "@output" or t.partition(":")[0] in
+               {lyr.name for lyr in encoder.layers} for t in spec.taps)]
+    for name in candidates:
+        spec = _spec(name)
+        app = spec.application((None, None, channels), None)
+        app_names = {lyr.name: [tuple(w.shape) for w in lyr.weights] for lyr in app.layers
+                     if lyr.weights}
+        if all(app_names.get(k) == v for k, v in names.items()):
+            _copy_by_name(encoder, app)
+            return app
+        del app
+    raise ValueError("the encoder of this model matches no backbone"
+                     + (f" {backbone!r}" if backbone else "") + f" of {backbone_names()}")
+
+
+def save_encoder_weights(model: keras.Model, path: str | os.PathLike,
+                         backbone: str | None = None) -> Path:
+    """Write the trained encoder of ``model`` as the weights file of its
+    ``keras.applications`` model (``include_top=False``), atomically, for
+    ``encoder_weights=path`` in another model: the fine-tuning recipe for an encoder
+    pretrained on your own data. ``path`` must end in ``.weights.h5``. The file holds
+    weights for the model's input channels; a model with another channel count adapts them
+    as it adapts 3-channel ImageNet weights."""
+    path = Path(os.fspath(path))
+    if not path.name.endswith(".weights.h5"):
+        raise ValueError(f"save_encoder_weights: {path} must end in .weights.h5")
+    app = encoder_application(model, backbone)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name[:-len('.weights.h5')]}.{os.getpid()}.tmp.weights.h5")
+    try:
+        app.save_weights(str(tmp))
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def _application_from_model_file(spec: Backbone, path: Path, input_shape: tuple) -> keras.Model:
+    """The application of ``spec`` with the encoder weights of the zf_unet model file
+    ``path`` (3 channels, or the file's own channel count when it equals ``input_shape``'s)."""
+    from zf_unet.models.loading import load_model_file
+
+    try:
+        model = load_model_file(path, image_model=False)
+        app = encoder_application(model, spec.name)
+    except ValueError as exc:
+        raise ConfigError(f"encoder_weights: {path} holds no encoder of backbone "
+                          f"{spec.name!r} ({exc})") from None
+    return app
+
+
+def _load_own_channels(spec: Backbone, shape: tuple, weights: Any) -> keras.Model | None:
+    """For a ``C != 3``-channel encoder and a weights *file*: the application loaded from it
+    when the file holds ``C``-channel weights (e.g. from :func:`save_encoder_weights` on a
+    grayscale model), else ``None`` (3-channel weights: adapted by the caller)."""
+    if weights is None or (isinstance(weights, str) and weights == "imagenet"):
+        return None
+    path = Path(os.fspath(weights))
+    if not path.is_file():
+        return None
+    if path.name.endswith(".keras"):
+        app = _load_application(spec, shape, weights)
+        if int(app.input_shape[-1]) == 3 and int(shape[-1]) != 3:
+            dst = spec.application(shape, None)
+            _transfer_weights(app, dst, int(shape[-1]))
+            return dst
+        return app
+    app = spec.application(shape, None)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            app.load_weights(str(path))
+    except Exception:  # noqa: BLE001 - not C-channel weights: 3-channel ones are adapted
+        return None
     return app
 
 
@@ -379,13 +501,21 @@ def build_encoder(name: str, input_shape: Sequence[int | None] = (None, None, 3)
     spec = _spec(name)
     shape = tuple(input_shape)
     channels = int(shape[-1])
-    if weights is not None and channels != 3:
+    own = _load_own_channels(spec, shape, weights) if channels != 3 else None
+    if own is not None:
+        app = own
+    elif weights is not None and channels != 3:
         src = _load_application(spec, shape[:2] + (3,), weights)
         app = spec.application(shape, None)
         _transfer_weights(src, app, channels)
         del src
     else:
         app = _load_application(spec, shape, weights)
+    got = int(app.input_shape[-1])
+    if got != channels:
+        raise ConfigError(f"encoder_weights: {weights} holds an encoder for {got}-channel "
+                          f"input; this model takes {channels} channels (only 3-channel "
+                          "weights are adapted to other channel counts)")
     outputs = [_tap_tensor(app, tap) for tap in spec.taps if tap is not None]
     return keras.Model(app.inputs, outputs, name="encoder")
 

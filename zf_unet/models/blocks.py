@@ -1,7 +1,7 @@
 """Building blocks shared by U-Net and U-Net++ (NHWC tensors throughout)."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import keras
 import tensorflow as tf
@@ -11,6 +11,28 @@ from zf_unet.checks import check_choice, check_int, check_rate
 
 UPSAMPLING_MODES = ("nearest", "bilinear", "transpose")
 PADDING_MODES = ("same", "valid")
+
+
+def spatial_rank(x: Any, arg: str = "x") -> int:
+    """Number of spatial axes of a channels-last tensor: 2 for ``(B, H, W, C)``, 3 for
+    ``(B, D, H, W, C)``; ``ValueError`` naming ``arg`` otherwise."""
+    rank = len(x.shape)
+    if rank not in (4, 5):
+        raise ValueError(f"{arg} must be a (batch, H, W, C) image or a (batch, D, H, W, C) "
+                         f"volume tensor, got shape {tuple(x.shape)}")
+    return rank - 2
+
+
+def _size_arg(arg: str, value: Any, ndim: int) -> int | tuple[int, ...]:
+    """``value`` (an int or ``ndim`` ints >= 1) for a Keras layer: the int itself when every
+    axis is equal (as the 2-D models always passed it), else the tuple."""
+    if isinstance(value, (list, tuple)):
+        if len(value) != ndim:
+            raise ValueError(f"{arg} must be an integer or {ndim} integers (one per spatial "
+                             f"axis), got {value!r}")
+        sizes = tuple(check_int(arg, v, 1) for v in value)
+        return sizes[0] if len(set(sizes)) == 1 else sizes
+    return check_int(arg, value, 1)
 
 
 def double_conv_layer(
@@ -23,16 +45,21 @@ def double_conv_layer(
     name: str | None = None,
     sync_batch_norm: bool = False,
     fused_batch_norm: bool = True,
+    kernel_size: int | Sequence[int] = 3,
 ) -> Any:
-    """The ZF_UNET_224 block: (Conv2D 3x3 -> BatchNorm -> ReLU) x 2, then optional dropout.
+    """The ZF_UNET_224 block: (Conv 3x3 -> BatchNorm -> ReLU) x 2, then optional dropout.
+
+    Works on images and volumes: ``Conv2D`` / ``SpatialDropout2D`` for a 4-D input,
+    ``Conv3D`` / ``SpatialDropout3D`` for a 5-D one.
 
     Args:
-        x: symbolic tensor ``(batch, H, W, C_in)``.
+        x: symbolic tensor ``(batch, H, W, C_in)`` or ``(batch, D, H, W, C_in)``.
         filters: output channels of both convolutions.
-        dropout: rate of ``SpatialDropout2D`` after the second ReLU (0 disables it).
+        dropout: rate of ``SpatialDropout2D``/``3D`` after the second ReLU (0 disables it).
         batch_norm: insert ``BatchNormalization`` after each convolution. Without it the
             convolutions get a bias; with it they keep the bias too, as the classic model did.
-        padding: ``"same"`` keeps H x W; ``"valid"`` (the paper) shrinks each side by 2 px.
+        padding: ``"same"`` keeps the spatial size; ``"valid"`` (the paper) shrinks each side
+            by ``kernel_size - 1`` px (2 for 3x3).
         kernel_initializer: He-normal by default, the paper's std ``sqrt(2 / N)``.
         name: prefix for stable layer names (``{name}_conv1``, ``{name}_bn1``, ...).
         sync_batch_norm: synchronise BatchNorm statistics across replicas / workers of a
@@ -40,21 +67,28 @@ def double_conv_layer(
         fused_batch_norm: use :class:`FusedBatchNormalization` (TensorFlow's fused kernel,
             same outputs and statistics as Keras's layer, faster under mixed precision);
             ``False`` uses ``keras.layers.BatchNormalization``.
+        kernel_size: kernel of both convolutions: an int (every axis) or one int per spatial
+            axis, e.g. ``(1, 3, 3)`` to leave a coarse ``z`` axis unmixed.
 
     Returns:
-        ``(batch, H', W', filters)`` with ``H' = H`` (same) or ``H - 4`` (valid).
+        ``(batch, H', W', filters)`` (or ``(batch, D', H', W', filters)``) with ``H' = H``
+        (same) or ``H - 2 * (k - 1)`` (valid), in the layers' compute dtype.
     """
     check_choice("padding", padding, PADDING_MODES)
     filters = check_int("filters", filters, 1)
     dropout = check_rate("dropout", dropout)
+    ndim = spatial_rank(x)
+    kernel = _size_arg("kernel_size", kernel_size, ndim)
+    conv_cls = layers.Conv2D if ndim == 2 else layers.Conv3D
+    dropout_cls = layers.SpatialDropout2D if ndim == 2 else layers.SpatialDropout3D
 
     def nm(suffix: str) -> str | None:
         return f"{name}_{suffix}" if name else None
 
     for i in (1, 2):
-        x = layers.Conv2D(
+        x = conv_cls(
             int(filters),
-            3,
+            kernel,
             padding=padding,
             kernel_initializer=kernel_initializer,
             name=nm(f"conv{i}"),
@@ -65,7 +99,7 @@ def double_conv_layer(
             x = bn_cls(axis=-1, synchronized=sync_batch_norm, name=nm(f"bn{i}"))(x)
         x = layers.Activation("relu", name=nm(f"relu{i}"))(x)
     if dropout > 0:
-        x = layers.SpatialDropout2D(float(dropout), name=nm("dropout"))(x)
+        x = dropout_cls(float(dropout), name=nm("dropout"))(x)
     return x
 
 
@@ -78,20 +112,32 @@ class FusedBatchNormalization(layers.BatchNormalization):
     each, oneDNN on CPU, cuDNN on GPU) directly on ``bfloat16`` / ``float16`` activations,
     with ``float32`` statistics, instead of Keras's cast to ``float32`` + separate moments,
     normalisation and casts back. Under ``mixed_bfloat16`` this makes ZF_UNET_224 training
-    ~10 % faster on CPU (``benchmarks/RESULTS.md``). Every other case (other ranks or axes,
-    masks, synchronised BN) falls back to the Keras computation.
+    ~10 % faster on CPU (``benchmarks/RESULTS.md``). Volumes ``(B, D, H, W, C)`` take the
+    same kernel on a ``(B, D * H, W, C)`` view (the statistics are over every axis but ``C``
+    either way). Every other case (other ranks or axes, masks, synchronised BN) falls back to
+    the Keras computation.
 
-    Input ``(B, H, W, C)`` in the layer's compute dtype; output the same shape and dtype.
+    Input ``(B, H, W, C)`` or ``(B, D, H, W, C)`` in the layer's compute dtype; output the
+    same shape and dtype.
     """
 
     def _use_fused(self, inputs: Any, mask: Any) -> bool:
+        rank = len(inputs.shape)
         return (mask is None and not self.synchronized
-                and len(inputs.shape) == 4 and self.axis in (-1, 3)
+                and rank in (4, 5) and self.axis in (-1, rank - 1)
                 and inputs.shape[-1] is not None)
 
     def call(self, inputs, training=None, mask=None):
         if not self._use_fused(inputs, mask):
             return super().call(inputs, training=training, mask=mask)
+        if len(inputs.shape) == 5:
+            shape = tf.shape(inputs)
+            flat = tf.reshape(inputs, tf.stack([shape[0], shape[1] * shape[2], shape[3],
+                                                int(inputs.shape[-1])]))
+            return tf.reshape(self._fused(flat, training), shape)
+        return self._fused(inputs, training)
+
+    def _fused(self, inputs: Any, training: Any) -> Any:
         channels = inputs.shape[-1]
         gamma = self.gamma.value if self.scale else tf.ones((channels,), "float32")
         beta = self.beta.value if self.center else tf.zeros((channels,), "float32")
@@ -124,15 +170,87 @@ def upsample(
     filters: int,
     kernel_initializer: str | keras.initializers.Initializer = "he_normal",
     name: str | None = None,
+    size: int | Sequence[int] = 2,
 ) -> Any:
-    """Double H and W: nearest/bilinear ``UpSampling2D`` (channels kept) or a 2x2 stride-2
-    ``Conv2DTranspose`` to ``filters`` channels (the paper's up-convolution)."""
-    if check_choice("upsampling", mode, UPSAMPLING_MODES) != "transpose":
-        return layers.UpSampling2D(size=2, interpolation=mode, name=name)(x)
-    return layers.Conv2DTranspose(
-        check_int("filters", filters, 1), 2, strides=2, kernel_initializer=kernel_initializer,
-        name=name,
+    """Undo a max-pooling of ``size`` (2 = double H and W, or D, H and W of a volume).
+
+    ``"nearest"`` / ``"bilinear"``: ``UpSampling2D`` (images) or ``UpSampling3D`` /
+    :class:`LinearUpSampling3D` (volumes; ``"bilinear"`` is then trilinear), channels kept.
+    ``"transpose"``: a ``size``-kernel, ``size``-stride ``Conv2DTranspose`` /
+    ``Conv3DTranspose`` to ``filters`` channels (the paper's 2x2 up-convolution).
+
+    Args:
+        x: ``(B, H, W, C)`` or ``(B, D, H, W, C)``.
+        mode: ``"nearest"``, ``"bilinear"`` or ``"transpose"``.
+        filters: output channels of ``"transpose"`` (else unused).
+        kernel_initializer: of the transposed convolution.
+        name: layer name.
+        size: factor per spatial axis (an int for all, or one per axis, e.g. ``(1, 2, 2)``).
+
+    Returns:
+        The upsampled tensor, spatial sizes multiplied by ``size``.
+    """
+    mode = check_choice("upsampling", mode, UPSAMPLING_MODES)
+    ndim = spatial_rank(x)
+    size = _size_arg("size", size, ndim)
+    if mode != "transpose":
+        if ndim == 2:
+            return layers.UpSampling2D(size=size, interpolation=mode, name=name)(x)
+        if mode == "nearest":
+            return layers.UpSampling3D(size=size, name=name)(x)
+        return LinearUpSampling3D(size=size, name=name)(x)
+    conv_cls = layers.Conv2DTranspose if ndim == 2 else layers.Conv3DTranspose
+    return conv_cls(
+        check_int("filters", filters, 1), size, strides=size,
+        kernel_initializer=kernel_initializer, name=name,
     )(x)
+
+
+@keras.saving.register_keras_serializable(package="zf_unet")
+class LinearUpSampling3D(keras.layers.Layer):
+    """Trilinear upsampling of a volume ``(B, D, H, W, C)`` by an integer factor per axis
+    (``keras.layers.UpSampling3D`` only repeats voxels).
+
+    Separable: a bilinear resize of every ``(H, W)`` slice, then a linear resize along ``D``;
+    half-pixel centres, as ``UpSampling2D(interpolation="bilinear")``. Any (also unknown)
+    spatial sizes; output ``(B, fD * D, fH * H, fW * W, C)`` in the layer's compute dtype.
+
+    Args:
+        size: an int (every axis) or ``(fD, fH, fW)``, each >= 1.
+    """
+
+    def __init__(self, size: int | Sequence[int] = 2, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if isinstance(size, (list, tuple)):
+            if len(size) != 3:
+                raise ValueError(f"size must be an integer or 3 integers (D, H, W), got {size!r}")
+            self.size = tuple(check_int("size", v, 1) for v in size)
+        else:
+            self.size = (check_int("size", size, 1),) * 3
+
+    def call(self, inputs):
+        fd, fh, fw = self.size
+        x = inputs
+        shape = ops.shape(x)
+        b, d, h, w, c = shape[0], shape[1], shape[2], shape[3], shape[4]
+        if fh > 1 or fw > 1:
+            x = ops.reshape(x, (-1, h, w, c))
+            x = ops.image.resize(x, (h * fh, w * fw), interpolation="bilinear")
+            h, w = h * fh, w * fw
+            x = ops.reshape(x, (b, d, h, w, c))
+        if fd > 1:
+            x = ops.reshape(x, (b, d, h * w, c))
+            x = ops.image.resize(x, (d * fd, h * w), interpolation="bilinear")
+            x = ops.reshape(x, (b, d * fd, h, w, c))
+        return ops.cast(x, self.compute_dtype)
+
+    def compute_output_shape(self, input_shape):
+        b, d, h, w, c = input_shape
+        return (b,) + tuple(None if s is None else s * f
+                            for s, f in zip((d, h, w), self.size)) + (c,)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "size": list(self.size)}
 
 
 @keras.saving.register_keras_serializable(package="zf_unet")

@@ -4,19 +4,23 @@
 :class:`ModelGeometry`: how many times the model downsamples (the divisor between accepted
 input sizes), the context margin of ``padding="valid"`` models, a fixed input size if it has
 one, and its input channels and number of classes. The helpers on :class:`ModelGeometry`
-work one spatial axis at a time, so a third spatial axis is an extension, not a rewrite.
+work one spatial axis at a time.
+
+Image models take ``(B, H, W, C)``; volume models take ``(B, D, H, W, C)`` (3 spatial axes,
+``padding="same"`` only) and may downsample each axis by its own factor (e.g.
+``MaxPooling3D(pool_size=(1, 2, 2))``): their per-axis divisors are ``divisors``.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
 import weakref
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import keras
 import numpy as np
 
-__all__ = ["ModelGeometry", "model_geometry"]
+__all__ = ["ModelGeometry", "axis_names", "model_geometry"]
 
 _GEOMETRY_CACHE: "weakref.WeakKeyDictionary[Any, ModelGeometry]" = weakref.WeakKeyDictionary()
 
@@ -36,8 +40,15 @@ class ModelGeometry:
     - ``fixed_size``: the spatial input size ``(H, W)`` when it is fixed (then only that size
       is accepted), else ``None``.
     - ``channels``: input channels; ``num_classes``: output channels.
+    - ``divisors``: volume models only: the divisor of each spatial axis ``(D, H, W)``, e.g.
+      ``(1, 4, 4)`` for two ``(1, 2, 2)`` poolings; ``None`` for image models (both axes use
+      ``divisor``). For volume models ``divisor`` is ``max(divisors)`` (the in-plane divisor of
+      a U-Net that pools only in-plane), ``min_input`` is ``divisor`` and ``depth`` counts
+      every downsampling layer, whatever axes it pools; use the per-axis helpers
+      (:attr:`axis_divisors`, :attr:`min_inputs`) for tiling.
 
-    ``geom["margin"]`` and ``dict(geom)`` work as with the dict it replaces.
+    ``geom["margin"]`` and ``dict(geom)`` work as with the dict it replaces; ``divisors`` is a
+    key only for volume models (image-model dicts keep their 8 keys).
     """
 
     depth: int
@@ -48,6 +59,7 @@ class ModelGeometry:
     fixed_size: tuple[int, ...] | None
     channels: int
     num_classes: int
+    divisors: tuple[int, ...] | None = None
 
     # ------------------------------------------------------------------ dict compatibility
     def __getitem__(self, key: str) -> Any:
@@ -57,8 +69,9 @@ class ModelGeometry:
         return getattr(self, key)
 
     def keys(self) -> tuple[str, ...]:
-        """The field names, in declaration order."""
-        return tuple(f.name for f in dataclasses.fields(self))
+        """The field names, in declaration order (``divisors`` only when set)."""
+        return tuple(f.name for f in dataclasses.fields(self)
+                     if f.name != "divisors" or self.divisors is not None)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.keys())
@@ -70,37 +83,80 @@ class ModelGeometry:
     # ------------------------------------------------------------------ per-axis helpers
     @property
     def spatial_axes(self) -> int:
-        """Number of spatial axes (2: height and width)."""
+        """Number of spatial axes: 2 (height, width) for image models, 3 (depth, height,
+        width) for volume models."""
+        if self.divisors is not None:
+            return len(self.divisors)
         return 2 if self.fixed_size is None else len(self.fixed_size)
+
+    @property
+    def axis_divisors(self) -> tuple[int, ...]:
+        """The step between accepted input sizes, per spatial axis."""
+        if self.divisors is not None:
+            return tuple(self.divisors)
+        return (self.divisor,) * self.spatial_axes
+
+    @property
+    def min_inputs(self) -> tuple[int, ...]:
+        """The smallest accepted input per spatial axis (the fixed size if there is one)."""
+        if self.fixed_size is not None:
+            return tuple(self.fixed_size)
+        if self.divisors is not None:  # volume models: padding "same", margin 0
+            return tuple(self.divisors)
+        return (self.min_input,) * self.spatial_axes
 
     @property
     def min_output(self) -> int:
         """Output side of the smallest accepted input: ``min_input - 2 * margin``."""
         return self.min_input - 2 * self.margin
 
-    def max_output_tile(self, tile_size: int) -> tuple[int, ...]:
-        """Largest output tile per spatial axis whose input tile is <= ``tile_size`` (the
-        fixed size minus the margins for fixed-size models). ``ValueError`` when
-        ``tile_size`` is below the smallest accepted input."""
+    @property
+    def min_outputs(self) -> tuple[int, ...]:
+        """:attr:`min_output` per spatial axis."""
+        return tuple(s - 2 * self.margin for s in self.min_inputs)
+
+    def max_output_tile(self, tile_size: int | Sequence[int]) -> tuple[int, ...]:
+        """Largest output tile per spatial axis whose input tile is <= ``tile_size`` (an int
+        for every axis, or one per spatial axis); the fixed size minus the margins for
+        fixed-size models. ``ValueError`` when ``tile_size`` is below the smallest accepted
+        input along some axis, or has the wrong number of entries."""
         if self.fixed_size is not None:
             return tuple(f - 2 * self.margin for f in self.fixed_size)
-        s0, div = self.min_input, self.divisor
-        if tile_size < s0:
-            raise ValueError(
-                f"tile_size={tile_size} is too small for this model: its smallest accepted "
-                f"input is {s0} px (accepted sizes are {s0} + k * {div})"
-            )
-        t_out = s0 + (tile_size - s0) // div * div - 2 * self.margin
-        return (t_out,) * self.spatial_axes
+        nd = self.spatial_axes
+        if isinstance(tile_size, (int, np.integer)):
+            sizes, per_axis = (int(tile_size),) * nd, False
+        else:
+            sizes, per_axis = tuple(int(t) for t in tile_size), True
+            if len(sizes) != nd:
+                raise ValueError(
+                    f"tile_size={tuple(tile_size)} has {len(sizes)} entries but this model "
+                    f"has {nd} spatial axes {axis_names(nd)}; pass one int or {nd} ints"
+                )
+        out = []
+        for a, (t, s0, div) in enumerate(zip(sizes, self.min_inputs, self.axis_divisors)):
+            if t < s0:
+                where = f" along {axis_names(nd)[a]}" if per_axis or nd != 2 else ""
+                raise ValueError(
+                    f"tile_size={t} is too small for this model{where}: its smallest accepted "
+                    f"input is {s0} px (accepted sizes are {s0} + k * {div})"
+                )
+            out.append(s0 + (t - s0) // div * div - 2 * self.margin)
+        return tuple(out)
 
-    def fit_output_tile(self, length: int, t_max: int) -> int:
-        """Output tile for an axis of ``length`` px: ``t_max`` (the largest allowed), or the
-        smallest accepted one that covers the whole axis when that is smaller."""
+    def fit_output_tile(self, length: int, t_max: int, axis: int = 0) -> int:
+        """Output tile for spatial ``axis`` of ``length`` px: ``t_max`` (the largest allowed),
+        or the smallest accepted one that covers the whole axis when that is smaller."""
         if self.fixed_size is not None:
             return t_max
-        out0, div = self.min_output, self.divisor
+        out0, div = self.min_outputs[axis], self.axis_divisors[axis]
         need = out0 + max(0, math.ceil((length - out0) / div)) * div
         return min(t_max, need)
+
+
+def axis_names(spatial_axes: int) -> tuple[str, ...]:
+    """Names of the spatial axes: ``("height", "width")`` or ``("depth", "height", "width")``."""
+    return ("depth", "height", "width")[-spatial_axes:] if spatial_axes <= 3 else tuple(
+        f"axis {i}" for i in range(spatial_axes))
 
 
 # --------------------------------------------------------------------------------------------
@@ -124,23 +180,86 @@ def _static_dim(d: Any) -> int | None:
     return None if d is None else int(d)
 
 
-def _probe_output_size(model: keras.Model, size: tuple[int, int], channels: int) -> tuple[int, int]:
-    """Spatial output size for a ``size`` input: symbolic first, a real forward pass as fallback."""
-    shape = (1, size[0], size[1], channels)
+def _probe_output_size(model: keras.Model, size: tuple[int, ...], channels: int
+                       ) -> tuple[int, ...]:
+    """Spatial output size for a ``size`` input (2 or 3 spatial axes): symbolic first, a
+    real forward pass as fallback."""
+    shape = (1, *size, channels)
     try:
         out = model.compute_output_shape(shape)
-        if out[1] is not None and out[2] is not None:
-            return int(out[1]), int(out[2])
+        if all(d is not None for d in out[1:-1]):
+            return tuple(int(d) for d in out[1:-1])
     except Exception:  # noqa: BLE001 - some layers cannot compute shapes symbolically
         pass
     y = model(np.zeros(shape, dtype="float32"), training=False)
-    return int(y.shape[1]), int(y.shape[2])
+    return tuple(int(d) for d in y.shape[1:-1])
+
+
+def _ntuple(v: Any, n: int) -> tuple[int, ...]:
+    if isinstance(v, (list, tuple)):
+        return tuple(int(x) for x in v) if len(v) == n else (int(v[0]),) * n
+    return (int(v),) * n
+
+
+def _volume_downsampling(model: keras.Model) -> tuple[tuple[int, int, int], int, list[str]]:
+    """``(per-axis divisors (D, H, W), number of downsampling layers, names of valid-padding
+    Conv3D layers wider than 1)`` of a volume model (nested models included)."""
+    divisors, n_down, valid = [1, 1, 1], 0, []
+    for layer in _iter_layers(model):
+        if "Transpose" in type(layer).__name__:
+            continue
+        strides = None
+        if isinstance(layer, (keras.layers.MaxPooling3D, keras.layers.AveragePooling3D)):
+            strides = _ntuple(layer.strides if layer.strides is not None else layer.pool_size,
+                              3)
+        elif isinstance(layer, keras.layers.Conv3D):
+            strides = _ntuple(layer.strides, 3)
+            if layer.padding == "valid" and max(_ntuple(layer.kernel_size, 3)) > 1:
+                valid.append(layer.name)
+        if strides is not None and max(strides) > 1:
+            divisors = [d * s for d, s in zip(divisors, strides)]
+            n_down += 1
+    return (divisors[0], divisors[1], divisors[2]), n_down, valid
+
+
+def _volume_geometry(model: keras.Model, in_shape: tuple, out_shape: tuple, channels: int,
+                     num_classes: int) -> ModelGeometry:
+    """The geometry of a ``(B, D, H, W, C)`` model (padding "same" only)."""
+    divisors, n_down, valid = _volume_downsampling(model)
+    if valid:
+        raise ValueError(
+            "3-D (volume) models must use padding='same' (output = input); layer(s) "
+            f"{', '.join(valid[:3])} use padding='valid'"
+        )
+    fixed = tuple(_static_dim(d) for d in in_shape[1:4])
+    if all(d is not None for d in fixed):
+        probe = fixed
+    elif any(d is not None for d in fixed):
+        raise ValueError(
+            f"model input_shape={in_shape!r} fixes only some spatial sides; use "
+            "(None, None, None, C) or a fully fixed size"
+        )
+    else:
+        probe = tuple(d * max(1, math.ceil(8 / d)) for d in divisors)
+    out = _probe_output_size(model, probe, channels)
+    if tuple(out) != tuple(probe):
+        raise ValueError(
+            f"model maps a {probe} volume to {out}; predict_tiled needs output = input for "
+            "3-D models (padding='same')"
+        )
+    divisor = max(divisors)
+    return ModelGeometry(
+        depth=n_down + 1, divisor=divisor, margin=0, padding="same",
+        min_input=min(fixed) if probe is fixed else divisor,
+        fixed_size=fixed if probe is fixed else None, channels=channels,
+        num_classes=num_classes, divisors=divisors,
+    )
 
 
 def _downsampling(model: keras.Model) -> tuple[int, int, bool]:
     """``(divisor, number of downsamplings, has a valid-padding conv wider than 1)``."""
     divisor, n_down, valid_conv = 1, 0, False
-    if any(type(layer).__name__ == "BackbonePreprocessing" for layer in model.layers):
+    if any(type(layer).__name__ == "BackbonePreprocessing" for layer in _iter_layers(model)):
         # A model on a pretrained encoder (zf_unet.models.backbones): 5 stride-2 steps; its
         # padded "valid" convolutions and strided shortcuts would miscount.
         return 32, 5, False
@@ -201,7 +320,8 @@ def model_geometry(model: keras.Model) -> ModelGeometry:
     (measured once per model and cached).
 
     Raises:
-        ValueError: ``model`` is not a ``keras.Model``, not a single-input image model, or its
+        ValueError: ``model`` is not a ``keras.Model``, not a single-input image / volume
+            model, a volume model with ``padding="valid"`` convolutions, or its
             output size does not follow ``output = input - 2 * margin`` (e.g. a model that
             changes resolution).
     """
@@ -217,13 +337,15 @@ def model_geometry(model: keras.Model) -> ModelGeometry:
 
     in_shape = model.input_shape
     out_shape = model.output_shape
-    if isinstance(in_shape, list) or len(in_shape) != 4:
+    if isinstance(in_shape, list) or len(in_shape) not in (4, 5):
         raise ValueError(
-            f"model must take one (batch, H, W, C) image input, got input_shape={in_shape!r}"
+            f"model must take one (batch, H, W, C) image input or one (batch, D, H, W, C) "
+            f"volume input, got input_shape={in_shape!r}"
         )
-    if isinstance(out_shape, list) or len(out_shape) != 4:
+    if isinstance(out_shape, list) or len(out_shape) != len(in_shape):
+        expect = "(batch, H, W, K)" if len(in_shape) == 4 else "(batch, D, H, W, K)"
         raise ValueError(
-            f"model must have one (batch, H, W, K) output, got output_shape={out_shape!r}"
+            f"model must have one {expect} output, got output_shape={out_shape!r}"
         )
     channels = _static_dim(in_shape[-1])
     num_classes = _static_dim(out_shape[-1])
@@ -232,6 +354,13 @@ def model_geometry(model: keras.Model) -> ModelGeometry:
             f"model needs static channel counts, got input_shape={in_shape!r}, "
             f"output_shape={out_shape!r}"
         )
+    if len(in_shape) == 5:
+        geom = _volume_geometry(model, in_shape, out_shape, channels, num_classes)
+        try:
+            _GEOMETRY_CACHE[model] = geom
+        except TypeError:  # pragma: no cover
+            pass
+        return geom
     divisor, n_down, valid_conv = _downsampling(model)
     depth = n_down + 1
 

@@ -10,6 +10,7 @@ from keras import layers
 
 from zf_unet.checks import check_bool, check_choice, check_int, check_rate
 from zf_unet.errors import DataError
+from zf_unet.models.anisotropy import Sizes, axis_divisors, default_levels, resolve_levels
 from zf_unet.models.backbones import check_backbone, encoder_features
 from zf_unet.models.blocks import (
     FusedBatchNormalization,
@@ -74,13 +75,31 @@ def valid_input_sizes(depth: int, padding: str = "same", near: int = 256, count:
     return sorted(set(below + above))
 
 
-def _check_input_shape(input_shape: Any, depth: int, padding: str) -> tuple:
-    expected = "(height, width, channels), e.g. (None, None, 1) with None for any size"
-    if not isinstance(input_shape, (list, tuple)) or len(input_shape) != 3:
-        raise ValueError(f"input_shape must be {expected}; got {input_shape!r}")
-    h, w, c = input_shape
+_SHAPE_EXPECTED = ("(height, width, channels), e.g. (None, None, 1) with None for any size; "
+                   "got {!r}. Volumes take (depth, height, width, channels), e.g. "
+                   "(None, None, None, 1)")
+
+
+def spatial_ndim(input_shape: Any) -> int:
+    """Spatial axes of a builder's ``input_shape``: 2 for ``(H, W, C)``, 3 for
+    ``(D, H, W, C)``; ``ValueError`` for anything else."""
+    if not isinstance(input_shape, (list, tuple)) or len(input_shape) not in (3, 4):
+        raise ValueError("input_shape must be " + _SHAPE_EXPECTED.format(input_shape))
+    return len(input_shape) - 1
+
+
+def _check_input_shape(input_shape: Any, depth: int, padding: str,
+                       pools: Sequence[Sequence[int]] | None = None) -> tuple:
+    """``input_shape`` as a tuple (``None`` or ints, channels last) if a ``depth``-level U-Net
+    with these per-level ``pools`` (default: 2 on every axis) can process it, else
+    ``ValueError`` naming the axis, the rule and the nearest valid sizes."""
+    ndim = spatial_ndim(input_shape)
+    *spatial, c = input_shape
     c = check_int("input_shape channels", c, 1)
-    for axis, s in (("height", h), ("width", w)):
+    names = ("height", "width") if ndim == 2 else ("D (depth axis)", "height", "width")
+    classic = pools is None or all(tuple(p) == (2,) * ndim for p in pools)
+    divisors = (2 ** (depth - 1),) * ndim if classic else axis_divisors(list(pools), ndim)
+    for axis, s, div in zip(names, spatial, divisors):
         if s is None:
             continue
         try:
@@ -88,7 +107,7 @@ def _check_input_shape(input_shape: Any, depth: int, padding: str) -> tuple:
         except ValueError:
             raise ValueError(f"input_shape {axis} must be an integer >= 1 or None (any size), "
                              f"got {s!r}") from None
-        if output_size(s, depth, padding) is None:
+        if classic and output_size(s, depth, padding) is None:
             nearest = valid_input_sizes(depth, padding, near=s)
             rule = (
                 f"a multiple of 2**(depth-1) = {2 ** (depth - 1)}"
@@ -100,7 +119,14 @@ def _check_input_shape(input_shape: Any, depth: int, padding: str) -> tuple:
                 f"padding={padding!r}: it must be {rule}. Nearest valid sizes: {nearest}. "
                 "Use None for a variable size."
             )
-    return (None if h is None else int(h), None if w is None else int(w), c)
+        if not classic and s % div:
+            nearest = sorted({max(div, s // div * div), (s // div + 1) * div})
+            raise ValueError(
+                f"input_shape {axis}={s} cannot be processed with pool_sizes={list(pools)}: "
+                f"it must be a multiple of the product of the pool sizes along that axis = "
+                f"{div}. Nearest valid sizes: {nearest}. Use None for a variable size."
+            )
+    return tuple(None if s is None else int(s) for s in spatial) + (c,)
 
 
 def _check_activation(value: Any) -> Any:
@@ -131,19 +157,32 @@ def _check_initializer(value: Any) -> Any:
 def check_builder_args(input_shape: Sequence[int | None], num_classes: int, depth: int,
                        filters: int | Sequence[int], upsampling: str, padding: str,
                        output_activation: str | None, dropout: float = 0.0,
-                       kernel_initializer: Any = "he_normal", name: str = "unet",
-                       **flags: Any) -> tuple[int, tuple, list[int], str | None]:
+                       kernel_initializer: Any = "he_normal", name: str = "unet", *,
+                       pool_sizes: Any = None, kernel_sizes: Any = None, spacing: Any = None,
+                       **flags: Any) -> tuple[int, tuple, list[int], str | None, Sizes, Sizes]:
     """Validate the options shared by the U-Net builders (``flags``: their True/False
     options by name); each bad one raises ``ValueError`` naming it.
 
-    Returns ``(depth, input_shape, filters per level, output activation)`` with ``"auto"``
-    resolved to sigmoid (1 class) or softmax (several).
+    Returns ``(depth, input_shape, filters per level, output activation, pools, kernels)``
+    with ``"auto"`` resolved to sigmoid (1 class) or softmax (several), and ``pools`` /
+    ``kernels`` the ``depth - 1`` / ``depth`` per-level tuples of
+    :func:`zf_unet.models.anisotropy.resolve_levels`.
     """
     depth = check_int("depth", depth, 2)
     upsampling = check_choice("upsampling", upsampling, UPSAMPLING_MODES)
     padding = check_choice("padding", padding, PADDING_MODES)
     num_classes = check_int("num_classes", num_classes, 1)
-    shape = _check_input_shape(input_shape, depth, padding)
+    ndim = spatial_ndim(input_shape)
+    pools, kernels = resolve_levels(pool_sizes, kernel_sizes, spacing, depth, ndim)
+    if ndim == 3 and padding != "same":
+        raise ValueError(f"padding={padding!r} is not supported for 3-D inputs "
+                         f"(input_shape={tuple(input_shape)!r}): volumetric U-Nets support "
+                         "only padding='same'")
+    if padding == "valid" and (pools, kernels) != default_levels(depth, ndim):
+        raise ValueError("pool_sizes / kernel_sizes other than 2 / 3 need padding='same' "
+                         "(padding='valid' supports only the classic 2x2 pooling and 3x3 "
+                         f"kernels), got pool_sizes={pool_sizes!r}, kernel_sizes={kernel_sizes!r}")
+    shape = _check_input_shape(input_shape, depth, padding, pools)
     widths = level_filters(filters, depth)
     check_rate("dropout", dropout)
     for flag, value in flags.items():
@@ -154,7 +193,7 @@ def check_builder_args(input_shape: Sequence[int | None], num_classes: int, dept
         raise ValueError(f"name must be a non-empty string, got {name!r}")
     if output_activation == "auto":
         output_activation = "sigmoid" if num_classes == 1 else "softmax"
-    return depth, shape, widths, output_activation
+    return depth, shape, widths, output_activation, pools, kernels
 
 
 #: ``depth`` of a model on a backbone: features at strides 1 (output) .. 32 (bottleneck).
@@ -162,12 +201,22 @@ BACKBONE_DEPTH = 6
 
 
 def resolve_backbone_args(backbone: Any, depth: int | None, padding: str,
-                          input_normalization: Any) -> int:
+                          input_normalization: Any, input_shape: Any = None,
+                          pool_sizes: Any = None, kernel_sizes: Any = None) -> int:
     """Check the backbone options of a builder; returns the ``depth`` to build (5 without a
-    backbone by default, always :data:`BACKBONE_DEPTH` with one)."""
+    backbone by default, always :data:`BACKBONE_DEPTH` with one). With a backbone,
+    ``input_shape`` must be 2-D and ``pool_sizes`` / ``kernel_sizes`` unset."""
     if backbone is None:
         return 5 if depth is None else depth
     check_backbone(backbone)
+    if isinstance(input_shape, (list, tuple)) and len(input_shape) == 4:
+        raise ValueError(f"backbone={backbone!r} cannot be used with a 3-D input_shape="
+                         f"{tuple(input_shape)!r}: pretrained encoders are 2-D only; use "
+                         "backbone=None for volumes")
+    for arg, value in (("pool_sizes", pool_sizes), ("kernel_sizes", kernel_sizes)):
+        if value is not None:
+            raise ValueError(f"{arg}={value!r} cannot be used with backbone={backbone!r}: the "
+                             f"encoder fixes its own strides and kernels; leave {arg}=None")
     if depth not in (None, BACKBONE_DEPTH):
         raise ValueError(f"depth={depth!r} cannot be used with backbone={backbone!r}: the "
                          f"encoder fixes {BACKBONE_DEPTH} levels (strides 1 .. 32); leave "
@@ -201,11 +250,26 @@ def build_unet(
     input_normalization: Any = None,
     backbone: str | None = None,
     encoder_weights: Any = None,
+    pool_sizes: str | int | Sequence[int | Sequence[int]] | None = None,
+    kernel_sizes: str | int | Sequence[int | Sequence[int]] | None = None,
+    spacing: Sequence[float] | None = None,
 ) -> keras.Model:
-    """Build a U-Net as a functional ``keras.Model``, optionally on a pretrained encoder.
+    """Build a U-Net as a functional ``keras.Model`` for images or volumes, optionally on a
+    pretrained encoder.
+
+    Images ``(B, H, W, C)`` use ``Conv2D`` / ``MaxPooling2D`` / ``UpSampling2D`` /
+    ``Conv2DTranspose``; volumes ``(B, D, H, W, C)`` (``input_shape`` with 4 entries) the 3-D
+    layers (``"bilinear"`` upsampling is then trilinear, :class:`LinearUpSampling3D`).
+    Anisotropic volumes (e.g. EM stacks with 50 nm sections of 4.6 nm pixels) can pool and
+    convolve each axis differently (``pool_sizes``, ``kernel_sizes``, ``spacing``)::
+
+        build_unet((None, None, None, 1), num_classes=5, depth=5, filters=16,
+                   pool_sizes="auto", kernel_sizes="auto", spacing=(50, 4.6, 4.6))
 
     Args:
-        input_shape: ``(H, W, C)``; ``H``/``W`` may be ``None`` for any size.
+        input_shape: ``(H, W, C)`` or ``(D, H, W, C)``; spatial sizes may be ``None`` for any
+            size, else multiples of the product of the pool sizes along their axis
+            (``2**(depth-1)`` by default).
         num_classes: output channels. 1 = binary (sigmoid), >1 = one channel per class (softmax).
         depth: number of resolution levels (``depth - 1`` max-poolings). ZF_UNET_224 has 6,
             the paper 5; ``None`` = 5 (6 with a backbone, the only value allowed there).
@@ -244,18 +308,38 @@ def build_unet(
             Keras, cached in ``~/.keras/models/``) or a local ``.weights.h5`` / ``.h5`` path;
             inputs with ``C != 3`` channels get the first kernel adapted
             (``zf_unet.models.backbones.adapt_channels``).
+        pool_sizes: pooling between level ``i`` and ``i + 1``: ``None`` = 2 on every axis;
+            ``"auto"`` = :func:`zf_unet.models.anisotropy.plan_pooling` of ``spacing``; or
+            ``depth - 1`` entries, each an int (all axes) or one int per spatial axis, e.g.
+            ``[(1, 2, 2), (1, 2, 2), (2, 2, 2), (2, 2, 2)]``. Upsampling undoes the same
+            factors. Not with a backbone; other than 2 only with ``padding="same"``.
+        kernel_sizes: convolution kernel of the blocks of level ``i`` (encoder and decoder):
+            ``None`` = 3 everywhere (``"auto"`` when ``pool_sizes="auto"``); ``"auto"`` = from ``spacing`` (1 on an axis still more
+            than twice as coarse as the finest, e.g. ``(1, 3, 3)``); or ``depth`` entries
+            (ints or per-axis tuples).
+        spacing: voxel size per spatial axis (``(z, y, x)`` or ``(y, x)``, any unit), needed
+            by ``"auto"``; ``None`` = isotropic.
 
     Returns:
-        ``keras.Model`` mapping ``(B, H, W, C)`` float images to ``(B, H', W', num_classes)``
-        float32 probabilities (or logits). ``H' = H`` for ``same``; see ``output_size`` for
-        ``valid``.
+        ``keras.Model`` mapping ``(B, H, W, C)`` float images (``(B, D, H, W, C)`` volumes)
+        to ``(B, H', W', num_classes)`` (``(B, D, H, W, num_classes)``) float32
+        probabilities (or logits). ``H' = H`` for ``same``; see ``output_size`` for ``valid``.
+
+    Raises:
+        ValueError: naming a bad argument, e.g. ``padding="valid"`` or a backbone with a 3-D
+            ``input_shape``, ``pool_sizes="auto"`` without ``spacing``, a fixed size that is
+            not a multiple of its axis's pool-size product.
     """
-    depth = resolve_backbone_args(backbone, depth, padding, input_normalization)
-    depth, shape, widths, output_activation = check_builder_args(
+    depth = resolve_backbone_args(backbone, depth, padding, input_normalization, input_shape,
+                                  pool_sizes, kernel_sizes)
+    depth, shape, widths, output_activation, pools, kernels = check_builder_args(
         input_shape, num_classes, depth, filters, upsampling, padding, output_activation,
-        dropout, kernel_initializer, name, batch_norm=batch_norm,
-        head_batch_norm=head_batch_norm, sync_batch_norm=sync_batch_norm,
-        fused_batch_norm=fused_batch_norm)
+        dropout, kernel_initializer, name, pool_sizes=pool_sizes, kernel_sizes=kernel_sizes,
+        spacing=spacing, batch_norm=batch_norm, head_batch_norm=head_batch_norm,
+        sync_batch_norm=sync_batch_norm, fused_batch_norm=fused_batch_norm)
+    volume = len(shape) == 4
+    pool_cls = layers.MaxPooling3D if volume else layers.MaxPooling2D
+    head_cls = layers.Conv3D if volume else layers.Conv2D
 
     inputs = keras.Input(shape=shape, name="image")
     skips: list = []
@@ -276,16 +360,18 @@ def build_unet(
             x = double_conv_layer(
                 x, widths[level], dropout, batch_norm, padding, kernel_initializer,
                 name=f"enc{level}", sync_batch_norm=sync_batch_norm,
-                fused_batch_norm=fused_batch_norm,
+                fused_batch_norm=fused_batch_norm, kernel_size=_uniform(kernels[level]),
             )
             skips.append(x)
-            x = layers.MaxPooling2D(pool_size=2, name=f"enc{level}_pool")(x)
+            x = pool_cls(pool_size=_uniform(pools[level]), name=f"enc{level}_pool")(x)
         x = double_conv_layer(
             x, widths[-1], dropout, batch_norm, padding, kernel_initializer, name="bottleneck",
             sync_batch_norm=sync_batch_norm, fused_batch_norm=fused_batch_norm,
+            kernel_size=_uniform(kernels[-1]),
         )
     for level in reversed(range(depth - 1)):
-        x = upsample(x, upsampling, widths[level], kernel_initializer, name=f"dec{level}_up")
+        x = upsample(x, upsampling, widths[level], kernel_initializer, name=f"dec{level}_up",
+                     size=_uniform(pools[level]))
         skip = skips[level]
         if padding == "valid":
             skip = crop_to_match(skip, x, name=f"dec{level}_crop")
@@ -295,9 +381,9 @@ def build_unet(
         x = double_conv_layer(
             x, widths[level], block_dropout, batch_norm, padding, kernel_initializer,
             name=f"dec{level}", sync_batch_norm=sync_batch_norm,
-            fused_batch_norm=fused_batch_norm,
+            fused_batch_norm=fused_batch_norm, kernel_size=_uniform(kernels[level]),
         )
-    x = layers.Conv2D(int(num_classes), 1, kernel_initializer=kernel_initializer, name="head_conv")(x)
+    x = head_cls(int(num_classes), 1, kernel_initializer=kernel_initializer, name="head_conv")(x)
     if head_batch_norm:
         bn_cls = (FusedBatchNormalization if fused_batch_norm and not sync_batch_norm
                   else layers.BatchNormalization)
@@ -306,6 +392,13 @@ def build_unet(
         output_activation or "linear", dtype="float32", name="head_activation"
     )(x)
     return keras.Model(inputs, outputs, name=name)
+
+
+def _uniform(size: Sequence[int]) -> int | tuple[int, ...]:
+    """A per-axis size as Keras layers take it: the int when all axes agree (as the 2-D
+    builders always passed ``2`` and ``3``), else the tuple."""
+    size = tuple(int(v) for v in size)
+    return size[0] if len(set(size)) == 1 else size
 
 
 def ZF_UNET_224(dropout_val: float = 0.2, batch_norm: bool = True, weights: str | None = None) -> keras.Model:

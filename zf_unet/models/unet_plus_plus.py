@@ -46,7 +46,7 @@ from zf_unet.models.blocks import (
     normalize_input,
     upsample,
 )
-from zf_unet.models.unet import check_builder_args, resolve_backbone_args
+from zf_unet.models.unet import _uniform, check_builder_args, resolve_backbone_args
 
 __all__ = [
     "build_unet_plus_plus",
@@ -82,12 +82,19 @@ def build_unet_plus_plus(
     input_normalization: Any = None,
     backbone: str | None = None,
     encoder_weights: Any = None,
+    pool_sizes: str | int | Sequence[int | Sequence[int]] | None = None,
+    kernel_sizes: str | int | Sequence[int | Sequence[int]] | None = None,
+    spacing: Sequence[float] | None = None,
 ) -> keras.Model:
-    """Build a U-Net++ as a functional ``keras.Model``, optionally on a pretrained encoder.
+    """Build a U-Net++ as a functional ``keras.Model`` for images or volumes, optionally on a
+    pretrained encoder.
+
+    Volumes (``input_shape`` ``(D, H, W, C)``, tensors ``(B, D, H, W, C)``) use the 3-D
+    layers, as in ``build_unet``; ``prune`` and ``ensemble`` work on them unchanged.
 
     Args:
-        input_shape: ``(H, W, C)``; ``H``/``W`` may be ``None``, else multiples of
-            ``2**(depth-1)``.
+        input_shape: ``(H, W, C)`` or ``(D, H, W, C)``; spatial sizes may be ``None``, else
+            multiples of the product of the pool sizes along their axis (``2**(depth-1)``).
         num_classes: output channels per head. 1 = binary (sigmoid), >1 = softmax.
         depth: resolution levels, as in ``build_unet``; the nested levels are ``L1 .. L{depth-1}``
             (the paper: depth 5, ``L1 .. L4``). ``None`` = 5 (6 with a backbone).
@@ -113,10 +120,17 @@ def build_unet_plus_plus(
             stride ``2**i``; there is no ``X^{0,0}`` (stride 1), so ``X^{0,j}`` concatenate
             ``X^{0,1} .. X^{0,j-1}`` and the upsampled ``X^{1,j-1}``. Heads ``L1 .. L5``.
         encoder_weights: ``None``, ``"imagenet"`` or a weights file path (see ``build_unet``).
+        pool_sizes: ``None`` (2 everywhere), ``"auto"`` (from ``spacing``) or ``depth - 1``
+            per-level ints / per-axis tuples, as in ``build_unet``; the upsampling into node
+            ``X^{i,j}`` undoes ``pool_sizes[i]``.
+        kernel_sizes: ``None`` (3), ``"auto"`` or ``depth`` per-level kernels; every node of
+            level ``i`` uses ``kernel_sizes[i]``.
+        spacing: voxel size per spatial axis, for ``"auto"``.
 
     Returns:
         ``keras.Model`` mapping ``(B, H, W, C)`` to ``(B, H, W, num_classes)`` float32 (a list of
-        ``depth - 1`` such tensors with deep supervision), outputs named ``L1 ..``.
+        ``depth - 1`` such tensors with deep supervision), outputs named ``L1 ..``; volumes
+        ``(B, D, H, W, C)`` to ``(B, D, H, W, num_classes)``.
 
     In the paper's setting (1 input channel, ``filters=32, depth=5, batch_norm=False,
     upsampling="transpose"``, one class) it has 9,041,601 parameters, 9,041,700 with deep
@@ -129,12 +143,16 @@ def build_unet_plus_plus(
                 "pathways concatenate maps from several depths, which must keep equal sizes"
             )
         raise ValueError(f"padding must be 'same' for U-Net++, got {padding!r}")
-    depth = resolve_backbone_args(backbone, depth, padding, input_normalization)
-    depth, shape, widths, output_activation = check_builder_args(
+    depth = resolve_backbone_args(backbone, depth, padding, input_normalization, input_shape,
+                                  pool_sizes, kernel_sizes)
+    depth, shape, widths, output_activation, pools, kernels = check_builder_args(
         input_shape, num_classes, depth, filters, upsampling, padding, output_activation,
-        dropout, kernel_initializer, name, batch_norm=batch_norm,
-        deep_supervision=deep_supervision, sync_batch_norm=sync_batch_norm,
-        fused_batch_norm=fused_batch_norm)
+        dropout, kernel_initializer, name, pool_sizes=pool_sizes, kernel_sizes=kernel_sizes,
+        spacing=spacing, batch_norm=batch_norm, deep_supervision=deep_supervision,
+        sync_batch_norm=sync_batch_norm, fused_batch_norm=fused_batch_norm)
+    volume = len(shape) == 4
+    pool_cls = layers.MaxPooling3D if volume else layers.MaxPooling2D
+    head_cls = layers.Conv3D if volume else layers.Conv2D
     if backbone is None and encoder_weights is not None:
         raise ValueError("encoder_weights needs a backbone (backbone=None builds the "
                          "U-Net++'s own encoder, which has no pretrained weights)")
@@ -144,6 +162,7 @@ def build_unet_plus_plus(
         return double_conv_layer(
             x, widths[i], rate, batch_norm, padding, kernel_initializer, name=f"x{i}_{j}",
             sync_batch_norm=sync_batch_norm, fused_batch_norm=fused_batch_norm,
+            kernel_size=_uniform(kernels[i]),
         )
 
     inputs = keras.Input(shape=shape, name="image")
@@ -160,21 +179,21 @@ def build_unet_plus_plus(
         x = inputs_normalized
         for i in range(depth):  # encoder X^{i,0}
             if i > 0:
-                x = layers.MaxPooling2D(pool_size=2, name=f"x{i - 1}_0_pool")(x)
+                x = pool_cls(pool_size=_uniform(pools[i - 1]), name=f"x{i - 1}_0_pool")(x)
             x = block(x, i, 0)
             nodes[(i, 0)] = x
     # Nested nodes, column by column (j), so that every X^{i,j} has its inputs.
     for j in range(1, depth):
         for i in range(depth - j):
             up = upsample(nodes[(i + 1, j - 1)], upsampling, widths[i], kernel_initializer,
-                          name=f"x{i}_{j}_up")
+                          name=f"x{i}_{j}_up", size=_uniform(pools[i]))
             parts = [nodes[(i, k)] for k in range(j) if (i, k) in nodes] + [up]
             cat = parts[0] if len(parts) == 1 else layers.Concatenate(
                 axis=-1, name=f"x{i}_{j}_concat")(parts)
             nodes[(i, j)] = block(cat, i, j)
 
     def head(level: int) -> Any:
-        y = layers.Conv2D(int(num_classes), 1, kernel_initializer=kernel_initializer,
+        y = head_cls(int(num_classes), 1, kernel_initializer=kernel_initializer,
                           name=f"head{level}_conv")(nodes[(0, level)])
         return layers.Activation(output_activation or "linear", dtype="float32",
                                  name=head_name(level))(y)

@@ -1,5 +1,6 @@
 """Overlap-tile arithmetic shared by ``predict_tiled`` (NumPy) and the serving export
-(TensorFlow): the tile plan, blend windows and test-time augmentation transforms."""
+(TensorFlow): the tile plan, blend windows and test-time augmentation transforms, for images
+(2 spatial axes) and volumes (3 spatial axes: depth, height, width)."""
 from zf_unet.models.geometry import ModelGeometry, model_geometry
 from zf_unet.tiling.plan import TilePlan
 from zf_unet.tiling.tta import (

@@ -2,15 +2,19 @@
 
 :class:`TilePlan` holds the static choices for one model (its geometry, the largest output
 tile that ``tile_size`` allows, the overlap and the blend window) and does the arithmetic of
-tiling one spatial axis at a time:
+tiling one spatial axis at a time (images have 2 spatial axes, volumes 3; ``tile_size`` and
+``overlap`` are an int for every axis or one per axis, and every per-axis method takes the
+spatial ``axis``):
 
 - tile size fitting: the largest allowed output tile, or the smallest accepted one that
   covers a short axis (:meth:`~TilePlan.output_tile`);
 - tile starts: evenly spread, ``round(linspace(0, L - tile, n))`` with the fewest tiles ``n``
   whose overlap is at least ``overlap``; one centred tile when ``L <= tile``
   (:meth:`~TilePlan.tile_starts`);
-- the 1-D blend windows and the separable normaliser, ``1 / sum of the windows of all tiles
-  covering a position`` (:meth:`~TilePlan.window`, :meth:`~TilePlan.normaliser`);
+- the 1-D blend windows, the tile weight (their outer product over the axes) and the separable
+  normaliser, ``1 / sum of the windows of all tiles covering a position``
+  (:meth:`~TilePlan.window`, :meth:`~TilePlan.tile_weights`, :meth:`~TilePlan.normaliser`,
+  :meth:`~TilePlan.outer_normaliser`);
 - mirrored tile reading: input positions ``start - margin .. start + tile + margin`` mapped
   into the image by :func:`zf_unet.data.imageops.mirror_index` (:meth:`~TilePlan.input_index`).
 
@@ -29,19 +33,55 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import tensorflow as tf
 
+from zf_unet.checks import check_int, check_tiling
 from zf_unet.data.imageops import mirror_index, mirror_index_tf, scale_to_unit_tf
-from zf_unet.models.geometry import ModelGeometry
+from zf_unet.models.geometry import ModelGeometry, axis_names
 from zf_unet.registry import BLEND_MODES
 from zf_unet.tiling.windows import window, window_tf
 
-__all__ = ["TilePlan"]
-
-_AXIS_NAMES = ("height", "width", "depth")
-
+__all__ = ["TilePlan", "check_tile_args"]
 
 def _ceil_div_tf(a: tf.Tensor, b: Any) -> tf.Tensor:
     """ceil(a / b) for int32 tensors of any sign and positive ``b``."""
     return -tf.math.floordiv(-a, b)
+
+
+def check_tile_args(tile_size: Any, overlap: Any, batch_size: Any, tiled: bool = True
+                    ) -> tuple[int | tuple[int, ...], int | tuple[int, ...], int]:
+    """``(tile_size, overlap, batch_size)`` checked: ``tile_size`` and ``overlap`` each an int
+    (every spatial axis) or a tuple with one int per spatial axis (e.g. ``(16, 256, 256)`` for
+    volumes; ints stay ints, sequences become tuples), ``tile_size`` entries >= 1, ``overlap``
+    entries >= 0 and (when ``tiled``) smaller than ``tile_size`` on every axis;
+    ``batch_size`` >= 1. ``ValueError`` otherwise. Whether a tuple has as many entries as the
+    model has spatial axes is checked by :meth:`TilePlan.for_geometry`."""
+    def _is_seq(v: Any) -> bool:
+        return isinstance(v, (list, tuple, np.ndarray))
+
+    if not _is_seq(tile_size) and not _is_seq(overlap):
+        return check_tiling(tile_size, overlap, batch_size, tiled)
+    batch_size = check_int("batch_size", batch_size, 1)
+    checked = []
+    for name, v, lo in (("tile_size", tile_size, 1), ("overlap", overlap, 0)):
+        if _is_seq(v):
+            if len(v) not in (2, 3):
+                raise ValueError(f"{name} must be an int or one int per spatial axis ((H, W) or "
+                                 f"(D, H, W)), got {tuple(v)!r}")
+            checked.append(tuple(check_int(name, x, lo) for x in v))
+        else:
+            checked.append(check_int(name, v, lo))
+    tile_size, overlap = checked
+    if _is_seq(tile_size) and _is_seq(overlap) and len(tile_size) != len(overlap):
+        raise ValueError(f"tile_size={tile_size} and overlap={overlap} must have the same "
+                         "number of axes")
+    if tiled:
+        n = len(tile_size) if _is_seq(tile_size) else len(overlap)
+        ts = tile_size if _is_seq(tile_size) else (tile_size,) * n
+        ov = overlap if _is_seq(overlap) else (overlap,) * n
+        for a, (t, o) in enumerate(zip(ts, ov)):
+            if o >= t:
+                raise ValueError(f"overlap={overlap} must be smaller than tile_size={tile_size} "
+                                 f"on every axis (axis {a}: {o} >= {t})")
+    return tile_size, overlap, batch_size
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,25 +89,41 @@ class TilePlan:
     """Static tiling choices for one model; see the module docstring.
 
     Build it with :meth:`for_geometry`. ``t_max`` is the largest output tile per spatial axis
-    (``None``: untiled, one tile as large as the image needs).
+    (``None``: untiled, one tile as large as the image needs). ``overlap`` is an int (every
+    axis) or one int per spatial axis; the per-axis methods take ``axis`` (0 = the first
+    spatial axis: height for images, depth for volumes).
     """
 
     geometry: ModelGeometry
-    overlap: int
+    overlap: int | tuple[int, ...]
     blend: str
-    tile_size: int | None
+    tile_size: int | tuple[int, ...] | None
     t_max: tuple[int, ...] | None
 
     @classmethod
-    def for_geometry(cls, geometry: ModelGeometry, tile_size: int | None, overlap: int,
-                     blend: str = "gaussian") -> "TilePlan":
+    def for_geometry(cls, geometry: ModelGeometry, tile_size: int | Sequence[int] | None,
+                     overlap: int | Sequence[int], blend: str = "gaussian") -> "TilePlan":
         """The plan for a model of ``geometry``: input tiles of at most ``tile_size`` px
         (``None``: untiled), ``overlap`` output px, a registered ``blend`` window.
+        ``tile_size`` / ``overlap``: an int for every spatial axis or one per axis.
 
         Raises:
-            ValueError: unknown ``blend``; ``tile_size`` below the smallest accepted input.
+            ValueError: unknown ``blend``; ``tile_size`` below the smallest accepted input;
+                a per-axis ``tile_size`` / ``overlap`` with the wrong number of entries.
         """
         BLEND_MODES.check(blend, "blend")
+        nd = geometry.spatial_axes
+        if not isinstance(overlap, (int, np.integer)):
+            overlap = tuple(int(o) for o in overlap)
+            if len(overlap) != nd:
+                raise ValueError(
+                    f"overlap={overlap} has {len(overlap)} entries but this model has {nd} "
+                    f"spatial axes {axis_names(nd)}; pass one int or {nd} ints"
+                )
+        else:
+            overlap = int(overlap)
+        if tile_size is not None and not isinstance(tile_size, (int, np.integer)):
+            tile_size = tuple(int(t) for t in tile_size)
         t_max = None if tile_size is None else geometry.max_output_tile(tile_size)
         if t_max is not None and min(t_max) < 1:  # pragma: no cover - guarded by geometry
             raise ValueError(f"tile_size={tile_size} leaves no output pixels for this model")
@@ -78,20 +134,29 @@ class TilePlan:
         """Context pixels read around an output tile on each side."""
         return self.geometry.margin
 
+    @property
+    def ndim(self) -> int:
+        """Number of spatial axes (2 for images, 3 for volumes)."""
+        return self.geometry.spatial_axes
+
+    def overlap_at(self, axis: int) -> int:
+        """The overlap along spatial ``axis``."""
+        return self.overlap if isinstance(self.overlap, int) else self.overlap[axis]
+
     # ------------------------------------------------------------------ tile size fitting
     def output_tile(self, length: int, axis: int) -> int:
         """Output tile along ``axis`` for an axis of ``length`` px."""
         if self.t_max is None:
-            return self.geometry.fit_output_tile(length, sys.maxsize)
-        return self.geometry.fit_output_tile(length, self.t_max[axis])
+            return self.geometry.fit_output_tile(length, sys.maxsize, axis)
+        return self.geometry.fit_output_tile(length, self.t_max[axis], axis)
 
     def output_tile_tf(self, length: tf.Tensor, axis: int) -> tf.Tensor:
         """:meth:`output_tile` for a dynamic int32 ``length``: int32 scalar."""
         g = self.geometry
         if g.fixed_size is not None:
             return tf.constant(self.t_max[axis], tf.int32)
-        need = g.min_output + tf.maximum(0, _ceil_div_tf(length - g.min_output, g.divisor)) \
-            * g.divisor
+        out0, div = g.min_outputs[axis], g.axis_divisors[axis]
+        need = out0 + tf.maximum(0, _ceil_div_tf(length - out0, div)) * div
         if self.t_max is None:
             return need
         return tf.minimum(tf.constant(self.t_max[axis], tf.int32), need)
@@ -100,39 +165,52 @@ class TilePlan:
                       tiles: Sequence[int] | None = None) -> None:
         """``ValueError`` unless ``overlap`` is smaller than the output tile: along every
         axis split into several ``tiles`` (``lengths`` px long), or, without them, for the
-        smallest largest tile (what a graph for images of any size needs)."""
+        largest tile of every axis (what a graph for images of any size needs)."""
+        names = axis_names(self.ndim)
         if lengths is None or tiles is None:
-            if self.t_max is not None and self.overlap >= min(self.t_max):
-                raise ValueError(
-                    f"overlap={self.overlap} must be smaller than the output tile "
-                    f"({min(self.t_max)} px after fitting tile_size={self.tile_size} to the "
-                    "model)"
-                )
+            if self.t_max is None:
+                return
+            if isinstance(self.overlap, int):
+                if self.overlap >= min(self.t_max):
+                    raise ValueError(
+                        f"overlap={self.overlap} must be smaller than the output tile "
+                        f"({min(self.t_max)} px after fitting tile_size={self.tile_size} to "
+                        "the model)"
+                    )
+                return
+            for a, t in enumerate(self.t_max):
+                if self.overlap_at(a) >= t:
+                    raise ValueError(
+                        f"overlap={self.overlap} must be smaller than the output tile ({t} px "
+                        f"along {names[a]} after fitting tile_size={self.tile_size} to the "
+                        "model)"
+                    )
             return
-        for name, length, tile in zip(_AXIS_NAMES, lengths, tiles):
-            if length > tile and self.overlap >= tile:
+        for a, (name, length, tile) in enumerate(zip(names, lengths, tiles)):
+            if length > tile and self.overlap_at(a) >= tile:
                 raise ValueError(
-                    f"overlap={self.overlap} must be smaller than the output tile ({tile} px "
-                    f"along {name} after fitting tile_size={self.tile_size} to the model)"
+                    f"overlap={self.overlap_at(a)} must be smaller than the output tile ({tile} "
+                    f"px along {name} after fitting tile_size={self.tile_size} to the model)"
                 )
 
     # ------------------------------------------------------------------ tile starts
-    def tile_starts(self, length: int, tile: int) -> np.ndarray:
-        """``(n,)`` int64 output tile starts along an axis of ``length`` px."""
+    def tile_starts(self, length: int, tile: int, axis: int = 0) -> np.ndarray:
+        """``(n,)`` int64 output tile starts along spatial ``axis`` of ``length`` px."""
         if length <= tile:
             return np.array([-((tile - length) // 2)], dtype=np.int64)
-        n = math.ceil((length - tile) / (tile - self.overlap)) + 1
+        n = math.ceil((length - tile) / (tile - self.overlap_at(axis))) + 1
         return np.round(np.linspace(0, length - tile, n)).astype(np.int64)
 
-    def tile_starts_tf(self, length: tf.Tensor, tile: tf.Tensor) -> tf.Tensor:
+    def tile_starts_tf(self, length: tf.Tensor, tile: tf.Tensor, axis: int = 0) -> tf.Tensor:
         """:meth:`tile_starts` for dynamic int32 scalars: ``[n]`` int32 (float64 linspace,
         round half to even, last start exactly ``length - tile``, as NumPy)."""
+        overlap = self.overlap_at(axis)
 
         def _single() -> tf.Tensor:
             return tf.reshape(-tf.math.floordiv(tile - length, 2), [1])
 
         def _spread() -> tf.Tensor:
-            stride = tf.maximum(tile - self.overlap, 1)
+            stride = tf.maximum(tile - overlap, 1)
             n = _ceil_div_tf(length - tile, stride) + 1
             delta = tf.cast(length - tile, tf.float64)
             step = delta / tf.cast(tf.maximum(n - 1, 1), tf.float64)
@@ -143,24 +221,48 @@ class TilePlan:
         return tf.cond(length <= tile, _single, _spread)
 
     # ------------------------------------------------------------------ windows
-    def window(self, tile: int) -> np.ndarray:
-        """``(tile,)`` float64 blend window (:mod:`zf_unet.tiling.windows`)."""
-        return window(tile, self.blend, self.overlap)
+    def window(self, tile: int, axis: int = 0) -> np.ndarray:
+        """``(tile,)`` float64 blend window along spatial ``axis``
+        (:mod:`zf_unet.tiling.windows`)."""
+        return window(tile, self.blend, self.overlap_at(axis))
 
-    def window_tf(self, tile: tf.Tensor) -> tf.Tensor:
+    def window_tf(self, tile: tf.Tensor, axis: int = 0) -> tf.Tensor:
         """:meth:`window` for a dynamic int32 ``tile``: ``[tile]`` float64."""
-        return window_tf(tile, self.blend, self.overlap)
+        return window_tf(tile, self.blend, self.overlap_at(axis))
 
     @staticmethod
-    def tile_weights(wy: np.ndarray, wx: np.ndarray) -> np.ndarray:
-        """``(th, tw, 1)`` float32 weight of one output tile: the outer product of the 1-D
-        windows."""
-        return (wy[:, None] * wx[None, :]).astype(np.float32)[:, :, None]
+    def tile_weights(*windows: np.ndarray) -> np.ndarray:
+        """``(t_0, ..., t_n, 1)`` float32 weight of one output tile: the outer product of the
+        1-D float64 windows of its axes (``tile_weights(wy, wx)`` is ``(th, tw, 1)``)."""
+        w = windows[0]
+        for v in windows[1:]:
+            w = w[..., None] * v
+        return w.astype(np.float32)[..., None]
 
     @staticmethod
-    def tile_weights_tf(wy: tf.Tensor, wx: tf.Tensor) -> tf.Tensor:
-        """:meth:`tile_weights` in TensorFlow: ``[th, tw, 1]`` float32."""
-        return tf.cast(wy[:, None] * wx[None, :], tf.float32)[:, :, None]
+    def tile_weights_tf(*windows: tf.Tensor) -> tf.Tensor:
+        """:meth:`tile_weights` in TensorFlow: ``[t_0, ..., t_n, 1]`` float32."""
+        w = windows[0]
+        for v in windows[1:]:
+            w = w[..., None] * v
+        return tf.cast(w, tf.float32)[..., None]
+
+    @staticmethod
+    def outer_normaliser(inverses: Sequence[np.ndarray]) -> np.ndarray:
+        """float32 outer product of the per-axis normalisers (multiplied in float64 in axis
+        order, as :meth:`outer_normaliser_tf`); with a slice of each for a block."""
+        w = inverses[0]
+        for v in inverses[1:]:
+            w = w[..., None] * v
+        return w.astype(np.float32)
+
+    @staticmethod
+    def outer_normaliser_tf(inverses: Sequence[tf.Tensor]) -> tf.Tensor:
+        """:meth:`outer_normaliser` in TensorFlow: float32 ``[L_0, ..., L_n]``."""
+        w = inverses[0]
+        for v in inverses[1:]:
+            w = w[..., None] * v
+        return tf.cast(w, tf.float32)
 
     # ------------------------------------------------------------------ normaliser
     @staticmethod
@@ -208,89 +310,106 @@ class TilePlan:
 
     def read_tile(self, image: np.ndarray, starts: Sequence[int], tiles: Sequence[int]
                   ) -> np.ndarray:
-        """The ``(th + 2m, tw + 2m, C)`` input of the output tile at ``starts = (y0, x0)``
-        from an ``(H, W, C)`` image (any dtype, a memmap too): a view when it lies inside,
-        else a copy of just the tile with mirrored borders."""
-        rsrc = self._input_source(int(starts[0]), tiles[0], image.shape[0])
-        csrc = self._input_source(int(starts[1]), tiles[1], image.shape[1])
-        if isinstance(rsrc, slice) or isinstance(csrc, slice):
-            # Slice first (a view), then gather: only the tile itself is copied.
-            return image[rsrc][:, csrc] if isinstance(rsrc, slice) else image[:, csrc][rsrc]
-        return image[np.ix_(rsrc, csrc)]
+        """The input of the output tile at ``starts`` (one per spatial axis, e.g.
+        ``(y0, x0)`` or ``(z0, y0, x0)``) from an ``(*spatial, C)`` image or volume (any
+        dtype, a memmap too): ``(t_0 + 2m, ..., C)``, a view when it lies inside, else a copy
+        of just the tile with mirrored borders."""
+        srcs = [self._input_source(int(s), t, image.shape[a])
+                for a, (s, t) in enumerate(zip(starts, tiles))]
+        # Slice first (a view), then gather the other axes at once: only the tile is copied.
+        view = image[tuple(src if isinstance(src, slice) else slice(None) for src in srcs)]
+        if all(isinstance(src, slice) for src in srcs):
+            return view
+        idx = [np.arange(view.shape[a]) if isinstance(src, slice) else src
+               for a, src in enumerate(srcs)]
+        return view[np.ix_(*idx)]
 
     # ------------------------------------------------------------------ TF execution
     def predict_untiled_tf(self, predict: Callable[[tf.Tensor], tf.Tensor], image: tf.Tensor
                            ) -> tf.Tensor:
-        """The whole ``[N, H, W, C]`` image (uint8 / uint16 / float32) in one ``predict``
-        call (float32 ``[B, h, w, C]`` in [0, 1] -> float32 ``[B, h', w', K]``): each axis
-        mirror-padded to the smallest accepted size, centred; output ``[N, H, W, K]``."""
+        """The whole ``[N, *spatial, C]`` image or volume (uint8 / uint16 / float32) in one
+        ``predict`` call (float32 ``[B, *spatial', C]`` in [0, 1] -> float32
+        ``[B, *spatial'', K]``): each axis mirror-padded to the smallest accepted size,
+        centred; output ``[N, *spatial, K]``."""
+        nd = self.ndim
         shape = tf.shape(image)
-        h, w = shape[1], shape[2]
-        th, tw = self.output_tile_tf(h, 0), self.output_tile_tf(w, 1)
-        y0, x0 = self.tile_starts_tf(h, th)[0], self.tile_starts_tf(w, tw)[0]
-        rows = self.input_index_tf(tf.reshape(y0, [1]), th, h)[0]
-        cols = self.input_index_tf(tf.reshape(x0, [1]), tw, w)[0]
-        x = tf.gather(tf.gather(image, rows, axis=1), cols, axis=2)
+        x, crop = image, [slice(None)]
+        for a in range(nd):
+            length = shape[1 + a]
+            t = self.output_tile_tf(length, a)
+            s0 = self.tile_starts_tf(length, t, a)[0]
+            idx = self.input_index_tf(tf.reshape(s0, [1]), t, length)[0]
+            x = tf.gather(x, idx, axis=1 + a)
+            crop.append(slice(-s0, -s0 + length))
         probs = predict(scale_to_unit_tf(x))
-        return probs[:, -y0 : -y0 + h, -x0 : -x0 + w, :]
+        return probs[tuple(crop) + (slice(None),)]
 
     def predict_tf(self, predict: Callable[[tf.Tensor], tf.Tensor], image: tf.Tensor,
                    batch_size: int) -> tf.Tensor:
-        """Overlap-tile prediction of an ``[N, H, W, C]`` image (uint8 / uint16 / float32)
-        in TensorFlow ops: tiles read by mirrored indices (no padded copy), ``predict``-ed
-        ``batch_size`` at a time in a ``tf.while_loop`` (float32 ``[B, h, w, C]`` in [0, 1]
-        -> float32 ``[B, th, tw, K]``), blended into one float32 canvas and normalised.
-        Returns float32 ``[N, H, W, K]``: ``predict_tiled`` up to float32 rounding."""
+        """Overlap-tile prediction of an ``[N, *spatial, C]`` image ``[N, H, W, C]`` or volume
+        ``[N, D, H, W, C]`` (uint8 / uint16 / float32) in TensorFlow ops: tiles read by
+        mirrored indices (no padded copy), ``predict``-ed ``batch_size`` at a time in a
+        ``tf.while_loop`` (float32 ``[B, *tile_in, C]`` in [0, 1] -> float32
+        ``[B, *tile, K]``), blended into one float32 canvas and normalised.
+        Returns float32 ``[N, *spatial, K]``: ``predict_tiled`` up to float32 rounding."""
         g = self.geometry
+        nd = self.ndim
         k, bs = g.num_classes, batch_size
         shape = tf.shape(image)
-        n_img, h, w = shape[0], shape[1], shape[2]
-        th, tw = self.output_tile_tf(h, 0), self.output_tile_tf(w, 1)
-        ys, xs = self.tile_starts_tf(h, th), self.tile_starts_tf(w, tw)
-        ny, nx = tf.size(ys), tf.size(xs)
-        wy, wx = self.window_tf(th), self.window_tf(tw)
-        weight2d = self.tile_weights_tf(wy, wx)
-        inv_y, inv_x = self.normaliser_tf(ys, wy, h), self.normaliser_tf(xs, wx, w)
-        norm2d = tf.cast(inv_y[:, None] * inv_x[None, :], tf.float32)[None, :, :, None]
+        n_img = shape[0]
+        lengths = [shape[1 + a] for a in range(nd)]
+        tiles = [self.output_tile_tf(lengths[a], a) for a in range(nd)]
+        starts = [self.tile_starts_tf(lengths[a], tiles[a], a) for a in range(nd)]
+        counts = [tf.size(st) for st in starts]
+        wins = [self.window_tf(tiles[a], a) for a in range(nd)]
+        weight = self.tile_weights_tf(*wins)
+        inverses = [self.normaliser_tf(starts[a], wins[a], lengths[a]) for a in range(nd)]
+        norm = self.outer_normaliser_tf(inverses)[None, ..., None]
 
         # Canvas covering every tile: a single centred tile may stick out of a short axis.
-        off_y, off_x = tf.maximum(0, -ys[0]), tf.maximum(0, -xs[0])
-        canvas = tf.zeros(tf.stack([n_img, tf.maximum(h, th), tf.maximum(w, tw), k]),
-                          tf.float32)
-        n_tiles = n_img * ny * nx
+        offs = [tf.maximum(0, -st[0]) for st in starts]
+        canvas = tf.zeros(tf.stack([n_img] + [tf.maximum(lengths[a], tiles[a])
+                                              for a in range(nd)] + [k]), tf.float32)
+        per_image = counts[0]
+        for c in counts[1:]:
+            per_image = per_image * c
+        n_tiles = n_img * per_image
         n_batches = _ceil_div_tf(n_tiles, bs)
         fixed = g.fixed_size
 
+        def _grid_index(lead: tf.Tensor, axes: list) -> tf.Tensor:
+            """``[B, l_0, ..., l_n, 1 + nd]`` gather / scatter indices: ``lead`` ``[B]`` and
+            one ``[B, l_a]`` position array per axis, broadcast over the tile grid."""
+            dims = [tf.shape(lead)[0]] + [tf.shape(ax)[1] for ax in axes]
+            grid = tf.stack(dims)
+            parts = [tf.broadcast_to(tf.reshape(lead, [-1] + [1] * nd), grid)]
+            for a, ax in enumerate(axes):
+                shp = [-1] + [1] * nd
+                shp[1 + a] = tf.shape(ax)[1]
+                parts.append(tf.broadcast_to(tf.reshape(ax, shp), grid))
+            return tf.stack(parts, axis=-1)
+
         def body(b: tf.Tensor, acc: tf.Tensor) -> tuple:
-            t = tf.range(b * bs, tf.minimum(n_tiles, (b + 1) * bs))  # tile order (n, y, x)
-            n = t // (ny * nx)
-            ty0 = tf.gather(ys, (t // nx) % ny)
-            tx0 = tf.gather(xs, t % nx)
-            rows = self.input_index_tf(ty0, th, h)  # [B, th + 2m]
-            cols = self.input_index_tf(tx0, tw, w)  # [B, tw + 2m]
-            grid = tf.stack([tf.size(t), tf.shape(rows)[1], tf.shape(cols)[1]])
-            idx = tf.stack([
-                tf.broadcast_to(n[:, None, None], grid),
-                tf.broadcast_to(rows[:, :, None], grid),
-                tf.broadcast_to(cols[:, None, :], grid),
-            ], axis=-1)
-            tiles = scale_to_unit_tf(tf.gather_nd(image, idx))
+            t = tf.range(b * bs, tf.minimum(n_tiles, (b + 1) * bs))  # order (n, a_0, ..., a_n)
+            n = t // per_image
+            rest = t % per_image
+            tile_starts = [None] * nd
+            for a in reversed(range(nd)):
+                tile_starts[a] = tf.gather(starts[a], rest % counts[a])
+                rest = rest // counts[a]
+            src = [self.input_index_tf(tile_starts[a], tiles[a], lengths[a]) for a in range(nd)]
+            x = scale_to_unit_tf(tf.gather_nd(image, _grid_index(n, src)))
             if fixed is not None:
-                tiles = tf.ensure_shape(tiles, [None, fixed[0], fixed[1], g.channels])
-            pred = predict(tiles) * weight2d
-            ogrid = tf.stack([tf.size(t), th, tw])
-            oidx = tf.stack([
-                tf.broadcast_to(n[:, None, None], ogrid),
-                tf.broadcast_to((ty0 + off_y)[:, None, None] + tf.range(th)[None, :, None],
-                                ogrid),
-                tf.broadcast_to((tx0 + off_x)[:, None, None] + tf.range(tw)[None, None, :],
-                                ogrid),
-            ], axis=-1)
-            return b + 1, tf.tensor_scatter_nd_add(acc, oidx, pred)
+                x = tf.ensure_shape(x, [None, *fixed, g.channels])
+            pred = predict(x) * weight
+            dst = [(tile_starts[a] + offs[a])[:, None] + tf.range(tiles[a])[None, :]
+                   for a in range(nd)]
+            return b + 1, tf.tensor_scatter_nd_add(acc, _grid_index(n, dst), pred)
 
         _, canvas = tf.while_loop(
             lambda b, acc: b < n_batches, body, (tf.constant(0), canvas),
-            shape_invariants=(tf.TensorShape([]), tf.TensorShape([None, None, None, k])),
+            shape_invariants=(tf.TensorShape([]), tf.TensorShape([None] * (1 + nd) + [k])),
             parallel_iterations=1,
         )
-        return canvas[:, off_y : off_y + h, off_x : off_x + w, :] * norm2d
+        crop = tuple(slice(offs[a], offs[a] + lengths[a]) for a in range(nd))
+        return canvas[(slice(None),) + crop + (slice(None),)] * norm

@@ -1,6 +1,7 @@
 """1-D blend windows over an output tile, in NumPy and in TensorFlow side by side.
 
-A tile's 2-D weight is the outer product of two 1-D windows. Every window is float64, all
+A tile's weight is the outer product of one 1-D window per spatial axis (two for images,
+three for volumes). Every window is float64, all
 weights > 0, maximum 1. The NumPy forms are the factories of
 :data:`zf_unet.registry.BLEND_MODES` (``f(tile, overlap) -> (tile,) float64``); each carries
 its TensorFlow form as ``.tf`` (same arguments, ``tile`` a dynamic int32 scalar), which
