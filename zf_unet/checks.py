@@ -106,12 +106,17 @@ def check_targets(y_true: Any, y_pred: Any, num_classes: int | None = None,
                   ignore_index: int | None = None) -> tuple[Any, str]:
     """Check ``y_true`` against ``y_pred``; return ``(y_true, kind)``.
 
+    Any number of spatial axes works: images ``(B, H, W, ...)``, volumes
+    ``(B, D, H, W, ...)``; below ``(B, ...)`` stands for the batch and spatial axes
+    ``y_pred`` has before its channel axis.
+
     Args:
-        y_true: for ``C = 1`` binary targets ``(B, H, W)`` / ``(B, H, W, 1)`` in [0, 1]
-            (kind ``BINARY``); for ``C > 1`` class ids ``(B, H, W)`` / ``(B, H, W, 1)`` in
-            0..C-1 (``SPARSE``) or one-hot / soft labels ``(B, H, W, C)`` in [0, 1]
+        y_true: for ``C = 1`` binary targets ``(B, ...)`` / ``(B, ..., 1)`` in [0, 1]
+            (kind ``BINARY``); for ``C > 1`` class ids ``(B, ...)`` / ``(B, ..., 1)`` in
+            0..C-1 (``SPARSE``) or one-hot / soft labels ``(B, ..., C)`` in [0, 1]
             (``ONE_HOT``). Any numeric or bool dtype.
-        y_pred: ``(B, H, W, C)`` predictions with a static ``C``; only its shape is used.
+        y_pred: ``(B, ..., C)`` predictions (e.g. ``(B, H, W, C)`` or ``(B, D, H, W, C)``)
+            with a static rank and ``C``; only its shape is used.
         num_classes: the ``C`` the caller was built for (a metric's ``num_classes``).
         ignore_index: a class-id / binary target value that marks pixels to leave out; such
             pixels pass the range check whatever the value (e.g. 255 or ``C``). One-hot
@@ -122,27 +127,28 @@ def check_targets(y_true: Any, y_pred: Any, num_classes: int | None = None,
         its kind.
 
     Raises:
-        DataError: ``y_true``'s shape does not fit ``y_pred`` (the leading ``(B, H, W)`` must
+        DataError: ``y_true``'s shape does not fit ``y_pred`` (the leading ``(B, ...)`` must
             be equal), or (eagerly) its values are out of range.
         ValueError: ``y_pred`` has no static channel dimension, or not ``num_classes``.
     """
     y_true = tf.convert_to_tensor(y_true)
     pred_shape, true_shape = y_pred.shape, y_true.shape
     if pred_shape.rank is None or pred_shape[-1] is None:
-        raise ValueError(f"y_pred must have a static channel dimension (B, H, W, C), got "
-                         f"shape {pred_shape}")
+        raise ValueError(f"y_pred must have a static rank and channel dimension, e.g. "
+                         f"(B, H, W, C) or (B, D, H, W, C), got shape {pred_shape}")
     classes = int(pred_shape[-1])
     if num_classes is not None and classes != num_classes:
         raise ValueError(f"y_pred has {classes} channels but this metric was built with "
                          f"num_classes={num_classes}")
     kind = _kind(true_shape, pred_shape)
-    lead = pred_shape.rank - 1  # the (B, H, W) both must share
+    lead = pred_shape.rank - 1  # the (B, ...) both must share
+    axes_text = _axes_words(pred_shape.rank)
     checks = []
     for a, b in zip(true_shape[:lead], pred_shape[:lead]):
         if a is not None and b is not None and a != b:
             raise DataError(f"y_true has shape {_fmt(true_shape)} but y_pred has shape "
-                            f"{_fmt(pred_shape)}: the (batch, height, width) of the targets "
-                            "must equal those of the predictions")
+                            f"{_fmt(pred_shape)}: the ({', '.join(axes_text)}) of the "
+                            "targets must equal those of the predictions")
     open_channel = true_shape.rank == pred_shape.rank and true_shape[-1] is None
     if open_channel:
         lead += 1  # binary (B, H, W, ?) targets: the channel must be 1 as well
@@ -150,7 +156,7 @@ def check_targets(y_true: Any, y_pred: Any, num_classes: int | None = None,
         t, p = tf.shape(y_true)[:lead], tf.shape(y_pred)[:lead]
         checks.append(tf.debugging.Assert(
             tf.reduce_all(tf.equal(t, p)),
-            ["y_true: its shape must fit that of y_pred (the same batch, height and width); "
+            [f"y_true: its shape must fit that of y_pred (the same {_and_list(axes_text)}); "
              "y_true shape:",
              tf.shape(y_true), "y_pred shape:", tf.shape(y_pred)], summarize=8))
     if y_true.dtype != tf.bool:
@@ -163,14 +169,43 @@ def check_targets(y_true: Any, y_pred: Any, num_classes: int | None = None,
     return y_true, kind
 
 
+def _axes_words(rank: int) -> list[str]:
+    """Names of the leading axes of a rank-``rank`` ``y_pred`` (all but the channel):
+    ``batch, height, width`` (2-D), ``batch, depth, height, width`` (3-D), else
+    ``batch, spatial axis 1..n``."""
+    spatial = rank - 2
+    if spatial == 2:
+        return ["batch", "height", "width"]
+    if spatial == 3:
+        return ["batch", "depth", "height", "width"]
+    return ["batch"] + [f"spatial axis {i}" for i in range(1, max(spatial, 0) + 1)]
+
+
+def _and_list(words: list[str]) -> str:
+    """``a, b and c``."""
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} and {words[-1]}"
+
+
+def _lead_letters(rank: int) -> str:
+    """``B, H, W`` (2-D), ``B, D, H, W`` (3-D), else ``B, S1, ..., Sn`` for a rank-``rank``
+    ``y_pred``."""
+    spatial = rank - 2
+    if spatial == 2:
+        return "B, H, W"
+    if spatial == 3:
+        return "B, D, H, W"
+    return ", ".join(["B"] + [f"S{i}" for i in range(1, max(spatial, 0) + 1)])
+
+
 def _fmt(shape: tf.TensorShape) -> str:
     return "(unknown rank)" if shape.rank is None else str(tuple(shape.as_list()))
 
 
 def _kind(true_shape: tf.TensorShape, pred_shape: tf.TensorShape) -> str:
     classes, rank = pred_shape[-1], pred_shape.rank
+    lead = _lead_letters(rank)
     if true_shape.rank is None:
-        raise DataError("y_true has an unknown rank; expected (B, H, W) or (B, H, W, 1) targets "
+        raise DataError(f"y_true has an unknown rank; expected ({lead}) or ({lead}, 1) targets "
                         "(give the dataset static shapes, e.g. with tf.ensure_shape)")
     last = true_shape[-1] if true_shape.rank else None
     if true_shape.rank == rank - 1 or (true_shape.rank == rank and last == 1):
@@ -179,18 +214,19 @@ def _kind(true_shape: tf.TensorShape, pred_shape: tf.TensorShape) -> str:
         return ONE_HOT
     if true_shape.rank == rank and last is None and classes == 1:
         return BINARY  # the run-time shape check covers the channel
-    forms = "(B, H, W) or (B, H, W, 1)" + (f" class ids or (B, H, W, {classes}) one-hot"
-                                           if classes > 1 else " binary")
+    forms = f"({lead}) or ({lead}, 1)" + (f" class ids or ({lead}, {classes}) one-hot"
+                                          if classes > 1 else " binary")
     raise DataError(f"y_true has shape {_fmt(true_shape)} but y_pred has shape "
                     f"{_fmt(pred_shape)}: expected y_true {forms} targets for a "
                     f"{classes}-class y_pred")
 
 
 def valid_pixels(y_true: Any, y_pred: Any, kind: str, ignore_index: int | None) -> Any:
-    """float32 ``(B, H, W)`` mask: 1 where the pixel counts, 0 where ``y_true`` equals
-    ``ignore_index``; ``None`` when nothing can be ignored (no ``ignore_index``, or one-hot
-    ``y_true``). ``y_true``: a target checked by ``check_targets`` (with or without its channel
-    axis); ``y_pred``: the ``(B, H, W, C)`` predictions (only the rank is used)."""
+    """float32 ``(B, ...)`` mask (``(B, H, W)``, or ``(B, D, H, W)`` for volumes): 1 where the
+    pixel / voxel counts, 0 where ``y_true`` equals ``ignore_index``; ``None`` when nothing can
+    be ignored (no ``ignore_index``, or one-hot ``y_true``). ``y_true``: a target checked by
+    ``check_targets`` (with or without its channel axis); ``y_pred``: the ``(B, ..., C)``
+    predictions (only the rank is used)."""
     if ignore_index is None or kind == ONE_HOT:
         return None
     y_true = tf.convert_to_tensor(y_true)

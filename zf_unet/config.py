@@ -46,7 +46,9 @@ AugmentConfig = Augment
 class DataConfig:
     source: str = "synthetic"      # folder (images/ + masks/), "synthetic", or "tfds:NAME"
     val_source: str = ""           # separate validation data (same kinds); "" = held out below
-    patch_size: int = 0            # random square patches for training; 0 = whole images
+    # random square patches for training; 0 = whole images. Volumes: [depth, height, width]
+    # (or an int: a cube), e.g. [8, 128, 128]
+    patch_size: Any = 0
     batch_size: int = 4            # global batch (split across replicas)
     val_fraction: float = 0.2      # seeded random hold-out ...
     val_indices: list = field(default_factory=list)  # ... or these sample indices
@@ -66,6 +68,14 @@ class DataConfig:
     # (streamed: files read and decoded on the fly every epoch, bounded memory)
     cache: str = "auto"
     skip_bad_files: bool = False   # streaming: skip (and count) unreadable files, not stop
+    # 3-D: each sample is a volume (a folder of 2-D slices in stack order under images/ and
+    # masks/ = one volume; multi-page TIFF / .npy files = one volume each) and the model is a
+    # 3-D U-Net. With one volume, val_indices / val_fraction hold out z-sections (a block at
+    # its start or end). Volumes are held in memory (data.cache is not used).
+    volumes: bool = False
+    # voxel size (z, y, x) in any unit, e.g. [50, 4.6, 4.6]: plans model.pool_sizes /
+    # kernel_sizes = "auto" and makes the elastic deformation in-plane when z is coarse
+    spacing: list = field(default_factory=list)
     synthetic_n: int = 64          # "synthetic" source: number of images ...
     synthetic_size: int = 128      # ... and their side length
     augment: Augment = field(default_factory=Augment)
@@ -96,6 +106,13 @@ class ModelConfig:
     # epochs with the encoder frozen (BatchNorm in inference mode) before it is unfrozen and
     # training continues with the learning rate divided by 10; 0 = train everything throughout
     encoder_freeze_epochs: int = 0
+    # pooling between levels: "" = 2 on every axis | "auto" = from data.spacing (nnU-Net's
+    # rule: pool an axis only while its spacing is <= 2x the finest) | per-level sizes, e.g.
+    # [[1, 2, 2], [1, 2, 2], [2, 2, 2], [2, 2, 2]] (depth - 1 entries)
+    pool_sizes: Any = ""
+    # convolution kernels per level: "" = 3 everywhere ("auto" when pool_sizes = "auto") |
+    # "auto" (1 on an axis still coarser than 2x the finest) | depth entries, e.g. [1, 3, 3]
+    kernel_sizes: Any = ""
 
 
 @dataclass
@@ -269,7 +286,6 @@ class Range:
 #: configs built in Python alike (:meth:`Config.validate`). The augmentation's numbers are
 #: checked by ``zf_unet.data.Augment`` itself (one home for those limits).
 _RANGES = {
-    ("DataConfig", "patch_size"): Range(0),
     ("DataConfig", "batch_size"): Range(1),
     ("DataConfig", "val_fraction"): Range(0.0, 1.0, high_open=True),
     ("DataConfig", "num_classes"): Range(0, 255),  # masks are read as uint8 class ids
@@ -372,9 +388,48 @@ def _check_class_values(value: Any, place: str) -> Any:
     return groups
 
 
+def _check_patch_size(value: Any, place: str) -> Any:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return check_range(place, "patch_size", value, Range(0))
+    if isinstance(value, list) and len(value) == 3 and all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value):
+        return value
+    raise ConfigError(f"{place}: patch_size = {value!r}; expected an integer >= 0 (0 = whole "
+                      "images) or, for volumes, [depth, height, width] of positive integers")
+
+
+def _check_spacing(value: Any, place: str) -> Any:
+    if isinstance(value, list) and (not value or len(value) == 3 and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            and v > 0 for v in value)):
+        return value
+    raise ConfigError(f"{place}: spacing = {value!r}; expected [] or the voxel size [z, y, x] "
+                      "as 3 positive numbers, e.g. [50, 4.6, 4.6]")
+
+
+def _level_sizes_checker(key: str) -> Any:
+    def check(value: Any, place: str) -> Any:
+        if value in ("", "auto"):
+            return value
+        ok = isinstance(value, list) and value and all(
+            (isinstance(v, int) and not isinstance(v, bool) and v >= 1)
+            or (isinstance(v, list) and v and all(isinstance(n, int) and not isinstance(n, bool)
+                                                  and n >= 1 for n in v)) for v in value)
+        if not ok:
+            raise ConfigError(f"{place}: {key} = {value!r}; expected \"\" (default), \"auto\" "
+                              "or one entry per level, each a positive integer or a list of "
+                              "them per axis, e.g. [[1, 2, 2], [2, 2, 2]]")
+        return value
+    return check
+
+
 #: Fields with their own checks (not one type).
 _CUSTOM = {("LossConfig", "class_weights"): _check_class_weights,
-           ("DataConfig", "class_values"): _check_class_values}
+           ("DataConfig", "class_values"): _check_class_values,
+           ("DataConfig", "patch_size"): _check_patch_size,
+           ("DataConfig", "spacing"): _check_spacing,
+           ("ModelConfig", "pool_sizes"): _level_sizes_checker("pool_sizes"),
+           ("ModelConfig", "kernel_sizes"): _level_sizes_checker("kernel_sizes")}
 
 
 def _build(cls: type, d: Mapping[str, Any], where: str, section: str = "") -> Any:
@@ -483,6 +538,24 @@ def _validate(cfg: "Config", where: str) -> None:
         raise ConfigError(f"{where} [model]: padding = {m.padding!r} cannot be used with "
                           f"backbone = {m.backbone!r}; expected \"same\"")
     d, k = cfg.data, cfg.data.num_classes
+    if isinstance(d.patch_size, list) and not d.volumes:
+        raise ConfigError(f"{where} [data]: patch_size = {d.patch_size!r} is a 3-D patch, but "
+                          "data.volumes = false; expected an integer for 2-D images (or set "
+                          "data.volumes = true)")
+    if d.volumes:
+        for key, bad in (("backbone", m.backbone), ("padding", m.padding != "same")):
+            if bad:
+                value = getattr(m, key)
+                raise ConfigError(f"{where} [model]: {key} = {value!r} cannot be used with "
+                                  "data.volumes = true (3-D models use their own encoder and "
+                                  "padding = \"same\")")
+        if "auto" in (m.pool_sizes, m.kernel_sizes) and not d.spacing:
+            raise ConfigError(f"{where} [model]: pool_sizes / kernel_sizes = \"auto\" needs "
+                              "data.spacing, the voxel size [z, y, x] (e.g. [50, 4.6, 4.6])")
+    elif "auto" in (m.pool_sizes, m.kernel_sizes):
+        raise ConfigError(f"{where} [model]: pool_sizes / kernel_sizes = \"auto\" plans "
+                          "volumes from data.spacing; expected data.volumes = true (2-D models "
+                          "take \"\" or per-level sizes)")
     if d.class_values:
         groups = len(d.class_values)
         if k not in (0, groups) and not (k == 1 and groups == 2):

@@ -1,6 +1,11 @@
 """Segmentation losses as registered, serializable ``keras.losses.Loss`` subclasses.
 
 Conventions (all losses):
+    Images and volumes alike: every shape below written ``(B, H, W, ...)`` may have any number
+    of spatial axes, e.g. ``(B, D, H, W, C)`` predictions with ``(B, D, H, W)`` /
+    ``(B, D, H, W, 1)`` / ``(B, D, H, W, C)`` targets and ``(B, D, H, W)`` /
+    ``(B, D, H, W, 1)`` voxel weights; per-image sums (Dice, Jaccard, Tversky) run over all
+    spatial axes, so a volume is one "image" and "pixel" reads "voxel".
     y_pred: ``(B, H, W, C)`` probabilities (sigmoid for C=1, softmax for C>1) or logits with
         ``from_logits=True``; any float dtype (computed in float32, so mixed precision is safe).
     y_true: binary ``(B, H, W[, 1])`` in [0, 1] for C=1; for C>1 either sparse class ids
@@ -169,34 +174,52 @@ def _weighted_mean_map(values: Any, target: Any, valid: Any, class_weights: list
     return values * weight * ops.divide_no_nan(total, ops.sum(denom_w))
 
 
+def _spatial_axes(rank: int) -> tuple[int, ...]:
+    """The spatial axes ``1..rank-2`` of a ``(B, ..., C)`` tensor of rank ``rank``:
+    ``(1, 2)`` for images ``(B, H, W, C)``, ``(1, 2, 3)`` for volumes ``(B, D, H, W, C)``."""
+    return tuple(range(1, rank - 1))
+
+
 def _overlap(target: Any, probs: Any, include_background: bool,
              valid: Any = None) -> tuple[Any, Any, Any]:
-    """Per-image, per-class sums ``(B, C')``: intersection, sum of target, sum of probs
-    (over the non-ignored pixels when ``valid`` is given)."""
+    """Per-image, per-class sums ``(B, C')`` over all spatial axes of ``(B, ..., C)`` inputs
+    (``(B, H, W, C)`` or ``(B, D, H, W, C)``): intersection, sum of target, sum of probs
+    (over the non-ignored pixels / voxels when ``valid`` ``(B, ...)`` is given)."""
     if valid is not None:
         probs = probs * valid[..., None]
     if target.shape[-1] > 1 and not include_background:
         target, probs = target[..., 1:], probs[..., 1:]
-    inter = ops.sum(target * probs, axis=(1, 2))
-    return inter, ops.sum(target, axis=(1, 2)), ops.sum(probs, axis=(1, 2))
+    axes = _spatial_axes(len(probs.shape))
+    inter = ops.sum(target * probs, axis=axes)
+    return inter, ops.sum(target, axis=axes), ops.sum(probs, axis=axes)
+
+
+def _per_image(values: Any, rank: int) -> Any:
+    """``(B,)`` -> ``(B, 1, ..., 1)`` broadcastable against a ``(B, ...)`` map of ``rank``."""
+    return ops.reshape(values, (-1,) + (1,) * (rank - 1))
 
 
 def _broadcast_to_pixels(per_image: Any, like: Any, valid: Any = None) -> Any:
-    """``(B,)`` -> ``(B, H, W)`` shaped like ``like[..., 0]``. With ``valid``, the value goes
-    on the non-ignored pixels only, scaled by ``H*W / N_valid`` of the image, so that the mean
-    over the image is unchanged and ignored pixels carry no weight."""
-    out = ops.zeros_like(like[..., 0]) + per_image[:, None, None]
+    """``(B,)`` -> ``(B, ...)`` shaped like ``like[..., 0]`` (``(B, H, W)`` or
+    ``(B, D, H, W)``). With ``valid``, the value goes on the non-ignored pixels only, scaled
+    by ``N / N_valid`` of the image (``N`` its pixel / voxel count), so that the mean over the
+    image is unchanged and ignored pixels carry no weight."""
+    base = ops.zeros_like(like[..., 0])
+    rank = len(base.shape)
+    out = base + _per_image(per_image, rank)
     if valid is None:
         return out
-    scale = ops.divide_no_nan(ops.sum(ops.ones_like(valid), axis=(1, 2)),
-                              ops.sum(valid, axis=(1, 2)))
-    return out * valid * scale[:, None, None]
+    axes = tuple(range(1, rank))
+    scale = ops.divide_no_nan(ops.sum(ops.ones_like(valid), axis=axes),
+                              ops.sum(valid, axis=axes))
+    return out * valid * _per_image(scale, rank)
 
 
 def soft_dice_loss(target: Any, probs: Any, smooth: float, include_background: bool,
                    valid: Any = None) -> Any:
     """``1 - mean_c (2|T∩P| + s) / (|T| + |P| + s)`` per image, shape ``(B,)``; ``target``,
-    ``probs`` ``(B, H, W, C)`` float32, ``valid`` an optional ``(B, H, W)`` 0/1 mask."""
+    ``probs`` ``(B, H, W, C)`` (or ``(B, D, H, W, C)``: sums over all voxels of a volume)
+    float32, ``valid`` an optional ``(B, H, W)`` / ``(B, D, H, W)`` 0/1 mask."""
     inter, t, p = _overlap(target, probs, include_background, valid)
     dice = (2.0 * inter + smooth) / (t + p + smooth)
     return 1.0 - ops.mean(dice, axis=-1)

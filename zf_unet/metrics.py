@@ -9,6 +9,14 @@ foreground-restricted Rand error is ``1 - F-score`` of the Rand index over pixel
 cells, with pixels the prediction leaves unassigned (label 0) counted as single-pixel segments.
 The misclassification rate (the challenge's first pixel error) and the variation of information
 (scikit-image) are reported beside them.
+
+Volumes: the Keras metrics count every voxel of ``(B, D, H, W, C)`` predictions as they count
+pixels. The NumPy scores take a 2-D map ``(H, W)`` / ``(H, W, 1)`` or a volume ``(D, H, W)`` /
+``(D, H, W, 1)`` (a 3-D array whose last axis has size 1 is read as ``(H, W, 1)``): pixel counts,
+Dice, IoU and the confusion matrix count voxels, and the cell scores (``label_cells``, Rand
+error, VI) use 3-D connected components (``connectivity`` 1 = 6, 2 = 18, 3 = 26 neighbours)
+and voxel pairs. To score a stack section by section as the ISBI challenge does, call them per
+slice and sum the counts.
 """
 from __future__ import annotations
 
@@ -234,12 +242,22 @@ def class_scores(confusion: np.ndarray) -> dict:
 # --------------------------------------------------------------------------- NumPy scores
 
 
-def _binary(x: np.ndarray, threshold: float = 0.5, name: str = "array") -> np.ndarray:
+def _spatial(x: Any, name: str, what: str = "map") -> np.ndarray:
+    """``x`` as a 2-D ``(H, W)`` or 3-D ``(D, H, W)`` array: a trailing axis of size 1 is
+    dropped from ``(H, W, 1)`` and ``(D, H, W, 1)``; other shapes raise ``ValueError``."""
     x = np.asarray(x)
-    if x.ndim == 3 and x.shape[-1] == 1:
+    if x.ndim in (3, 4) and x.shape[-1] == 1:
         x = x[..., 0]
-    if x.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D (H, W) or (H, W, 1) map, got shape {x.shape}")
+    if x.ndim not in (2, 3):
+        raise ValueError(f"{name} must be a 2-D (H, W) / (H, W, 1) {what} or a 3-D volume "
+                         f"(D, H, W) / (D, H, W, 1), got shape {x.shape}")
+    return x
+
+
+def _binary(x: np.ndarray, threshold: float = 0.5, name: str = "array") -> np.ndarray:
+    """Foreground of a 2-D map or a 3-D volume (``_spatial``) as bool: float maps
+    ``> threshold``, bool as is, integers non-zero."""
+    x = _spatial(x, name)
     if x.dtype == bool:
         return x
     return x > threshold if np.issubdtype(x.dtype, np.floating) else x > 0
@@ -270,7 +288,8 @@ def pixel_counts(pred: np.ndarray, truth: np.ndarray,
     """``(TP, FP, FN)`` pixel counts of the foreground (cell interior = positive class).
 
     ``pred``: ``(H, W)`` probability map (float, thresholded at ``threshold``) or binary map
-    (bool / integer, non-zero = cell); ``truth``: binary map of the same size.
+    (bool / integer, non-zero = cell); ``truth``: binary map of the same size. Volumes
+    ``(D, H, W)`` count voxels.
     """
     return _confusion(pred, truth, threshold)[:3]
 
@@ -306,18 +325,18 @@ def iou_score(pred: np.ndarray, truth: np.ndarray, threshold: float = 0.5,
 
 
 def label_cells(mask: np.ndarray, threshold: float = 0.5, connectivity: int = 1) -> np.ndarray:
-    """Connected components of the foreground (1 = cell interior) -> int32 labels, 0 = membrane."""
-    structure = ndimage.generate_binary_structure(2, connectivity)
-    labels, _ = ndimage.label(_binary(mask, threshold, "mask"), structure=structure)
+    """Connected components of the foreground (1 = cell interior) -> int32 labels, 0 = membrane.
+
+    ``mask``: ``(H, W)`` (``connectivity`` 1 = 4, 2 = 8 neighbours) or a volume ``(D, H, W)``
+    (3-D components: 1 = 6, 2 = 18, 3 = 26 neighbours); a trailing axis of size 1 is dropped."""
+    fg = _binary(mask, threshold, "mask")
+    structure = ndimage.generate_binary_structure(fg.ndim, connectivity)
+    labels, _ = ndimage.label(fg, structure=structure)
     return labels.astype(np.int32)
 
 
 def _check_labels(x: np.ndarray, name: str) -> np.ndarray:
-    x = np.asarray(x)
-    if x.ndim == 3 and x.shape[-1] == 1:
-        x = x[..., 0]
-    if x.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D (H, W) label image, got shape {x.shape}")
+    x = _spatial(x, name, "label image")
     if not np.issubdtype(x.dtype, np.integer):
         raise ValueError(f"{name} must hold integer cell labels (0 = none), got dtype {x.dtype}; "
                          "turn binary or probability maps into cells with label_cells")
@@ -330,7 +349,8 @@ def _check_labels(x: np.ndarray, name: str) -> np.ndarray:
 def rand_pair_counts(pred_labels: np.ndarray,
                      truth_labels: np.ndarray) -> tuple[float, float, float]:
     """Foreground-restricted Rand pair counts ``(TP, FP, FN)`` of two integer label images
-    ``(H, W)`` (0 = no cell, any other value = a cell id).
+    ``(H, W)`` or volumes ``(D, H, W)`` (voxel pairs) (0 = no cell, any other value = a cell
+    id).
 
     Ordered pixel pairs, self-pairs included (the N^2 normalisation of the ISBI 2012 script,
     Fiji's ``RandError.foregroundRestrictedStatsN2``), are counted over the pixels inside a
@@ -364,8 +384,9 @@ def rand_pair_counts(pred_labels: np.ndarray,
 
 def _cells_pair(pred: np.ndarray, truth: np.ndarray, threshold: float, pred_is_labels: bool,
                 truth_is_labels: bool) -> tuple[np.ndarray, np.ndarray]:
-    """``(pred, truth)`` as 2-D int64 cell labels: label images as given (``(H, W)`` or
-    ``(H, W, 1)``), binary / probability maps through ``label_cells``."""
+    """``(pred, truth)`` as int64 cell labels ``(H, W)`` / ``(D, H, W)``: label images as
+    given (a trailing axis of size 1 dropped), binary / probability maps through
+    ``label_cells``."""
     def cells(x: np.ndarray, is_labels: bool, th: float) -> np.ndarray:
         if not is_labels:
             return label_cells(x, th).astype(np.int64)
@@ -387,6 +408,7 @@ def rand_error(pred: np.ndarray, truth: np.ndarray, threshold: float = 0.5,
 
     Binary maps (or probability maps, at ``threshold``) are turned into cells with
     ``label_cells``; integer label images ``(H, W)`` are used as they are (``*_is_labels``).
+    Volumes ``(D, H, W)``: 3-D cells and voxel pairs.
     0 = identical segmentations. Without true cells: 0 if the prediction has none, else 1.
     Over a stack, sum the counts of all slices and apply ``f_error``.
     """
@@ -403,6 +425,8 @@ def variation_of_information(pred: np.ndarray, truth: np.ndarray, threshold: flo
     from skimage.metrics import variation_of_information as skvi
 
     p, t = _cells_pair(pred, truth, threshold, pred_is_labels, truth_is_labels)
+    if p.shape != t.shape:
+        raise ValueError(f"pred shape {p.shape} != truth shape {t.shape}")
     if t.max() == 0:
         return 0.0
     unassigned = (p == 0) & (t > 0)

@@ -29,6 +29,7 @@ from zf_unet.callbacks import (AtomicBackupAndRestore, BestModelCheckpoint, Coll
                                repair_csv_log)
 from zf_unet.config import Config, model_levels, resolve_monitor
 from zf_unet.data.pipeline import make_datasets, median_frequency_weights
+from zf_unet.data.volumes import make_volume_datasets
 from zf_unet.data.sources import open_source
 from zf_unet.distribute import is_chief, make_strategy
 from zf_unet.errors import ConfigError
@@ -264,12 +265,15 @@ def make_model(cfg: Config, channels: int, sync_batch_norm: bool = False,
     if m.backbone:  # the encoder fixes the depth and scales the input itself
         common.update(depth=None, input_normalization=None, backbone=m.backbone,
                       encoder_weights=m.encoder_weights or None)
+    if m.pool_sizes or m.kernel_sizes or cfg.data.volumes:
+        common.update(pool_sizes=m.pool_sizes or None, kernel_sizes=m.kernel_sizes or None,
+                      spacing=tuple(cfg.data.spacing) or None)
+    shape = (None,) * (3 if cfg.data.volumes else 2) + (channels,)
     if m.architecture == "unet_plus_plus":
         if m.padding != "same":
             raise ConfigError("model.padding must be 'same' for unet_plus_plus")
-        return build_unet_plus_plus((None, None, channels), deep_supervision=m.deep_supervision,
-                                    **common)
-    return build_unet((None, None, channels), padding=m.padding, **common)
+        return build_unet_plus_plus(shape, deep_supervision=m.deep_supervision, **common)
+    return build_unet(shape, padding=m.padding, **common)
 
 
 def _metrics(num_classes: int, ignore_index: int | None = None) -> list:
@@ -317,6 +321,16 @@ def make_data(cfg: Config, seed: int) -> tuple[tf.data.Dataset, tf.data.Dataset 
         num_classes: Any = "auto"
     else:
         num_classes = d.num_classes if d.num_classes > 1 or d.class_values else None
+    if d.volumes:
+        return make_volume_datasets(
+            source, patch_size=d.patch_size or None, batch_size=d.batch_size,
+            val_fraction=d.val_fraction, val_indices=d.val_indices or None, seed=seed,
+            augment=d.augment, spacing=tuple(d.spacing) or None,
+            border_weights=d.border_weights, w0=d.w0, sigma=d.sigma, num_classes=num_classes,
+            class_values=d.class_values or None,
+            ignore_index=d.ignore_index if d.ignore_index >= 0 else None,
+            val_source=d.val_source or None, samples_per_epoch=d.samples_per_epoch or None,
+            with_info=True)
     train_ds, val_ds, info = make_datasets(
         source, patch_size=d.patch_size or None, batch_size=d.batch_size,
         val_fraction=d.val_fraction, val_indices=d.val_indices or None, seed=seed,
@@ -347,6 +361,9 @@ def check_input_sizes(cfg: Config, datasets: dict[str, tf.data.Dataset | None]) 
 
     m = cfg.model
     depth = model_levels(m)
+    if cfg.data.volumes:
+        _check_volume_sizes(cfg, datasets)
+        return
     for label, ds in datasets.items():
         if ds is None:
             continue
@@ -363,6 +380,32 @@ def check_input_sizes(cfg: Config, datasets: dict[str, tf.data.Dataset | None]) 
                 f"{where}: a depth-{depth} U-Net with padding={m.padding!r} cannot take "
                 f"{label} inputs of {int(side)} px; expected {rule} (nearest: {nearest}), or "
                 "another model.depth")
+
+
+def _check_volume_sizes(cfg: Config, datasets: dict[str, tf.data.Dataset | None]) -> None:
+    """:func:`check_input_sizes` for 3-D models: each static patch side must be a multiple of
+    the product of its axis's pool sizes."""
+    from zf_unet.models.anisotropy import axis_divisors, resolve_levels
+
+    m = cfg.model
+    try:
+        pools, _ = resolve_levels(m.pool_sizes or None, m.kernel_sizes or None,
+                                  tuple(cfg.data.spacing) or None, m.depth, 3)
+    except ValueError as exc:
+        raise ConfigError(f"[model]: {exc}") from None
+    divisors = axis_divisors(pools, 3)
+    for label, ds in datasets.items():
+        if ds is None:
+            continue
+        shape = ds.element_spec[0].shape[1:4]
+        for axis, side, div in zip("zyx", shape, divisors):
+            if side is None or int(side) % div == 0:
+                continue
+            lo = max(div, int(side) // div * div)
+            raise ConfigError(
+                f"data.patch_size = {cfg.data.patch_size}: the {label} {axis} side is "
+                f"{int(side)}, but the model pools that axis by {div} in all; expected a "
+                f"multiple of {div} (e.g. {lo} or {lo + div}), or other model.pool_sizes")
 
 
 def _distribute_options(ds: tf.data.Dataset | None) -> tf.data.Dataset | None:

@@ -16,6 +16,8 @@ from zf_unet.data.io import (
     normalize_mask,
     read_image,
     read_stack,
+    read_volume,
+    read_volume_pair,
 )
 from zf_unet.data.pipeline import (
     DataInfo,
@@ -35,7 +37,9 @@ from zf_unet.data.weightmaps import (
     border_weight_maps,
     cached_border_weight_map,
     class_weight_map,
+    volume_weight_map,
 )
+from zf_unet.data.volumes import VolumeSplit, load_volumes, make_volume_datasets
 
 __all__ = [
     "Augment",
@@ -46,6 +50,7 @@ __all__ = [
     "ShardInfo",
     "ShardSource",
     "Source",
+    "VolumeSplit",
     "augment_batch",
     "augment_sample",
     "border_weight_map",
@@ -60,15 +65,20 @@ __all__ = [
     "load_folder",
     "load_source",
     "load_tiff_stacks",
+    "load_volumes",
     "make_datasets",
     "make_synthetic",
+    "make_volume_datasets",
     "class_pixel_counts",
     "median_frequency_weights",
     "normalize_mask",
     "open_source",
     "read_image",
     "read_stack",
+    "read_volume",
+    "read_volume_pair",
     "to_float_image",
+    "volume_weight_map",
     "warp",
     "write_shards",
     "write_synthetic_folder",

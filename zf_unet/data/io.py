@@ -4,7 +4,9 @@ Shapes and dtypes used throughout:
 
 * an image is ``(H, W, C)`` with ``C = 1`` for grayscale, in the dtype the file stores
   (``uint8``, ``uint16``, ``float32``, ...);
-* a mask, once normalised, is ``(H, W)`` ``uint8`` holding class ids ``0..K-1``.
+* a mask, once normalised, is ``(H, W)`` ``uint8`` holding class ids ``0..K-1``;
+* a volume (:func:`read_volume`) is ``(D, H, W)`` (one channel) or ``(D, H, W, C)``, in the
+  stored dtype, ``D`` slices along z in stack order.
 
 Every user-facing error is a :class:`zf_unet.errors.DataError` whose message names the
 file or argument and says what was expected.
@@ -58,6 +60,7 @@ from zf_unet.errors import ConfigError, DataError
 __all__ = [
     "FLOAT_RANGE_TOLERANCE",
     "IMAGE_EXTENSIONS",
+    "VOLUME_EXTENSIONS",
     "MASK_CONVENTIONS",
     "MAX_IMAGE_PIXELS",
     "AUTO_CLASSES",
@@ -80,6 +83,8 @@ __all__ = [
     "notice_scaled",
     "read_image",
     "read_stack",
+    "read_volume",
+    "read_volume_pair",
     "rel_name",
     "split_samples",
 ]
@@ -93,6 +98,8 @@ Palette = Mapping[Union[tuple[int, int, int], int], int]
 #: File name endings read by :func:`read_image` and matched by :func:`find_pairs`.
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
 _TIFF_EXTENSIONS = (".tif", ".tiff")
+#: File name endings read by :func:`read_volume` (besides a folder of 2-D slices).
+VOLUME_EXTENSIONS: tuple[str, ...] = (".tif", ".tiff", ".npy")
 #: Values accepted for the ``convention`` argument.
 MASK_CONVENTIONS: tuple[str, ...] = ("auto", "binary", "class_ids", "palette")
 #: ``num_classes`` value that asks the loaders to accept any class ids 0..255 (K inferred).
@@ -244,6 +251,143 @@ def read_stack(path: PathLike) -> np.ndarray:
     return _read_tiff(p)
 
 
+def read_volume(path: PathLike) -> np.ndarray:
+    """Read a 3-D volume: a multi-page TIFF, a folder of 2-D slices or a ``.npy`` array.
+
+    Args:
+        path: one of
+
+            * a multi-page TIFF (``.tif`` / ``.tiff``; pages = z-sections, read as
+              :func:`read_stack` does);
+            * a folder of 2-D slice images (:data:`IMAGE_EXTENSIONS`, read with
+              :func:`read_image`) in natural order of their names (``2.png`` before
+              ``10.png``; hidden and other files are skipped). All slices must share
+              size, channel count and dtype;
+            * a ``.npy`` file holding ``(D, H, W)`` or ``(D, H, W, C)`` numbers.
+
+    Returns:
+        ``(D, H, W)`` for one channel (a trailing channel of size 1 is dropped), else
+        ``(D, H, W, C)``; dtype as stored (``uint8``, ``uint16``, ``float32``, ...).
+
+    Raises:
+        DataError: missing path, unsupported suffix, unreadable file, a 2-D image where a
+            volume is expected (a single-page TIFF, a 2-D ``.npy``; the message names the
+            file and the shape found), slices of different sizes / channels / dtypes (naming
+            the first such file and what was expected), an empty folder, non-numeric
+            ``.npy`` data, or slices larger than :func:`max_image_pixels`.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"{p}: file or folder not found; expected a multi-page TIFF, a .npy "
+                        "file or a folder of 2-D slices")
+    if p.is_dir():
+        vol = _read_slice_folder(p)
+    else:
+        ext = p.suffix.lower()
+        if not p.is_file():
+            raise DataError(f"{p}: expected a volume file or a folder of slices, found a "
+                            "special file")
+        if ext in _TIFF_EXTENSIONS:
+            vol = _read_tiff(p)
+            if vol.shape[0] == 1:
+                hint = ("; if its channels are z-sections, write the stack as pages (tifffile: "
+                        "photometric='minisblack')" if vol.shape[-1] in (3, 4) else "")
+                raise DataError(
+                    f"{p}: TIFF holds a single 2-D image of shape {vol.shape[1:]} "
+                    "(H, W, C); expected a volume (a multi-page TIFF with one page per "
+                    f"z-section, or a folder of slices){hint}"
+                )
+        elif ext == ".npy":
+            vol = _read_npy_volume(p)
+        else:
+            hint = (" (a single 2-D image; put the slices of a volume in one folder)"
+                    if ext in IMAGE_EXTENSIONS else "")
+            raise DataError(
+                f"{p}: unsupported volume file type {p.suffix!r}{hint}; expected a multi-page "
+                "TIFF (.tif, .tiff), a .npy file or a folder of 2-D slices"
+            )
+    if vol.shape[-1] == 1:
+        vol = vol[..., 0]
+    return vol
+
+
+def _read_slice_folder(folder: Path) -> np.ndarray:
+    """``(D, H, W, C)`` from the 2-D images of ``folder`` in natural name order."""
+    files = _list_images(folder, folder.name, folder.parent)
+    names = sorted(files, key=natural_key)
+    first_path = files[names[0]]
+    first = read_image(first_path)
+    out = np.empty((len(names),) + first.shape, dtype=first.dtype)
+    out[0] = first
+    for i, stem in enumerate(names[1:], start=1):
+        f = files[stem]
+        img = read_image(f)
+        if img.shape[:2] != first.shape[:2]:
+            raise DataError(
+                f"{f}: slice size {_wxh(img.shape)} differs from {first_path.name} "
+                f"({_wxh(first.shape)}); expected every slice of the volume {folder} to be "
+                f"{_wxh(first.shape)} (sizes are width x height)"
+            )
+        if img.shape[2] != first.shape[2] or img.dtype != first.dtype:
+            raise DataError(
+                f"{f}: {img.shape[2]} channel(s) of dtype {img.dtype}, but {first_path.name} "
+                f"has {first.shape[2]} of dtype {first.dtype}; expected every slice of the "
+                f"volume {folder} to share channels and dtype"
+            )
+        out[i] = img
+    return out
+
+
+def _read_npy_volume(p: Path) -> np.ndarray:
+    """``(D, H, W, C)`` from a ``.npy`` file holding ``(D, H, W)`` or ``(D, H, W, C)``."""
+    try:
+        arr = np.load(p, allow_pickle=False)
+    except Exception as exc:  # noqa: BLE001 - any failure means an unreadable file
+        raise DataError(f"{p}: cannot read .npy file ({type(exc).__name__}: {exc}); expected "
+                        "a NumPy array saved with numpy.save (no pickled objects)") from exc
+    if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "biuf":
+        raise DataError(f"{p}: holds {getattr(arr, 'dtype', type(arr).__name__)} data; "
+                        "expected a numeric (bool, integer or float) array")
+    if arr.ndim == 2:
+        raise DataError(f"{p}: holds a 2-D array of shape {arr.shape}; expected a volume "
+                        "(D, H, W) or (D, H, W, C)")
+    if arr.ndim not in (3, 4):
+        raise DataError(f"{p}: holds an array of shape {arr.shape}; expected a volume "
+                        "(D, H, W) or (D, H, W, C)")
+    if arr.size == 0:
+        raise DataError(f"{p}: holds an empty array of shape {arr.shape}; expected a volume "
+                        "(D, H, W) or (D, H, W, C)")
+    _check_pixels(p, arr.shape[1], arr.shape[2], max_image_pixels())
+    if arr.ndim == 3:
+        arr = arr[..., None]
+    if arr.dtype.byteorder == ">":
+        arr = arr.astype(arr.dtype.newbyteorder("="))
+    return np.ascontiguousarray(arr)
+
+
+def read_volume_pair(image_path: PathLike, mask_path: PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """Read an image volume and its mask volume (:func:`read_volume`) and check they fit.
+
+    Args:
+        image_path, mask_path: each a multi-page TIFF, a ``.npy`` file or a folder of 2-D
+            slices (they need not be of the same kind).
+
+    Returns:
+        ``(image, mask)`` as :func:`read_volume` returns them: ``(D, H, W)`` or
+        ``(D, H, W, C)`` in the stored dtypes. Mask values are not converted; bring them to
+        class ids with :func:`normalize_mask` (per section) as for 2-D data.
+
+    Raises:
+        DataError: as :func:`read_volume`; different slice counts or slice sizes (naming both
+            paths, via :func:`check_stacks`); NaN / Inf in a float image volume.
+    """
+    image = read_volume(image_path)
+    mask = read_volume(mask_path)
+    as_stack = [v if v.ndim == 4 else v[..., None] for v in (image, mask)]
+    check_stacks(as_stack[0], as_stack[1], image_path, mask_path)
+    return image, mask
+
+
 def _check_file(p: Path) -> str:
     if not p.exists():
         raise DataError(f"{p}: file not found")
@@ -338,7 +482,7 @@ def _read_tiff(p: Path) -> np.ndarray:
 # --------------------------------------------------------------------------- pairing
 
 
-def _natural_key(stem: str) -> list[Any]:
+def natural_key(stem: str) -> list[Any]:
     """Sort key so that ``2`` comes before ``10`` (``0.png .. 23.png`` keep stack order)."""
     return [(0, int(t), t) if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", stem)]
 
@@ -357,7 +501,7 @@ def _list_images(sub: Path, label: str, folder: Path) -> dict[str, Path]:
         raise DataError(
             f"{sub}: no image files; expected files ending in {', '.join(IMAGE_EXTENSIONS)}"
         )
-    dups = sorted((s for s, fs in by_stem.items() if len(fs) > 1), key=_natural_key)
+    dups = sorted((s for s, fs in by_stem.items() if len(fs) > 1), key=natural_key)
     if dups:
         listed = "; ".join(
             " and ".join(sorted(f.name for f in by_stem[s])) for s in dups[:_MAX_LISTED]
@@ -394,9 +538,9 @@ def match_pairs(
         raise DataError(f"{root}: expected a folder with '{images}/' and '{masks}/' subfolders")
     imgs = _list_images(root / images, images, root)
     msks = _list_images(root / masks, masks, root)
-    no_mask = [imgs[s] for s in sorted(set(imgs) - set(msks), key=_natural_key)]
-    no_image = [msks[s] for s in sorted(set(msks) - set(imgs), key=_natural_key)]
-    pairs = [(imgs[s], msks[s]) for s in sorted(set(imgs) & set(msks), key=_natural_key)]
+    no_mask = [imgs[s] for s in sorted(set(imgs) - set(msks), key=natural_key)]
+    no_image = [msks[s] for s in sorted(set(msks) - set(imgs), key=natural_key)]
+    pairs = [(imgs[s], msks[s]) for s in sorted(set(imgs) & set(msks), key=natural_key)]
     if not (no_mask or no_image):
         return pairs, [], None
     parts = []

@@ -31,7 +31,7 @@ logger = logging.getLogger("zf_unet")
 
 __all__ = ["DataInfo", "DataSplit", "TFDS_PREFIX", "check_learnable", "infer_num_classes",
            "class_pixel_counts", "load_source", "make_datasets", "median_frequency_weights",
-           "refuse_unlearnable", "split_indices", "to_float_image"]
+           "refuse_unlearnable", "resolve_num_classes", "split_indices", "to_float_image"]
 
 
 @dataclass
@@ -168,16 +168,19 @@ def load_source(source: Any, *, num_classes: int | str | None = None, convention
     """
     data = _load(source, num_classes, convention, palette, tfds_kwargs, class_values,
                  ignore_index)
-    data.num_classes = _resolve_num_classes([data], num_classes, class_values, ignore_index)
+    data.num_classes = resolve_num_classes(data.masks, num_classes, class_values,
+                                            ignore_index)
     return data
 
 
-def _resolve_num_classes(splits: Sequence[DataSplit], num_classes: int | str | None,
-                         class_values: io.ClassValues | None,
-                         ignore_index: int | None) -> int:
+def resolve_num_classes(masks: Sequence[np.ndarray], num_classes: int | str | None,
+                        class_values: io.ClassValues | None,
+                        ignore_index: int | None) -> int:
+    """K for the model: ``num_classes`` as given, ``"auto"`` inferred from the class-id
+    ``masks`` (:func:`infer_num_classes`), ``None``: the number of ``class_values`` groups
+    (2 groups -> 1) or 1 (binary)."""
     if num_classes == io.AUTO_CLASSES:
-        return infer_num_classes([m for s in splits for m in s.masks], ignore_index,
-                                 class_values)
+        return infer_num_classes(masks, ignore_index, class_values)
     if num_classes is not None:
         return int(num_classes)
     if class_values is not None:
@@ -541,7 +544,7 @@ def _stream_datasets(src: Any, val_src: Any, *, patch_size: int | None, batch_si
         seen = np.union1d(train_scan.seen_classes(None), val_scan.seen_classes(None))
         k = infer_num_classes([], ignore_index, class_values, values=seen)
     else:
-        k = _resolve_num_classes([], num_classes, class_values, ignore_index)
+        k = resolve_num_classes([], num_classes, class_values, ignore_index)
     present = set(int(v) for v in train_scan.seen_classes(ignore_index))
     n_train, n_val = len(train_scan.sizes), len(val_scan.sizes)
     refuse_unlearnable(present, n_train, train_scan.sizes, patch_size, ignore_index)
@@ -720,7 +723,8 @@ def make_datasets(
             raise DataError(f"val_source: images have {val_data.images[0].shape[2]} channel(s) "
                             f"but source has {data.images[0].shape[2]}; expected the same "
                             "number of channels")
-    k = _resolve_num_classes(splits, num_classes, class_values, ignore_index)
+    k = resolve_num_classes([m for one in splits for m in one.masks], num_classes,
+                            class_values, ignore_index)
     for one in splits:
         one.num_classes = k
     check_learnable(data, patch_size)

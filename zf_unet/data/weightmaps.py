@@ -33,6 +33,23 @@ Pixels with ``d1 + d2 <= c`` get the exact value; the others get 0 instead of a 
 ``exact=True`` runs one distance transform per cell over the whole image
 (``O(cells * H * W)``) and does not truncate.
 
+Volumes (``mode``)
+------------------
+Every function takes ``mode=``:
+
+* ``"image"`` (default): one 2-D image ``(H, W)`` / ``(H, W, 1)``, as described above.
+* ``"sections"``: a volume ``(D, H, W)`` / ``(D, H, W, 1)`` treated as ``D`` independent
+  z-sections; the result equals the 2-D map of each section stacked (cells are the
+  connected components of each section, ``"balanced"`` class weights use each section's
+  frequencies). The usual choice for anisotropic stacks (e.g. serial-section EM), and the
+  default of :func:`volume_weight_map`.
+* ``"3d"``: a volume ``(D, H, W)`` / ``(D, H, W, 1)`` with 3-D cells (connected components
+  with ``connectivity`` 1 = 6, 2 = 18, 3 = 26 neighbours) and 3-D Euclidean distances
+  ``d1``, ``d2`` measured with the voxel size ``spacing = (z, y, x)``
+  (``scipy.ndimage.distance_transform_edt(..., sampling=spacing)``); ``sigma`` and
+  ``cutoff`` are in the units of ``spacing`` (pixels with the default ``(1, 1, 1)``), and
+  ``"balanced"`` class weights use the frequencies of the whole volume.
+
 Void pixels (``ignore_index``)
 ------------------------------
 Pixels holding ``ignore_index`` are unlabelled. They get weight 0 (the loss skips them
@@ -57,11 +74,13 @@ from zf_unet.errors import DataError
 
 __all__ = [
     "DEFAULT_CUTOFF_SIGMAS",
+    "WEIGHT_MAP_MODES",
     "border_weight_map",
     "border_weight_maps",
     "cached_border_weight_map",
     "class_weight_map",
     "default_cache_dir",
+    "volume_weight_map",
 ]
 
 #: Default cutoff on ``d1 + d2`` in the fast mode, in units of ``sigma``.
@@ -70,20 +89,82 @@ DEFAULT_CUTOFF_SIGMAS = 6.0
 #: Bumped when the computation changes, so old cache files are not reused.
 _CACHE_VERSION = 1
 
+#: Values of ``mode``: a 2-D image, a volume as independent z-sections, a 3-D volume.
+WEIGHT_MAP_MODES: tuple[str, ...] = ("image", "sections", "3d")
+_VOLUME_MODES = ("sections", "3d")
+
+
+def _check_mode(mode: Any) -> str:
+    if not isinstance(mode, str) or mode not in WEIGHT_MAP_MODES:
+        raise DataError(
+            f"mode: expected one of {', '.join(repr(m) for m in WEIGHT_MAP_MODES)} "
+            f"('image' for a 2-D (H, W) mask, 'sections' or '3d' for a (D, H, W) volume), "
+            f"got {mode!r}"
+        )
+    return mode
+
+
+def _check_spacing(spacing: Any, mode: str) -> tuple[float, float, float] | None:
+    """``spacing`` as a ``(z, y, x)`` tuple of positive floats for ``mode="3d"`` (``None``:
+    ``(1, 1, 1)``; one number: isotropic); ``None`` for the other modes, which refuse it."""
+    if mode != "3d":
+        if spacing is not None:
+            raise DataError(
+                f"spacing: only used with mode='3d' (3-D distances), got spacing={spacing!r} "
+                f"with mode={mode!r}"
+            )
+        return None
+    if spacing is None:
+        return (1.0, 1.0, 1.0)
+    values = [spacing] if np.isscalar(spacing) else spacing
+    try:
+        out = tuple(float(v) for v in values)
+    except (TypeError, ValueError):
+        raise DataError(
+            f"spacing: expected the voxel size (z, y, x) as 3 numbers > 0 (or one number), "
+            f"got {spacing!r}"
+        ) from None
+    if len(out) == 1:
+        out = out * 3
+    if len(out) != 3 or not all(np.isfinite(v) and v > 0 for v in out):
+        raise DataError(
+            f"spacing: expected the voxel size (z, y, x) as 3 finite numbers > 0 (or one "
+            f"number), got {spacing!r}"
+        )
+    return out  # type: ignore[return-value]
+
+
+def _shape_text(ndim: int) -> str:
+    return "(H, W) or (H, W, 1)" if ndim == 2 else "(D, H, W) or (D, H, W, 1)"
+
+
+def _squeeze_channel(arr: np.ndarray, ndim: int) -> np.ndarray:
+    """Drop a trailing channel of size 1 from an ``ndim + 1``-D array."""
+    if arr.ndim == ndim + 1 and arr.shape[-1] == 1:
+        return arr[..., 0]
+    return arr
+
+
+def _wrong_ndim(name: str, what: str, shape: tuple[int, ...], ndim: int) -> DataError:
+    text = f"{name}: expected a {ndim}-D {what} of shape {_shape_text(ndim)}, got shape {shape}"
+    if ndim == 2 and len(shape) in (3, 4):
+        text += "; for a volume (D, H, W) pass mode='sections' or mode='3d'"
+    elif ndim == 3 and len(shape) == 2:
+        text += "; for a 2-D image use mode='image'"
+    return DataError(text)
+
 
 # --------------------------------------------------------------------------- validation
-def _as_binary_mask(mask: Any, name: str = "mask") -> np.ndarray:
-    """Validate a 0/1, 0/255 or bool mask of shape (H, W) or (H, W, 1); return bool (H, W)."""
+def _as_binary_mask(mask: Any, name: str = "mask", ndim: int = 2) -> np.ndarray:
+    """Validate a 0/1, 0/255 or bool mask of shape (H, W) or (H, W, 1) (``ndim=3``:
+    (D, H, W) or (D, H, W, 1)); return bool (H, W) / (D, H, W)."""
     try:
         arr = np.asarray(mask)
     except Exception as exc:  # pragma: no cover - exotic inputs
         raise DataError(f"{name}: expected an array-like mask, got {type(mask).__name__}") from exc
-    if arr.ndim == 3 and arr.shape[-1] == 1:
-        arr = arr[..., 0]
-    if arr.ndim != 2:
-        raise DataError(
-            f"{name}: expected a 2-D mask of shape (H, W) or (H, W, 1), got shape {arr.shape}"
-        )
+    arr = _squeeze_channel(arr, ndim)
+    if arr.ndim != ndim:
+        raise _wrong_ndim(name, "mask", arr.shape, ndim)
     if arr.size == 0:
         raise DataError(f"{name}: expected a non-empty mask, got shape {arr.shape}")
     if arr.dtype == bool:
@@ -102,17 +183,13 @@ def _as_binary_mask(mask: Any, name: str = "mask") -> np.ndarray:
     )
 
 
-def _as_labels(labels: Any, name: str = "labels") -> np.ndarray:
-    """Validate a non-negative integer instance image (H, W) or (H, W, 1); return int32 (H, W)
-    with consecutive ids 1..n (0 = background)."""
-    arr = np.asarray(labels)
-    if arr.ndim == 3 and arr.shape[-1] == 1:
-        arr = arr[..., 0]
-    if arr.ndim != 2:
-        raise DataError(
-            f"{name}: expected a 2-D instance image of shape (H, W) or (H, W, 1), "
-            f"got shape {arr.shape}"
-        )
+def _as_labels(labels: Any, name: str = "labels", ndim: int = 2) -> np.ndarray:
+    """Validate a non-negative integer instance image (H, W) or (H, W, 1) (``ndim=3``: a
+    volume (D, H, W) or (D, H, W, 1)); return int32 (H, W) / (D, H, W) with consecutive ids
+    1..n (0 = background)."""
+    arr = _squeeze_channel(np.asarray(labels), ndim)
+    if arr.ndim != ndim:
+        raise _wrong_ndim(name, "instance image", arr.shape, ndim)
     if arr.size == 0:
         raise DataError(f"{name}: expected a non-empty instance image, got shape {arr.shape}")
     if arr.dtype == bool:
@@ -133,12 +210,19 @@ def _as_labels(labels: Any, name: str = "labels") -> np.ndarray:
     return out
 
 
-def _check_params(w0: float, sigma: float, connectivity: int, cutoff: float | None) -> None:
+def _check_params(w0: float, sigma: float, connectivity: int, cutoff: float | None,
+                  ndim: int = 2) -> None:
     if not np.isfinite(w0) or w0 < 0:
         raise DataError(f"w0: expected a finite number >= 0, got {w0!r}")
     if not np.isfinite(sigma) or sigma <= 0:
         raise DataError(f"sigma: expected a finite number > 0 (pixels), got {sigma!r}")
-    if connectivity not in (1, 2):
+    if ndim == 3:
+        if connectivity not in (1, 2, 3):
+            raise DataError(
+                f"connectivity: expected 1 (6-neighbours), 2 (18-neighbours) or 3 "
+                f"(26-neighbours) for mode='3d', got {connectivity!r}"
+            )
+    elif connectivity not in (1, 2):
         raise DataError(
             f"connectivity: expected 1 (4-neighbours) or 2 (8-neighbours), got {connectivity!r}"
         )
@@ -148,12 +232,15 @@ def _check_params(w0: float, sigma: float, connectivity: int, cutoff: float | No
 
 # --------------------------------------------------------------------------- class weights
 def class_weight_map(
-    mask: Any, class_weights: str | Mapping[int, float] | None = "balanced"
+    mask: Any, class_weights: str | Mapping[int, float] | None = "balanced", *,
+    mode: str = "image",
 ) -> np.ndarray:
-    """Class-balancing weight map ``w_c``: float32 (H, W).
+    """Class-balancing weight map ``w_c``: float32 (H, W), or (D, H, W) for a volume.
 
     Classes: 0 = background/membrane, 1 = cell interior (``mask`` as in
-    :func:`border_weight_map`).
+    :func:`border_weight_map`). ``mode``: ``"image"`` (a 2-D mask, default),
+    ``"sections"`` (a (D, H, W) volume, each z-section weighted on its own: the 2-D maps
+    stacked) or ``"3d"`` (a (D, H, W) volume, frequencies over all its voxels).
 
     * ``"balanced"``: inverse class frequency, ``w_k = N / (K * n_k)`` with ``N`` pixels,
       ``n_k`` pixels of class ``k`` and ``K`` classes present. Every class then carries the
@@ -161,19 +248,22 @@ def class_weight_map(
     * a dict ``{class_id: weight}`` (ids 0 and/or 1; a missing id gets 1.0).
     * ``None``: all ones.
     """
-    fg = _as_binary_mask(mask, "mask")
+    mode = _check_mode(mode)
+    if mode == "sections":
+        fg = _as_binary_mask(mask, "mask", ndim=3)
+        return np.stack([_class_weight_map(fg[i], class_weights) for i in range(fg.shape[0])])
+    fg = _as_binary_mask(mask, "mask", ndim=3 if mode == "3d" else 2)
     return _class_weight_map(fg, class_weights)
 
 
-def _split_void(mask: Any, ignore_index: int | None, name: str) -> tuple[Any, np.ndarray | None]:
-    """``(mask with void pixels set to 0, void (H, W) bool or None)``."""
+def _split_void(mask: Any, ignore_index: int | None, name: str,
+                ndim: int = 2) -> tuple[Any, np.ndarray | None]:
+    """``(mask with void pixels set to 0, void (H, W) / (D, H, W) bool or None)``."""
     if ignore_index is None or mask is None:
         return mask, None
-    arr = np.asarray(mask)
-    if arr.ndim == 3 and arr.shape[-1] == 1:
-        arr = arr[..., 0]
+    arr = _squeeze_channel(np.asarray(mask), ndim)
     void = arr == ignore_index
-    if arr.ndim != 2 or not void.any():
+    if arr.ndim != ndim or not void.any():
         return mask, None
     return np.where(void, np.zeros((), arr.dtype), arr), void
 
@@ -227,31 +317,33 @@ def _class_weight_map(fg: np.ndarray, class_weights: Any,
 
 # --------------------------------------------------------------------------- distances
 def _two_nearest(
-    labels: np.ndarray, n_cells: int, margin: float | None
+    labels: np.ndarray, n_cells: int, margin: float | None,
+    sampling: tuple[float, ...] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per pixel, the two smallest of ``edt(labels != k)`` over cells ``k = 1..n_cells``.
+    """Per pixel, the two smallest of ``edt(labels != k, sampling)`` over cells
+    ``k = 1..n_cells``; ``labels`` (H, W) or (D, H, W), ``sampling`` the pixel / voxel size
+    per axis (``None``: 1).
 
     ``margin=None``: each EDT over the whole image. Otherwise only inside the cell's
-    bounding box grown by ``margin`` pixels; pixels outside keep ``inf``.
-    Returns float64 arrays ``(d1, d2)`` of shape (H, W), ``d1 <= d2``.
+    bounding box grown by ``margin`` (in the units of ``sampling``: ``ceil(margin / s)``
+    pixels along an axis of size ``s``); pixels outside keep ``inf``.
+    Returns float64 arrays ``(d1, d2)`` of the shape of ``labels``, ``d1 <= d2``.
     """
-    h, w = labels.shape
-    d1 = np.full((h, w), np.inf)
-    d2 = np.full((h, w), np.inf)
-    grow = None if margin is None else int(np.ceil(margin))
+    shape = labels.shape
+    d1 = np.full(shape, np.inf)
+    d2 = np.full(shape, np.inf)
+    steps = (1.0,) * labels.ndim if sampling is None else sampling
+    grow = None if margin is None else [int(np.ceil(margin / s)) for s in steps]
     for k, box in enumerate(ndi.find_objects(labels), start=1):
         if box is None:  # pragma: no cover - ids are consecutive
             continue
         if grow is None:
-            sl: tuple[slice, slice] = (slice(0, h), slice(0, w))
+            sl = tuple(slice(0, n) for n in shape)
         else:
-            ys, xs = box
-            sl = (
-                slice(max(ys.start - grow, 0), min(ys.stop + grow, h)),
-                slice(max(xs.start - grow, 0), min(xs.stop + grow, w)),
-            )
+            sl = tuple(slice(max(b.start - g, 0), min(b.stop + g, n))
+                       for b, g, n in zip(box, grow, shape))
         # The whole cell lies inside ``sl``, so the crop EDT is the exact distance to it.
-        d = ndi.distance_transform_edt(labels[sl] != k)
+        d = ndi.distance_transform_edt(labels[sl] != k, sampling=sampling)
         r1 = d1[sl]
         r2 = d2[sl]
         np.minimum(r2, np.maximum(r1, d), out=r2)  # uses the old d1
@@ -270,19 +362,24 @@ def border_weight_map(
     exact: bool = False,
     cutoff: float | None = None,
     ignore_index: int | None = None,
+    mode: str = "image",
+    spacing: float | tuple[float, float, float] | None = None,
 ) -> np.ndarray:
     """U-Net border weight map ``w = w_c + w0 * exp(-(d1 + d2)**2 / (2 sigma**2))``.
 
     Args:
         mask: (H, W) or (H, W, 1) binary mask, values {0, 1}, {0, 255} or bool;
-            1/255/True = cell interior, 0 = membrane/background. May be ``None`` when
+            1/255/True = cell interior, 0 = membrane/background. With ``mode="sections"``
+            or ``"3d"`` a volume (D, H, W) or (D, H, W, 1). May be ``None`` when
             ``labels`` is given (then ``mask = labels > 0``).
         w0: border weight ``w_0`` (paper: 10).
         sigma: border width ``sigma`` in pixels (paper: 5).
         class_weights: ``"balanced"`` (inverse class frequency, mean weight 1), a dict
             ``{0: w_bg, 1: w_cell}``, or ``None`` (``w_c = 1``); see :func:`class_weight_map`.
-        connectivity: 1 = 4-connected cells, 2 = 8-connected cells (ignored with ``labels``).
-        labels: optional (H, W) non-negative integer instance image (0 = background);
+        connectivity: 1 = 4-connected cells, 2 = 8-connected cells (ignored with ``labels``);
+            ``mode="3d"``: 1 = 6-, 2 = 18-, 3 = 26-connected cells.
+        labels: optional (H, W) (volumes: (D, H, W)) non-negative integer instance image
+            (0 = background);
             when given it defines the cells instead of the connected components of ``mask``,
             and the border term goes to pixels with ``labels == 0``.
         exact: ``True`` computes every cell's distance transform over the whole image
@@ -292,22 +389,38 @@ def border_weight_map(
             Default ``6 * sigma`` (error ``<= w0 * exp(-18)``).
         ignore_index: mask value of void pixels (e.g. 255 with {0, 1} masks): weight 0,
             neither cell nor border (see the module docstring).
+        mode: ``"image"`` (default: a 2-D mask), ``"sections"`` (a (D, H, W) volume, each
+            z-section's 2-D map: exactly ``border_weight_map(mask[z], ...)`` stacked) or
+            ``"3d"`` (a (D, H, W) volume with 3-D cells and distances); see the module
+            docstring and :func:`volume_weight_map`.
+        spacing: ``mode="3d"`` only: the voxel size ``(z, y, x)`` (or one number for
+            isotropic voxels), default ``(1, 1, 1)``; distances, ``sigma`` and ``cutoff``
+            are in its units, e.g. ``(4.0, 1.0, 1.0)`` for sections 4 pixels apart.
 
     Returns:
-        float32 array (H, W). The border term is added on background (non-cell) pixels
-        only; cell pixels get ``w_c``; void pixels 0. With 0 or 1 cells the term is 0.
+        float32 array (H, W), or (D, H, W) for a volume. The border term is added on
+        background (non-cell) pixels only; cell pixels get ``w_c``; void pixels 0. With 0
+        or 1 cells the term is 0.
 
     Raises:
-        DataError: wrong shape, NaN, non-binary mask without ``labels``, bad parameters.
+        DataError: wrong shape, NaN, non-binary mask without ``labels``, bad parameters
+            (including an unknown ``mode`` or a ``spacing`` outside ``mode="3d"``).
     """
-    _check_params(float(w0), float(sigma), connectivity, cutoff)
-    mask, void = _split_void(mask, ignore_index, "mask")
+    mode = _check_mode(mode)
+    sampling = _check_spacing(spacing, mode)
+    ndim = 3 if mode == "3d" else 2
+    _check_params(float(w0), float(sigma), connectivity, cutoff, ndim)
+    if mode == "sections":
+        return _sections_map(mask, labels, w0=w0, sigma=sigma, class_weights=class_weights,
+                             connectivity=connectivity, exact=exact, cutoff=cutoff,
+                             ignore_index=ignore_index)
+    mask, void = _split_void(mask, ignore_index, "mask", ndim)
     if labels is not None:
-        lab = _as_labels(labels, "labels")
+        lab = _as_labels(labels, "labels", ndim)
         if mask is None:
             fg = lab > 0
         else:
-            fg = _as_binary_mask(mask, "mask")
+            fg = _as_binary_mask(mask, "mask", ndim)
             if fg.shape != lab.shape:
                 raise DataError(
                     f"labels: expected the same shape as mask {fg.shape}, got {lab.shape}"
@@ -316,8 +429,8 @@ def border_weight_map(
     else:
         if mask is None:
             raise DataError("mask: expected a binary mask (or pass labels=), got None")
-        fg = _as_binary_mask(mask, "mask")
-        structure = ndi.generate_binary_structure(2, connectivity)
+        fg = _as_binary_mask(mask, "mask", ndim)
+        structure = ndi.generate_binary_structure(ndim, connectivity)
         lab, n_cells = ndi.label(fg, structure=structure)
         lab = lab.astype(np.int32, copy=False)
 
@@ -328,11 +441,11 @@ def border_weight_map(
         return weights
 
     if exact:
-        d1, d2 = _two_nearest(lab, n_cells, margin=None)
+        d1, d2 = _two_nearest(lab, n_cells, margin=None, sampling=sampling)
         limit = np.inf
     else:
         limit = DEFAULT_CUTOFF_SIGMAS * float(sigma) if cutoff is None else float(cutoff)
-        d1, d2 = _two_nearest(lab, n_cells, margin=limit)
+        d1, d2 = _two_nearest(lab, n_cells, margin=limit, sampling=sampling)
 
     total = d1 + d2
     where = (lab == 0) & (total <= limit)
@@ -343,24 +456,84 @@ def border_weight_map(
     return weights
 
 
+def _sections_map(mask: Any, labels: Any, **kwargs: Any) -> np.ndarray:
+    """``mode="sections"``: the 2-D map of each z-section of a (D, H, W) volume, stacked to
+    float32 (D, H, W)."""
+    def _volume(x: Any, name: str) -> np.ndarray | None:
+        if x is None:
+            return None
+        arr = _squeeze_channel(np.asarray(x), 3)
+        if arr.ndim != 3:
+            raise _wrong_ndim(name, "volume", arr.shape, 3)
+        if arr.size == 0:
+            raise DataError(f"{name}: expected a non-empty volume, got shape {arr.shape}")
+        return arr
+
+    m, lab = _volume(mask, "mask"), _volume(labels, "labels")
+    if m is None and lab is None:
+        raise DataError("mask: expected a binary mask (or pass labels=), got None")
+    if m is not None and lab is not None and m.shape != lab.shape:
+        raise DataError(f"labels: expected the same shape as mask {m.shape}, got {lab.shape}")
+    ref = m if m is not None else lab
+    assert ref is not None
+    return np.stack([
+        border_weight_map(None if m is None else m[z], labels=None if lab is None else lab[z],
+                          mode="image", **kwargs)
+        for z in range(ref.shape[0])
+    ])
+
+
+def volume_weight_map(
+    mask: Any,
+    mode: str = "sections",
+    spacing: float | tuple[float, float, float] | None = None,
+    **kwargs: Any,
+) -> np.ndarray:
+    """Border weight map of a volume: :func:`border_weight_map` with ``mode="sections"``
+    (the default here: one 2-D map per z-section) or ``mode="3d"`` (3-D cells and distances
+    with the voxel size ``spacing = (z, y, x)``).
+
+    Args:
+        mask: (D, H, W) or (D, H, W, 1) binary volume (``None`` with ``labels=``).
+        mode: ``"sections"`` or ``"3d"``.
+        spacing: ``mode="3d"`` only, see :func:`border_weight_map`.
+        **kwargs: the other parameters of :func:`border_weight_map` (``w0``, ``sigma``,
+            ``class_weights``, ``connectivity``, ``labels``, ``exact``, ``cutoff``,
+            ``ignore_index``).
+
+    Returns:
+        float32 array (D, H, W).
+    """
+    if mode not in _VOLUME_MODES:
+        raise DataError(
+            f"mode: expected 'sections' or '3d' for a volume, got {mode!r} (use "
+            "border_weight_map for a 2-D image)"
+        )
+    return border_weight_map(mask, mode=mode, spacing=spacing, **kwargs)
+
+
 def border_weight_maps(masks: Any, labels: Any = None, **kwargs: Any) -> np.ndarray:
     """Batch version of :func:`border_weight_map`.
 
     Args:
-        masks: (N, H, W) or (N, H, W, 1) binary masks (may be ``None`` with ``labels``).
-        labels: optional (N, H, W) or (N, H, W, 1) instance images.
-        **kwargs: passed to :func:`border_weight_map`.
+        masks: (N, H, W) or (N, H, W, 1) binary masks (may be ``None`` with ``labels``);
+            with ``mode="sections"`` / ``"3d"`` a batch of volumes (N, D, H, W) or
+            (N, D, H, W, 1). (A single volume (D, H, W) with the default ``mode="image"``
+            gives the same maps as ``mode="sections"``: each section is one image.)
+        labels: optional instance images, shaped like ``masks``.
+        **kwargs: passed to :func:`border_weight_map` (``mode``, ``spacing``, ...).
 
     Returns:
-        float32 array (N, H, W, 1).
+        float32 array (N, H, W, 1), or (N, D, H, W, 1) for volumes.
     """
+    ndim = 3 if _check_mode(kwargs.get("mode", "image")) in _VOLUME_MODES else 2
+    lead = "(N, H, W)" if ndim == 2 else "(N, D, H, W)"
+
     def _batch(x: Any, name: str) -> np.ndarray:
-        arr = np.asarray(x)
-        if arr.ndim == 4 and arr.shape[-1] == 1:
-            arr = arr[..., 0]
-        if arr.ndim != 3:
+        arr = _squeeze_channel(np.asarray(x), ndim + 1)
+        if arr.ndim != ndim + 1:
             raise DataError(
-                f"{name}: expected a batch of shape (N, H, W) or (N, H, W, 1), got {arr.shape}"
+                f"{name}: expected a batch of shape {lead} or {lead[:-1]}, 1), got {arr.shape}"
             )
         return arr
 
@@ -411,6 +584,11 @@ def _cache_key(fg: np.ndarray, lab: np.ndarray | None, params: Mapping[str, Any]
         "exact": bool(params.get("exact", False)),
         "cutoff": None if params.get("cutoff") is None else float(params["cutoff"]),
     }
+    mode = params.get("mode", "image")
+    if mode != "image":  # absent for 2-D images: their keys are unchanged
+        norm["mode"] = mode
+        spacing = params.get("spacing")
+        norm["spacing"] = None if spacing is None else [float(v) for v in spacing]
     h.update(json.dumps(norm, sort_keys=True).encode())
     return h.hexdigest()[:40]
 
@@ -425,28 +603,36 @@ def cached_border_weight_map(
     written atomically (temporary file in the same folder, then ``os.replace``).
 
     Args:
-        mask: as in :func:`border_weight_map`.
+        mask: as in :func:`border_weight_map` (a (D, H, W) volume with ``mode=``).
         cache_dir: folder for the ``.npy`` files; default :func:`default_cache_dir`.
-        **kwargs: parameters of :func:`border_weight_map` (``w0``, ``sigma``, ``labels``, ...).
+        **kwargs: parameters of :func:`border_weight_map` (``w0``, ``sigma``, ``labels``,
+            ``mode``, ``spacing``, ...). ``mode`` and the normalised ``spacing`` (``None``
+            and ``(1, 1, 1)`` share a file) are part of the key for volumes; 2-D keys are
+            those of earlier versions.
 
     Returns:
-        float32 array (H, W).
+        float32 array (H, W), or (D, H, W) for a volume.
     """
     unknown = set(kwargs) - {"w0", "sigma", "class_weights", "connectivity", "labels",
-                             "exact", "cutoff", "ignore_index"}
+                             "exact", "cutoff", "ignore_index", "mode", "spacing"}
     if unknown:
         raise DataError(f"cached_border_weight_map: unexpected arguments {sorted(unknown)}")
+    mode = _check_mode(kwargs.get("mode", "image"))
+    spacing = _check_spacing(kwargs.get("spacing"), mode)
+    ndim = 2 if mode == "image" else 3
     labels = kwargs.get("labels")
-    lab = None if labels is None else _as_labels(labels, "labels")
-    plain, void = _split_void(mask, kwargs.get("ignore_index"), "mask")
+    lab = None if labels is None else _as_labels(labels, "labels", ndim)
+    plain, void = _split_void(mask, kwargs.get("ignore_index"), "mask", ndim)
     if mask is None:
         if lab is None:
             raise DataError("mask: expected a binary mask (or pass labels=), got None")
         fg = lab > 0
     else:
-        fg = _as_binary_mask(plain, "mask")
+        fg = _as_binary_mask(plain, "mask", ndim)
     folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    params = {k: v for k, v in kwargs.items() if k != "ignore_index"}
+    params = {k: v for k, v in kwargs.items() if k not in ("ignore_index", "spacing")}
+    if mode != "image":
+        params["spacing"] = spacing
     path = folder / f"bwm-{_cache_key(fg, lab, params, void)}.npy"
     if path.is_file():
         try:
