@@ -294,3 +294,25 @@ def test_isbi2012_without_data_says_so_and_falls_back_to_synthetic(kernel_env, m
     s = _last_json(nb)
     assert s["data"] == "synthetic" and s["have_isbi"] is False
     assert len(s["val"]) == 4 and s["val_shape"][0] == 4 and s["mask_values"] == [0, 1]
+
+
+def _check_volumes(nb, out: Path) -> None:
+    s = _last_json(nb)
+    assert _same_python(s["python"], sys.executable), (s["python"], sys.executable)
+    assert s["quick"] is True
+    if s["data"] == "drosophila-vnc":
+        assert s["volume"] == [20, 128, 128]
+    # the plan from (50, 4.6, 4.6) nm: in-plane pools and 1x3x3 kernels until z is pooled
+    assert s["pools"] == [[1, 2, 2], [1, 2, 2], [1, 2, 2]]
+    assert s["kernels"] == [[1, 3, 3], [1, 3, 3], [1, 3, 3], [3, 3, 3]]
+    assert s["params"] > 0 and s["epochs"] == 1 and 0 < s["final_loss"] < 20
+    assert s["predicted_shape"] == [4, 128, 128, 5]
+    assert len(s["iou"]) == 5 and 0.0 <= s["miou"] <= 1.0
+    # the tiled SavedModel serves the volume and matches predict_tiled
+    assert Path(s["export_dir"]).resolve().is_relative_to(out.resolve())
+    assert s["savedmodel_max_abs_diff"] < 1e-5, s["savedmodel_max_abs_diff"]
+    assert s["seconds"] < 300
+    assert _figures(nb) >= 3, f"expected the sections, patches and prediction, got {_figures(nb)}"
+
+
+_CHECKS["volumes.ipynb"] = _check_volumes
