@@ -127,12 +127,18 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         raise ConfigError("--seed-threshold only applies with --cells (cell labels); "
                           "add --cells or drop it")
     model = _load_model(args.model)
+    _check_tile_axes(args, model)
     written = predict_files(model, args.inputs, args.out, tile_size=args.tile_size,
                             overlap=args.overlap, tta=args.tta, threshold=args.threshold,
                             batch_size=args.batch_size,
                             cells=(0.8 if args.seed_threshold is None else args.seed_threshold)
                             if args.cells else None, overwrite=args.overwrite,
                             palette=args.palette, prob=not args.no_prob)
+    from zf_unet.models import model_geometry
+
+    if model_geometry(model).spatial_axes == 3:
+        print("note: volume model: each input is one volume (multi-page TIFF, .npy or a folder "
+              "of slices) -> NAME_mask.tif (and NAME_prob.tif); no overlay (2-D only)")
     print(f"wrote {len(written)} files to {args.out}")
     return 0
 
@@ -145,7 +151,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from zf_unet.models import model_geometry
 
     model = _load_model(args.model)
-    if args.confusion and model_geometry(model)["num_classes"] == 1:
+    _check_tile_axes(args, model)
+    volumes = model_geometry(model).spatial_axes == 3
+    if args.confusion and model_geometry(model)["num_classes"] == 1 and not volumes:
         from zf_unet.errors import ConfigError
 
         raise ConfigError("--confusion: a confusion matrix is written for models with several "
@@ -155,7 +163,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         from zf_unet.config import Config
 
         cfg = (cfg or Config()).override([f"data.val_indices=[{args.val_indices}]"])
-    result = evaluate_model(model, args.data, split=args.split, config=cfg, name=args.model,
+    data = args.data if args.masks is None else (args.data, args.masks)
+    result = evaluate_model(model, data, split=args.split, config=cfg, name=args.model,
                             tile_size=args.tile_size, overlap=args.overlap, tta=args.tta,
                             segmentation=args.segmentation, ignore_index=args.ignore_index,
                             num_classes=args.num_classes,
@@ -183,6 +192,14 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from zf_unet.errors import ConfigError
 
     model = _load_model(args.model)
+    _check_tile_axes(args, model)
+    if args.format != "saved_model":
+        from zf_unet.models import model_geometry
+
+        if model_geometry(model).spatial_axes == 3:
+            raise ConfigError(f"--format {args.format}: supports 2-D image models only; this "
+                              "model segments volumes (input (batch, D, H, W, C)); export it "
+                              "with --format saved_model (with or without --tiled)")
     if args.format == "saved_model":
         from zf_unet.export import export_saved_model
 
@@ -196,7 +213,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     elif args.format == "tflite":
         from zf_unet.export import export_tflite
 
-        size = args.input_size or [args.tile_size, args.tile_size]
+        tile = args.tile_size if isinstance(args.tile_size, tuple) else (args.tile_size,) * 2
+        size = args.input_size or list(tile)
         path = export_tflite(model, args.out, input_size=tuple(size), quantize=args.quantize)
         print(f"wrote {path} (TFLite, input 1x{size[0]}x{size[1]} float32 in [0, 1])")
     else:
@@ -263,22 +281,75 @@ def _cmd_pack(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tile_values(flag: str, minimum: int):
+    """argparse type for ``--tile-size`` / ``--overlap``: an int (every spatial axis) or one
+    int per spatial axis, comma-separated (``16,256,256`` for a volume model, ``256,512`` for
+    an image model), each >= ``minimum``. Returns an int or a tuple of ints; errors name
+    ``flag``. Whether the count fits the model is checked once it is loaded
+    (:func:`_check_tile_axes`)."""
+    def parse(text: str) -> int | tuple[int, ...]:
+        parts = [t.strip() for t in text.split(",")]
+        values = []
+        for part in parts:
+            try:
+                values.append(int(part))
+            except ValueError:
+                raise argparse.ArgumentTypeError(
+                    f"expected an integer or comma-separated integers (one per spatial axis, "
+                    f"e.g. 16,256,256), got {text!r}") from None
+        if len(values) not in (1, 2, 3):
+            raise argparse.ArgumentTypeError(
+                f"expected an integer or 2 (H,W) / 3 (D,H,W) comma-separated integers, got "
+                f"{len(values)} values in {text!r}")
+        bad = [v for v in values if v < minimum]
+        if bad:
+            raise argparse.ArgumentTypeError(
+                f"expected integers >= {minimum}, got {bad[0]} in {text!r}")
+        return values[0] if len(values) == 1 else tuple(values)
+
+    parse.__name__ = flag  # argparse names the type in "invalid <name> value" messages
+    return parse
+
+
+def _check_tile_axes(args: argparse.Namespace, model) -> None:
+    """A per-axis ``--tile-size`` / ``--overlap`` must have one value per spatial axis of
+    ``model``: :class:`ConfigError` (one line, naming the flag) otherwise."""
+    from zf_unet.errors import ConfigError
+    from zf_unet.models import model_geometry
+
+    nd = model_geometry(model).spatial_axes
+    axes = "(D, H, W)" if nd == 3 else "(H, W)"
+    kind = "volumes" if nd == 3 else "2-D images"
+    for flag, dest in (("--tile-size", "tile_size"), ("--overlap", "overlap")):
+        value = getattr(args, dest, None)
+        if isinstance(value, tuple) and len(value) != nd:
+            raise ConfigError(
+                f"argument {flag}: {len(value)} values {','.join(map(str, value))} but the "
+                f"model segments {kind} with {nd} spatial axes {axes}; expected an integer "
+                f"or {nd} comma-separated integers")
+
+
 def _add_tiling_args(parser: argparse.ArgumentParser, *, tta: bool = True,
                      batch_size: bool = True, tile_help: str | None = None,
                      batch_help: str | None = None) -> None:
     """The overlap-tile options that predict, evaluate and export share, with the defaults
-    of :func:`zf_unet.predict_tiled` and the TTA names of :data:`zf_unet.registry.TTA_MODES`."""
+    of :func:`zf_unet.predict_tiled` and the TTA names of :data:`zf_unet.registry.TTA_MODES`.
+    ``--tile-size`` and ``--overlap`` take an int or one value per spatial axis
+    (``16,256,256``), parsed to an int or a tuple (:func:`_tile_values`)."""
     import inspect
 
     from zf_unet.inference import predict_tiled
 
     default = {k: p.default for k, p in inspect.signature(predict_tiled).parameters.items()}
-    parser.add_argument("--tile-size", dest="tile_size", type=_int_at_least("--tile-size", 1),
-                        default=default["tile_size"],
-                        help=tile_help or f"model input tile side (default {default['tile_size']})")
-    parser.add_argument("--overlap", type=_int_at_least("--overlap", 0),
-                        default=default["overlap"],
-                        help=f"minimum tile overlap in output pixels (default {default['overlap']})")
+    parser.add_argument("--tile-size", dest="tile_size", type=_tile_values("--tile-size", 1),
+                        default=default["tile_size"], metavar="N[,N,N]",
+                        help=(tile_help or f"model input tile side (default "
+                              f"{default['tile_size']})") + "; one value per spatial axis "
+                        "also works, e.g. 16,256,256 (D,H,W) for a volume model")
+    parser.add_argument("--overlap", type=_tile_values("--overlap", 0),
+                        default=default["overlap"], metavar="N[,N,N]",
+                        help=f"minimum tile overlap in output pixels (default "
+                        f"{default['overlap']}); or one per spatial axis, e.g. 4,64,64")
     if batch_size:
         parser.add_argument("--batch-size", dest="batch_size",
                             type=_int_at_least("--batch-size", 1), default=default["batch_size"],
@@ -360,10 +431,17 @@ def build_parser() -> argparse.ArgumentParser:
         "ISBI 2012 scores; models with several classes a confusion matrix summed over all "
         "images (void pixels left out) with per-class IoU, Dice, precision, recall, support, "
         "mIoU, pixel accuracy and mean class accuracy. Masks are read with the run's "
-        "conventions (config.toml: class_values, ignore_index; resolved.json).")
+        "conventions (config.toml: class_values, ignore_index; resolved.json). Volume "
+        "models: every volume is predicted whole and scored by a confusion matrix over all "
+        "voxels (binary models: p > 0.5, two classes); the ISBI Rand error / VI are 2-D "
+        "only and not computed.")
     ev.add_argument("--model", required=True, help=".keras model (its run's config.toml sets "
                     "the split and how masks are read)")
-    ev.add_argument("--data", required=True, help="folder with images/ and masks/")
+    ev.add_argument("--data", required=True, help="folder with images/ and masks/ (volume "
+                    "models: one volume per entry: multi-page TIFF, .npy or a folder of "
+                    "slices), or, with --masks, an image stack / volume")
+    ev.add_argument("--masks", help="the masks of --data when it is one image stack or volume "
+                    "(multi-page TIFF, or for volume models also .npy or a folder of slices)")
     ev.add_argument("--split", choices=["auto", "val", "train", "all"], default="auto",
                     help="auto (default): the held-out images (as training split them) when "
                     "--data is the run's training source (data.source) or --val-indices is "

@@ -210,6 +210,14 @@ def evaluate_model(model: keras.Model | str | Path, data: Any, *, split: str = "
     (per-class ``iou``/``dice``/``precision``/``recall``/``support``, ``miou``,
     ``pixel_accuracy``, ``mean_class_accuracy``, ``confusion``).
 
+    Volume models (3 spatial axes): ``data`` is a folder with ``images/`` and ``masks/``
+    holding one volume per entry (multi-page TIFF, ``.npy`` or a folder of slices, paired by
+    name) or a pair ``(image_volume, mask_volume)`` of such paths; see
+    :func:`evaluate_volumes`. Every volume is predicted whole and a confusion matrix is summed
+    over all voxels (binary models: ``p > 0.5`` against ``mask > 0``, two classes), with
+    ``kind="multiclass"``, ``volumes=True`` and a ``note``: the ISBI Rand error / VI /
+    pixel-error sweep are 2-D scores and are not computed.
+
     ``ignore_index``: void mask value (overrides the run's; ``-1`` = none). ``num_classes``:
     K used to read the masks (default: the model's output count; must equal it).
     ``val_indices_given``: ``config`` holds held-out indices given for this call, so
@@ -253,6 +261,14 @@ def evaluate_model(model: keras.Model | str | Path, data: Any, *, split: str = "
     run_dir = Path(model_path).parent if model_path is not None and not str(
         model_path).startswith("pretrained:") else None
     chosen = resolve_split(split, data, config, run_dir, val_indices_given)
+    if geom.spatial_axes == 3:
+        if segmentation != "threshold":
+            raise ConfigError(f"segmentation={segmentation!r}: cells (for the Rand error) are "
+                              "formed for 2-D images; volumes are scored by a confusion "
+                              "matrix (leave --segmentation out)")
+        return _evaluate_volumes(model, data, chosen, config, name=name, tile_size=tile_size,
+                                 overlap=overlap, tta=tta, batch_size=batch_size,
+                                 ignore=ignore, class_values=class_values)
     if k == 1:
         loaded = load_source(data, class_values=class_values, ignore_index=ignore)
     else:
@@ -295,6 +311,148 @@ def evaluate_model(model: keras.Model | str | Path, data: Any, *, split: str = "
     return result
 
 
+VOLUME_NOTE = ("ISBI-style Rand error / VI / pixel error are 2-D scores; not computed for "
+               "volumes")
+
+
+def _volume_entries(sub: Path) -> dict[str, Path]:
+    """``{name: path}`` of the volumes in ``sub`` (``images/`` or ``masks/``): multi-page
+    TIFFs, ``.npy`` files and folders of slices; hidden entries are skipped."""
+    from zf_unet.errors import DataError
+
+    if not sub.is_dir():
+        raise DataError(f"{sub.parent}: no '{sub.name}/' subfolder; expected images/ and "
+                        "masks/ holding volumes (multi-page TIFF, .npy or a folder of slices) "
+                        "with matching names")
+    found: dict[str, Path] = {}
+    for entry in sorted(sub.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir():
+            key = entry.name
+        elif entry.suffix.lower() in (".tif", ".tiff", ".npy"):
+            key = entry.stem
+        else:
+            continue
+        if key in found:
+            raise DataError(f"{entry} and {found[key]}: two volumes named {key!r} in {sub}; "
+                            "expected one entry per name")
+        found[key] = entry
+    if not found:
+        raise DataError(f"{sub}: no volumes; expected multi-page TIFFs (.tif, .tiff), .npy "
+                        "files or folders of 2-D slices")
+    return found
+
+
+def volume_pairs(data: Any) -> list[tuple[str, Path, Path]]:
+    """``[(name, image_path, mask_path), ...]`` of a volume data set: a folder with
+    ``images/`` and ``masks/`` (entries paired by name, sorted) or a pair of paths."""
+    from zf_unet.errors import DataError
+
+    if isinstance(data, (tuple, list)):
+        if len(data) != 2:
+            raise DataError(f"volume data {data!r}: expected (image_volume, mask_volume)")
+        img, mask = Path(data[0]), Path(data[1])
+        return [(_stem_of(img), img, mask)]
+    root = Path(data)
+    if not root.is_dir():
+        raise DataError(f"{root}: no such folder; expected a folder with images/ and masks/ "
+                        "holding volumes (or --data IMAGE_VOLUME --masks MASK_VOLUME)")
+    images, masks = _volume_entries(root / "images"), _volume_entries(root / "masks")
+    missing = sorted(set(images) - set(masks))
+    if missing:
+        raise DataError(f"{images[missing[0]]}: no mask volume named {missing[0]!r} in "
+                        f"{root / 'masks'}; expected one mask per image volume")
+    extra = sorted(set(masks) - set(images))
+    if extra:
+        raise DataError(f"{masks[extra[0]]}: no image volume named {extra[0]!r} in "
+                        f"{root / 'images'}; expected one image per mask volume")
+    return [(n, images[n], masks[n]) for n in sorted(images)]
+
+
+def _stem_of(path: Path) -> str:
+    return path.name if path.is_dir() else path.stem
+
+
+def _volume_mask_ids(mask: np.ndarray, path: Path, num_classes: int,
+                     class_values: Any, ignore: int | None) -> np.ndarray:
+    """``(D, H, W)`` uint8 class ids of a raw mask volume, with the 2-D mask conventions
+    (:func:`zf_unet.data.io.normalize_mask`, applied to the sections laid end to end)."""
+    from zf_unet.data.io import normalize_mask
+
+    d, h = mask.shape[0], mask.shape[1]
+    flat = mask.reshape((d * h,) + mask.shape[2:])
+    ids = normalize_mask(flat, num_classes=None if num_classes == 1 else num_classes,
+                         source=str(path), class_values=class_values, ignore_index=ignore)
+    return ids.reshape(mask.shape[:3])
+
+
+def evaluate_volumes(model: keras.Model, data: Any, *, split: str = "all",
+                     config: Config | None = None, name: str = "model",
+                     tile_size: int | Sequence[int] = 256, overlap: int | Sequence[int] = 64,
+                     tta: str | None = None, batch_size: int = 4, threshold: float = 0.5,
+                     ignore_index: int | None = None, class_values: Any = None) -> dict:
+    """Score a volume model on volumes: a confusion matrix over all voxels and its scores.
+
+    ``data``: a folder with ``images/`` and ``masks/`` (one volume per entry: multi-page
+    TIFF, ``.npy`` or a folder of 2-D slices, paired by name) or a pair
+    ``(image_volume, mask_volume)`` (:func:`volume_pairs`). ``split`` (``all`` / ``train`` /
+    ``val``) selects volumes as :func:`split_for` selects images. Every volume is predicted
+    whole with :func:`zf_unet.predict_tiled`; K > 1 models are scored by the argmax, binary
+    models by ``p > threshold`` against ``mask > 0`` as a 2-class problem. Mask volumes are
+    read with the 2-D conventions (``class_values``, ``ignore_index`` void voxels left out).
+    Returns :func:`multiclass_scores`' keys with ``kind="multiclass"``, ``volumes=True``,
+    ``note`` (the ISBI Rand / VI scores are 2-D only) and ``images`` (volume names).
+    """
+    from zf_unet.data.io import read_volume_pair
+    from zf_unet.errors import DataError
+    from zf_unet.inference import predict_tiled
+    from zf_unet.models import model_geometry
+
+    geom = model_geometry(model)
+    k = int(geom.num_classes)
+    pairs = volume_pairs(data)
+    index = DataSplit(list(range(len(pairs))), [None] * len(pairs),
+                      names=[n for n, _, _ in pairs])
+    chosen = split_for(index, split, config)
+    preds, masks, names = [], [], []
+    for i in chosen.images:
+        vol_name, img_path, mask_path = pairs[i]
+        image, raw = read_volume_pair(img_path, mask_path)
+        c = image.shape[-1] if image.ndim == 4 else 1
+        if c != geom.channels:
+            raise DataError(f"{img_path}: {c}-channel volume but {name} expects "
+                            f"{geom.channels}-channel volumes; expected a model trained on "
+                            "this kind of data")
+        ids = _volume_mask_ids(raw, mask_path, k, class_values, ignore_index)  # 0/1 if K=1
+        probs = predict_tiled(model, image, tile_size=tile_size, overlap=overlap, tta=tta,
+                              batch_size=batch_size)
+        if k == 1:
+            pred = (probs[..., 0] > threshold).astype(np.uint8)
+        else:
+            pred = np.argmax(probs, axis=-1).astype(np.uint8)
+        del probs, image
+        preds.append(pred)
+        masks.append(ids)
+        names.append(vol_name)
+    result = multiclass_scores(preds, masks, max(k, 2), ignore_index)
+    result.update(kind="multiclass", volumes=True, note=VOLUME_NOTE, images=names,
+                  split=split, voxels=result["pixels"])
+    if k == 1:
+        result["threshold"] = float(threshold)
+    return result
+
+
+def _evaluate_volumes(model: keras.Model, data: Any, split: str, config: Config | None, *,
+                      name: str, tile_size: Any, overlap: Any, tta: str | None,
+                      batch_size: int, ignore: int | None, class_values: Any) -> dict:
+    """:func:`evaluate_model` for volume models (see :func:`evaluate_volumes`)."""
+    return evaluate_volumes(model, data, split=split, config=config, name=name,
+                            tile_size=tile_size, overlap=overlap, tta=tta,
+                            batch_size=batch_size, ignore_index=ignore,
+                            class_values=class_values)
+
+
 def format_report(result: dict) -> str:
     """The text ``zf-unet evaluate`` prints for an ``evaluate_model`` result."""
     if result.get("kind") == "multiclass":
@@ -325,9 +483,12 @@ def _fmt(x: Any) -> str:
 
 def _format_multiclass(result: dict) -> str:
     void = result.get("ignore_index")
-    lines = [f"{len(result['images'])} image(s), split={result['split']}; "
-             f"{result['num_classes']} classes, {result['pixels']} pixels scored"
-             + (f" (void value {void} left out)" if void is not None else ""),
+    what, unit = ("volume", "voxels") if result.get("volumes") else ("image", "pixels")
+    binary = (f"; binary model: classes 0/1 = p <= / > {result['threshold']:.2f}"
+              if "threshold" in result else "")
+    lines = [f"{len(result['images'])} {what}(s), split={result['split']}; "
+             f"{result['num_classes']} classes, {result['pixels']} {unit} scored"
+             + (f" (void value {void} left out)" if void is not None else "") + binary,
              f"{'class':>5}  {'IoU':>6}  {'Dice':>6}  {'precision':>9}  {'recall':>6}  "
              f"{'support':>10}"]
     for c in range(result["num_classes"]):
@@ -341,4 +502,6 @@ def _format_multiclass(result: dict) -> str:
            for v in result[key]):
         lines.append("-: undefined (no such pixels in truth and/or prediction; left out of "
                      "the means)")
+    if result.get("note"):
+        lines.append(f"note: {result['note']}")
     return "\n".join(lines)

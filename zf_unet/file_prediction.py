@@ -3,7 +3,9 @@
 :func:`predict_files` reads image files, folders of images and multi-page TIFF stacks,
 checks every input and every output name before the first write, predicts each input with
 :func:`zf_unet.inference.predict_tiled` and writes the probabilities, the label mask, an
-overlay (and optionally cell labels) atomically.
+overlay (and optionally cell labels) atomically. With a volume model (3 spatial axes) every
+input is one volume (:func:`zf_unet.data.io.read_volume`: a multi-page TIFF, a ``.npy`` file
+or a folder of 2-D slices), predicted whole, and written as a label volume (and probabilities).
 """
 from __future__ import annotations
 
@@ -28,10 +30,18 @@ OUTPUT_ENDINGS = ("_prob.tif", "_mask.png", "_mask.tif", "_overlay.png", "_cells
 OVERLAY_MAX_SIDE = 2048
 
 
+def _stem(path: Any) -> str:
+    """``path``'s name without extension; a folder (a volume of slices) keeps its full name."""
+    return path.name if path.is_dir() else path.stem
+
+
 def _output_name(path: Any, shared: bool) -> str:
     """Base name of ``path``'s outputs: its stem, or ``stem_ext`` (``a_png``) when several
-    inputs share the stem."""
-    return f"{path.stem}_{path.suffix.lstrip('.').lower()}" if shared else path.stem
+    inputs share the stem (a folder of slices: ``name_dir``)."""
+    if not shared:
+        return _stem(path)
+    ext = "dir" if path.is_dir() else path.suffix.lstrip(".").lower()
+    return f"{_stem(path)}_{ext}"
 
 
 def _list_folder(folder: Any) -> list:
@@ -64,9 +74,10 @@ def _list_folder(folder: Any) -> list:
     return kept
 
 
-def _collect_inputs(inputs: list) -> list:
+def _collect_inputs(inputs: list, volumes: bool = False) -> list:
     """Input files: files as given, folders listed by :func:`_list_folder`; a file given
-    twice (also through its folder) is predicted once."""
+    twice (also through its folder) is predicted once. With ``volumes`` (a volume model) a
+    folder is one input: the volume of its slices."""
     from pathlib import Path
 
     from zf_unet.errors import DataError
@@ -77,7 +88,7 @@ def _collect_inputs(inputs: list) -> list:
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            found = _list_folder(p)
+            found = [p] if volumes else _list_folder(p)
         elif p.is_file():
             found = [p]
         else:
@@ -92,9 +103,19 @@ def _collect_inputs(inputs: list) -> list:
     return files
 
 
-def _read_input(path: Any) -> np.ndarray:
-    """An input of :func:`predict_files`: ``(H, W, C)`` image or ``(N, H, W, C)`` stack."""
-    from zf_unet.data.io import read_image, read_stack
+def _read_input(path: Any, volumes: bool = False) -> np.ndarray:
+    """An input of :func:`predict_files`: ``(H, W, C)`` image or ``(N, H, W, C)`` stack; with
+    ``volumes`` a ``(D, H, W[, C])`` volume (:func:`zf_unet.data.io.read_volume`)."""
+    from zf_unet.data.io import read_image, read_stack, read_volume
+
+    if volumes:
+        return read_volume(path)
+    if path.suffix.lower() == ".npy":
+        from zf_unet.errors import DataError
+
+        raise DataError(f"{path}: a .npy file is read as a volume, but this model segments 2-D "
+                        "images; expected image files (.png .tif .tiff .jpg .jpeg), or a "
+                        "volume model")
 
     is_tiff = path.suffix.lower() in (".tif", ".tiff")
     arr = read_stack(path) if is_tiff else read_image(path)
@@ -109,7 +130,7 @@ def _check_input(model: keras.Model, path: Any, arr: np.ndarray) -> None:
 
     geom = model_geometry(model)
     try:
-        stack, _ = as_image_stack(arr, geom.channels)
+        stack, _ = as_image_stack(arr, geom.channels, geom.spatial_axes)
         unit_divisor(stack.dtype)
         check_finite(stack)
     except ValueError as exc:
@@ -117,15 +138,16 @@ def _check_input(model: keras.Model, path: Any, arr: np.ndarray) -> None:
     check_float_range(stack, str(path))
 
 
-def _plan_outputs(paths: list, stacks: list, out: Any, cells: bool, prob: bool = True) -> list:
-    """``[[output paths of input i], ...]`` (``[prob?, mask, cells?, overlay]``); DataError if
+def _plan_outputs(paths: list, stacks: list, out: Any, cells: bool, prob: bool = True,
+                  overlay: bool = True) -> list:
+    """``[[output paths of input i], ...]`` (``[prob?, mask, cells?, overlay?]``); DataError if
     two inputs would share outputs."""
     from collections import Counter
 
     from zf_unet.errors import DataError
 
-    stems = Counter(p.stem.casefold() for p in paths)
-    names = [_output_name(p, stems[p.stem.casefold()] > 1) for p in paths]
+    stems = Counter(_stem(p).casefold() for p in paths)
+    names = [_output_name(p, stems[_stem(p).casefold()] > 1) for p in paths]
     owner: dict = {}
     for p, name in zip(paths, names):
         other = owner.setdefault(name.casefold(), p)
@@ -139,7 +161,7 @@ def _plan_outputs(paths: list, stacks: list, out: Any, cells: bool, prob: bool =
         files.append(out / f"{name}_mask.{'tif' if stack else 'png'}")
         if cells:
             files.append(out / f"{name}_cells.tif")
-        plans.append(files + [out / f"{name}_overlay.png"])
+        plans.append(files + ([out / f"{name}_overlay.png"] if overlay else []))
     return plans
 
 
@@ -150,6 +172,13 @@ def _check_outputs(plans: list, paths: list, out: Any, overwrite: bool) -> None:
 
     inputs = {p.resolve() for p in paths}
     planned = [f for files in plans for f in files]
+    slice_dirs = [p for p in paths if p.is_dir()]
+    target = out.resolve()
+    inside = [d for d in slice_dirs if target == d.resolve() or d.resolve() in target.parents]
+    if inside:
+        raise DataError(f"{inside[0]}: is a volume (folder of slices) of this call and --out "
+                        f"{out} would write into it (a later read would take the outputs for "
+                        "slices); expected an --out folder outside the input folders")
     clash = [f for f in planned if f.resolve() in inputs]
     if clash:
         raise DataError(f"{clash[0]}: is an input of this call and would be replaced by a "
@@ -230,6 +259,17 @@ def predict_files(model: keras.Model, inputs: list, out_dir: Any, *, tile_size: 
     ``NAME_cells.tif``: uint32 cell labels from ``zf_unet.watershed_cells`` (0 = none).
     Returns the list of written paths.
 
+    Volumes: with a volume model (3 spatial axes, input ``(B, D, H, W, C)``) every input is
+    one volume, read with :func:`zf_unet.data.io.read_volume`: a multi-page TIFF (pages =
+    z-sections), a ``.npy`` file, or a folder of 2-D slices (natural name order; the folder is
+    the input, named by its folder name). The whole volume goes to ``predict_tiled`` in one
+    call (``tile_size`` / ``overlap`` an int or ``(d, h, w)``) and gives ``NAME_mask.tif``
+    (``(D, H, W)`` uint8 labels as above, one page per section) and ``NAME_prob.tif``
+    (``(D, H, W, K)`` float32). Overlays are 2-D only and not written (a log line says so);
+    ``cells`` and ``palette`` are refused (``ValueError``). A 2-D image (a single-page TIFF,
+    a PNG) is a :class:`DataError` naming the file. ``--out`` must not be inside an input
+    folder of slices.
+
     Names: ``NAME`` is the file name without extension. When several inputs share it
     (``a.png`` and ``a.tif``), ``NAME`` keeps the extension: ``a_png_mask.png``,
     ``a_tif_mask.png``. Two inputs that would still share outputs (``a.png`` in two folders)
@@ -266,8 +306,9 @@ def predict_files(model: keras.Model, inputs: list, out_dir: Any, *, tile_size: 
 
     # Arguments first (cheap): tile size, overlap and TTA surface on a tiny probe.
     geom = model_geometry(model)
-    predict_tiled(model, np.zeros((1, 1, geom.channels), np.float32), tile_size=tile_size,
-                  overlap=overlap, tta=tta, batch_size=batch_size)
+    volumes = geom.spatial_axes == 3
+    predict_tiled(model, np.zeros((1,) * geom.spatial_axes + (geom.channels,), np.float32),
+                  tile_size=tile_size, overlap=overlap, tta=tta, batch_size=batch_size)
     try:
         threshold = float(threshold)
     except (TypeError, ValueError):
@@ -275,6 +316,12 @@ def predict_files(model: keras.Model, inputs: list, out_dir: Any, *, tile_size: 
     if not 0.0 < threshold < 1.0:
         raise ValueError(f"threshold={threshold!r}: expected a probability between 0 and 1 "
                          "(the mask is p > threshold, so other values give a constant mask)")
+    if volumes and cells is not None:
+        raise ValueError("cells: cell labels (a seeded watershed) are computed for 2-D images; "
+                         "this model segments volumes (leave --cells out)")
+    if volumes and palette is not None:
+        raise ValueError("palette: colours the 2-D overlay, which volumes do not get (leave "
+                         "--palette out)")
     if cells is not None:
         from zf_unet.postprocess import watershed_cells
 
@@ -283,7 +330,7 @@ def predict_files(model: keras.Model, inputs: list, out_dir: Any, *, tile_size: 
                              f"{geom.num_classes} classes")
         watershed_cells(np.zeros((2, 2), np.float32), seed_threshold=cells)  # checks the value
     colors = None
-    if geom.num_classes > 1:
+    if geom.num_classes > 1 and not volumes:
         from zf_unet.plots import class_colors
 
         colors = class_colors(geom.num_classes, palette)
@@ -291,22 +338,28 @@ def predict_files(model: keras.Model, inputs: list, out_dir: Any, *, tile_size: 
         raise ValueError("palette: colours the classes of a multi-class model; a binary "
                          "model's overlay tints class 0 red (leave --palette out)")
     # Then every input, then the outputs: all before anything is written.
-    paths = _collect_inputs(inputs)
+    paths = _collect_inputs(inputs, volumes)
     stacks = []
     for path in paths:
-        arr = _read_input(path)
+        arr = _read_input(path, volumes)
         _check_input(model, path, arr)
-        stacks.append(arr.ndim == 4)
+        stacks.append(volumes or arr.ndim == 4)
         del arr
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise DataError(f"{out}: exists and is not a folder; expected an output folder")
-    plans = _plan_outputs(paths, stacks, out, cells is not None, bool(prob))
+    plans = _plan_outputs(paths, stacks, out, cells is not None, bool(prob), not volumes)
     _check_outputs(plans, paths, out, overwrite)
+    if volumes:
+        import logging
+
+        logging.getLogger("zf_unet").info("predict: volume model: overlays are 2-D only; "
+                                          "writing label volumes (NAME_mask.tif) and "
+                                          "probabilities only")
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for path, stack, files in zip(paths, stacks, plans):
-        arr = _read_input(path)
+        arr = _read_input(path, volumes)
         probs = predict_tiled(model, arr, tile_size=tile_size, overlap=overlap, tta=tta,
                               batch_size=batch_size)
         labels = _labels(probs, threshold)
@@ -316,7 +369,7 @@ def predict_files(model: keras.Model, inputs: list, out_dir: Any, *, tile_size: 
             with atomic_path(prob_path) as tmp:
                 tifffile.imwrite(tmp, probs, photometric="minisblack")
             written.append(prob_path)
-        mask_path, ov_path = files[0], files[-1]
+        mask_path = files[0]
         with atomic_path(mask_path) as tmp:
             if stack:
                 tifffile.imwrite(tmp, labels, photometric="minisblack")
@@ -335,6 +388,10 @@ def predict_files(model: keras.Model, inputs: list, out_dir: Any, *, tile_size: 
             del cell_labels
         else:
             del probs
+        if volumes:
+            del arr, labels
+            continue
+        ov_path = files[-1]
         rgb = _overlay_rgb(arr[0] if stack else arr, labels[0] if stack else labels, colors)
         with atomic_path(ov_path) as tmp:
             Image.fromarray(rgb).save(tmp, format="PNG")

@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -630,9 +631,14 @@ def train(config: Config | str | Path | dict, out_dir: str | Path = "runs/run",
                     if verbose:
                         print(f"encoder unfrozen after {freeze} epoch(s); learning rate / "
                               f"{FINETUNE_LR_FACTOR:g}", flush=True)
-                    more = model.fit(fit_ds, validation_data=val_ds, epochs=cfg.train.epochs,
-                                     initial_epoch=freeze, callbacks=callbacks,
-                                     verbose=verbose, shuffle=False)
+                    with warnings.catch_warnings():
+                        # the backup of the frozen phase holds the decoder-only optimizer:
+                        # Keras restores its weights and says it skips the optimizer
+                        warnings.filterwarnings(
+                            "ignore", message="Skipping variable loading for optimizer")
+                        more = model.fit(fit_ds, validation_data=val_ds,
+                                         epochs=cfg.train.epochs, initial_epoch=freeze,
+                                         callbacks=callbacks, verbose=verbose, shuffle=False)
                     for key, values in more.history.items():
                         history.history.setdefault(key, []).extend(values)
                     history.epoch = list(history.epoch) + list(more.epoch)
