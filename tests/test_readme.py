@@ -57,13 +57,17 @@ MAPPED = {
               "test_train.py::test_multiworker_two_processes_end_with_identical_weights"],
     "predict": ["test_evaluation.py::test_cli_predict_files_folders_and_stacks",
                 "test_inference.py::test_tta_equals_average_of_manual_transforms",
-                "test_postprocess.py::test_cli_predict_cells_for_an_image_and_a_stack"],
+                "test_postprocess.py::test_cli_predict_cells_for_an_image_and_a_stack",
+                "test_cli_volumes.py::test_predict_volume_files_npy_and_slice_folder",
+                "test_cli_volumes.py::test_per_axis_tiles_equal_the_python_call"],
     "evaluate": ["test_evaluation.py::test_cli_evaluate_prints_isbi_scores",
                  "test_evaluation.py::test_split_follows_training_config",
-                 "test_postprocess.py::test_cli_evaluate_watershed"],
+                 "test_postprocess.py::test_cli_evaluate_watershed",
+                 "test_cli_volumes.py::test_evaluate_volumes_matches_a_numpy_confusion_matrix"],
     "export": ["test_cli.py::test_cli_export_refuses_to_overwrite_and_checks_sizes",
                "test_export.py::test_export_is_atomic_and_keeps_versions",
-               "test_export.py::test_tiled_savedmodel_matches_predict_tiled"],
+               "test_export.py::test_tiled_savedmodel_matches_predict_tiled",
+               "test_cli_volumes.py::test_export_tiled_volume_saved_model_and_refusals"],
     "saved_model_cli": ["test_export.py::test_saved_model_cli_lists_the_signature"],
     "pack": ["test_shards.py::test_pack_command",
              "test_streaming.py::test_shards_stream_with_held_out_files_and_train"],
@@ -86,6 +90,7 @@ PY_BLOCKS = {
     'model = zf_unet.pretrained("isbi2012-em")': ("run", {}),
     "model = zf_unet.build_unet_plus_plus(": ("run", {}),
     "model = zf_unet.build_unet((None, None, 3), num_classes=11)": ("run", {}),
+    "import numpy as np, zf_unet": ("run", {}),
 }
 
 
