@@ -38,3 +38,13 @@ def machine_info(*packages: str) -> dict:
             "keras": package_version("keras"), "date": datetime.date.today().isoformat()}
     info.update({p: package_version(p) for p in packages})
     return info
+
+
+def status_kib(field: str) -> int:
+    """A ``/proc/self/status`` field in KiB (``"VmRSS"``: resident set now, ``"VmHWM"``: its
+    peak since the process started or since ``/proc/self/clear_refs`` was written "5")."""
+    with open("/proc/self/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")

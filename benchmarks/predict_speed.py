@@ -35,6 +35,8 @@ import time
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_common import status_kib  # noqa: E402
 
 
 def _load_model(filters: int | None):
@@ -46,14 +48,6 @@ def _load_model(filters: int | None):
         keras.utils.set_random_seed(0)
         return zf_unet.build_unet((None, None, 1), depth=5, filters=filters)
     return zf_unet.pretrained("isbi2012-em")
-
-
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status", encoding="ascii") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
 def tiles_for(model, size: int, tile: int, overlap: int, batch: int):
@@ -126,11 +120,11 @@ def memory_child(args: argparse.Namespace) -> dict:
     image = np.random.default_rng(2).integers(0, 256, (args.mem_size,) * 2, dtype=np.uint8)
     with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
         f.write("5")  # reset the peak resident set size
-    before = _status_kib("VmRSS")
+    before = status_kib("VmRSS")
     t0 = time.perf_counter()
     out = zf_unet.predict_tiled(model, image, tile_size=args.mem_tile, batch_size=args.batch)
     elapsed = time.perf_counter() - t0
-    peak = _status_kib("VmHWM")
+    peak = status_kib("VmHWM")
     return {"size": args.mem_size, "tile": args.mem_tile, "seconds": elapsed,
             "rss_before_mib": before / 1024, "peak_mib": peak / 1024,
             "extra_mib": (peak - before) / 1024, "output_mib": out.nbytes / 2**20,
