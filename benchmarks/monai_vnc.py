@@ -43,6 +43,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -111,9 +112,11 @@ def param_count(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def train(model: torch.nn.Module, sampler: PatchSampler, class_weights: np.ndarray,
-          minutes: float, use_dice: bool, log_every_s: float = 30.0) -> dict:
-    """Train until ``minutes`` of wall clock are used; return step count and timings."""
+def train(model: torch.nn.Module, sampler: Any, class_weights: np.ndarray,
+          minutes: float, use_dice: bool, log_every_s: float = 30.0, batch: int = BATCH
+          ) -> dict:
+    """Train until ``minutes`` of wall clock are used; return step count and timings.
+    ``sampler.sample()`` gives ``(x, y)`` batches of ``batch`` patches (2-D or 3-D)."""
     model.train()
     opt = torch.optim.Adam(model.parameters(), lr=LR)
     ce = torch.nn.CrossEntropyLoss(weight=torch.tensor(class_weights, dtype=torch.float32))
@@ -149,17 +152,55 @@ def train(model: torch.nn.Module, sampler: PatchSampler, class_weights: np.ndarr
             recent = step_times[SKIP_STEPS:][-20:] or step_times[-20:]
             print(f"  {t1 - start:6.0f} s  step {len(step_times):5d}  loss "
                   f"{statistics.fmean(losses[-20:]):.4f}  lr {lr:.2e}  "
-                  f"{BATCH / statistics.median(recent):.2f} img/s", flush=True)
+                  f"{batch / statistics.median(recent):.2f} img/s", flush=True)
             next_log = t1 + log_every_s
     train_seconds = time.perf_counter() - start
     timed = step_times[SKIP_STEPS:] or step_times
     return {
         "steps": len(step_times),
         "train_seconds": train_seconds,
-        "median_train_images_per_s": BATCH / statistics.median(timed) if timed else 0.0,
-        "mean_train_images_per_s": BATCH * len(step_times) / train_seconds,
+        "median_train_images_per_s": batch / statistics.median(timed) if timed else 0.0,
+        "mean_train_images_per_s": batch * len(step_times) / train_seconds,
         "final_loss": statistics.fmean(losses[-20:]) if losses else float("nan"),
     }
+
+
+def prepare(data: Path | None, load_start: Sequence[float]) -> tuple:
+    """Sections 00-15 and 16-19 of VNC standardised with the training mean / std, and the
+    median-frequency class weights: ``(train_x, train_f, train_y, val_x, val_f, val_y, mean,
+    std, weights)`` (``*_x`` uint8, ``*_f`` float32, ``*_y`` class ids)."""
+    (train_x, train_y), (val_x, val_y) = vnc.load_split(data)
+    mean, std = vnc.standardisation(train_x)
+    weights = vnc.median_frequency_weights(train_y)
+    train_f = ((train_x.astype(np.float32) - mean) / std).astype(np.float32)
+    val_f = ((val_x.astype(np.float32) - mean) / std).astype(np.float32)
+    print(f"torch {torch.__version__}, monai {importlib.metadata.version('monai')}, "
+          f"{torch.get_num_threads()} threads; load average {load_start[0]:.2f}")
+    print(f"train {train_x.shape}, val {val_x.shape}; mean {mean:.3f}, std {std:.3f}")
+    print("median-frequency class weights: " + ", ".join(
+        f"{n} {w:.4f}" for n, w in zip(vnc.CLASS_NAMES, weights, strict=True)))
+    return train_x, train_f, train_y, val_x, val_f, val_y, mean, std, weights
+
+
+def environment(date: str, load_start: Sequence[float], seed: int) -> dict[str, Any]:
+    """What a MONAI result records about the run: date, host, load, versions, threads."""
+    return {"framework": "pytorch", "date": date, "host": platform.node(),
+            "loadavg_start": list(load_start), "loadavg_end": list(os.getloadavg()),
+            "torch": torch.__version__, "monai": importlib.metadata.version("monai"),
+            "numpy": np.__version__, "python": platform.python_version(),
+            "threads": torch.get_num_threads(), "seed": seed}
+
+
+def report(result: dict[str, Any], out: Path, what: str) -> dict[str, Any]:
+    """Write ``result`` as JSON to ``out`` and print its scores and table row."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print("per-class IoU: " + ", ".join(f"{n} {v:.3f}" for n, v in result["iou"].items()))
+    print(f"mIoU {result['miou']:.4f}, pixel accuracy {result['pixel_accuracy']:.4f}, "
+          f"inference {result['inference_seconds']:.1f} s for {what}; wrote {out}")
+    print(vnc.markdown_header())
+    print(vnc.markdown_row(result))
+    return result
 
 
 @torch.inference_mode()
@@ -204,16 +245,8 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
 
-    (train_x, train_y), (val_x, val_y) = vnc.load_split(args.data)
-    mean, std = vnc.standardisation(train_x)
-    weights = vnc.median_frequency_weights(train_y)
-    train_f = ((train_x.astype(np.float32) - mean) / std).astype(np.float32)
-    val_f = ((val_x.astype(np.float32) - mean) / std).astype(np.float32)
-    print(f"torch {torch.__version__}, monai {importlib.metadata.version('monai')}, "
-          f"{torch.get_num_threads()} threads; load average {load_start[0]:.2f}")
-    print(f"train {train_x.shape}, val {val_x.shape}; mean {mean:.3f}, std {std:.3f}")
-    print("median-frequency class weights: " + ", ".join(
-        f"{n} {w:.4f}" for n, w in zip(vnc.CLASS_NAMES, weights, strict=True)))
+    train_x, train_f, train_y, val_x, val_f, val_y, mean, std, weights = prepare(
+        args.data, load_start)
 
     model = build_model(args.norm).to(memory_format=torch.channels_last)
     params = param_count(model)
@@ -228,17 +261,7 @@ def main(argv: list[str] | None = None) -> dict:
     cm, infer_s = evaluate(model, val_f, val_y)
     result = {
         "model": f"MONAI BasicUNet{' +instnorm' if args.norm == 'instance' else ''}",
-        "framework": "pytorch",
-        "date": date,
-        "host": platform.node(),
-        "loadavg_start": list(load_start),
-        "loadavg_end": list(os.getloadavg()),
-        "torch": torch.__version__,
-        "monai": importlib.metadata.version("monai"),
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-        "threads": torch.get_num_threads(),
-        "seed": args.seed,
+        **environment(date, load_start, args.seed),
         "features": list(FEATURES),
         "norm": args.norm,
         "params": params,
@@ -256,14 +279,7 @@ def main(argv: list[str] | None = None) -> dict:
         "confusion_matrix": cm.tolist(),
         "inference_seconds": infer_s,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print("per-class IoU: " + ", ".join(f"{n} {v:.3f}" for n, v in result["iou"].items()))
-    print(f"mIoU {result['miou']:.4f}, pixel accuracy {result['pixel_accuracy']:.4f}, "
-          f"inference {infer_s:.1f} s for {len(val_x)} sections; wrote {args.out}")
-    print(vnc.markdown_header())
-    print(vnc.markdown_row(result))
-    return result
+    return report(result, args.out, f"{len(val_x)} sections")
 
 
 if __name__ == "__main__":
