@@ -138,6 +138,14 @@ precision = "float32"
     assert model.get_layer("enc0_conv1").kernel.shape[:3] == (1, 3, 3)
     log = (run / "log.csv").read_text().splitlines()
     assert len(log) == 3 and "val_dice" in log[0]
+    # evaluate: the run's own volume is scored on the sections training held out
+    from zf_unet.evaluation import evaluate_volumes, run_config_for
+
+    result = evaluate_volumes(model, str(src), split="val",
+                              config=run_config_for(run / "best.keras"))
+    assert result["voxels"] == 2 * 32 * 32 and result["images"][0].endswith("[z=10..11]")
+    assert main(["evaluate", "--model", str(run / "best.keras"), "--data", str(src)]) == 0
+    assert "z=10..11" in capsys.readouterr().out
     # a patch side the pools cannot take is refused before training, naming the key
     bad = cfg.read_text().replace("patch_size = [4, 16, 16]", "patch_size = [3, 16, 16]")
     cfg.write_text(bad)

@@ -315,38 +315,11 @@ VOLUME_NOTE = ("ISBI-style Rand error / VI / pixel error are 2-D scores; not com
                "volumes")
 
 
-def _volume_entries(sub: Path) -> dict[str, Path]:
-    """``{name: path}`` of the volumes in ``sub`` (``images/`` or ``masks/``): multi-page
-    TIFFs, ``.npy`` files and folders of slices; hidden entries are skipped."""
-    from zf_unet.errors import DataError
-
-    if not sub.is_dir():
-        raise DataError(f"{sub.parent}: no '{sub.name}/' subfolder; expected images/ and "
-                        "masks/ holding volumes (multi-page TIFF, .npy or a folder of slices) "
-                        "with matching names")
-    found: dict[str, Path] = {}
-    for entry in sorted(sub.iterdir()):
-        if entry.name.startswith("."):
-            continue
-        if entry.is_dir():
-            key = entry.name
-        elif entry.suffix.lower() in (".tif", ".tiff", ".npy"):
-            key = entry.stem
-        else:
-            continue
-        if key in found:
-            raise DataError(f"{entry} and {found[key]}: two volumes named {key!r} in {sub}; "
-                            "expected one entry per name")
-        found[key] = entry
-    if not found:
-        raise DataError(f"{sub}: no volumes; expected multi-page TIFFs (.tif, .tiff), .npy "
-                        "files or folders of 2-D slices")
-    return found
-
-
 def volume_pairs(data: Any) -> list[tuple[str, Path, Path]]:
-    """``[(name, image_path, mask_path), ...]`` of a volume data set: a folder with
-    ``images/`` and ``masks/`` (entries paired by name, sorted) or a pair of paths."""
+    """``[(name, image_path, mask_path), ...]`` of a volume data set: a pair of paths, or a
+    folder with ``images/`` and ``masks/`` as training reads it
+    (:func:`zf_unet.data.volumes.volume_paths`: 2-D slices = one volume, else volumes paired
+    by name)."""
     from zf_unet.errors import DataError
 
     if isinstance(data, (tuple, list)):
@@ -354,20 +327,9 @@ def volume_pairs(data: Any) -> list[tuple[str, Path, Path]]:
             raise DataError(f"volume data {data!r}: expected (image_volume, mask_volume)")
         img, mask = Path(data[0]), Path(data[1])
         return [(_stem_of(img), img, mask)]
-    root = Path(data)
-    if not root.is_dir():
-        raise DataError(f"{root}: no such folder; expected a folder with images/ and masks/ "
-                        "holding volumes (or --data IMAGE_VOLUME --masks MASK_VOLUME)")
-    images, masks = _volume_entries(root / "images"), _volume_entries(root / "masks")
-    missing = sorted(set(images) - set(masks))
-    if missing:
-        raise DataError(f"{images[missing[0]]}: no mask volume named {missing[0]!r} in "
-                        f"{root / 'masks'}; expected one mask per image volume")
-    extra = sorted(set(masks) - set(images))
-    if extra:
-        raise DataError(f"{masks[extra[0]]}: no image volume named {extra[0]!r} in "
-                        f"{root / 'images'}; expected one image per mask volume")
-    return [(n, images[n], masks[n]) for n in sorted(images)]
+    from zf_unet.data.volumes import volume_paths
+
+    return volume_paths(data)
 
 
 def _stem_of(path: Path) -> str:
@@ -405,6 +367,7 @@ def evaluate_volumes(model: keras.Model, data: Any, *, split: str = "all",
     ``note`` (the ISBI Rand / VI scores are 2-D only) and ``images`` (volume names).
     """
     from zf_unet.data.io import read_volume_pair
+    from zf_unet.data.volumes import section_split
     from zf_unet.errors import DataError
     from zf_unet.inference import predict_tiled
     from zf_unet.models import model_geometry
@@ -412,13 +375,27 @@ def evaluate_volumes(model: keras.Model, data: Any, *, split: str = "all",
     geom = model_geometry(model)
     k = int(geom.num_classes)
     pairs = volume_pairs(data)
-    index = DataSplit(list(range(len(pairs))), [None] * len(pairs),
-                      names=[n for n, _, _ in pairs])
-    chosen = split_for(index, split, config)
+    sections = None
+    if len(pairs) == 1 and split in ("train", "val"):
+        # one volume: training held out a block of sections (zf_unet.data.volumes)
+        d = (config or Config()).data
+        depth = read_volume_pair(pairs[0][1], pairs[0][2])[0].shape[0]
+        train_z, val_z = section_split(depth, d.val_fraction, d.val_indices or None)
+        sections = val_z if split == "val" else train_z
+        if not sections:
+            raise ConfigError("split 'val' is empty: the config holds no sections out")
+        chosen_ids = [0]
+    else:
+        index = DataSplit(list(range(len(pairs))), [None] * len(pairs),
+                          names=[n for n, _, _ in pairs])
+        chosen_ids = split_for(index, split, config).images
     preds, masks, names = [], [], []
-    for i in chosen.images:
+    for i in chosen_ids:
         vol_name, img_path, mask_path = pairs[i]
         image, raw = read_volume_pair(img_path, mask_path)
+        if sections is not None:
+            image, raw = image[sections[0]:sections[-1] + 1], raw[sections[0]:sections[-1] + 1]
+            vol_name = f"{vol_name}[z={sections[0]}..{sections[-1]}]"
         c = image.shape[-1] if image.ndim == 4 else 1
         if c != geom.channels:
             raise DataError(f"{img_path}: {c}-channel volume but {name} expects "
@@ -486,7 +463,8 @@ def _format_multiclass(result: dict) -> str:
     what, unit = ("volume", "voxels") if result.get("volumes") else ("image", "pixels")
     binary = (f"; binary model: classes 0/1 = p <= / > {result['threshold']:.2f}"
               if "threshold" in result else "")
-    lines = [f"{len(result['images'])} {what}(s), split={result['split']}; "
+    named = f" ({', '.join(result['images'])})" if result.get("volumes") else ""
+    lines = [f"{len(result['images'])} {what}(s){named}, split={result['split']}; "
              f"{result['num_classes']} classes, {result['pixels']} {unit} scored"
              + (f" (void value {void} left out)" if void is not None else "") + binary,
              f"{'class':>5}  {'IoU':>6}  {'Dice':>6}  {'precision':>9}  {'recall':>6}  "

@@ -31,7 +31,8 @@ from zf_unet.data.pipeline import (DataInfo, refuse_unlearnable, resolve_num_cla
 from zf_unet.data.weightmaps import volume_weight_map
 from zf_unet.errors import DataError
 
-__all__ = ["VolumeSplit", "load_volumes", "make_volume_datasets", "patch_shape"]
+__all__ = ["VolumeSplit", "load_volumes", "make_volume_datasets", "patch_shape",
+           "section_split", "volume_paths"]
 
 logger = logging.getLogger("zf_unet")
 
@@ -100,13 +101,54 @@ def _is_volume_file(path: Path) -> bool:
         return False
 
 
-def _volume_files(folder: Path) -> list[Path] | None:
-    """The volume files of ``folder`` in natural order, or ``None`` when it holds 2-D slices
-    (then the folder itself is one volume)."""
-    files = sorted((p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")),
-                   key=lambda p: io.natural_key(p.stem))
-    vols = [p for p in files if p.suffix.lower() in io.VOLUME_EXTENSIONS and _is_volume_file(p)]
-    return vols or None
+def _volume_entries(sub: Path) -> dict[str, Path]:
+    """``{name: path}`` of the volumes in ``sub``: multi-page TIFFs, ``.npy`` files and
+    folders of slices (hidden entries skipped); empty when ``sub`` holds 2-D slices only."""
+    found: dict[str, Path] = {}
+    for entry in sorted(sub.iterdir(), key=lambda p: io.natural_key(p.stem)):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir():
+            key = entry.name
+        elif entry.suffix.lower() in io.VOLUME_EXTENSIONS and _is_volume_file(entry):
+            key = entry.stem
+        else:
+            continue
+        if key in found:
+            raise DataError(f"{entry} and {found[key]}: two volumes named {key!r} in {sub}; "
+                            "expected one entry per name")
+        found[key] = entry
+    return found
+
+
+def volume_paths(folder: io.PathLike) -> list[tuple[str, Path, Path]]:
+    """``[(name, image_path, mask_path)]`` of the volumes in ``folder``'s ``images/`` and
+    ``masks/``: one volume named after ``folder`` when ``images/`` holds 2-D slices (stack
+    order = natural name order), else one per multi-page TIFF / ``.npy`` file / folder of
+    slices, paired with the mask volume of the same name. :class:`DataError` naming the
+    folder or the unpaired entry otherwise."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: no such folder; for volumes expected a folder with "
+                        "images/ and masks/ (2-D slices in stack order, or multi-page TIFF / "
+                        ".npy volumes or folders of slices, paired by name)")
+    images, masks = folder / "images", folder / "masks"
+    for sub in (images, masks):
+        if not sub.is_dir():
+            raise DataError(f"{folder}: has no {sub.name}/ folder; expected images/ and masks/")
+    image_vols = _volume_entries(images)
+    if not image_vols:  # a folder of slices: one volume
+        return [(folder.name, images, masks)]
+    mask_vols = _volume_entries(masks)
+    missing = [n for n in image_vols if n not in mask_vols]
+    if missing:
+        raise DataError(f"{image_vols[missing[0]]}: no mask volume named {missing[0]!r} in "
+                        f"{masks}; expected one mask volume per image volume, same name")
+    extra = [n for n in mask_vols if n not in image_vols]
+    if extra:
+        raise DataError(f"{mask_vols[extra[0]]}: no image volume named {extra[0]!r} in "
+                        f"{images}; expected one image volume per mask volume")
+    return [(n, image_vols[n], mask_vols[n]) for n in image_vols]
 
 
 def _raw_volumes(source: Any) -> list[tuple[str, np.ndarray, np.ndarray]]:
@@ -124,29 +166,8 @@ def _raw_volumes(source: Any) -> list[tuple[str, np.ndarray, np.ndarray]]:
     if isinstance(source, (tuple, list)) and len(source) == 2:
         image, mask = io.read_volume_pair(source[0], source[1])
         return [(Path(str(source[0])).name, image, mask)]
-    folder = Path(str(source))
-    if not folder.is_dir():
-        raise DataError(f"{folder}: no such folder; for volumes expected a folder with "
-                        "images/ and masks/ (2-D slices in stack order, or multi-page TIFF / "
-                        ".npy volumes), an (image, mask) pair of volume paths or arrays")
-    images, masks = folder / "images", folder / "masks"
-    for sub in (images, masks):
-        if not sub.is_dir():
-            raise DataError(f"{folder}: has no {sub.name}/ folder; expected images/ and masks/")
-    files = _volume_files(images)
-    if files is None:  # a folder of slices: one volume
-        image, mask = io.read_volume_pair(images, masks)
-        return [(folder.name, image, mask)]
-    out = []
-    mask_files = {p.stem: p for p in (_volume_files(masks) or [])}
-    for f in files:
-        m = mask_files.get(f.stem)
-        if m is None:
-            raise DataError(f"{f}: no mask volume {masks / f.stem}.tif (or .npy); expected one "
-                            "mask volume per image volume, with the same name")
-        image, mask = io.read_volume_pair(f, m)
-        out.append((f.name, image, mask))
-    return out
+    return [(name,) + io.read_volume_pair(img, msk)
+            for name, img, msk in volume_paths(str(source))]
 
 
 def load_volumes(source: Any, *, num_classes: int | str | None = None,
@@ -186,12 +207,12 @@ def load_volumes(source: Any, *, num_classes: int | str | None = None,
     return VolumeSplit(images, masks, None, names, ignore_index, k)
 
 
-def _split(data: VolumeSplit, val_fraction: float, val_indices: Sequence[int] | None,
-           seed: int) -> tuple[VolumeSplit, VolumeSplit]:
-    if len(data) > 1:
-        train_idx, val_idx = split_indices(len(data), val_fraction, val_indices, seed)
-        return data.subset(train_idx), data.subset(val_idx)
-    depth = data.images[0].shape[0]
+def section_split(depth: int, val_fraction: float, val_indices: Sequence[int] | None
+                  ) -> tuple[list[int], list[int]]:
+    """``(training sections, validation sections)`` of a single volume of ``depth``
+    sections: ``val_indices``, or the last ``round(depth * val_fraction)`` sections. The
+    validation sections must be one contiguous block at the start or end of the volume, so
+    the training sections stay one volume; :class:`DataError` otherwise."""
     if val_indices is not None:
         val = sorted({int(i) % depth for i in val_indices})
         if any(int(i) >= depth or int(i) < -depth for i in val_indices):
@@ -212,6 +233,15 @@ def _split(data: VolumeSplit, val_fraction: float, val_indices: Sequence[int] | 
     if not train:
         raise DataError(f"no training sections left: {depth} sections, {len(val)} for "
                         "validation")
+    return train, val
+
+
+def _split(data: VolumeSplit, val_fraction: float, val_indices: Sequence[int] | None,
+           seed: int) -> tuple[VolumeSplit, VolumeSplit]:
+    if len(data) > 1:
+        train_idx, val_idx = split_indices(len(data), val_fraction, val_indices, seed)
+        return data.subset(train_idx), data.subset(val_idx)
+    train, val = section_split(data.images[0].shape[0], val_fraction, val_indices)
     logger.info("volumes: sections %d..%d train, %s validate", train[0], train[-1],
                 f"{val[0]}..{val[-1]}" if val else "none")
     out_val = data.sections(val) if val else VolumeSplit([], [], None, [], data.ignore_index,
