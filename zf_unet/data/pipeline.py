@@ -51,10 +51,11 @@ class DataSplit:
         return len(self.images)
 
     def subset(self, idx: Sequence[int]) -> "DataSplit":
-        return DataSplit([self.images[i] for i in idx], [self.masks[i] for i in idx],
-                         None if self.weights is None else [self.weights[i] for i in idx],
-                         [self.names[i] for i in idx] if self.names else [],
-                         self.ignore_index, self.num_classes)
+        """The samples ``idx``, as a split of the same class."""
+        return type(self)([self.images[i] for i in idx], [self.masks[i] for i in idx],
+                          None if self.weights is None else [self.weights[i] for i in idx],
+                          [self.names[i] for i in idx] if self.names else [],
+                          self.ignore_index, self.num_classes)
 
 
 @dataclass

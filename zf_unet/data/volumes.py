@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -26,8 +25,8 @@ import tensorflow as tf
 from zf_unet.data import io, streaming
 from zf_unet.data.augment import Augment, augment_dataset, augment_margin
 from zf_unet.data.imageops import pad_reflect_axes, to_float_image
-from zf_unet.data.pipeline import (DataInfo, refuse_unlearnable, resolve_num_classes,
-                                   split_indices)
+from zf_unet.data.pipeline import (DataInfo, DataSplit, refuse_unlearnable,
+                                   resolve_num_classes, split_indices)
 from zf_unet.data.weightmaps import volume_weight_map
 from zf_unet.errors import DataError
 
@@ -37,26 +36,10 @@ __all__ = ["VolumeSplit", "load_volumes", "make_volume_datasets", "patch_shape",
 logger = logging.getLogger("zf_unet")
 
 
-@dataclass
-class VolumeSplit:
-    """Volumes in memory: ``images`` float32 ``(D, H, W, C)`` in [0, 1], ``masks`` uint8
-    ``(D, H, W)`` class ids, optional float32 ``(D, H, W)`` weight maps, a name each."""
-
-    images: list[np.ndarray]
-    masks: list[np.ndarray]
-    weights: list[np.ndarray] | None = None
-    names: list[str] = field(default_factory=list)
-    ignore_index: int | None = None
-    num_classes: int | None = None
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def subset(self, idx: Sequence[int]) -> "VolumeSplit":
-        """The volumes ``idx``."""
-        return VolumeSplit([self.images[i] for i in idx], [self.masks[i] for i in idx],
-                           None if self.weights is None else [self.weights[i] for i in idx],
-                           [self.names[i] for i in idx], self.ignore_index, self.num_classes)
+class VolumeSplit(DataSplit):
+    """:class:`zf_unet.data.DataSplit` of volumes: ``images`` float32 ``(D, H, W, C)`` in
+    [0, 1], ``masks`` uint8 ``(D, H, W)`` class ids, optional float32 ``(D, H, W)`` weight
+    maps, a name each."""
 
     def sections(self, z: Sequence[int]) -> "VolumeSplit":
         """The z-sections ``z`` (a contiguous, sorted block) of the only volume."""
