@@ -15,12 +15,26 @@
    forward pass of the whole image at once would hold a single 16-channel float32 feature map
    of 4 GiB at the first level alone.
 
+3. Against the peer a user would pick (``--peer``, Step 14): the same network and weights in
+   PyTorch (``torch_unet.from_keras``) run by MONAI's ``sliding_window_inference`` (Gaussian
+   blending, ``overlap=0.25`` = 64 px of a 256 tile, ``sw_batch_size`` = ``--batch``), against
+   ``predict_tiled`` (Gaussian blend, overlap 64) and the tiled SavedModel
+   (``export_saved_model(tiled=True)``, same settings, called through its signature), on
+   ``--peer-sizes`` images (default 2048 and 4096): a mosaic of the ISBI 2012 slices when
+   ``../shared/data/isbi2012`` exists, else random. Precisions: float32 on both sides, and
+   bfloat16 (the same weights in a ``mixed_bfloat16`` Keras model; PyTorch
+   ``torch.autocast("cpu", torch.bfloat16)`` with channels-last). Variants alternate in every
+   repeat; images/s from the median. Blend accuracy: each result against one whole-image
+   float32 pass of the PyTorch twin (no tiling; images up to ``--peer-reference-max``): mean
+   absolute difference, and the share of pixels whose ``p > 0.5`` decision differs.
+
 Model: the shipped ISBI model (``zf_unet.pretrained("isbi2012-em")``: depth 5, 16..256
 filters, float32) unless ``--filters`` builds a random-weight U-Net of that width instead.
 
-Run (about 3-5 minutes on 2 cores):
+Run (about 3-5 minutes on 2 cores; `--peer` adds about 10):
     python benchmarks/predict_speed.py
     python benchmarks/predict_speed.py --quick          # 1024^2, 2048^2 for memory, 3 repeats
+    python benchmarks/predict_speed.py --peer-only --repeats 3
 """
 from __future__ import annotations
 
@@ -32,6 +46,7 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -109,6 +124,146 @@ def bench_overhead(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
+def peer_image(size: int):
+    """``(size, size)`` uint8: ISBI 2012 slices tiled (mirrored in turn, so no seam is a
+    straight copy), or random values without the data."""
+    import numpy as np
+
+    data = Path(os.environ.get("ZF_UNET_DATA", Path(__file__).resolve().parents[2] / "shared"
+                               / "data")) / "isbi2012"
+    if not data.is_dir():
+        return np.random.default_rng(3).integers(0, 256, (size, size), dtype=np.uint8), "random"
+    from zf_unet.data.io import read_volume
+
+    stack = read_volume(data / "images")  # the slices in order: (N, H, W)
+    if stack.ndim == 4:
+        stack = stack[..., 0]
+    tile = stack.shape[1]
+    out = np.empty((size, size), np.uint8)
+    k = 0
+    for y in range(0, size, tile):
+        for x in range(0, size, tile):
+            img = stack[k % len(stack)]
+            img = img[::-1] if (k // len(stack)) % 2 else img
+            h, w = min(tile, size - y), min(tile, size - x)
+            out[y:y + h, x:x + w] = img[:h, :w]
+            k += 1
+    return out, "isbi2012 mosaic"
+
+
+def bf16_twin(model):
+    """The same network and weights under ``mixed_bfloat16`` (the head stays float32)."""
+    import keras
+
+    def clone(layer):
+        cfg = layer.get_config()
+        if not isinstance(layer, keras.layers.InputLayer) and layer.name != "head_activation":
+            cfg["dtype"] = "mixed_bfloat16"
+        return layer.__class__.from_config(cfg)
+
+    twin = keras.models.clone_model(model, clone_function=clone)
+    twin.set_weights(model.get_weights())
+    return twin
+
+
+def bench_peer(args: argparse.Namespace) -> list[dict]:
+    """predict_tiled / tiled SavedModel / MONAI sliding_window_inference, float32 and bf16."""
+    import tempfile
+
+    import numpy as np
+    import tensorflow as tf
+    import torch
+    from monai.inferers import sliding_window_inference
+
+    import zf_unet
+    from torch_unet import from_keras
+
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    model = _load_model(args.filters)
+    model16 = bf16_twin(model)
+    net = from_keras(model)
+    net_cl = from_keras(model).to(memory_format=torch.channels_last)
+    tile, overlap = 256, 64
+    tmp = tempfile.TemporaryDirectory()
+    served = tf.saved_model.load(str(zf_unet.export_saved_model(
+        model, tmp.name, tiled=True, tile_size=tile, overlap=overlap, blend="gaussian",
+        batch_size=args.batch))).signatures["serving_default"]
+
+    def monai(image: np.ndarray, bf16: bool) -> np.ndarray:
+        x = torch.from_numpy(image.astype(np.float32) / 255.0)[None, None]
+        with torch.inference_mode():
+            if bf16:
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    out = sliding_window_inference(
+                        x.contiguous(memory_format=torch.channels_last), (tile, tile),
+                        args.batch, net_cl, overlap=overlap / tile, mode="gaussian")
+            else:
+                out = sliding_window_inference(x, (tile, tile), args.batch, net,
+                                               overlap=overlap / tile, mode="gaussian")
+        return out[0, 0].float().numpy()
+
+    variants = {
+        "zf_unet predict_tiled, float32":
+            lambda im: zf_unet.predict_tiled(model, im, tile, overlap, "gaussian",
+                                             batch_size=args.batch)[..., 0],
+        "zf_unet tiled SavedModel, float32":
+            lambda im: served(image=tf.constant(im[None, ..., None]))["probabilities"]
+            .numpy()[0, ..., 0],
+        "MONAI sliding_window_inference, float32": lambda im: monai(im, False),
+        "zf_unet predict_tiled, bfloat16":
+            lambda im: zf_unet.predict_tiled(model16, im, tile, overlap, "gaussian",
+                                             batch_size=args.batch)[..., 0],
+        "MONAI sliding_window_inference, bf16 autocast channels-last":
+            lambda im: monai(im, True),
+    }
+    rows = []
+    for size in args.peer_sizes:
+        image, kind = peer_image(size)
+        ref = None
+        if size <= args.peer_reference_max:  # one whole-image float32 pass (memory grows)
+            with torch.inference_mode():
+                ref = net(torch.from_numpy(image.astype(np.float32) / 255.0)[None, None])
+            ref = ref[0, 0].numpy()
+        times: dict[str, list[float]] = {k: [] for k in variants}
+        errors = {}
+        for name, fn in variants.items():  # warm up (tracing), and the accuracy
+            out = fn(image)
+            errors[name] = ((float(np.mean(np.abs(out - ref))),
+                             float(np.mean((out > 0.5) != (ref > 0.5))))
+                            if ref is not None else (float("nan"), float("nan")))
+        for _ in range(args.repeats):
+            for name, fn in variants.items():
+                t0 = time.perf_counter()
+                fn(image)
+                times[name].append(time.perf_counter() - t0)
+        for name in variants:
+            med = statistics.median(times[name])
+            rows.append({"size": size, "image": kind, "variant": name, "seconds": med,
+                         "images_per_s": 1.0 / med, "all": times[name],
+                         "mean_abs_diff": errors[name][0], "decision_diff": errors[name][1]})
+            print(f"  {size}: {name}: {med:.2f} s, |p - whole| {errors[name][0]:.2e}, "
+                  f"decisions differ {100 * errors[name][1]:.3f} %", file=sys.stderr, flush=True)
+    tmp.cleanup()
+    return rows
+
+
+def peer_table(rows: list[dict]) -> str:
+    """Markdown: images/s and the ratio to MONAI at the same size and precision."""
+    lines = ["| image | variant | s / image | images/s | vs MONAI (same precision) "
+             "| mean abs diff to whole-image pass | p > 0.5 decisions that differ |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        bf16 = "bf" in r["variant"]
+        peer = next((q for q in rows if q["size"] == r["size"] and q["variant"].startswith(
+            "MONAI") and ("bf" in q["variant"]) == bf16), None)
+        ratio = f"{peer['seconds'] / r['seconds']:.2f}x" if peer else "n/a"
+        lines.append(f"| {r['size']}x{r['size']} ({r['image']}) | {r['variant']} | "
+                     f"{r['seconds']:.2f} | {r['images_per_s']:.3f} | {ratio} | "
+                     + (f"{r['mean_abs_diff']:.1e} | {100 * r['decision_diff']:.3f} % |"
+                        if r["mean_abs_diff"] == r["mean_abs_diff"] else "n/a | n/a |"))
+    return "\n".join(lines)
+
+
 def memory_child(args: argparse.Namespace) -> dict:
     import numpy as np
 
@@ -141,6 +296,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mem-size", type=int, default=8192)
     p.add_argument("--mem-tile", type=int, default=256)
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--peer", action="store_true",
+                   help="also compare with MONAI sliding_window_inference (needs torch, monai)")
+    p.add_argument("--peer-only", action="store_true", help="only the MONAI comparison")
+    p.add_argument("--peer-sizes", type=int, nargs="+", default=[2048, 4096])
+    p.add_argument("--peer-reference-max", type=int, default=2048,
+                   help="largest image side for the whole-image accuracy reference")
     p.add_argument("--json", help="also write raw results here")
     p.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -155,6 +316,17 @@ def main(argv: list[str] | None = None) -> int:
 
     import tensorflow as tf
 
+    if args.peer or args.peer_only:
+        peer = bench_peer(args)
+        print(f"# predict_tiled vs MONAI sliding_window_inference, tile 256, overlap 64, "
+              f"Gaussian, batch {args.batch}, median of {args.repeats}, load average "
+              f"{os.getloadavg()[0]:.1f}, TF {tf.__version__}\n")
+        print(peer_table(peer))
+        if args.json:
+            with open(args.json, "w", encoding="utf-8") as f:
+                json.dump({"peer": peer}, f, indent=1)
+        if args.peer_only:
+            return 0
     rows = bench_overhead(args)
     cmd = [sys.executable, os.path.abspath(__file__), "--memory-child",
            "--mem-size", str(args.mem_size), "--mem-tile", str(args.mem_tile),

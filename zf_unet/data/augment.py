@@ -47,7 +47,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import keras
 import numpy as np
@@ -418,32 +418,35 @@ def elastic_displacement(
 
 
 class _Sampler:
-    """Index arithmetic shared by several ``(B, H, W, C)`` tensors resampled at one map.
+    """Index arithmetic shared by several tensors resampled at one coordinate map.
 
-    ``rows``/``cols`` are ``(B, Ho, Wo)`` float32 source positions; all gathers read a
-    flattened ``(B * H * W, C)`` view with one int32 index per output pixel.
+    ``coords`` holds one float32 ``(B, *out)`` tensor of source positions per spatial axis
+    (``rows, cols`` for ``(B, H, W, C)`` images; ``z, rows, cols`` for ``(B, D, H, W, C)``
+    volumes) and ``sizes`` the input's spatial sizes. Every gather reads a flattened
+    ``(B * prod(sizes), C)`` view with one int32 index per output pixel. Positions are
+    mirrored about the edge centres; the step to the next position along an axis is 0 on its
+    last one (its weight is then 0 anyway).
     """
 
-    def __init__(self, rows: tf.Tensor, cols: tf.Tensor, height: Any, width: Any) -> None:
-        h_f = tf.cast(height, tf.float32)
-        w_f = tf.cast(width, tf.float32)
-        self.last_y, self.last_x = h_f - 1.0, w_f - 1.0
-        self.height, self.width = h_f, w_f
-        y = mirror_coords_tf(rows, h_f)
-        x = mirror_coords_tf(cols, w_f)
-        self.y0, self.x0 = tf.floor(y), tf.floor(x)
-        self.fy, self.fx = y - self.y0, x - self.x0
-        self.w_i = tf.cast(width, tf.int32)
-        batch = tf.shape(rows)[0]
-        self.base = (tf.range(batch, dtype=tf.int32) * (tf.cast(height, tf.int32) * self.w_i))[
-            :, None, None
-        ]
-        r0 = tf.cast(self.y0, tf.int32)
-        c0 = tf.cast(self.x0, tf.int32)
-        # Steps to the next row/column: 0 on the last one (its weight is then 0 anyway).
-        self.dr = tf.where(self.y0 < self.last_y, self.w_i, 0)
-        self.dc = tf.where(self.x0 < self.last_x, 1, 0)
-        self.i00 = self.base + r0 * self.w_i + c0
+    def __init__(self, coords: Sequence[tf.Tensor], sizes: Sequence[Any]) -> None:
+        self.sizes = [tf.cast(n, tf.float32) for n in sizes]
+        self.strides: list[tf.Tensor] = []  # flat-index step of each axis
+        stride = tf.constant(1, tf.int32)
+        for n in reversed(sizes):
+            self.strides.insert(0, stride)
+            stride = stride * tf.cast(n, tf.int32)
+        pos = [mirror_coords_tf(c, n) for c, n in zip(coords, self.sizes)]
+        self.lo = [tf.floor(p) for p in pos]
+        self.frac = [p - lo for p, lo in zip(pos, self.lo)]
+        batch = tf.shape(coords[0])[0]
+        self.base = tf.reshape(tf.range(batch, dtype=tf.int32) * stride,
+                               [-1] + [1] * len(sizes))
+        self.step = [tf.where(lo < n - 1.0, st, 0)
+                     for lo, n, st in zip(self.lo, self.sizes, self.strides)]
+        corner = self.base
+        for lo, st in zip(self.lo, self.strides):
+            corner = corner + tf.cast(lo, tf.int32) * st
+        self.corner = corner
         self._nearest: tf.Tensor | None = None
 
     @staticmethod
@@ -463,161 +466,59 @@ class _Sampler:
     def nearest(self, x: tf.Tensor) -> tf.Tensor:
         """Nearest-neighbour (round half up, like SciPy ``order=0``); any dtype."""
         if self._nearest is None:
-            step_r = tf.where(self.fy >= 0.5, self.dr, 0)
-            step_c = tf.where(self.fx >= 0.5, self.dc, 0)
-            self._nearest = self.i00 + step_r + step_c
+            index = self.corner
+            for f, step in zip(self.frac, self.step):
+                index = index + tf.where(f >= 0.5, step, 0)
+            self._nearest = index
         flat, scalar = self._flat(x)
         return self._unflat(tf.gather(flat, self._nearest), scalar)
 
-    def bilinear(self, x: tf.Tensor) -> tf.Tensor:
-        """Bilinear interpolation in float32, returned in ``x``'s float dtype."""
+    def linear(self, x: tf.Tensor) -> tf.Tensor:
+        """Bi- / trilinear interpolation in float32, returned in ``x``'s float dtype."""
         flat, scalar = self._flat(x)
         flat = tf.cast(flat, tf.float32)
-        fy, fx = (self.fy, self.fx) if scalar else (self.fy[..., None], self.fx[..., None])
-        i10 = self.i00 + self.dr
-        v00 = tf.gather(flat, self.i00)
-        v01 = tf.gather(flat, self.i00 + self.dc)
-        v10 = tf.gather(flat, i10)
-        v11 = tf.gather(flat, i10 + self.dc)
-        top = v00 + (v01 - v00) * fx
-        bottom = v10 + (v11 - v10) * fx
-        return tf.cast(self._unflat(top + (bottom - top) * fy, scalar), x.dtype)
+        frac = self.frac if scalar else [f[..., None] for f in self.frac]
+        last = len(frac) - 1
 
-    def bicubic(self, x: tf.Tensor) -> tf.Tensor:
-        """Keys bicubic (a = -0.5) on the mirrored 4x4 neighbourhood, in ``x``'s float dtype."""
+        def interpolate(axis: int, index: tf.Tensor) -> tf.Tensor:
+            if axis == last:
+                a, b = tf.gather(flat, index), tf.gather(flat, index + self.step[axis])
+            else:
+                a = interpolate(axis + 1, index)
+                b = interpolate(axis + 1, index + self.step[axis])
+            return a + (b - a) * frac[axis]
+
+        return tf.cast(self._unflat(interpolate(0, self.corner), scalar), x.dtype)
+
+    def cubic(self, x: tf.Tensor) -> tf.Tensor:
+        """Keys bi- / tricubic (a = -0.5) on the mirrored 4x4 (4x4x4) neighbourhood, in
+        ``x``'s float dtype."""
         flat, scalar = self._flat(x)
         flat = tf.cast(flat, tf.float32)
         offsets = (-1.0, 0.0, 1.0, 2.0)
-        rows = [
-            tf.cast(mirror_coords_tf(self.y0 + k, self.height), tf.int32) * self.w_i
-            for k in offsets
-        ]
-        cols = [
-            tf.cast(mirror_coords_tf(self.x0 + k, self.width), tf.int32) for k in offsets
-        ]
         expand = (lambda t: t) if scalar else (lambda t: t[..., None])
-        wy = [expand(_keys_kernel(self.fy - k)) for k in offsets]
-        wx = [expand(_keys_kernel(self.fx - k)) for k in offsets]
-        out = 0.0
-        for r, w_r in zip(rows, wy):
-            line = 0.0
-            for c, w_c in zip(cols, wx):
-                line = line + w_c * tf.gather(flat, self.base + r + c)
-            out = out + w_r * line
-        return tf.cast(self._unflat(out, scalar), x.dtype)
+        index = [[tf.cast(mirror_coords_tf(lo + k, n), tf.int32) * st for k in offsets]
+                 for lo, n, st in zip(self.lo, self.sizes, self.strides)]
+        weight = [[expand(_keys_kernel(f - k)) for k in offsets] for f in self.frac]
+        last = len(index) - 1
+
+        def convolve(axis: int, at: tf.Tensor) -> tf.Tensor:
+            total = 0.0
+            for i, w in zip(index[axis], weight[axis]):
+                inner = tf.gather(flat, at + i) if axis == last else convolve(axis + 1, at + i)
+                total = total + w * inner
+            return total
+
+        return tf.cast(self._unflat(convolve(0, self.base), scalar), x.dtype)
 
     def sample(self, x: tf.Tensor, interpolation: str) -> tf.Tensor:
+        """``"nearest"``, ``"bilinear"`` (trilinear on volumes) or ``"bicubic"``
+        (tricubic)."""
         if interpolation == "nearest":
             return self.nearest(x)
         if interpolation == "bilinear":
-            return self.bilinear(x)
-        return self.bicubic(x)
-
-
-class _Sampler3D:
-    """:class:`_Sampler` for volumes: ``(B, D, H, W, C)`` tensors resampled at one map.
-
-    ``z``/``rows``/``cols`` are ``(B, Do, Ho, Wo)`` float32 source positions (same shape);
-    gathers read a flattened ``(B * D * H * W, C)`` view, one int32 index per output voxel.
-    Mirroring, rounding (half up) and the "step 0 on the last plane" rule are the 2-D ones
-    applied per axis.
-    """
-
-    def __init__(
-        self, z: tf.Tensor, rows: tf.Tensor, cols: tf.Tensor, depth: Any, height: Any, width: Any
-    ) -> None:
-        d_f = tf.cast(depth, tf.float32)
-        h_f = tf.cast(height, tf.float32)
-        w_f = tf.cast(width, tf.float32)
-        self.depth, self.height, self.width = d_f, h_f, w_f
-        zz = mirror_coords_tf(z, d_f)
-        y = mirror_coords_tf(rows, h_f)
-        x = mirror_coords_tf(cols, w_f)
-        self.z0, self.y0, self.x0 = tf.floor(zz), tf.floor(y), tf.floor(x)
-        self.fz, self.fy, self.fx = zz - self.z0, y - self.y0, x - self.x0
-        self.w_i = tf.cast(width, tf.int32)
-        self.hw_i = tf.cast(height, tf.int32) * self.w_i
-        batch = tf.shape(z)[0]
-        self.base = (tf.range(batch, dtype=tf.int32) * (tf.cast(depth, tf.int32) * self.hw_i))[
-            :, None, None, None
-        ]
-        # Steps to the next plane/row/column: 0 on the last one (its weight is then 0).
-        self.dz = tf.where(self.z0 < d_f - 1.0, self.hw_i, 0)
-        self.dr = tf.where(self.y0 < h_f - 1.0, self.w_i, 0)
-        self.dc = tf.where(self.x0 < w_f - 1.0, 1, 0)
-        self.i000 = (
-            self.base
-            + tf.cast(self.z0, tf.int32) * self.hw_i
-            + tf.cast(self.y0, tf.int32) * self.w_i
-            + tf.cast(self.x0, tf.int32)
-        )
-        self._nearest: tf.Tensor | None = None
-
-    def nearest(self, x: tf.Tensor) -> tf.Tensor:
-        """Nearest-neighbour (round half up, like SciPy ``order=0``); any dtype."""
-        if self._nearest is None:
-            self._nearest = (
-                self.i000
-                + tf.where(self.fz >= 0.5, self.dz, 0)
-                + tf.where(self.fy >= 0.5, self.dr, 0)
-                + tf.where(self.fx >= 0.5, self.dc, 0)
-            )
-        flat, scalar = _Sampler._flat(x)
-        return _Sampler._unflat(tf.gather(flat, self._nearest), scalar)
-
-    def trilinear(self, x: tf.Tensor) -> tf.Tensor:
-        """Trilinear interpolation in float32, returned in ``x``'s float dtype."""
-        flat, scalar = _Sampler._flat(x)
-        flat = tf.cast(flat, tf.float32)
-        expand = (lambda t: t) if scalar else (lambda t: t[..., None])
-        fz, fy, fx = expand(self.fz), expand(self.fy), expand(self.fx)
-        planes = []
-        for iz in (self.i000, self.i000 + self.dz):
-            lines = []
-            for iy in (iz, iz + self.dr):
-                v0 = tf.gather(flat, iy)
-                v1 = tf.gather(flat, iy + self.dc)
-                lines.append(v0 + (v1 - v0) * fx)
-            planes.append(lines[0] + (lines[1] - lines[0]) * fy)
-        out = planes[0] + (planes[1] - planes[0]) * fz
-        return tf.cast(_Sampler._unflat(out, scalar), x.dtype)
-
-    def tricubic(self, x: tf.Tensor) -> tf.Tensor:
-        """Keys tricubic (a = -0.5) on the mirrored 4x4x4 neighbourhood (64 gathers)."""
-        flat, scalar = _Sampler._flat(x)
-        flat = tf.cast(flat, tf.float32)
-        offsets = (-1.0, 0.0, 1.0, 2.0)
-        planes = [
-            tf.cast(mirror_coords_tf(self.z0 + k, self.depth), tf.int32) * self.hw_i
-            for k in offsets
-        ]
-        rows = [
-            tf.cast(mirror_coords_tf(self.y0 + k, self.height), tf.int32) * self.w_i
-            for k in offsets
-        ]
-        cols = [tf.cast(mirror_coords_tf(self.x0 + k, self.width), tf.int32) for k in offsets]
-        expand = (lambda t: t) if scalar else (lambda t: t[..., None])
-        wz = [expand(_keys_kernel(self.fz - k)) for k in offsets]
-        wy = [expand(_keys_kernel(self.fy - k)) for k in offsets]
-        wx = [expand(_keys_kernel(self.fx - k)) for k in offsets]
-        out = 0.0
-        for p, w_p in zip(planes, wz):
-            plane = 0.0
-            for r, w_r in zip(rows, wy):
-                line = 0.0
-                for c, w_c in zip(cols, wx):
-                    line = line + w_c * tf.gather(flat, self.base + p + r + c)
-                plane = plane + w_r * line
-            out = out + w_p * plane
-        return tf.cast(_Sampler._unflat(out, scalar), x.dtype)
-
-    def sample(self, x: tf.Tensor, interpolation: str) -> tf.Tensor:
-        """``"nearest"``, ``"bilinear"`` (trilinear here) or ``"bicubic"`` (tricubic here)."""
-        if interpolation == "nearest":
-            return self.nearest(x)
-        if interpolation == "bilinear":
-            return self.trilinear(x)
-        return self.tricubic(x)
+            return self.linear(x)
+        return self.cubic(x)
 
 
 def _check_rank4(x: tf.Tensor, name: str, what: str) -> None:
@@ -648,10 +549,15 @@ def warp(x: Any, coords: Any, interpolation: str = "bilinear") -> tf.Tensor:
     x = tf.convert_to_tensor(x)
     coords = tf.cast(tf.convert_to_tensor(coords), tf.float32)
     if x.shape.rank == 5:
-        return _warp_3d(x, coords, interpolation)
-    _check_rank4(x, "warp: x", "image")
-    if coords.shape.rank != 4 or coords.shape[-1] not in (None, 2):
-        raise DataError(f"warp: coords must have shape (B, Ho, Wo, 2), got {coords.shape}")
+        n, want = 3, "(B, Do, Ho, Wo, 3)"
+        if coords.shape.rank != 5 or coords.shape[-1] not in (None, 3):
+            raise DataError(f"warp: coords for a volume must have shape {want}, "
+                            f"got {coords.shape}")
+    else:
+        _check_rank4(x, "warp: x", "image")
+        n = 2
+        if coords.shape.rank != 4 or coords.shape[-1] not in (None, 2):
+            raise DataError(f"warp: coords must have shape (B, Ho, Wo, 2), got {coords.shape}")
     if x.shape[0] is not None and coords.shape[0] is not None and x.shape[0] != coords.shape[0]:
         raise DataError(f"warp: x has batch {x.shape[0]} but coords has batch {coords.shape[0]}")
     if interpolation != "nearest" and not x.dtype.is_floating:
@@ -659,30 +565,9 @@ def warp(x: Any, coords: Any, interpolation: str = "bilinear") -> tf.Tensor:
             f"warp: {interpolation!r} needs a float tensor, got {x.dtype.name}; "
             "use interpolation='nearest' for labels"
         )
-    sampler = _Sampler(coords[..., 0], coords[..., 1], _size(x, 1), _size(x, 2))
+    sampler = _Sampler([coords[..., a] for a in range(n)], [_size(x, 1 + a) for a in range(n)])
     out = sampler.sample(x, interpolation)
-    out.set_shape(coords.shape[:3].concatenate(x.shape[3:]))
-    return out
-
-
-def _warp_3d(x: tf.Tensor, coords: tf.Tensor, interpolation: str) -> tf.Tensor:
-    """:func:`warp` for a volume batch ``x`` ``(B, D, H, W, C)``, ``coords (B, Do, Ho, Wo, 3)``."""
-    if coords.shape.rank != 5 or coords.shape[-1] not in (None, 3):
-        raise DataError(
-            f"warp: coords for a volume must have shape (B, Do, Ho, Wo, 3), got {coords.shape}"
-        )
-    if x.shape[0] is not None and coords.shape[0] is not None and x.shape[0] != coords.shape[0]:
-        raise DataError(f"warp: x has batch {x.shape[0]} but coords has batch {coords.shape[0]}")
-    if interpolation != "nearest" and not x.dtype.is_floating:
-        raise DataError(
-            f"warp: {interpolation!r} needs a float tensor, got {x.dtype.name}; "
-            "use interpolation='nearest' for labels"
-        )
-    sampler = _Sampler3D(
-        coords[..., 0], coords[..., 1], coords[..., 2], _size(x, 1), _size(x, 2), _size(x, 3)
-    )
-    out = sampler.sample(x, interpolation)
-    out.set_shape(coords.shape[:4].concatenate(x.shape[4:]))
+    out.set_shape(coords.shape[:n + 1].concatenate(x.shape[n + 1:]))
     return out
 
 
@@ -859,14 +744,13 @@ def _augment(
     geometric = config.elastic or config.flips or config.rotate90 or config.rotation_degrees > 0
     out_images, out_masks, out_weights = images, masks, weights
     if geometric:
-        sampler: _Sampler | _Sampler3D
         if spatial_dims == 3:
             depth = _size(images, 1)
             z, rows, cols = _coordinate_map_3d(u, noise, depth, height, width, square, config)
-            sampler = _Sampler3D(z, rows, cols, depth, height, width)
+            sampler = _Sampler([z, rows, cols], [depth, height, width])
         else:
             rows, cols = _coordinate_map(u, noise, height, width, square, config)
-            sampler = _Sampler(rows, cols, height, width)
+            sampler = _Sampler([rows, cols], [height, width])
         interp = config.interpolation if config.moves_subpixel else "nearest"
         out_images = sampler.sample(images, interp)
         out_masks = sampler.nearest(masks)
