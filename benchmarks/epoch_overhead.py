@@ -27,6 +27,8 @@ Variants, each in a fresh process, interleaved over `--rounds`:
                validation, verbose 0: Keras's own per-epoch cost
     refit      the same model, E calls of `fit(..., epochs=1, steps_per_epoch=S)` (the issue's
                "4-step fit" measurement: setup and teardown are paid per call)
+    fit-zf, refit-zf   the same, the pipeline ending in `zf_unet.data.finish_pipeline` (what
+               zf_unet's own pipelines end with: prefetch, tf.data autotuning off)
     train      `zf_unet.train` on the ISBI 2012 recipe (configs/isbi2012.toml, E epochs of S
                steps, per-epoch validation, best/last checkpoints, backup, CSV log, collapse
                check); synthetic data when ../shared/data/isbi2012 is missing
@@ -52,7 +54,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_common import machine_info  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = ("fit", "refit", "train")
+VARIANTS = ("fit", "refit", "fit-zf", "refit-zf", "train")
 RESULT_TAG = "@@EPOCH_OVERHEAD@@ "
 PARTS = ("setup", "head", "steps", "between", "tail", "validation", "callbacks", "teardown",
          "release", "gc", "rest")
@@ -209,7 +211,7 @@ def epochs_from_trace(trace: Trace) -> list[dict]:
         named = sum(v[0] for k, v in parts.items() if k not in ("rest", "gc"))
         parts["rest"] = [wall - named, cpu - sum(v[1] for k, v in parts.items()
                                                  if k not in ("rest", "gc"))]
-        out.append({"wall": wall, "cpu": cpu, "n_steps": len(be),
+        out.append({"wall": wall, "cpu": cpu, "n_steps": len(be), "fit_end": te is not None,
                     "parts": {k: [round(v[0], 5), round(v[1], 5)] for k, v in parts.items()},
                     "callbacks": {k: [round(v[0], 5), round(v[1], 5)] for k, v in cbs.items()}})
     return out
@@ -235,30 +237,35 @@ def keras_model():
     return model
 
 
-def keras_dataset(batch: int, size: int):
+def keras_dataset(batch: int, size: int, zf: bool = False):
     import numpy as np
     import tensorflow as tf
 
     rng = np.random.default_rng(0)
     x = rng.random((4 * batch, size, size, 3), dtype=np.float32)
     y = (rng.random((4 * batch, size, size, 1)) > 0.5).astype(np.float32)
-    return tf.data.Dataset.from_tensor_slices((x, y)).batch(batch).repeat().prefetch(
-        tf.data.AUTOTUNE)
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch).repeat()
+    if zf:
+        from zf_unet.data import finish_pipeline
+
+        return finish_pipeline(ds)
+    return ds.prefetch(tf.data.AUTOTUNE)
 
 
 def run_variant(name: str, args: argparse.Namespace) -> dict:
     trace = Trace()
     install_hooks(trace)
     info: dict = {}
-    if name in ("fit", "refit"):
+    if name in ("fit", "refit", "fit-zf", "refit-zf"):
         model = keras_model()
-        ds = keras_dataset(args.batch, args.size)
-        if name == "fit":
+        ds = keras_dataset(args.batch, args.size, zf=name.endswith("-zf"))
+        if name.startswith("fit"):
             model.fit(ds, epochs=args.epochs, steps_per_epoch=args.steps, verbose=0)
         else:
             for _ in range(args.epochs):
                 model.fit(ds, epochs=1, steps_per_epoch=args.steps, verbose=0)
-        info = {"model": "ZF_UNET_224 (bf16)", "batch": args.batch, "size": args.size}
+        info = {"model": "ZF_UNET_224 (bf16)", "batch": args.batch, "size": args.size,
+                "pipeline": "finish_pipeline" if name.endswith("-zf") else "prefetch"}
     elif name == "train":
         import zf_unet
         from zf_unet.config import Config
@@ -318,6 +325,12 @@ def summarise(runs: list[dict]) -> dict:
         for k, v in e["callbacks"].items():
             cbs.setdefault(k, []).append(v[0])
     out["callbacks"] = {k: statistics.median(v) for k, v in cbs.items()}
+    # every `fit` call's release (the last epoch of each call, the first epochs included)
+    ends = [e["parts"]["release"][0] for r in runs for e in r["epochs"] if e.get("fit_end")]
+    out["release_per_fit"] = {"n": len(ends), "median": statistics.median(ends) if ends else None,
+                              "mean": statistics.fmean(ends) if ends else None,
+                              "max": max(ends) if ends else None,
+                              "over_0.1s": sum(v > 0.1 for v in ends)}
     return out
 
 
@@ -332,6 +345,13 @@ def report(summary: dict, meta: dict) -> str:
         cells = " | ".join(f"{s['parts'][p][0]:.3f}" for p in PARTS)
         lines.append(f"| {name} | {s['n_epochs']} | {s['wall']:.3f} | {s['outside_steps']:.3f} "
                      f"| {cells} |")
+    lines += ["", "Release (`on_train_end` returned -> `fit` returned) of every `fit` call, "
+              "first epochs included:", ""]
+    for name, s in summary.items():
+        r = s["release_per_fit"]
+        if r["n"]:
+            lines.append(f"- {name}: {r['n']} calls, median {r['median']:.3f} s, mean "
+                         f"{r['mean']:.3f} s, max {r['max']:.3f} s, {r['over_0.1s']} over 0.1 s")
     lines += ["", "CPU seconds in the same intervals (a wait shows as wall >> CPU):", ""]
     for name, s in summary.items():
         lines.append(f"- {name}: " + ", ".join(f"{p} {s['parts'][p][1]:.3f}" for p in PARTS

@@ -166,3 +166,13 @@ def bce_dice_loss(probs: torch.Tensor, target: torch.Tensor, bce_weight: float =
     inter = (t * probs.float()).sum(dims)
     dice = (2.0 * inter + smooth) / (t.sum(dims) + probs.float().sum(dims) + smooth)
     return bce_weight * bce + dice_weight * (1.0 - dice).mean()
+
+
+def weighted_bce_loss(probs: torch.Tensor, target: torch.Tensor,
+                      weight: torch.Tensor) -> torch.Tensor:
+    """The ISBI recipe's loss (``weighted_ce`` on one sigmoid channel) in float32: the mean
+    over pixels of ``weight * BCE``, as Keras reduces a per-pixel loss with a per-pixel
+    ``sample_weight``. All tensors ``(B, 1, H, W)``."""
+    p = probs.float().clamp(EPS, 1.0 - EPS)
+    t = target.float()
+    return (weight.float() * -(t * torch.log(p) + (1.0 - t) * torch.log(1.0 - p))).mean()

@@ -185,14 +185,28 @@ def parse_variant(name: str) -> dict:
 # --------------------------------------------------------------------------- data
 
 
-def make_batches(n_batches: int, batch: int, size: int, seed: int = 0):
-    """``n_batches * batch`` random images in [0, 1) (NHWC float32) and binary masks."""
+def make_batches(n_batches: int, batch: int, size: int, seed: int = 0, model: str = "zf224"):
+    """``n_batches * batch`` random images in [0, 1) (NHWC float32) and binary masks; for
+    ``model="isbi"`` one-channel images and a third array, per-pixel weights in [1, 11) (what
+    the recipe's border weight maps hold)."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
-    x = rng.random((n_batches * batch, size, size, 3), dtype=np.float32)
+    c = 1 if model == "isbi" else 3
+    x = rng.random((n_batches * batch, size, size, c), dtype=np.float32)
     y = (rng.random((n_batches * batch, size, size, 1)) > 0.5).astype(np.float32)
+    if model == "isbi":
+        w = 1.0 + 10.0 * rng.random((n_batches * batch, size, size, 1), dtype=np.float32)
+        return x, y, w
     return x, y
+
+
+def isbi_config():
+    """``configs/isbi2012.toml`` (the recipe whose model and loss ``--model isbi`` trains)."""
+    from zf_unet.config import Config
+
+    return Config.from_toml(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
+                                         "configs", "isbi2012.toml"))
 
 
 class StepClock:
@@ -267,23 +281,35 @@ def torch_stepper(spec: dict, args: argparse.Namespace, all_cores: bool = False)
                               else (os.cpu_count() or 1))
 
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from torch_unet import ZFUNet224, bce_dice_loss, keras_param_count
+    from torch_unet import ZFUNet224, bce_dice_loss, keras_param_count, weighted_bce_loss
 
     torch.manual_seed(0)
     fmt = torch.channels_last if spec["channels_last"] else torch.contiguous_format
-    model = ZFUNet224().to(memory_format=fmt).train()
+    isbi = args.model == "isbi"
+    if isbi:  # build_unet(depth=5, filters=16, batch_norm, nearest), 1 channel, no dropout
+        m = isbi_config().model
+        model = ZFUNet224(in_channels=1, num_classes=1, dropout=m.dropout,
+                          filters=tuple(m.filters * 2 ** lv for lv in range(m.depth)),
+                          head_bn=False)  # build_unet's default: no BatchNorm in the head
+    else:
+        model = ZFUNet224()
+    model = model.to(memory_format=fmt).train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, eps=1e-7)
-    x, y = make_batches(4, args.batch, args.size)
-    xs = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).split(args.batch)
-    ys = torch.from_numpy(np.ascontiguousarray(y.transpose(0, 3, 1, 2))).split(args.batch)
-    xs = [t.contiguous(memory_format=fmt) for t in xs]
+    arrays = make_batches(4, args.batch, args.size, model=args.model)
+    split = [torch.from_numpy(np.ascontiguousarray(a.transpose(0, 3, 1, 2))).split(args.batch)
+             for a in arrays]
+    xs = [t.contiguous(memory_format=fmt) for t in split[0]]
+    ys = split[1]
+    ws = split[2] if isbi else None
 
     def step(i: int) -> float:
         xb, yb = xs[i % len(xs)], ys[i % len(ys)]
         opt.zero_grad(set_to_none=True)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=spec["autocast"]):
             probs = model(xb)
-        loss = bce_dice_loss(probs, yb)  # float32, outside autocast
+        # float32, outside autocast
+        loss = (weighted_bce_loss(probs, yb, ws[i % len(ws)]) if isbi
+                else bce_dice_loss(probs, yb))
         loss.backward()
         opt.step()
         return float(loss)
@@ -392,7 +418,12 @@ def build_zf(spec: dict):
 
     keras.utils.set_random_seed(0)
     with precision_scope(spec["precision"]) as policy:
-        model = zf_unet.ZF_UNET_224()
+        if spec["model"] == "isbi":
+            from zf_unet.training import make_model
+
+            model = make_model(isbi_config(), channels=1)
+        else:
+            model = zf_unet.ZF_UNET_224()
         if spec["fusedbn"] or spec["bnf32"] or spec["muldrop"] or spec["kerasbn"]:
             bn_cls = _fused_bn_class() if spec["fusedbn"] else keras.layers.BatchNormalization
             drop_cls = (_mul_dropout_class() if spec["muldrop"]
@@ -421,6 +452,10 @@ def build_zf(spec: dict):
 
         optimizer = FusedAdam()
     loss = BCEDiceLoss()
+    if spec["model"] == "isbi":
+        from zf_unet.training import make_loss
+
+        loss = make_loss(isbi_config(), 1)  # weighted_ce: the border weights as sample_weight
     if spec["loss_bf16"]:
         from keras import ops
 
@@ -451,6 +486,7 @@ def build_zf(spec: dict):
 
 
 def run_zf(spec: dict, args: argparse.Namespace) -> dict:
+    spec = {**spec, "model": args.model}
     model, policy = build_zf(spec)  # first: thread settings must precede any TensorFlow op
     import keras
     import tensorflow as tf
@@ -493,15 +529,18 @@ def run_zf(spec: dict, args: argparse.Namespace) -> dict:
             clock.wait_quiet(budget)
         return done
 
-    x, y = make_batches(4, args.batch, args.size)
+    arrays = make_batches(4, args.batch, args.size, model=args.model)
+    x, y = arrays[:2]
     warm: list[float] = []
     if spec["mode"] == "fit":
-        ds = tf.data.Dataset.from_tensor_slices((x, y))
+        ds = tf.data.Dataset.from_tensor_slices(arrays)
         if spec["bf16_input"]:
-            ds = ds.map(lambda a, b: (tf.cast(a, tf.bfloat16), b))
+            ds = ds.map(lambda a, *rest: (tf.cast(a, tf.bfloat16), *rest))
         ds = ds.batch(args.batch, drop_remainder=True).repeat()
-        if spec["prefetch"]:
-            ds = ds.prefetch(tf.data.AUTOTUNE)
+        if spec["prefetch"]:  # zf_unet's pipelines end so: prefetch, no autotune thread
+            from zf_unet.data import finish_pipeline
+
+            ds = finish_pipeline(ds)
         # One callback per execution of `spe` steps: time executions, report per step.
         count = [0]
 
@@ -528,11 +567,14 @@ def run_zf(spec: dict, args: argparse.Namespace) -> dict:
         if spec["bf16_input"]:
             xs = [tf.cast(t, tf.bfloat16) for t in xs]
         ys = [tf.constant(y[i:i + args.batch]) for i in range(0, len(y), args.batch)]
+        ws = ([tf.constant(arrays[2][i:i + args.batch]) for i in range(0, len(y), args.batch)]
+              if len(arrays) > 2 else None)
         losses = []
         k = 0
         while True:
             clock.start()
-            out = model.train_on_batch(xs[k % len(xs)], ys[k % len(ys)])
+            out = model.train_on_batch(xs[k % len(xs)], ys[k % len(ys)],
+                                       sample_weight=None if ws is None else ws[k % len(ws)])
             dt, _ = clock.stop()
             losses.append(float(out if not isinstance(out, list) else out[0]))
             if k < warm_exec:
@@ -564,6 +606,7 @@ def run_child(name: str, args: argparse.Namespace) -> dict:
     env.update(spec["env"])
     cmd = [sys.executable, os.path.abspath(__file__), "--child", name, "--steps", str(args.steps),
            "--warmup", str(args.warmup), "--batch", str(args.batch), "--size", str(args.size),
+           "--model", args.model,
            "--quiet", str(args.quiet), "--patience", str(args.patience), "--wait", str(args.wait)]
     cmd.append("--paired" if args.paired and spec["framework"] == "zf_unet" else "--no-paired")
     t0 = time.perf_counter()
@@ -610,6 +653,10 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=None, help="timed steps per variant (>= 5; 7)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (3)")
+    p.add_argument("--model", choices=("zf224", "isbi"), default="zf224",
+                   help="zf224: ZF_UNET_224, 3 channels, BCE+Dice (default); isbi: the "
+                        "configs/isbi2012.toml model (depth 5, 16 filters, 1 channel) with its "
+                        "border-weighted cross-entropy; give --batch 4 --size 256 for the recipe")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--size", type=int, default=224, help="image side (multiple of 32)")
     p.add_argument("--variants", nargs="+", default=None,
@@ -670,8 +717,10 @@ def main(argv: list[str] | None = None) -> int:
 
     info = machine_info("torch")
     load0 = os.getloadavg()
-    print(f"# ZF_UNET_224 training speed: batch {args.batch}, {args.size}x{args.size}x3, "
-          f"BCE+Dice, Adam; median of {args.steps} steps after {args.warmup} warm-up, "
+    title = ("ISBI 2012 recipe model (depth 5, 16 filters), weighted CE" if args.model == "isbi"
+             else "ZF_UNET_224, BCE+Dice")
+    print(f"# {title} training speed: batch {args.batch}, {args.size}x{args.size}x"
+          f"{1 if args.model == 'isbi' else 3}, Adam; median of {args.steps} steps after {args.warmup} warm-up, "
           f"{args.rounds} round(s)", flush=True)
     results: dict[str, list[dict]] = {v: [] for v in variants}
     for r in range(args.rounds):
@@ -758,7 +807,7 @@ def main(argv: list[str] | None = None) -> int:
     zf_params = next((r[-1][0]["params"] for r in rows if r[0].startswith("zf")), None)
     pt_params = next((r[-1][0]["params"] for r in rows if r[0].startswith("torch")), None)
     if zf_params is not None:
-        print(f"zf_unet.ZF_UNET_224().count_params() = {zf_params:,}")
+        print(f"zf_unet model count_params() = {zf_params:,}")
     if pt_params is not None:
         print(f"PyTorch ZFUNet224 parameters (+ BatchNorm running mean/var) = {pt_params:,}")
     if zf_params is not None and pt_params is not None:

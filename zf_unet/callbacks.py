@@ -22,7 +22,8 @@ import tensorflow as tf
 
 from zf_unet import _keras_compat
 from zf_unet.errors import ConfigError
-from zf_unet.io_utils import atomic_path, make_hidden_dir, save_model_atomic, write_json_atomic
+from zf_unet.io_utils import (atomic_path, copy_file_atomic, make_hidden_dir, save_model_atomic,
+                              write_json_atomic)
 
 __all__ = ["AtomicBackupAndRestore", "BestModelCheckpoint", "CollapseWarning", "CurvesAtEnd",
            "ReplaceOldRun", "TimeBudget", "backup_source", "completed_epochs", "hidden_sibling",
@@ -65,7 +66,10 @@ class BestModelCheckpoint(keras.callbacks.Callback):
             write_json_atomic({"best": value, "epoch": epoch, "monitor": self.monitor},
                               self.best_path.with_suffix(".json"))
         if self.last_path is not None:
-            save_model_atomic(self.model, self.last_path)
+            if better and np.isfinite(value):  # the same model: copy the file, save once
+                copy_file_atomic(self.best_path, self.last_path)
+            else:
+                save_model_atomic(self.model, self.last_path)
 
 
 
@@ -168,7 +172,9 @@ class CollapseWarning(keras.callbacks.Callback):
 
     At the end of every epoch the model predicts up to ``max_batches`` batches of ``data``
     (``(x, y)`` or ``(x, y, weight)`` batches: a ``tf.data.Dataset``, a list of batches, or
-    one ``(x, y)`` tuple of arrays). If one class takes more than ``1 - fraction`` of the
+    one ``(x, y)`` tuple of arrays). The batches of a dataset are drawn once and kept, so an
+    epoch pays only ``max_batches`` forward passes (2 by default: collapse is a gross signal,
+    and every batch checked costs the time of a validation batch again). If one class takes more than ``1 - fraction`` of the
     predicted pixels (e.g. the predicted foreground stays below 0.5 % or above 99.5 %) while
     that class covers less than ``1 - fraction`` of the true pixels, it logs a warning on the
     ``"zf_unet"`` logger and prints the same line, after ``patience`` such epochs in a row.
@@ -181,7 +187,7 @@ class CollapseWarning(keras.callbacks.Callback):
     """
 
     def __init__(self, data: Any, *, fraction: float = 0.005, threshold: float = 0.5,
-                 max_batches: int = 8, patience: int = 1, label: str = "validation",
+                 max_batches: int = 2, patience: int = 1, label: str = "validation",
                  ignore_index: int | None = None):
         super().__init__()
         if not 0.0 < fraction < 0.5:
@@ -194,6 +200,7 @@ class CollapseWarning(keras.callbacks.Callback):
         self.history: list[dict] = []
         self.warnings: list[str] = []
         self._streak = 0
+        self._kept: list | None = None
 
     def _batches(self) -> Any:
         data = self.data
@@ -201,7 +208,9 @@ class CollapseWarning(keras.callbacks.Callback):
                 data[0], (tuple, list)):
             return [data]
         if isinstance(data, tf.data.Dataset):
-            return data.take(self.max_batches)
+            if self._kept is None:  # one pass over the pipeline, not one per epoch
+                self._kept = [(b[0], b[1]) for b in data.take(self.max_batches)]
+            return self._kept
         return data
 
     @staticmethod

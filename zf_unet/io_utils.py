@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -35,6 +36,14 @@ def save_model_atomic(model: Any, path: str | Path) -> Path:
     """``model.save(path)`` through a temporary file, so a crash never leaves a broken file."""
     with atomic_path(path) as tmp:
         model.save(tmp)
+    return Path(path)
+
+
+def copy_file_atomic(src: str | Path, path: str | Path) -> Path:
+    """A copy of the file ``src`` at ``path``, through a temporary file (``path`` is either
+    its old content or the whole copy, never half of it)."""
+    with atomic_path(path) as tmp:
+        shutil.copyfile(src, tmp)
     return Path(path)
 
 

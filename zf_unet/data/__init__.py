@@ -32,6 +32,7 @@ from zf_unet.data.pipeline import (
 from zf_unet.data.shards import ShardInfo, ShardSource, write_shards
 from zf_unet.data.sources import Sample, Source, open_source
 from zf_unet.data.synthetic import make_synthetic, write_synthetic_folder
+from zf_unet.data.tfdata import finish_pipeline, without_autotune_thread
 from zf_unet.data.weightmaps import (
     border_weight_map,
     border_weight_maps,
@@ -60,6 +61,7 @@ __all__ = [
     "describe_dataset",
     "elastic_displacement",
     "find_pairs",
+    "finish_pipeline",
     "infer_num_classes",
     "load_arrays",
     "load_folder",
@@ -80,6 +82,7 @@ __all__ = [
     "to_float_image",
     "volume_weight_map",
     "warp",
+    "without_autotune_thread",
     "write_shards",
     "write_synthetic_folder",
 ]

@@ -22,6 +22,7 @@ from zf_unet.data.augment import Augment, augment_dataset, augment_margin
 from zf_unet.data.imageops import pad_reflect, to_float_image
 from zf_unet.data.sources import TFDS_PREFIX, collect, open_source
 from zf_unet.data.streaming import ReadLog, check_binary_for_weights
+from zf_unet.data.tfdata import finish_pipeline
 from zf_unet.data.weightmaps import (border_weight_map, cached_border_weight_map,
                                       default_cache_dir)
 from zf_unet.errors import DataError
@@ -581,7 +582,7 @@ def _stream_datasets(src: Any, val_src: Any, *, patch_size: int | None, batch_si
             ds = streaming.patch_dataset(samples, patch=int(patch_size), batch_size=batch,
                                          steps=steps, patches_per_sample=per_sample,
                                          augment=aug, seed=seed, jit_compile=jit_compile)
-        return ds.prefetch(tf.data.AUTOTUNE)
+        return finish_pipeline(ds)
 
     train_ds = make_train(input_context)
     val_ds = None
@@ -589,9 +590,9 @@ def _stream_datasets(src: Any, val_src: Any, *, patch_size: int | None, batch_si
         use_tiles = (patch_size is not None) if val_tiles is None else bool(val_tiles)
         if use_tiles and patch_size is None:
             raise DataError("val_tiles=True needs patch_size")
-        val_ds = streaming.whole_image_dataset(
+        val_ds = finish_pipeline(streaming.whole_image_dataset(
             val_stream(), batch_size=batch_size, tile=int(patch_size) if use_tiles else None,
-            sizes=None if skip_bad_files else val_scan.sizes).prefetch(tf.data.AUTOTUNE)
+            sizes=None if skip_bad_files else val_scan.sizes))
     info = DataInfo(num_classes=k, channels=train_scan.channels, class_pixels=pixels,
                     class_image_pixels=image_pixels, mean=mean, std=std,
                     ignore_index=ignore_index, num_train=n_train, num_val=n_val,
@@ -751,15 +752,15 @@ def make_datasets(
         samples_per_epoch = max(int(samples_per_epoch), batch_size)
         train_ds = _train_patches(train, patch, batch_size, aug, seed, samples_per_epoch,
                                   jit_compile)
-    train_ds = train_ds.prefetch(tf.data.AUTOTUNE)
+    train_ds = finish_pipeline(train_ds)
 
     val_ds = None
     if len(val):
         use_tiles = (patch_size is not None) if val_tiles is None else bool(val_tiles)
         if use_tiles and patch_size is None:
             raise DataError("val_tiles=True needs patch_size")
-        val_ds = _whole_images(val, batch_size, shuffle=False, seed=seed,
-                               tile=int(patch_size) if use_tiles else None).prefetch(tf.data.AUTOTUNE)
+        val_ds = finish_pipeline(_whole_images(val, batch_size, shuffle=False, seed=seed,
+                                               tile=int(patch_size) if use_tiles else None))
     if with_info:
         return train_ds, val_ds, _data_info(train, len(val))
     return train_ds, val_ds

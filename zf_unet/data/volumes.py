@@ -27,6 +27,7 @@ from zf_unet.data.augment import Augment, augment_dataset, augment_margin
 from zf_unet.data.imageops import pad_reflect_axes, to_float_image
 from zf_unet.data.pipeline import (DataInfo, DataSplit, refuse_unlearnable,
                                    resolve_num_classes, split_indices)
+from zf_unet.data.tfdata import finish_pipeline
 from zf_unet.data.weightmaps import volume_weight_map
 from zf_unet.errors import DataError
 
@@ -444,9 +445,8 @@ def make_volume_datasets(
         samples_per_epoch = max(int(samples_per_epoch), int(batch_size))
         train_ds = _train_patches(train, patch, int(batch_size), aug, seed, samples_per_epoch,
                                   jit_compile)
-    train_ds = train_ds.prefetch(tf.data.AUTOTUNE)
-    val_ds = _tiles(val, patch, int(batch_size)).prefetch(tf.data.AUTOTUNE) if len(val) \
-        else None
+    train_ds = finish_pipeline(train_ds)
+    val_ds = finish_pipeline(_tiles(val, patch, int(batch_size))) if len(val) else None
     if with_info:
         return train_ds, val_ds, _info(train, len(val))
     return train_ds, val_ds
