@@ -71,6 +71,7 @@ from zf_unet import registry
 from zf_unet.checks import check_bool, check_int, check_threshold
 from zf_unet.errors import OutputExistsError
 from zf_unet.io_utils import atomic_path, make_hidden_dir
+from zf_unet.models.folding import fold_batch_norm
 from zf_unet.models.geometry import ModelGeometry, model_geometry
 from zf_unet.models.loading import load_model_file
 from zf_unet.tiling.plan import TilePlan, check_tile_args
@@ -295,7 +296,9 @@ def export_saved_model(
         DataError: ``model`` is a path that cannot be loaded as an image model.
         ValueError: bad parameters, or an untiled export of a fixed-input-size model.
     """
-    model = _as_model(model)
+    # BatchNorm folded into the convolutions: the export is a snapshot, and the served graph
+    # skips every BatchNorm pass (zf_unet.models.folding)
+    model = fold_batch_norm(_as_model(model))
     version = check_int("version", version, 1)
     check_bool("overwrite", overwrite)
     serving_default, mask_only, spec, plan = _serving_fns(

@@ -35,6 +35,7 @@ from zf_unet import registry
 from zf_unet.checks import check_threshold
 from zf_unet.data.imageops import unit_divisor
 from zf_unet.data.io import check_float_range
+from zf_unet.models.folding import FoldedView
 from zf_unet.models.geometry import ModelGeometry, model_geometry
 from zf_unet.models.loading import load_model_file
 from zf_unet.tiling.plan import TilePlan, check_tile_args
@@ -187,7 +188,13 @@ def _predict_fn(model: keras.Model, geom: ModelGeometry, shape: tuple, calls: in
             _PREDICT_FN_CACHE[model] = entry
         except TypeError:  # pragma: no cover
             pass
-    model_ref = weakref.ref(model)
+    if "view" not in entry:
+        # BatchNorm folded into the convolutions (zf_unet.models.folding): its own weights
+        # are recomputed from the model's at every call, so training in between is seen.
+        entry["view"] = FoldedView(model)
+    else:
+        entry["view"].refresh()
+    model_ref = weakref.ref(entry["view"].model)
 
     def _make(spec_shape: tuple) -> Callable:
         spec = tf.TensorSpec(spec_shape, tf.float32)

@@ -15,6 +15,7 @@ from zf_unet.models.blocks import (
     double_conv_layer,
     upsample,
 )
+from zf_unet.models.folding import FoldedBatchNorm, FoldedView, fold_batch_norm, foldable_pairs
 from zf_unet.models.geometry import ModelGeometry, model_geometry
 from zf_unet.models.loading import load_model_file
 from zf_unet.models.unet import (
@@ -36,6 +37,8 @@ from zf_unet.models.unet_plus_plus import (
 __all__ = [
     "BackbonePreprocessing",
     "CenterCropToMatch",
+    "FoldedBatchNorm",
+    "FoldedView",
     "FusedBatchNormalization",
     "LinearUpSampling3D",
     "ModelGeometry",
@@ -46,6 +49,8 @@ __all__ = [
     "build_unet_plus_plus",
     "deep_supervision_targets",
     "ensemble",
+    "fold_batch_norm",
+    "foldable_pairs",
     "nested_depth",
     "prune",
     "repeat_targets",
