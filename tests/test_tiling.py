@@ -73,3 +73,49 @@ def test_model_geometry_dataclass_matches_the_old_dicts():
         g.margin = 0
     with pytest.raises(KeyError):
         g["nope"]
+
+
+@pytest.mark.parametrize("divisor", [2, 16])
+def test_tile_starts_sit_on_the_pooling_grid(divisor):
+    geom = ModelGeometry(depth=5, divisor=divisor, margin=0, padding="same",
+                         min_input=divisor, fixed_size=None, channels=1, num_classes=1)
+    checked = aligned = 0
+    for tile in (divisor * 4, divisor * 16):
+        for overlap in (0, divisor, tile // 4, tile - 2 * divisor, tile - 1):
+            plan = TilePlan.for_geometry(geom, tile, overlap)
+            step = tile - overlap
+            for length in (tile + 1, 2 * tile - 5, 3 * tile + divisor, 2048, 4096 + 7):
+                starts = plan.tile_starts(length, tile)
+                tf_starts = plan.tile_starts_tf(tf.constant(length), tf.constant(tile)).numpy()
+                np.testing.assert_array_equal(tf_starts, starts)
+                assert starts[0] == 0 and starts[-1] == length - tile
+                assert np.all(np.diff(starts) > 0) and np.max(np.diff(starts)) <= step
+                # exactly as many tiles as the overlap needs: the grid never costs a tile
+                n_min = -(-(length - tile) // step) + 1
+                assert len(starts) == n_min
+                if np.all(starts[:-1] % divisor == 0):
+                    aligned += 1
+                elif step >= divisor:  # off the grid only when n_min grid steps cannot reach
+                    grid = step // divisor * divisor
+                    assert (n_min - 1) * grid < -(-(length - tile) // divisor) * divisor
+                checked += 1
+    assert checked == 50 and aligned >= 30
+
+
+def test_aligned_tiles_reproduce_the_whole_image_pass():
+    """Away from tile edges a U-Net tile computes what one pass over the whole image computes
+    when the tile pools on the image's grid: with Gaussian blending the tiled result stays
+    close to the whole-image result (tiles that start off the grid differ much more)."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = zf_unet.build_unet((None, None, 1), depth=3, filters=4, batch_norm=True)
+    image = np.random.default_rng(0).random((160, 160), dtype=np.float32)
+    whole = np.asarray(model(image[None, ..., None], training=False))[0]
+    tiled = zf_unet.predict_tiled(model, image, tile_size=64, overlap=20, blend="gaussian")
+    plan = TilePlan.for_geometry(model_geometry(model), 64, 20)
+    assert list(plan.tile_starts(160, 64)) == [0, 32, 64, 96]  # all on the grid of 4
+    inner = (slice(16, -16),) * 2
+    err = np.abs(tiled - whole)[inner].mean()
+    shifted = zf_unet.predict_tiled(model, image[1:, 1:], tile_size=64, overlap=20)
+    assert err < 0.2 * np.abs(shifted - whole[1:, 1:])[inner].mean()

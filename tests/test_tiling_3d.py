@@ -71,11 +71,21 @@ def _volume(shape: tuple, seed: int = 0) -> np.ndarray:
 # ------------------------------------------------------------------------------------------
 # Independent NumPy references
 # ------------------------------------------------------------------------------------------
-def _ref_starts(length: int, tile: int, overlap: int) -> list[int]:
+def _ref_starts(length: int, tile: int, overlap: int, divisor: int = 1) -> list[int]:
+    """The fewest tiles that keep the overlap, evenly spread; on multiples of ``divisor``
+    (all but the last) when that many tiles can reach the end in grid steps."""
     if length <= tile:
         return [-((tile - length) // 2)]
-    n = math.ceil((length - tile) / (tile - overlap)) + 1
-    return [int(round((length - tile) * i / (n - 1))) for i in range(n)]
+    span, step = length - tile, tile - overlap
+    n = math.ceil(span / step) + 1
+    grid = step // divisor * divisor
+    if divisor > 1 and grid > 0:
+        units = math.ceil(span / divisor)
+        n_grid = math.ceil(units * divisor / grid) + 1
+        if n_grid <= n:
+            ks = [round(units * i / (n_grid - 1)) for i in range(n_grid)]
+            return sorted({min(k * divisor, span) for k in ks[:-1]} | {span})
+    return [int(round(span * i / (n - 1))) for i in range(n)]
 
 
 def _ref_linear(tile: int, overlap: int) -> np.ndarray:
@@ -153,7 +163,8 @@ def test_numpy_and_tensorflow_plans_agree_in_3d():
                 st = plan.tile_starts(length, t, a)
                 st_tf = plan.tile_starts_tf(tf.constant(length), tf.constant(t), a).numpy()
                 np.testing.assert_array_equal(st_tf, st)
-                np.testing.assert_array_equal(st, _ref_starts(length, t, plan.overlap_at(a)))
+                np.testing.assert_array_equal(st, _ref_starts(length, t, plan.overlap_at(a),
+                                                             geom.divisors[a]))
                 w = plan.window(t, a)
                 np.testing.assert_allclose(plan.window_tf(tf.constant(t), a).numpy(), w,
                                            rtol=1e-12)
@@ -209,7 +220,8 @@ def test_blending_matches_an_independent_reference(tile_mean):
                         batch_size=3)
     assert out.shape == (6, 40, 36, 1) and out.dtype == np.float32
     num, den = np.zeros(vol.shape), np.zeros(vol.shape)
-    starts = [_ref_starts(L, t, o) for L, t, o in zip(vol.shape, tile, overlap)]
+    divs = model_geometry(tile_mean).axis_divisors
+    starts = [_ref_starts(L, t, o, d) for L, t, o, d in zip(vol.shape, tile, overlap, divs)]
     assert [len(s) for s in starts] == [2, 3, 3]
     w = np.einsum("i,j,k->ijk", *[_ref_linear(t, o) for t, o in zip(tile, overlap)])
     for st in itertools.product(*starts):

@@ -8,8 +8,10 @@ spatial ``axis``):
 
 - tile size fitting: the largest allowed output tile, or the smallest accepted one that
   covers a short axis (:meth:`~TilePlan.output_tile`);
-- tile starts: evenly spread, ``round(linspace(0, L - tile, n))`` with the fewest tiles ``n``
-  whose overlap is at least ``overlap``; one centred tile when ``L <= tile``
+- tile starts: the fewest tiles ``n`` whose overlap is at least ``overlap``, evenly spread
+  (``round(linspace(0, L - tile, n))``), or, when the same ``n`` tiles fit, on the model's
+  pooling grid (multiples of its divisor but the last; a tile then computes what a pass
+  over the whole image computes away from its edges); one centred tile when ``L <= tile``
   (:meth:`~TilePlan.tile_starts`);
 - the 1-D blend windows, the tile weight (their outer product over the axes) and the separable
   normaliser, ``1 / sum of the windows of all tiles covering a position``
@@ -195,28 +197,60 @@ class TilePlan:
 
     # ------------------------------------------------------------------ tile starts
     def tile_starts(self, length: int, tile: int, axis: int = 0) -> np.ndarray:
-        """``(n,)`` int64 output tile starts along spatial ``axis`` of ``length`` px."""
+        """``(n,)`` int64 output tile starts along spatial ``axis`` of ``length`` px: the
+        fewest tiles ``n`` whose overlap is at least ``overlap``, spread evenly. When the same
+        ``n`` tiles can also start on multiples of the model's divisor along ``axis`` (its
+        pooling grid; all but the last, which ends flush with the image), they do: such a tile
+        computes what one pass over the whole image computes, away from the tile's edges."""
         if length <= tile:
             return np.array([-((tile - length) // 2)], dtype=np.int64)
-        n = math.ceil((length - tile) / (tile - self.overlap_at(axis))) + 1
-        return np.round(np.linspace(0, length - tile, n)).astype(np.int64)
+        span, step = length - tile, tile - self.overlap_at(axis)
+        n = math.ceil(span / step) + 1
+        div = int(self.geometry.axis_divisors[axis])
+        grid_step = step // div * div  # the longest step on the grid
+        if div > 1 and grid_step > 0:
+            units = -(-span // div)  # the grid points up to the first one >= span
+            n_grid = -(-units * div // grid_step) + 1
+            if n_grid <= n:
+                k = np.round(np.linspace(0, units, n_grid)).astype(np.int64)
+                starts = np.minimum(k * div, span)
+                starts[-1] = span
+                return np.unique(starts)
+        return np.round(np.linspace(0, span, n)).astype(np.int64)
 
     def tile_starts_tf(self, length: tf.Tensor, tile: tf.Tensor, axis: int = 0) -> tf.Tensor:
         """:meth:`tile_starts` for dynamic int32 scalars: ``[n]`` int32 (float64 linspace,
         round half to even, last start exactly ``length - tile``, as NumPy)."""
         overlap = self.overlap_at(axis)
+        div = int(self.geometry.axis_divisors[axis])
 
         def _single() -> tf.Tensor:
             return tf.reshape(-tf.math.floordiv(tile - length, 2), [1])
 
-        def _spread() -> tf.Tensor:
-            stride = tf.maximum(tile - overlap, 1)
-            n = _ceil_div_tf(length - tile, stride) + 1
-            delta = tf.cast(length - tile, tf.float64)
+        def _even(end: tf.Tensor, n: tf.Tensor) -> tf.Tensor:
+            """round(linspace(0, end, n)) as float64, the last one exactly ``end``."""
+            delta = tf.cast(end, tf.float64)
             step = delta / tf.cast(tf.maximum(n - 1, 1), tf.float64)
             y = tf.range(n, dtype=tf.float64) * step
-            y = tf.concat([y[:-1], tf.reshape(delta, [1])], axis=0)
-            return tf.cast(tf.round(y), tf.int32)
+            return tf.round(tf.concat([y[:-1], tf.reshape(delta, [1])], axis=0))
+
+        def _spread() -> tf.Tensor:
+            span = length - tile
+            stride = tf.maximum(tile - overlap, 1)
+            n = _ceil_div_tf(span, stride) + 1
+            plain = lambda: tf.cast(_even(span, n), tf.int32)  # noqa: E731
+            if div == 1:
+                return plain()
+            grid_step = tf.math.floordiv(stride, div) * div
+            units = _ceil_div_tf(span, div)
+            n_grid = _ceil_div_tf(units * div, tf.maximum(grid_step, 1)) + 1
+
+            def on_grid() -> tf.Tensor:
+                starts = tf.minimum(tf.cast(_even(units, n_grid), tf.int32) * div, span)
+                starts = tf.concat([starts[:-1], tf.reshape(span, [1])], axis=0)
+                return tf.unique(starts)[0]  # sorted: clipping may repeat the last one
+
+            return tf.cond(tf.logical_and(grid_step > 0, n_grid <= n), on_grid, plain)
 
         return tf.cond(length <= tile, _single, _spread)
 
