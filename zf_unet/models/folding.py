@@ -23,7 +23,7 @@ from __future__ import annotations
 from typing import Any
 
 import keras
-import numpy as np
+from keras import ops
 
 _CONVS = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
 
@@ -129,19 +129,17 @@ class FoldedView:
         self.refresh()
 
     def refresh(self) -> None:
-        """Recompute the folded kernels and biases from the model's current weights."""
+        """Recompute the folded kernels and biases from the model's current weights (float32
+        tensor ops on the variables: about one pass over the convolution weights)."""
         for conv, bn, folded in self.pairs:
-            kernel = np.asarray(conv.kernel.numpy(), np.float64)
-            cout = kernel.shape[-1]
-            bias = (np.asarray(conv.bias.numpy(), np.float64) if conv.use_bias
-                    else np.zeros(cout))
-            gamma = np.asarray(bn.gamma.numpy(), np.float64) if bn.scale else np.ones(cout)
-            beta = np.asarray(bn.beta.numpy(), np.float64) if bn.center else np.zeros(cout)
-            mean = np.asarray(bn.moving_mean.numpy(), np.float64)
-            var = np.asarray(bn.moving_variance.numpy(), np.float64)
-            s = gamma / np.sqrt(var + float(bn.epsilon))
-            folded.kernel.assign((kernel * s).astype(np.float32))
-            folded.bias.assign(((bias - mean) * s + beta).astype(np.float32))
+            cout = int(conv.kernel.shape[-1])
+            ones, zeros = ops.ones((cout,), "float32"), ops.zeros((cout,), "float32")
+            gamma = ops.convert_to_tensor(bn.gamma) if bn.scale else ones
+            beta = ops.convert_to_tensor(bn.beta) if bn.center else zeros
+            bias = ops.convert_to_tensor(conv.bias) if conv.use_bias else zeros
+            s = gamma / ops.sqrt(ops.convert_to_tensor(bn.moving_variance) + float(bn.epsilon))
+            folded.kernel.assign(ops.convert_to_tensor(conv.kernel) * s)
+            folded.bias.assign((bias - ops.convert_to_tensor(bn.moving_mean)) * s + beta)
 
 
 def fold_batch_norm(model: keras.Model) -> keras.Model:
