@@ -125,3 +125,15 @@ def test_predict_tiled_follows_weight_changes():
     one_tile = zf_unet.predict_tiled(model, image[:16, :16], tile_size=16, overlap=4)
     direct = np.asarray(model(image[None, :16, :16, None], training=False))[0]
     np.testing.assert_allclose(one_tile, direct, atol=1e-5)
+
+
+def test_predict_tiled_cache_does_not_keep_the_model_alive():
+    import gc
+    import weakref
+
+    model = zf_unet.build_unet((None, None, 1), depth=2, filters=2, batch_norm=True)
+    zf_unet.predict_tiled(model, np.zeros((40, 40), np.float32), tile_size=16, overlap=4)
+    ref = weakref.ref(model)
+    del model
+    gc.collect()
+    assert ref() is None  # the folded twin and its graphs went with it
