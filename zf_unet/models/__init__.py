@@ -15,7 +15,14 @@ from zf_unet.models.blocks import (
     double_conv_layer,
     upsample,
 )
-from zf_unet.models.folding import FoldedBatchNorm, FoldedView, fold_batch_norm, foldable_pairs
+from zf_unet.models.folding import (
+    FoldedBatchNorm,
+    FoldedView,
+    fold_batch_norm,
+    foldable_pairs,
+    fusable_upsamplings,
+)
+from zf_unet.models.fused_upsampling import FusedUpsampleConv, transposed_up_kernel
 from zf_unet.models.geometry import ModelGeometry, model_geometry
 from zf_unet.models.loading import load_model_file
 from zf_unet.models.unet import (
@@ -40,6 +47,7 @@ __all__ = [
     "FoldedBatchNorm",
     "FoldedView",
     "FusedBatchNormalization",
+    "FusedUpsampleConv",
     "LinearUpSampling3D",
     "ModelGeometry",
     "ZF_UNET_224",
@@ -51,10 +59,12 @@ __all__ = [
     "ensemble",
     "fold_batch_norm",
     "foldable_pairs",
+    "fusable_upsamplings",
     "nested_depth",
     "prune",
     "repeat_targets",
     "save_encoder_weights",
+    "transposed_up_kernel",
     "double_conv_layer",
     "level_filters",
     "load_model_file",
