@@ -65,9 +65,10 @@ DEFAULT_VARIANTS = [
     "zf-fp32-fit",
     "zf-bf16-fit",
     "zf-bf16-tob",
-    "zf-bf16-fit+kerasbn+kerasadam",
+    "zf-bf16-fit+unfused",
+    "zf-bf16-fit+kerasbn+kerasadam+unfused",
 ]
-QUICK_VARIANTS = [REFERENCE, "zf-bf16-fit", "zf-bf16-fit+kerasbn+kerasadam"]
+QUICK_VARIANTS = [REFERENCE, "zf-bf16-fit", "zf-bf16-fit+unfused", "zf-bf16-fit+kerasbn+kerasadam+unfused"]
 
 TORCH_BASES = {
     "torch-fp32": ("PyTorch fp32 (NCHW)", "float32", False, False),
@@ -109,6 +110,8 @@ MODIFIERS = {
     "noprefetch": ("tf.data without `.prefetch`", {}),
     "metrics": ("`zf_unet.training`'s metrics (Dice, IoU, mean Dice)", {}),
     "bf16in": ("dataset yields bfloat16 images (cast in tf.data, not in the model)", {}),
+    "unfused": ("decoders as separate `UpSampling2D` -> `Concatenate` -> `Conv2D` layers "
+                "(`zf_unet.models.unfused_copy`; the layout before `FusedUpsampleConv`)", {}),
 }
 RESULT_TAG = "@@TRAIN_SPEED_RESULT@@ "
 
@@ -133,7 +136,8 @@ def parse_variant(name: str) -> dict:
             "jit": None, "spe": 1, "inter": None, "intra": None, "env": {}, "fusedbn": False,
             "bnf32": False, "kerasbn": False, "optimizer": "adam", "loss_bf16": False,
             "prefetch": True,
-            "bf16_input": False, "metrics": False, "muldrop": False, "amp": False}
+            "bf16_input": False, "metrics": False, "muldrop": False, "amp": False,
+            "unfused": False}
     descr = []
     for mod in mods:
         key = mod.rstrip("0123456789")
@@ -177,6 +181,8 @@ def parse_variant(name: str) -> dict:
             spec["muldrop"] = True
         elif mod == "amp":
             spec["amp"] = True
+        elif mod == "unfused":
+            spec["unfused"] = True
     spec["label"] = label + "".join(f" +{m}" for m in mods)
     spec["descr"] = dict(zip(mods, descr))
     return spec
@@ -442,6 +448,8 @@ def build_zf(spec: dict):
                 return layer.__class__.from_config(cfg)
 
             model = keras.models.clone_model(model, clone_function=clone)
+        if spec["unfused"]:
+            model = zf_unet.models.unfused_copy(model)
 
     if spec["optimizer"] == "kerasadam":
         optimizer = keras.optimizers.Adam()

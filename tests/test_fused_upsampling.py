@@ -110,18 +110,82 @@ def test_which_chains_are_fused(model, fused):
 
 def test_builders_are_fused_and_unchanged_in_output():
     keras.utils.set_random_seed(0)
-    model = zf_unet.build_unet((32, 32, 1), depth=4, filters=4, batch_norm=True)
-    chains = fusable_upsamplings(model)
+    classic = zf_unet.build_unet((32, 32, 1), depth=4, filters=4, fuse_upsampling=False)
+    chains = fusable_upsamplings(classic)
     assert [c[2] for c in chains] == [f"dec{lv}_conv1" for lv in (2, 1, 0)]
-    twin = fold_batch_norm(model)
+    model = zf_unet.build_unet((32, 32, 1), depth=4, filters=4)
+    assert fusable_upsamplings(model) == []
+    assert [layer.name for layer in model.layers if isinstance(layer, FusedUpsampleConv)] == [
+        f"dec{lv}_conv1" for lv in (2, 1, 0)]
     assert not any(isinstance(layer, (keras.layers.UpSampling2D, keras.layers.Concatenate))
-                   for layer in twin.layers)
-    unfused = fold_batch_norm(model, fuse_upsampling=False)
-    assert sum(isinstance(layer, keras.layers.UpSampling2D) for layer in unfused.layers) == 3
+                   for layer in model.layers)
+    assert [w.shape for w in model.weights] == [w.shape for w in classic.weights]
+    model.set_weights(classic.get_weights())
     x = np.random.default_rng(0).random((2, 32, 32, 1), dtype=np.float32)
-    want = np.asarray(model(x, training=False))
-    np.testing.assert_allclose(np.asarray(twin(x)), want, atol=2e-5)
+    want = np.asarray(classic(x, training=False))
+    np.testing.assert_allclose(np.asarray(model(x, training=False)), want, atol=2e-5)
+    for twin in (fold_batch_norm(model), fold_batch_norm(classic)):
+        fused = [layer for layer in twin.layers if isinstance(layer, FusedUpsampleConv)]
+        assert len(fused) == 3 and all(layer.cache_kernels for layer in fused)
+        np.testing.assert_allclose(np.asarray(twin(x)), want, atol=2e-5)
+    unfused = fold_batch_norm(classic, fuse_upsampling=False)
+    assert sum(isinstance(layer, keras.layers.UpSampling2D) for layer in unfused.layers) == 3
     np.testing.assert_allclose(np.asarray(unfused(x)), want, atol=2e-5)
+
+
+@pytest.mark.parametrize("shape", [(32, 32, 2), (8, 16, 16, 1)], ids=["2d", "3d"])
+def test_training_gradients_match_the_unfused_model(shape):
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(0)
+    classic = zf_unet.build_unet(shape, depth=3 if len(shape) == 3 else 2, filters=4,
+                                 num_classes=3, fuse_upsampling=False)
+    model = zf_unet.build_unet(shape, depth=3 if len(shape) == 3 else 2, filters=4,
+                               num_classes=3)
+    model.set_weights(classic.get_weights())
+    rng = np.random.default_rng(0)
+    x = rng.random((2, *shape), dtype=np.float32)
+    y = keras.ops.one_hot(rng.integers(0, 3, (2, *shape[:-1])), 3)
+    grads = []
+    for m in (classic, model):
+        with tf.GradientTape() as tape:
+            loss = keras.losses.categorical_crossentropy(y, m(x, training=True))
+            loss = tf.reduce_mean(loss)
+        grads.append([np.asarray(g) for g in tape.gradient(loss, m.trainable_weights)])
+    assert len(grads[0]) == len(grads[1])
+    for a, b in zip(*grads):
+        np.testing.assert_allclose(b, a, atol=1e-5, rtol=1e-4)
+
+
+def test_weights_of_the_unfused_layout_load(tmp_path):
+    from zf_unet.errors import DataError
+    from zf_unet.models import load_weights_file, unfused_copy
+
+    keras.utils.set_random_seed(0)
+    classic = zf_unet.build_unet((16, 16, 1), depth=3, filters=4, fuse_upsampling=False)
+    for layer in classic.layers:  # non-trivial statistics, so that every value matters
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.moving_mean.assign(np.full(layer.moving_mean.shape, 0.3, np.float32))
+    classic.save_weights(tmp_path / "classic.weights.h5")
+    model = zf_unet.build_unet((16, 16, 1), depth=3, filters=4)
+    with pytest.raises(ValueError):  # Keras alone: the layouts differ
+        model.load_weights(tmp_path / "classic.weights.h5")
+    load_weights_file(model, tmp_path / "classic.weights.h5")
+    x = np.random.default_rng(0).random((1, 16, 16, 1), dtype=np.float32)
+    want = np.asarray(classic(x, training=False))
+    np.testing.assert_allclose(np.asarray(model(x, training=False)), want, atol=1e-5)
+    copy = unfused_copy(model)  # the inverse rewrite: the classic layers, same weights
+    assert [layer.name for layer in copy.layers] == [layer.name for layer in classic.layers]
+    np.testing.assert_allclose(np.asarray(copy(x, training=False)), want, atol=1e-5)
+    model.save_weights(tmp_path / "fused.weights.h5")  # its own layout loads directly
+    again = zf_unet.build_unet((16, 16, 1), depth=3, filters=4)
+    load_weights_file(again, tmp_path / "fused.weights.h5")
+    np.testing.assert_allclose(np.asarray(again(x, training=False)), want, atol=1e-5)
+    other = zf_unet.build_unet((16, 16, 1), depth=3, filters=8)
+    with pytest.raises(DataError, match="classic.weights.h5"):
+        load_weights_file(other, tmp_path / "classic.weights.h5")
+    with pytest.raises(DataError, match="not found"):
+        load_weights_file(model, tmp_path / "missing.weights.h5")
 
 
 def test_bfloat16_twin_close_to_float32_model():
@@ -171,3 +235,35 @@ def test_bad_up_index():
         layer([np.zeros((1, 2, 2, 1), np.float32), np.zeros((1, 4, 4, 1), np.float32)])
     with pytest.raises(ValueError, match="rank"):
         FusedUpsampleConv(2, rank=1)
+
+
+def test_run_backed_up_unfused_resumes_into_the_fused_model(tmp_path):
+    """A run interrupted under an earlier zf_unet (decoders unfused) resumes: the backup's
+    weights, optimizer state and epoch count are restored into today's fused model."""
+    from zf_unet.callbacks import AtomicBackupAndRestore
+    from zf_unet.optimizers import FusedAdam
+
+    rng = np.random.default_rng(0)
+    x = rng.random((4, 16, 16, 1), dtype=np.float32)
+    y = (rng.random((4, 16, 16, 1)) > 0.5).astype(np.float32)
+    keras.utils.set_random_seed(0)
+    old = zf_unet.build_unet((16, 16, 1), depth=2, filters=2, fuse_upsampling=False)
+    old.compile(optimizer=FusedAdam(1e-2), loss="binary_crossentropy")
+    old.fit(x, y, batch_size=2, epochs=1, verbose=0,
+            callbacks=[AtomicBackupAndRestore(tmp_path / "backup")])
+    seen = {}
+
+    class Record(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            seen.setdefault("epoch", epoch)
+            seen.setdefault("weights", [np.asarray(w) for w in self.model.get_weights()])
+            seen.setdefault("iterations", int(self.model.optimizer.iterations.numpy()))
+
+    new = zf_unet.build_unet((16, 16, 1), depth=2, filters=2)
+    new.compile(optimizer=FusedAdam(1e-2), loss="binary_crossentropy")
+    new.fit(x, y, batch_size=2, epochs=2, verbose=0,
+            callbacks=[AtomicBackupAndRestore(tmp_path / "backup"), Record()])
+    assert seen["epoch"] == 1  # epoch 0 was done before the interruption
+    assert seen["iterations"] == 2  # the optimizer state came back too
+    for got, want in zip(seen["weights"], old.get_weights()):
+        np.testing.assert_allclose(got, want, atol=1e-6)

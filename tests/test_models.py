@@ -60,7 +60,14 @@ def test_zf_unet_224_is_the_classic_model():
     # 1024 filters at 7x7, nearest upsampling, BN before the sigmoid head.
     assert model.get_layer("bottleneck_conv2").filters == 1024
     assert model.get_layer("bottleneck_conv2").output.shape[1:3] == (7, 7)
-    assert model.get_layer("dec4_up").interpolation == "nearest"
+    # nearest upsampling + concatenation + first conv of each decoder block, fused
+    dec4 = model.get_layer("dec4_conv1")
+    assert isinstance(dec4, zf_unet.models.FusedUpsampleConv) and dec4.up_index == 0
+    assert dec4.kernel.shape == (3, 3, 1024 + 512, 512)
+    classic = zf_unet.build_unet((224, 224, 3), depth=6, filters=32, dropout=0.2,
+                                 head_batch_norm=True, fuse_upsampling=False)
+    assert classic.get_layer("dec4_up").interpolation == "nearest"
+    assert classic.count_params() == model.count_params()
     assert isinstance(model.get_layer("head_bn"), keras.layers.BatchNormalization)
     # Dropout everywhere except the last decoder block, as in the original.
     dropouts = [layer.name for layer in model.layers if isinstance(layer, keras.layers.SpatialDropout2D)]

@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ import tensorflow as tf
 
 from zf_unet import _keras_compat
 from zf_unet.errors import ConfigError
+from zf_unet.models.loading import load_weights_file
 from zf_unet.io_utils import (atomic_path, copy_file_atomic, make_hidden_dir, save_model_atomic,
                               write_json_atomic)
 
@@ -155,7 +157,25 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
 
     def _load_model(self) -> None:
         recover_backup(self.backup_dir)
-        super()._load_model()
+        weights_path, metadata_path = _keras_compat.backup_files(self)
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                super()._load_model()
+            for w in caught:  # shown only when this layout loaded
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        except Exception:
+            # A run backed up by a zf_unet whose decoders were not yet fused: the weights are
+            # the same, the file's layout is not (see load_weights_file).
+            if not os.path.exists(weights_path):
+                raise
+            opt = self.model.optimizer
+            if opt is not None and not opt.built:
+                opt.build(self.model.trainable_variables)
+            load_weights_file(self.model, weights_path)
+            if os.path.exists(metadata_path):
+                self.model._initial_epoch = int(json.loads(Path(metadata_path).read_text())
+                                                ["epoch"])
         if os.path.exists(_keras_compat.backup_files(self)[0]) and self._optimizer_path.exists():
             opt = self.model.optimizer
             if not opt.built:

@@ -35,7 +35,7 @@ from zf_unet.data.sources import open_source
 from zf_unet.distribute import is_chief, make_strategy
 from zf_unet.errors import ConfigError
 from zf_unet.io_utils import atomic_path, hidden_dirs, save_model_atomic, write_json_atomic
-from zf_unet.models import build_unet, build_unet_plus_plus, repeat_targets
+from zf_unet.models import build_unet, build_unet_plus_plus, load_weights_file, repeat_targets
 import zf_unet.optimizers  # noqa: F401,E402 - registers FusedAdam for keras load_model
 from zf_unet.precision import resolve_precision
 from zf_unet.registry import LOSSES, OPTIMIZERS, SCHEDULES
@@ -137,7 +137,7 @@ def check_backup(model: keras.Model, backup_dir: str | Path) -> None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            model.load_weights(weights)
+            load_weights_file(model, weights)
     except Exception as exc:  # noqa: BLE001 - any failure means the backup cannot be used
         first = (str(exc).strip().splitlines() or [""])[0][:160]
         raise ConfigError(f"{weights}: cannot restore the run's backup ({type(exc).__name__}: "

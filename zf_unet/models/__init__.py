@@ -21,10 +21,11 @@ from zf_unet.models.folding import (
     fold_batch_norm,
     foldable_pairs,
     fusable_upsamplings,
+    unfused_copy,
 )
 from zf_unet.models.fused_upsampling import FusedUpsampleConv, transposed_up_kernel
 from zf_unet.models.geometry import ModelGeometry, model_geometry
-from zf_unet.models.loading import load_model_file
+from zf_unet.models.loading import load_model_file, load_weights_file
 from zf_unet.models.unet import (
     ZF_UNET_224,
     build_unet,
@@ -65,9 +66,11 @@ __all__ = [
     "repeat_targets",
     "save_encoder_weights",
     "transposed_up_kernel",
+    "unfused_copy",
     "double_conv_layer",
     "level_filters",
     "load_model_file",
+    "load_weights_file",
     "model_geometry",
     "output_size",
     "plan_pooling",

@@ -8,6 +8,7 @@ import tensorflow as tf
 from keras import layers, ops
 
 from zf_unet.checks import check_choice, check_int, check_rate
+from zf_unet.models.fused_upsampling import FusedUpsampleConv
 
 UPSAMPLING_MODES = ("nearest", "bilinear", "transpose")
 PADDING_MODES = ("same", "valid")
@@ -46,6 +47,7 @@ def double_conv_layer(
     sync_batch_norm: bool = False,
     fused_batch_norm: bool = True,
     kernel_size: int | Sequence[int] = 3,
+    upsampled_skip: Any = None,
 ) -> Any:
     """The ZF_UNET_224 block: (Conv 3x3 -> BatchNorm -> ReLU) x 2, then optional dropout.
 
@@ -69,6 +71,11 @@ def double_conv_layer(
             ``False`` uses ``keras.layers.BatchNormalization``.
         kernel_size: kernel of both convolutions: an int (every axis) or one int per spatial
             axis, e.g. ``(1, 3, 3)`` to leave a coarse ``z`` axis unmixed.
+        upsampled_skip: a decoder block's skip tensor ``(batch, 2H, 2W, C_skip)``: ``x``
+            ``(batch, H, W, C_in)`` is then upsampled 2x (nearest) and concatenated before
+            it, ``[up(x), skip]``, and the first convolution is one
+            :class:`zf_unet.models.FusedUpsampleConv` (the same function computed as a
+            transposed convolution of ``x``; needs ``kernel_size=3`` and ``padding="same"``).
 
     Returns:
         ``(batch, H', W', filters)`` (or ``(batch, D', H', W', filters)``) with ``H' = H``
@@ -85,14 +92,22 @@ def double_conv_layer(
     def nm(suffix: str) -> str | None:
         return f"{name}_{suffix}" if name else None
 
+    if upsampled_skip is not None and (padding != "same" or kernel != 3):
+        raise ValueError("upsampled_skip needs padding='same' and kernel_size=3, got "
+                         f"padding={padding!r}, kernel_size={kernel_size!r}")
     for i in (1, 2):
-        x = conv_cls(
-            int(filters),
-            kernel,
-            padding=padding,
-            kernel_initializer=kernel_initializer,
-            name=nm(f"conv{i}"),
-        )(x)
+        if i == 1 and upsampled_skip is not None:
+            x = FusedUpsampleConv(int(filters), up_index=0, rank=ndim,
+                                  kernel_initializer=kernel_initializer,
+                                  name=nm("conv1"))([x, upsampled_skip])
+        else:
+            x = conv_cls(
+                int(filters),
+                kernel,
+                padding=padding,
+                kernel_initializer=kernel_initializer,
+                name=nm(f"conv{i}"),
+            )(x)
         if batch_norm:
             bn_cls = (FusedBatchNormalization if fused_batch_norm and not sync_batch_norm
                       else layers.BatchNormalization)

@@ -100,7 +100,7 @@ def foldable_pairs(model: keras.Model) -> list[tuple[str, str]]:
     for bn in graph.layers:
         if not isinstance(bn, keras.layers.BatchNormalization) or getattr(bn, "renorm", False):
             continue
-        conv = graph.only_input_from(bn, _CONVS)
+        conv = graph.only_input_from(bn, _CONVS + (FusedUpsampleConv,))
         if conv is None:
             continue
         rank = len(_inputs(bn)[0].shape)
@@ -187,7 +187,9 @@ class FoldedView:
         is_model = isinstance(model, keras.Model)
         found = foldable_pairs(model) if is_model else []
         chains = fusable_upsamplings(model) if is_model and fuse_upsampling else []
-        if not found and not chains:
+        own = {layer.name for layer in (model.layers if is_model else [])
+               if isinstance(layer, FusedUpsampleConv) and not layer.cache_kernels}
+        if not found and not chains and not own:
             return
         bn_of = dict(found)
         ups = {u for u, _, _, _ in chains}
@@ -201,7 +203,11 @@ class FoldedView:
                 new[layer.name] = FusedUpsampleConv(
                     layer.filters, up_index=fuse[layer.name], rank=len(layer.kernel_size),
                     activation=keras.activations.serialize(layer.activation),
-                    name=layer.name, dtype=layer.dtype_policy)
+                    cache_kernels=True, name=layer.name, dtype=layer.dtype_policy)
+                return new[layer.name]
+            if layer.name in own:
+                new[layer.name] = FusedUpsampleConv.from_config(
+                    {**layer.get_config(), "cache_kernels": True})
                 return new[layer.name]
             if layer.name in bn_of:
                 cfg = layer.get_config()
@@ -234,9 +240,10 @@ class FoldedView:
         except Exception:  # noqa: BLE001 - e.g. subclassed models: predict unchanged
             return
         by_name = {layer.name: layer for layer in model.layers}
-        self.pairs = [(by_name[c], by_name[b], new[c]) for c, b in found if c not in fuse]
+        self.pairs = [(by_name[c], by_name[b], new[c]) for c, b in found
+                      if c not in fuse and c not in own]
         self.fused = [(by_name[k], by_name[bn_of[k]] if k in bn_of else None, new[k])
-                      for k in fuse]
+                      for k in [*fuse, *own]]
         self.model = twin
         self.refresh()
 
@@ -250,6 +257,46 @@ class FoldedView:
             else:
                 target.kernel.assign(kernel)
                 target.bias.assign(bias)
+
+
+def unfused_copy(model: keras.Model) -> keras.Model:
+    """A copy of ``model`` (same weights, nothing shared) in which every trainable
+    :class:`~zf_unet.models.fused_upsampling.FusedUpsampleConv` ``{block}_conv1`` is again
+    ``UpSampling2D/3D(2, "nearest")`` ``{block}_up`` -> ``Concatenate`` ``{block}_concat`` ->
+    ``Conv2D/3D`` ``{block}_conv1``: the layout of models built with
+    ``fuse_upsampling=False`` (and by zf_unet before the fused layer existed), whose weight
+    files then load into the copy. Its weights list has the same order as ``model``'s."""
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"model must be a keras.Model, got {type(model).__name__}")
+    fused = {layer.name for layer in model.layers
+             if isinstance(layer, FusedUpsampleConv) and not layer.cache_kernels}
+    convs: dict[str, keras.layers.Layer] = {}
+
+    def clone(layer: keras.layers.Layer) -> keras.layers.Layer:
+        return layer.__class__.from_config(layer.get_config())
+
+    def call(layer: keras.layers.Layer, *args: Any, **kwargs: Any) -> Any:
+        if layer.name not in fused:
+            return layer(*args, **kwargs)
+        block = layer.name[:-len("_conv1")] if layer.name.endswith("_conv1") else layer.name
+        up_cls = keras.layers.UpSampling2D if layer.rank == 2 else keras.layers.UpSampling3D
+        conv_cls = keras.layers.Conv2D if layer.rank == 2 else keras.layers.Conv3D
+        inputs = list(args[0])
+        inputs[layer.up_index] = up_cls(2, name=f"{block}_up",
+                                        dtype=layer.dtype_policy)(inputs[layer.up_index])
+        x = keras.layers.Concatenate(axis=-1, name=f"{block}_concat",
+                                     dtype=layer.dtype_policy)(inputs)
+        convs[layer.name] = conv_cls(
+            layer.filters, 3, padding="same",
+            activation=keras.activations.serialize(layer.activation),
+            kernel_initializer=layer.kernel_initializer, name=layer.name,
+            dtype=layer.dtype_policy)
+        return convs[layer.name](x)
+
+    copy = keras.models.clone_model(model, clone_function=clone,
+                                    call_function=call if fused else None)
+    copy.set_weights(model.get_weights())
+    return copy
 
 
 def fold_batch_norm(model: keras.Model, fuse_upsampling: bool = True) -> keras.Model:

@@ -1,4 +1,5 @@
-"""Loading ``.keras`` model files with errors that name the file."""
+"""Loading ``.keras`` model files and ``.weights.h5`` weight files with errors that name the
+file."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,9 +8,11 @@ from typing import Any
 import keras
 
 from zf_unet.errors import DataError
+from zf_unet.models.folding import unfused_copy
+from zf_unet.models.fused_upsampling import FusedUpsampleConv
 from zf_unet.models.geometry import model_geometry
 
-__all__ = ["load_model_file"]
+__all__ = ["load_model_file", "load_weights_file"]
 
 
 def load_model_file(path: Any, *, image_model: bool = True) -> keras.Model:
@@ -52,3 +55,43 @@ def load_model_file(path: Any, *, image_model: bool = True) -> keras.Model:
             raise DataError(f"{text}: not an image segmentation model that zf_unet can use: "
                             f"{exc}") from None
     return model
+
+
+def load_weights_file(model: keras.Model, path: Any) -> None:
+    """``model.load_weights(path)`` that also reads weight files saved from the model's
+    unfused layout (``fuse_upsampling=False``, or zf_unet before
+    :class:`~zf_unet.models.FusedUpsampleConv`): Keras keys ``.weights.h5`` entries by layer
+    class and position, so those files do not match a model whose decoder convolutions are
+    fused. They are loaded into :func:`zf_unet.models.folding.unfused_copy` and copied over.
+
+    Raises:
+        DataError: the file is missing or fits neither layout (naming the file).
+    """
+    import warnings
+
+    p = Path(str(path))
+    if not p.is_file():
+        raise DataError(f"{p}: weights file not found (expected a .weights.h5 file)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model.load_weights(str(p))
+        return
+    except Exception as exc:  # noqa: BLE001 - retried below, reported with the file name
+        error = exc
+    if any(isinstance(layer, FusedUpsampleConv) and not layer.cache_kernels
+           for layer in model.layers):
+        twin = unfused_copy(model)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                twin.load_weights(str(p))
+        except Exception:  # noqa: BLE001 - report the first error: the model's own layout
+            pass
+        else:
+            model.set_weights(twin.get_weights())
+            return
+    first = (str(error).strip().splitlines() or [""])[0][:200]
+    raise DataError(f"{p}: cannot load these weights into model {model.name!r} "
+                    f"({type(error).__name__}: {first}); expected a .weights.h5 file saved "
+                    "from a model of the same architecture") from None

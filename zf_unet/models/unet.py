@@ -10,6 +10,7 @@ from keras import layers
 
 from zf_unet.checks import check_bool, check_choice, check_int, check_rate
 from zf_unet.errors import DataError
+from zf_unet.models.loading import load_weights_file
 from zf_unet.models.anisotropy import Sizes, axis_divisors, default_levels, resolve_levels
 from zf_unet.models.backbones import check_backbone, encoder_features
 from zf_unet.models.blocks import (
@@ -253,6 +254,7 @@ def build_unet(
     pool_sizes: str | int | Sequence[int | Sequence[int]] | None = None,
     kernel_sizes: str | int | Sequence[int | Sequence[int]] | None = None,
     spacing: Sequence[float] | None = None,
+    fuse_upsampling: bool = True,
 ) -> keras.Model:
     """Build a U-Net as a functional ``keras.Model`` for images or volumes, optionally on a
     pretrained encoder.
@@ -319,6 +321,14 @@ def build_unet(
             (ints or per-axis tuples).
         spacing: voxel size per spatial axis (``(z, y, x)`` or ``(y, x)``, any unit), needed
             by ``"auto"``; ``None`` = isotropic.
+        fuse_upsampling: with ``upsampling="nearest"`` and ``padding="same"``, every decoder
+            level that upsamples 2x on each axis and has 3x3(x3) kernels computes
+            upsampling + concatenation + its first convolution as one
+            :class:`zf_unet.models.FusedUpsampleConv` ``dec{level}_conv1`` (a transposed
+            convolution of the coarser input: the same function, fewer multiply-adds; no
+            ``dec{level}_up`` / ``dec{level}_concat`` layers). Its weights are the
+            convolution's, so weights of the unfused model load into it. ``False`` builds
+            the separate ``UpSampling`` / ``Concatenate`` / ``Conv`` layers.
 
     Returns:
         ``keras.Model`` mapping ``(B, H, W, C)`` float images (``(B, D, H, W, C)`` volumes)
@@ -369,19 +379,25 @@ def build_unet(
             sync_batch_norm=sync_batch_norm, fused_batch_norm=fused_batch_norm,
             kernel_size=_uniform(kernels[-1]),
         )
+    check_bool("fuse_upsampling", fuse_upsampling)
     for level in reversed(range(depth - 1)):
-        x = upsample(x, upsampling, widths[level], kernel_initializer, name=f"dec{level}_up",
-                     size=_uniform(pools[level]))
         skip = skips[level]
-        if padding == "valid":
-            skip = crop_to_match(skip, x, name=f"dec{level}_crop")
-        if skip is not None:
-            x = layers.Concatenate(axis=-1, name=f"dec{level}_concat")([x, skip])
+        fused = (fuse_upsampling and upsampling == "nearest" and padding == "same"
+                 and skip is not None and _uniform(pools[level]) == 2
+                 and _uniform(kernels[level]) == 3)
+        if not fused:
+            x = upsample(x, upsampling, widths[level], kernel_initializer,
+                         name=f"dec{level}_up", size=_uniform(pools[level]))
+            if padding == "valid":
+                skip = crop_to_match(skip, x, name=f"dec{level}_crop")
+            if skip is not None:
+                x = layers.Concatenate(axis=-1, name=f"dec{level}_concat")([x, skip])
         block_dropout = dropout if level > 0 else 0.0
         x = double_conv_layer(
             x, widths[level], block_dropout, batch_norm, padding, kernel_initializer,
             name=f"dec{level}", sync_batch_norm=sync_batch_norm,
             fused_batch_norm=fused_batch_norm, kernel_size=_uniform(kernels[level]),
+            upsampled_skip=skip if fused else None,
         )
     x = head_cls(int(num_classes), 1, kernel_initializer=kernel_initializer, name="head_conv")(x)
     if head_batch_norm:
@@ -437,5 +453,5 @@ def ZF_UNET_224(dropout_val: float = 0.2, batch_norm: bool = True, weights: str 
             src = keras.saving.load_model(weights, compile=False)
             model.set_weights(src.get_weights())
         else:
-            model.load_weights(weights)
+            load_weights_file(model, weights)  # also the unfused layout of earlier versions
     return model
