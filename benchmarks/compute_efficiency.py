@@ -100,7 +100,10 @@ def main(argv: list[str] | None = None) -> int:
     load_start = os.getloadavg()[0]
     keras.utils.set_random_seed(0)
     with precision_scope("mixed_bfloat16"):
-        model = zf_unet.build_unet((args.size, args.size, 1), depth=5, filters=args.filters)
+        # unfused decoders: every multiply-add counted is one the hardware does (the fused
+        # FusedUpsampleConv layers skip some; see benchmarks/RESULTS.md)
+        model = zf_unet.build_unet((args.size, args.size, 1), depth=5, filters=args.filters,
+                                   fuse_upsampling=False)
     flops = keras_conv_flops(model)
     net = from_keras(model)
     pt_flops = torch_flops(net, args.size)

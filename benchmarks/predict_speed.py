@@ -261,6 +261,71 @@ def bench_peer(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
+def bench_forward(args: argparse.Namespace, reps: int = 25) -> list[dict]:
+    """One model call on ``args.batch`` tiles of 256² (bf16 and fp32): the inference twin
+    unfused / fused (``fold_batch_norm(..., fuse_upsampling=...)``) against the PyTorch twin,
+    interleaved, median ms."""
+    import numpy as np
+    import tensorflow as tf
+    import torch
+
+    from torch_unet import from_keras
+    from zf_unet.models import fold_batch_norm, unfused_copy
+
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    model = unfused_copy(_load_model(args.filters))  # separate UpSampling / Concatenate
+    xn = np.random.default_rng(0).random((args.batch, 256, 256, 1), dtype=np.float32)
+    x = tf.constant(xn)
+    xt = torch.from_numpy(xn.transpose(0, 3, 1, 2).copy())
+    rows = []
+    for precision, keras_model in (("bfloat16", bf16_twin(model)), ("float32", model)):
+        net = from_keras(model)
+        xin = xt
+        if precision == "bfloat16":
+            net = net.to(memory_format=torch.channels_last)
+            xin = xt.contiguous(memory_format=torch.channels_last)
+
+        def torch_call(net=net, xin=xin, bf16=precision == "bfloat16"):
+            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16,
+                                                        enabled=bf16):
+                return net(xin).float().numpy()
+
+        fns = {}
+        for fuse in (False, True):
+            twin = fold_batch_norm(keras_model, fuse_upsampling=fuse)
+            fn = tf.function(lambda t, m=twin: m(t, training=False))
+            fns[f"zf_unet twin, {'fused' if fuse else 'unfused'} decoder"] = (
+                lambda fn=fn: fn(x).numpy())
+        fns["PyTorch twin" + (", bf16 autocast channels-last" if precision == "bfloat16"
+                              else "")] = torch_call
+        for fn in fns.values():
+            for _ in range(3):
+                fn()
+        times: dict[str, list[float]] = {k: [] for k in fns}
+        for _ in range(reps):
+            for name, fn in fns.items():
+                t0 = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t0)
+        for name, ts in times.items():
+            rows.append({"precision": precision, "variant": name,
+                         "ms": 1000 * statistics.median(ts)})
+            print(f"  forward {precision}: {name}: {rows[-1]['ms']:.1f} ms", file=sys.stderr,
+                  flush=True)
+    return rows
+
+
+def forward_table(rows: list[dict]) -> str:
+    """Markdown: ms per model call and the ratio to the PyTorch twin (same precision)."""
+    lines = ["| precision | variant | ms per call | vs PyTorch |", "|---|---|---:|---:|"]
+    for r in rows:
+        peer = next(q for q in rows if q["precision"] == r["precision"]
+                    and q["variant"].startswith("PyTorch"))
+        lines.append(f"| {r['precision']} | {r['variant']} | {r['ms']:.1f} | "
+                     f"{peer['ms'] / r['ms']:.2f}x |")
+    return "\n".join(lines)
+
+
 def peer_table(rows: list[dict]) -> str:
     """Markdown: images/s and the ratio to MONAI at the same size and precision."""
     lines = ["| image | variant | s / image | images/s | vs MONAI (same precision) "
@@ -335,14 +400,17 @@ def main(argv: list[str] | None = None) -> int:
     import tensorflow as tf
 
     if args.peer or args.peer_only:
+        forward = bench_forward(args)
         peer = bench_peer(args)
-        print(f"# predict_tiled vs MONAI sliding_window_inference, tile 256, overlap 64, "
+        print(f"# One model call on {args.batch} tiles of 256², median of 25 interleaved\n")
+        print(forward_table(forward))
+        print(f"\n# predict_tiled vs MONAI sliding_window_inference, tile 256, overlap 64, "
               f"Gaussian, batch {args.batch}, median of {args.repeats}, load average "
               f"{os.getloadavg()[0]:.1f}, TF {tf.__version__}\n")
         print(peer_table(peer))
         if args.json:
             with open(args.json, "w", encoding="utf-8") as f:
-                json.dump({"peer": peer}, f, indent=1)
+                json.dump({"forward": forward, "peer": peer}, f, indent=1)
         if args.peer_only:
             return 0
     rows = bench_overhead(args)

@@ -303,6 +303,23 @@ def test_float32_input_multiclass_rgb(tiled):
         fn(tf.constant(bad))
 
 
+@pytest.mark.parametrize("voxels", [1, 3000], ids=["one-batch-per-update", "uneven-groups"])
+def test_tiled_canvas_updates_in_groups(monkeypatch, voxels):
+    """The in-graph tiler adds whole model batches of about SCATTER_VOXELS output pixels to
+    the canvas per update; any grouping gives predict_tiled's result (here 2 images of 5 x 7
+    tiles of 16² = 70 tiles, batches of 3: groups of 3 tiles, or of 9 with a last one of 7)."""
+    import zf_unet.tiling.plan as plan
+
+    monkeypatch.setattr(plan, "SCATTER_VOXELS", voxels)
+    model = _unet(1, num_classes=2)
+    fn = make_serving_fn(model, tiled=True, tile_size=16, overlap=4, batch_size=3,
+                         input_dtype="float32")
+    image = np.random.default_rng(5).random((2, 60, 80, 1), dtype=np.float32)
+    probs = fn(tf.constant(image))["probabilities"].numpy()
+    ref = predict_tiled(model, image, tile_size=16, overlap=4)
+    np.testing.assert_allclose(probs, ref, rtol=0, atol=1e-5)
+
+
 @pytest.mark.parametrize("tiled", [False, True], ids=["untiled", "tiled"])
 def test_valid_padding_model(tiled):
     model = _unet(1, num_classes=2, padding="valid")

@@ -41,6 +41,11 @@ from zf_unet.models.geometry import ModelGeometry, axis_names
 from zf_unet.registry import BLEND_MODES
 from zf_unet.tiling.windows import window, window_tf
 
+# In-graph tiling adds this many output voxels (rounded to whole model batches) into the
+# canvas per step: TensorFlow copies a loop-carried canvas at every scatter, so one scatter
+# per model batch made a 4096² SavedModel pass ~15 % slower than predict_tiled.
+SCATTER_VOXELS = 1 << 21
+
 __all__ = ["TilePlan", "check_tile_args"]
 
 def _ceil_div_tf(a: tf.Tensor, b: Any) -> tf.Tensor:
@@ -384,7 +389,8 @@ class TilePlan:
         ``[N, D, H, W, C]`` (uint8 / uint16 / float32) in TensorFlow ops: tiles read by
         mirrored indices (no padded copy), ``predict``-ed ``batch_size`` at a time in a
         ``tf.while_loop`` (float32 ``[B, *tile_in, C]`` in [0, 1] -> float32
-        ``[B, *tile, K]``), blended into one float32 canvas and normalised.
+        ``[B, *tile, K]``), blended into one float32 canvas (whole batches adding up to about
+        ``SCATTER_VOXELS`` output voxels per update) and normalised.
         Returns float32 ``[N, *spatial, K]``: ``predict_tiled`` up to float32 rounding."""
         g = self.geometry
         nd = self.ndim
@@ -408,7 +414,6 @@ class TilePlan:
         for c in counts[1:]:
             per_image = per_image * c
         n_tiles = n_img * per_image
-        n_batches = _ceil_div_tf(n_tiles, bs)
         fixed = g.fixed_size
 
         def _grid_index(lead: tf.Tensor, axes: list) -> tf.Tensor:
@@ -423,8 +428,15 @@ class TilePlan:
                 parts.append(tf.broadcast_to(tf.reshape(ax, shp), grid))
             return tf.stack(parts, axis=-1)
 
+        # tiles per canvas update: whole model batches, about SCATTER_VOXELS output voxels
+        tile_voxels = 1
+        for t in tiles:
+            tile_voxels = tile_voxels * t
+        group = bs * tf.maximum(1, SCATTER_VOXELS // (tile_voxels * bs))
+        n_groups = _ceil_div_tf(n_tiles, group)
+
         def body(b: tf.Tensor, acc: tf.Tensor) -> tuple:
-            t = tf.range(b * bs, tf.minimum(n_tiles, (b + 1) * bs))  # order (n, a_0, ..., a_n)
+            t = tf.range(b * group, tf.minimum(n_tiles, (b + 1) * group))  # (n, a_0, ..., a_n)
             n = t // per_image
             rest = t % per_image
             tile_starts = [None] * nd
@@ -432,16 +444,26 @@ class TilePlan:
                 tile_starts[a] = tf.gather(starts[a], rest % counts[a])
                 rest = rest // counts[a]
             src = [self.input_index_tf(tile_starts[a], tiles[a], lengths[a]) for a in range(nd)]
-            x = scale_to_unit_tf(tf.gather_nd(image, _grid_index(n, src)))
-            if fixed is not None:
-                x = tf.ensure_shape(x, [None, *fixed, g.channels])
-            pred = predict(x) * weight
+            xs = tf.gather_nd(image, _grid_index(n, src))
+            n_here = tf.shape(t)[0]
+
+            def call(j: tf.Tensor, out: tf.TensorArray) -> tuple:
+                x = scale_to_unit_tf(xs[j * bs:(j + 1) * bs])
+                if fixed is not None:
+                    x = tf.ensure_shape(x, [None, *fixed, g.channels])
+                return j + 1, out.write(j, predict(x) * weight)
+
+            _, preds = tf.while_loop(
+                lambda j, out: j < _ceil_div_tf(n_here, bs), call,
+                (tf.constant(0), tf.TensorArray(tf.float32, size=0, dynamic_size=True,
+                                                infer_shape=False)),
+                parallel_iterations=1)
             dst = [(tile_starts[a] + offs[a])[:, None] + tf.range(tiles[a])[None, :]
                    for a in range(nd)]
-            return b + 1, tf.tensor_scatter_nd_add(acc, _grid_index(n, dst), pred)
+            return b + 1, tf.tensor_scatter_nd_add(acc, _grid_index(n, dst), preds.concat())
 
         _, canvas = tf.while_loop(
-            lambda b, acc: b < n_batches, body, (tf.constant(0), canvas),
+            lambda b, acc: b < n_groups, body, (tf.constant(0), canvas),
             shape_invariants=(tf.TensorShape([]), tf.TensorShape([None] * (1 + nd) + [k])),
             parallel_iterations=1,
         )
