@@ -315,6 +315,43 @@ def bench_forward(args: argparse.Namespace, reps: int = 25) -> list[dict]:
     return rows
 
 
+def bench_served(args: argparse.Namespace) -> list[dict]:
+    """``predict_tiled`` against the tiled SavedModel alone (no PyTorch in the process),
+    alternating, float32, tiles 256 / overlap 64 / Gaussian: median seconds per image."""
+    import tempfile
+
+    import tensorflow as tf
+
+    import zf_unet
+
+    model = _load_model(args.filters)
+    tmp = tempfile.TemporaryDirectory()
+    served = tf.saved_model.load(str(zf_unet.export_saved_model(
+        model, tmp.name, tiled=True, tile_size=256, overlap=64, blend="gaussian",
+        batch_size=args.batch))).signatures["serving_default"]
+    rows = []
+    for size in args.peer_sizes:
+        image, _ = peer_image(size)
+        fns = {"predict_tiled": lambda im=image: zf_unet.predict_tiled(
+                   model, im, 256, 64, "gaussian", batch_size=args.batch),
+               "tiled SavedModel": lambda im=image: served(
+                   image=tf.constant(im[None, ..., None]))["probabilities"].numpy()}
+        times: dict[str, list[float]] = {k: [] for k in fns}
+        for fn in fns.values():
+            fn()
+        for _ in range(args.repeats):
+            for name, fn in fns.items():
+                t0 = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t0)
+        med = {k: statistics.median(v) for k, v in times.items()}
+        rows.append({"size": size, **med, "ratio": med["tiled SavedModel"] / med["predict_tiled"]})
+        print(f"| {size}² | {med['predict_tiled']:.2f} | {med['tiled SavedModel']:.2f} | "
+              f"{100 * (rows[-1]['ratio'] - 1):+.1f} % |", flush=True)
+    tmp.cleanup()
+    return rows
+
+
 def forward_table(rows: list[dict]) -> str:
     """Markdown: ms per model call and the ratio to the PyTorch twin (same precision)."""
     lines = ["| precision | variant | ms per call | vs PyTorch |", "|---|---|---:|---:|"]
@@ -382,6 +419,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--peer", action="store_true",
                    help="also compare with MONAI sliding_window_inference (needs torch, monai)")
     p.add_argument("--peer-only", action="store_true", help="only the MONAI comparison")
+    p.add_argument("--served-only", action="store_true",
+                   help="only predict_tiled vs the tiled SavedModel, without PyTorch")
     p.add_argument("--peer-sizes", type=int, nargs="+", default=[2048, 4096])
     p.add_argument("--peer-reference-max", type=int, default=2048,
                    help="largest image side for the whole-image accuracy reference")
@@ -399,6 +438,16 @@ def main(argv: list[str] | None = None) -> int:
 
     import tensorflow as tf
 
+    if args.served_only:
+        print(f"| image | predict_tiled s | tiled SavedModel s | SavedModel vs predict_tiled |"
+              f"\n|---|---:|---:|---:|")
+        rows = bench_served(args)
+        print(f"\nmedian of {args.repeats}, float32, load average {os.getloadavg()[0]:.1f}, "
+              f"TF {tf.__version__}")
+        if args.json:
+            with open(args.json, "w", encoding="utf-8") as f:
+                json.dump({"served": rows}, f, indent=1)
+        return 0
     if args.peer or args.peer_only:
         forward = bench_forward(args)
         peer = bench_peer(args)
