@@ -17,8 +17,8 @@ convolutions 1.4-1.7x faster in bfloat16.
 
 :class:`FusedUpsampleConv` is the layer. :func:`zf_unet.build_unet` uses it for the first
 convolution of every decoder block with nearest 2x upsampling and "same" padding
-(``fuse_upsampling=True``, the default), so training gains too (ZF_UNET_224 trained
-about 1.2x faster per step in bfloat16); :class:`zf_unet.models.FoldedView` puts it into
+(``fuse_upsampling=True``, the default), so training gains too (in bfloat16, 1.14x faster
+per step on ZF_UNET_224 and 1.18x on the ISBI recipe's model, ``benchmarks/RESULTS.md``); :class:`zf_unet.models.FoldedView` puts it into
 inference twins in place of every remaining ``UpSampling2D/3D(2, "nearest") -> Concatenate
 -> Conv`` with a 3x3(x3), stride-1, "same"-padded convolution (U-Net++, models built
 unfused or by hand).
