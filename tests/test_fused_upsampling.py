@@ -267,3 +267,8 @@ def test_run_backed_up_unfused_resumes_into_the_fused_model(tmp_path):
     assert seen["iterations"] == 2  # the optimizer state came back too
     for got, want in zip(seen["weights"], old.get_weights()):
         np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+def test_bad_fuse_upsampling_argument():
+    with pytest.raises(ValueError, match="fuse_upsampling"):
+        zf_unet.build_unet((16, 16, 1), depth=2, fuse_upsampling="yes")

@@ -176,7 +176,7 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
             if os.path.exists(metadata_path):
                 self.model._initial_epoch = int(json.loads(Path(metadata_path).read_text())
                                                 ["epoch"])
-        if os.path.exists(_keras_compat.backup_files(self)[0]) and self._optimizer_path.exists():
+        if os.path.exists(weights_path) and self._optimizer_path.exists():
             opt = self.model.optimizer
             if not opt.built:
                 opt.build(self.model.trainable_variables)

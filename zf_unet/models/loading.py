@@ -2,6 +2,7 @@
 file."""
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -67,28 +68,26 @@ def load_weights_file(model: keras.Model, path: Any) -> None:
     Raises:
         DataError: the file is missing or fits neither layout (naming the file).
     """
-    import warnings
-
     p = Path(str(path))
     if not p.is_file():
         raise DataError(f"{p}: weights file not found (expected a .weights.h5 file)")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            model.load_weights(str(p))
+
+    def load(into: keras.Model) -> Exception | None:
+        try:
+            with warnings.catch_warnings():  # Keras warns about every unmatched entry
+                warnings.simplefilter("ignore")
+                into.load_weights(str(p))
+        except Exception as exc:  # noqa: BLE001 - reported below with the file name
+            return exc
+        return None
+
+    error = load(model)
+    if error is None:
         return
-    except Exception as exc:  # noqa: BLE001 - retried below, reported with the file name
-        error = exc
     if any(isinstance(layer, FusedUpsampleConv) and not layer.cache_kernels
            for layer in model.layers):
         twin = unfused_copy(model)
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                twin.load_weights(str(p))
-        except Exception:  # noqa: BLE001 - report the first error: the model's own layout
-            pass
-        else:
+        if load(twin) is None:  # else report the first error: the model's own layout
             model.set_weights(twin.get_weights())
             return
     first = (str(error).strip().splitlines() or [""])[0][:200]

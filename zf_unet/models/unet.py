@@ -346,7 +346,8 @@ def build_unet(
         input_shape, num_classes, depth, filters, upsampling, padding, output_activation,
         dropout, kernel_initializer, name, pool_sizes=pool_sizes, kernel_sizes=kernel_sizes,
         spacing=spacing, batch_norm=batch_norm, head_batch_norm=head_batch_norm,
-        sync_batch_norm=sync_batch_norm, fused_batch_norm=fused_batch_norm)
+        sync_batch_norm=sync_batch_norm, fused_batch_norm=fused_batch_norm,
+        fuse_upsampling=fuse_upsampling)
     volume = len(shape) == 4
     pool_cls = layers.MaxPooling3D if volume else layers.MaxPooling2D
     head_cls = layers.Conv3D if volume else layers.Conv2D
@@ -379,7 +380,6 @@ def build_unet(
             sync_batch_norm=sync_batch_norm, fused_batch_norm=fused_batch_norm,
             kernel_size=_uniform(kernels[-1]),
         )
-    check_bool("fuse_upsampling", fuse_upsampling)
     for level in reversed(range(depth - 1)):
         skip = skips[level]
         fused = (fuse_upsampling and upsampling == "nearest" and padding == "same"
