@@ -29,7 +29,7 @@ install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
 demo: $(VENV)/.installed
-	$(BIN)/zf-unet demo --out $(OUT)
+	$(BIN)/zf-unet demo --out $(OUT) --overwrite
 
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from zf_unet import _keras_compat
-from zf_unet.errors import ConfigError
+from zf_unet.errors import ConfigError, TrainingFailedError
 from zf_unet.models.loading import load_weights_file
 from zf_unet.io_utils import (atomic_path, copy_file_atomic, make_hidden_dir, save_model_atomic,
                               write_json_atomic)
@@ -388,6 +388,54 @@ def repair_csv_log(path: str | Path, next_epoch: int) -> None:
                 fh.write(repaired)
 
 
+#: What ``train`` writes into a run folder; anything else there is the user's and survives
+#: ``fresh=True`` (moved into the new run).
+RUN_OUTPUTS = ("config.toml", "resolved.json", "best.keras", "best.json", "last.keras",
+               "final.keras", "log.csv", "training_curves.png", "summary.json", "tensorboard",
+               "backup")
+
+
+def is_run_output(name: str) -> bool:
+    """Whether ``name`` in a run folder is something ``train`` wrote: one of
+    :data:`RUN_OUTPUTS`, a worker's scratch folder, or a temporary file of an atomic write."""
+    if name in RUN_OUTPUTS or name.startswith(".worker-"):
+        return True
+    return any(name.startswith(f".{Path(out).stem}.") and name.endswith(
+        "".join(Path(out).suffixes)) and len(name) == len(out) + 10 for out in RUN_OUTPUTS)
+
+
+def keep_user_files(old_run: Path, new_run: Path) -> None:
+    """Move the user's files (not :func:`is_run_output`) of a replaced run folder into the
+    new one, so ``fresh=True`` replaces only what training wrote."""
+    if not old_run.is_dir():
+        return
+    for entry in sorted(old_run.iterdir()):
+        if not is_run_output(entry.name) and not (new_run / entry.name).exists():
+            os.replace(entry, new_run / entry.name)
+
+
+class StopOnNonFinite(keras.callbacks.Callback):
+    """Fail (:class:`TrainingFailedError`) at the first batch whose loss is NaN or Inf.
+
+    Raised from inside ``fit``, so the epoch's end never comes: no checkpoint, backup or
+    ``last.keras`` of the broken model is written, and a resumed run restarts from the last
+    finite epoch. ``epoch`` / ``batch`` say where it happened."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        loss = (logs or {}).get("loss")
+        if loss is not None and not np.isfinite(float(loss)):
+            raise TrainingFailedError(
+                f"the training loss became {float(loss)} at epoch {self.epoch + 1}, batch "
+                f"{batch + 1}")
+
+
 def hidden_sibling(run: Path, kind: str) -> Path:
     """A new hidden folder ``.NAME.KIND-*`` beside ``run`` (its parent is created)."""
     run.parent.mkdir(parents=True, exist_ok=True)
@@ -431,6 +479,7 @@ class ReplaceOldRun(keras.callbacks.Callback):
             os.rename(self.target, holder / "run")
         os.rename(self.staging, self.target)
         self.done = True
+        keep_user_files(holder / "run", self.target)
         shutil.rmtree(holder, ignore_errors=True)
         staging, target = self.staging, self.target
         for cb in self.callbacks:

@@ -22,7 +22,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         cfg.n_train = min(cfg.n_train, 16)
         cfg.n_val = min(cfg.n_val, 4)
         cfg.size = min(cfg.size, 64)
-    run_demo(args.out, cfg, verbose=0 if args.quiet else 1)
+    run_demo(args.out, cfg, verbose=0 if args.quiet else 1, overwrite=args.overwrite)
     return 0
 
 
@@ -30,8 +30,11 @@ def _cmd_show_augment(args: argparse.Namespace) -> int:
     import tempfile
 
     from zf_unet.data import Augment, make_datasets, write_synthetic_folder
+    from zf_unet.outputs import claim_file
     from zf_unet.plots import save_augment_grid
 
+    claim_file(args.out, inputs=[] if args.data == "synthetic" else [args.data],
+               overwrite=args.overwrite)
     source = args.data
     tmp = None
     if source == "synthetic":
@@ -86,6 +89,15 @@ def _load_model(path: str):
     from zf_unet.models import load_model_file
 
     return load_model_file(path)
+
+
+class _Given(argparse.Action):
+    """Store the value and record that the flag was given (``<dest>_given``): flags whose
+    default is a value can then be refused where they do not apply."""
+
+    def __call__(self, parser, namespace, values, option_string=None):  # noqa: ANN001
+        setattr(namespace, self.dest, values)
+        setattr(namespace, f"{self.dest.removeprefix('model_')}_given", True)
 
 
 def _int_at_least(flag: str, minimum: int):
@@ -153,6 +165,17 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     model = _load_model(args.model)
     _check_tile_axes(args, model)
     volumes = model_geometry(model).spatial_axes == 3
+    several = model_geometry(model)["num_classes"] > 1 or volumes
+    confusion = args.confusion
+    if confusion is None and args.json and several:
+        confusion = str(Path(args.json).parent / f"{Path(args.json).stem}_confusion")
+    planned = ([args.json] if args.json else []) + (
+        [f"{confusion}.csv", f"{confusion}.png"] if confusion and several else [])
+    if planned:
+        from zf_unet.outputs import claim_files
+
+        claim_files(planned, inputs=[args.model, args.data, args.masks],
+                    overwrite=args.overwrite, flag="--json" if args.json else "--confusion")
     if args.confusion and model_geometry(model)["num_classes"] == 1 and not volumes:
         from zf_unet.errors import ConfigError
 
@@ -171,12 +194,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                             val_indices_given=bool(args.val_indices), model_path=args.model)
     print(format_report(result))
     if result.get("kind") == "multiclass":
-        prefix = args.confusion
-        if prefix is None and args.json:
-            js = Path(args.json)
-            prefix = js.parent / f"{js.stem}_confusion"
-        if prefix is not None:
-            csv_path, png_path = save_confusion(result, prefix)
+        if confusion is not None:
+            csv_path, png_path = save_confusion(result, confusion)
             print(f"wrote {csv_path} and {png_path}")
     if args.json:
         from zf_unet.io_utils import write_json_atomic
@@ -191,6 +210,21 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     from zf_unet.errors import ConfigError
 
+    from zf_unet.outputs import check_not_input, claim_file
+
+    if args.format != "saved_model":
+        # TFLite / ONNX take the bare network: say so instead of ignoring these flags
+        given = [flag for flag, used in (("--tiled", args.tiled),
+                                         ("--input-dtype", args.input_dtype_given),
+                                         ("--version", args.version_given),
+                                         ("--threshold", args.threshold_given)) if used]
+        if given:
+            raise ConfigError(f"{given[0]}: applies to --format saved_model only; a "
+                              f"{args.format} export is the bare network (float32 input in "
+                              "[0, 1], probabilities out): drop it, or export a SavedModel")
+        claim_file(args.out, inputs=[args.model], overwrite=args.overwrite)
+    else:
+        check_not_input(args.out, [args.model])
     model = _load_model(args.model)
     _check_tile_axes(args, model)
     if args.format != "saved_model":
@@ -215,13 +249,14 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
         tile = args.tile_size if isinstance(args.tile_size, tuple) else (args.tile_size,) * 2
         size = args.input_size or list(tile)
-        path = export_tflite(model, args.out, input_size=tuple(size), quantize=args.quantize)
+        path = export_tflite(model, args.out, input_size=tuple(size), quantize=args.quantize,
+                             overwrite=args.overwrite)
         print(f"wrote {path} (TFLite, input 1x{size[0]}x{size[1]} float32 in [0, 1])")
     else:
         from zf_unet.export import export_onnx
 
         try:
-            path = export_onnx(model, args.out)
+            path = export_onnx(model, args.out, overwrite=args.overwrite)
         except ImportError as exc:
             raise ConfigError(str(exc)) from None
         print(f"wrote {path} (ONNX, input 'image' float32 [batch, H, W, C] in [0, 1])")
@@ -248,13 +283,22 @@ def _cmd_check_data(args: argparse.Namespace) -> int:
     from zf_unet.errors import DataError
 
     class_values = _class_values(args.class_values)
+    if args.json:
+        from zf_unet.outputs import claim_file
+
+        json_out = claim_file(args.json, inputs=[args.data], overwrite=args.overwrite,
+                              flag="--json")
+    from zf_unet.data.colour_masks import parse_palette_text
+
+    palette = parse_palette_text(args.palette) if args.palette else None
     report = check_data(args.data, num_classes=args.num_classes, patch_size=args.patch_size,
-                        ignore_index=args.ignore_index, class_values=class_values)
+                        ignore_index=args.ignore_index, class_values=class_values,
+                        palette=palette)
     print(report.format())
     if args.json:
         from zf_unet.io_utils import write_json_atomic
 
-        write_json_atomic(report.to_dict(), args.json)
+        write_json_atomic(report.to_dict(), json_out)
         print(f"wrote {args.json}")
     if report.unreadable:
         more = f" (and {len(report.unreadable) - 1} more)" if len(report.unreadable) > 1 else ""
@@ -267,15 +311,19 @@ def _cmd_pack(args: argparse.Namespace) -> int:
     from zf_unet.data.shards import parse_size, write_shards
     from zf_unet.data.sources import open_source
 
+    from zf_unet.data.colour_masks import palette_arguments
+
     shard_size = parse_size(args.shard_size, "--shard-size")
     class_values = _class_values(args.class_values)
-    samples = open_source(args.source, convention="auto", num_classes=args.num_classes,
-                          palette=None, class_values=class_values,
+    palette, num_classes = palette_arguments(args.palette, args.num_classes, args.ignore_index)
+    samples = open_source(args.source, convention="auto", num_classes=num_classes,
+                          palette=palette, class_values=class_values,
                           ignore_index=args.ignore_index)
     info = write_shards(samples, args.out, shard_size=shard_size,
                         border_weights=args.border_weights, w0=args.w0, sigma=args.sigma,
-                        ignore_index=args.ignore_index, num_classes=args.num_classes,
-                        meta={"source": str(args.source)}, overwrite=args.overwrite)
+                        ignore_index=args.ignore_index, num_classes=num_classes,
+                        meta={"source": str(args.source)}, overwrite=args.overwrite,
+                        inputs=[args.source])
     print(f"wrote {info.num_samples} samples in {len(info.shards)} shards to {args.out} "
           f"({info.total_bytes / 2**20:.1f} MB)")
     return 0
@@ -385,6 +433,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=_int_at_least("--seed", 0))
     demo.add_argument("--precision", choices=registry.PRECISIONS.names())
     demo.add_argument("--quick", action="store_true", help="a few seconds' smoke run")
+    demo.add_argument("--overwrite", action="store_true",
+                      help="replace the outputs of an earlier demo in --out")
     demo.add_argument("--quiet", action="store_true")
     demo.set_defaults(func=_cmd_demo)
 
@@ -466,6 +516,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="several classes: write the confusion matrix to PREFIX.csv (pixel "
                     "counts, rows truth, columns prediction) and PREFIX.png (row-normalised "
                     "heat map)")
+    ev.add_argument("--overwrite", action="store_true",
+                    help="replace existing --json / --confusion files")
     ev.set_defaults(func=_cmd_evaluate)
 
     ex = sub.add_parser("export", help="export a .keras model for TF Serving (SavedModel), "
@@ -476,22 +528,26 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--format", choices=["saved_model", "tflite", "onnx"], default="saved_model")
     # dest differs from the top-level --version flag (print the package version)
     ex.add_argument("--version", dest="model_version", type=_int_at_least("--version", 1),
-                    default=1,
+                    default=1, action=_Given,
                     help="SavedModel version subfolder (default 1)")
     ex.add_argument("--tiled", action="store_true",
                     help="overlap-tile prediction inside the SavedModel (large images)")
     _add_tiling_args(ex, tta=False, tile_help="tile side (--tiled); TFLite input size when "
                      "--input-size is not given", batch_help="tiles per model call (--tiled)")
     ex.add_argument("--input-dtype", dest="input_dtype", choices=registry.INPUT_DTYPES,
-                    default=registry.INPUT_DTYPES[0], help="dtype of the SavedModel's 'image' input")
-    ex.add_argument("--threshold", type=float, default=0.5, help="mask = probability > this")
-    ex.add_argument("--overwrite", action="store_true", help="replace an existing version")
+                    action=_Given, default=registry.INPUT_DTYPES[0],
+                    help="dtype of the SavedModel's 'image' input")
+    ex.add_argument("--threshold", type=_probability("--threshold"), default=0.5,
+                    action=_Given, help="mask = probability > this")
+    ex.add_argument("--overwrite", action="store_true", help="replace an existing version "
+                    "(SavedModel) or file (TFLite, ONNX)")
     ex.add_argument("--input-size", dest="input_size", type=_int_at_least("--input-size", 1),
                     nargs=2, metavar=("H", "W"),
                     help="TFLite fixed input size (default TILE_SIZE TILE_SIZE)")
     ex.add_argument("--quantize", action="store_true",
                     help="TFLite dynamic-range quantisation (int8 weights)")
-    ex.set_defaults(func=_cmd_export)
+    ex.set_defaults(func=_cmd_export, input_dtype_given=False, version_given=False,
+                    threshold_given=False)
 
     ck = sub.add_parser(
         "check-data", help="check a training folder (images/ + masks/) and report problems",
@@ -511,7 +567,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="void mask value, left out of the class statistics")
     ck.add_argument("--class-values", dest="class_values",
                     help="gray-value codes per class as JSON, e.g. '[[0, 32, 64], [255]]'")
+    ck.add_argument("--palette", help="class colours of RGB masks (data.palette): class i = "
+                    "colour i, e.g. '[[0,0,0],[255,0,0]]', or a table '{\"#000000\"=0, "
+                    "\"#ffffff\"=255}' (a colour mapped to --ignore-index is void); without "
+                    "it the colours found are listed with a palette to paste")
     ck.add_argument("--json", help="also write the report as JSON")
+    ck.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     ck.set_defaults(func=_cmd_check_data)
 
     pk = sub.add_parser(
@@ -537,7 +598,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="gray-value codes per class as JSON, e.g. '[[0, 32, 64], [255]]'")
     pk.add_argument("--ignore-index", dest="ignore_index", type=_int_at_least("--ignore-index", 0),
                     help="void mask value, left out of class counts and weight maps")
-    pk.add_argument("--overwrite", action="store_true", help="replace an existing DIR")
+    pk.add_argument("--palette", help="class colours of RGB masks (data.palette): class i = "
+                    "colour i, e.g. '[[0,0,0],[255,0,0]]', or a table '{\"#000000\"=0, "
+                    "\"#ffffff\"=255}' (a colour mapped to --ignore-index is void); "
+                    "--num-classes defaults to the palette's")
+    pk.add_argument("--overwrite", action="store_true", help="replace an existing DIR that "
+                    "zf-unet pack wrote (a folder of other files is never replaced)")
     pk.set_defaults(func=_cmd_pack)
 
     show = sub.add_parser("show-augment", help="write a PNG grid of augmented training samples")
@@ -553,6 +619,7 @@ def build_parser() -> argparse.ArgumentParser:
                       type=_int_at_least("--num-classes", 1))
     show.add_argument("--no-elastic", dest="no_elastic", action="store_true")
     show.add_argument("--no-gray", dest="no_gray", action="store_true")
+    show.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     show.add_argument("--no-weights", dest="no_weights", action="store_true",
                       help="skip border weight maps (needed for multi-class masks)")
     show.set_defaults(func=_cmd_show_augment)
@@ -581,10 +648,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    from zf_unet.errors import ZFUNetError
+    from zf_unet.errors import TrainingFailedError, ZFUNetError
 
     try:
         return int(args.func(args) or 0)
+    except TrainingFailedError as exc:  # it ran, and failed: not a usage error
+        print(f"zf-unet {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        return 1
     except (ZFUNetError, ValueError, OSError) as exc:
         # OSError: missing / unreadable / unwritable paths (permissions, full disk, ...)
         print(f"zf-unet {args.command}: error: {_one_line(exc)}", file=sys.stderr)

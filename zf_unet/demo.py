@@ -77,21 +77,30 @@ class DemoConfig:
         })
 
 
+#: What :func:`run_demo` writes into its folder.
+DEMO_OUTPUTS = ("model.keras", "predictions.png", "training_curves.png", "metrics.json")
+
+
 def run_demo(out_dir: str | Path = "results/demo", config: DemoConfig | None = None,
-             verbose: int = 1) -> dict:
+             verbose: int = 1, overwrite: bool = False) -> dict:
     """Train, evaluate on a held-out synthetic split and write results to ``out_dir``.
 
     Writes ``model.keras``, ``predictions.png`` (image / truth / prediction overlays),
-    ``training_curves.png`` and ``metrics.json``; returns the metrics dict.
+    ``training_curves.png`` and ``metrics.json`` (:data:`DEMO_OUTPUTS`); returns the metrics
+    dict. Existing outputs are replaced only with ``overwrite=True``; other files in
+    ``out_dir`` are never touched (the output rule of :mod:`zf_unet.outputs`).
     """
+    from zf_unet.outputs import claim_files, claim_folder
     from zf_unet.data.pipeline import split_indices
     from zf_unet.precision import resolve_precision
     from zf_unet.training import make_model, train
 
     cfg = (config or DemoConfig()).validate()
     train_config = cfg.to_config()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = Path(out_dir).expanduser()
+    claim_folder(out, overwrite=overwrite, command="demo", create=False)
+    claim_files([out / name for name in DEMO_OUTPUTS], overwrite=overwrite)
+    claim_folder(out, overwrite=overwrite, command="demo")
     # The held-out images are the validation split train() makes: no image is shared with
     # training (synthetic image i depends only on (seed, i)).
     d = train_config.data

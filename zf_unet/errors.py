@@ -16,3 +16,11 @@ class ConfigError(ZFUNetError, ValueError):
 
 class OutputExistsError(ZFUNetError, FileExistsError):
     """An output that is only written when asked to replace it (``overwrite=True``) exists."""
+
+
+class NonFiniteOutputError(DataError):
+    """A model whose output is NaN or Inf: a failure, never a result (its file is named)."""
+
+
+class TrainingFailedError(ZFUNetError, RuntimeError):
+    """Training ran but failed: the loss became NaN or Inf. ``zf-unet train`` exits 1."""

@@ -70,16 +70,14 @@ import tensorflow as tf
 from zf_unet import registry
 from zf_unet.checks import check_bool, check_int, check_threshold
 from zf_unet.errors import OutputExistsError
-from zf_unet.io_utils import atomic_path, make_hidden_dir
+from zf_unet.io_utils import (ABANDONED_AFTER_S, atomic_path, lock_folder, mtime, new_locked_dir,
+                              unlock)
 from zf_unet.models.folding import fold_batch_norm
 from zf_unet.models.geometry import ModelGeometry, model_geometry
+from zf_unet.inference import check_model_finite
 from zf_unet.models.loading import load_model_file
+from zf_unet.outputs import check_not_input, claim_file
 from zf_unet.tiling.plan import TilePlan, check_tile_args
-
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - Windows
-    fcntl = None
 
 __all__ = [
     "INPUT_DTYPES",
@@ -298,15 +296,20 @@ def export_saved_model(
     """
     # BatchNorm folded into the convolutions: the export is a snapshot, and the served graph
     # skips every BatchNorm pass (zf_unet.models.folding)
-    model = fold_batch_norm(_as_model(model))
+    given = model
+    model = _as_model(model)
+    check_model_finite(model)  # a NaN model is never exported
+    model = fold_batch_norm(model)
     version = check_int("version", version, 1)
     check_bool("overwrite", overwrite)
     serving_default, mask_only, spec, plan = _serving_fns(
         model, tiled=tiled, tile_size=tile_size, overlap=overlap, blend=blend,
         batch_size=batch_size, input_dtype=input_dtype, threshold=threshold,
     )
-    base = Path(path)
+    base = Path(path).expanduser()
     final = base / str(version)
+    check_not_input(base, [given] if isinstance(given, (str, os.PathLike)) else [],
+                    whole_folder=True)
     if base.is_dir():
         recover_interrupted_exports(base)
     if final.exists() and not overwrite:
@@ -314,12 +317,17 @@ def export_saved_model(
             f"{final} already exists; pass overwrite=True or another version "
             "(zf-unet export: --overwrite or --version N)"
         )
+    if final.exists() and not (final / "saved_model.pb").is_file():
+        raise OutputExistsError(
+            f"{final}: exists and is not a SavedModel (no saved_model.pb); a folder zf-unet "
+            "did not write is never replaced, even with --overwrite: choose another --version "
+            "or base folder")
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint("serving_default", serving_default)
     archive.add_endpoint("mask_only", mask_only)
     base.mkdir(parents=True, exist_ok=True)
-    tmp, tmp_lock = _new_work_dir(base, f".{version}.tmp-")
+    tmp, tmp_lock = new_locked_dir(base, f".{version}.tmp-")
     old = old_lock = None
     try:
         archive.write_out(str(tmp), verbose=verbose)
@@ -331,7 +339,7 @@ def export_saved_model(
                                 "mask_only": ["mask"]})
         (extra / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
         if final.exists():  # overwrite=True (checked above)
-            old, old_lock = _new_work_dir(base, f".{version}.old-")
+            old, old_lock = new_locked_dir(base, f".{version}.old-")
             os.replace(final, old / "v")
         os.rename(tmp, final)  # fails if another export created `final` meanwhile
     except BaseException:
@@ -342,8 +350,8 @@ def export_saved_model(
     finally:
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
-        _unlock(tmp_lock)
-        _unlock(old_lock)
+        unlock(tmp_lock)
+        unlock(old_lock)
     return final
 
 
@@ -351,53 +359,6 @@ def export_saved_model(
 # SavedModel being written) and ``.{version}.old-XXXXXXXX`` (holds the replaced version as
 # ``v`` during an overwrite), exactly as ``make_hidden_dir`` names them.
 _WORK_DIR = re.compile(r"\.([1-9][0-9]*)\.(tmp|old)-[0-9a-f]{8}")
-
-#: Where folder locks do not work (Windows, some network file systems), a work folder is
-#: only taken for abandoned once it has not changed for this long (seconds).
-ABANDONED_AFTER_S = 3600.0
-
-
-def _lock_folder(path: Path, wait: bool) -> int | None:
-    """An exclusive ``flock`` on the folder ``path``, held by the returned descriptor until
-    ``_unlock`` (the kernel drops it when the process dies, even by ``kill -9``); ``None``
-    where folder locks do not work. Raises ``BlockingIOError`` if another export holds it
-    and ``wait`` is False."""
-    if fcntl is None:  # pragma: no cover - Windows
-        return None
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-    except BlockingIOError:
-        os.close(fd)
-        raise
-    except OSError:  # e.g. NFS emulating flock with write locks: no locks on folders
-        os.close(fd)
-        return None
-    return fd
-
-
-def _unlock(fd: int | None) -> None:
-    if fd is not None:
-        os.close(fd)
-
-
-def _new_work_dir(base: Path, prefix: str) -> tuple[Path, int | None]:
-    """``make_hidden_dir(base, prefix)``, locked for as long as this export uses it. The base
-    folder's lock makes creating and locking one step for ``recover_interrupted_exports``."""
-    guard = _lock_folder(base, wait=True)
-    try:
-        work = make_hidden_dir(base, prefix)
-        return work, _lock_folder(work, wait=False)
-    finally:
-        _unlock(guard)
-
-
-def _mtime(path: Path) -> float:
-    try:
-        return path.stat().st_mtime
-    except OSError:  # removed meanwhile
-        return 0.0
-
 
 def recover_interrupted_exports(path: str | os.PathLike) -> list[Path]:
     """Tidy up the base folder ``path`` after ``export_saved_model`` runs that were killed
@@ -416,18 +377,18 @@ def recover_interrupted_exports(path: str | os.PathLike) -> list[Path]:
     """
     base = Path(path)
     restored: list[Path] = []
-    guard = _lock_folder(base, wait=True)
+    guard = lock_folder(base, wait=True)
     try:
         found = [(p, m) for p in base.iterdir()
                  if (m := _WORK_DIR.fullmatch(p.name)) and p.is_dir() and not p.is_symlink()]
-        found.sort(key=lambda pm: _mtime(pm[0]), reverse=True)  # newest first
+        found.sort(key=lambda pm: mtime(pm[0]), reverse=True)  # newest first
         for work, match in found:
             try:
-                lock = _lock_folder(work, wait=False)
+                lock = lock_folder(work, wait=False)
             except (BlockingIOError, FileNotFoundError):
                 continue  # a running export's folder (or gone)
             try:
-                if lock is None and time.time() - _mtime(work) < ABANDONED_AFTER_S:
+                if lock is None and time.time() - mtime(work) < ABANDONED_AFTER_S:
                     continue
                 version_dir = base / match.group(1)
                 kept = work / "v"
@@ -436,9 +397,9 @@ def recover_interrupted_exports(path: str | os.PathLike) -> list[Path]:
                     restored.append(version_dir)
                 shutil.rmtree(work, ignore_errors=True)
             finally:
-                _unlock(lock)
+                unlock(lock)
     finally:
-        _unlock(guard)
+        unlock(guard)
     return restored
 
 
@@ -446,7 +407,7 @@ def recover_interrupted_exports(path: str | os.PathLike) -> list[Path]:
 # TFLite and ONNX
 # --------------------------------------------------------------------------------------------
 def export_tflite(model: Any, path: str | os.PathLike, input_size: Sequence[int] = (256, 256),
-                  quantize: bool = False) -> Path:
+                  quantize: bool = False, overwrite: bool = False) -> Path:
     """Write a TFLite flatbuffer for one fixed input size and return its path.
 
     The graph is the bare network: input ``[1, H, W, C]`` float32 in [0, 1] (``H, W`` =
@@ -454,9 +415,15 @@ def export_tflite(model: Any, path: str | os.PathLike, input_size: Sequence[int]
     ``padding="same"``), output ``[1, H', W', K]`` float32 probabilities. Mixed-precision
     models are converted from a float32 copy. ``quantize=True`` applies dynamic-range
     quantisation (int8 weights, float activations; about 4x smaller, not bit-exact).
-    Volume models are refused (``ValueError``; use ``export_saved_model``).
+    Volume models are refused (``ValueError``; use ``export_saved_model``). An existing
+    ``path`` is replaced only with ``overwrite=True`` (``OutputExistsError`` otherwise), and
+    a model whose output is not finite is refused (``NonFiniteOutputError``).
     """
-    model = _float32_clone(_as_model(model))
+    path = claim_file(path, inputs=[model] if isinstance(model, (str, os.PathLike)) else [],
+                      overwrite=check_bool("overwrite", overwrite))
+    model = _as_model(model)
+    check_model_finite(model)
+    model = _float32_clone(model)
     geom = model_geometry(model)
     _refuse_volumes(geom, "export_tflite")
     check_bool("quantize", quantize)
@@ -515,13 +482,17 @@ def _check_size(geom: ModelGeometry, size: tuple) -> None:
             )
 
 
-def export_onnx(model: Any, path: str | os.PathLike, opset: int | None = None) -> Path:
+def export_onnx(model: Any, path: str | os.PathLike, opset: int | None = None,
+                overwrite: bool = False) -> Path:
     """Write an ONNX model (Keras 3 ``model.export(format="onnx")``, i.e. tf2onnx) and return
     its path. Input ``image`` float32 ``[batch, H, W, C]`` in [0, 1] with batch, H and W
     dynamic (H, W must be sizes the model accepts; no padding in the graph); output float32
     probabilities ``[batch, H', W', K]``. Mixed-precision models are exported from a float32
     copy. Needs ``pip install tf2onnx onnx`` (and ``onnxruntime`` to run it). Volume models
-    are refused (``ValueError``)."""
+    are refused (``ValueError``). An existing ``path`` is replaced only with
+    ``overwrite=True``; a model whose output is not finite is refused."""
+    path = claim_file(path, inputs=[model] if isinstance(model, (str, os.PathLike)) else [],
+                      overwrite=check_bool("overwrite", overwrite))
     if isinstance(model, keras.Model):  # a volume model is refused before the import check
         _refuse_volumes(model_geometry(model), "export_onnx")
     try:
@@ -530,9 +501,11 @@ def export_onnx(model: Any, path: str | os.PathLike, opset: int | None = None) -
         raise ImportError(
             "export_onnx needs tf2onnx and onnx: pip install tf2onnx onnx onnxruntime"
         ) from exc
-    model = _float32_clone(_as_model(model))
+    model = _as_model(model)
+    _refuse_volumes(model_geometry(model), "export_onnx")
+    check_model_finite(model)
+    model = _float32_clone(model)
     geom = model_geometry(model)
-    _refuse_volumes(geom, "export_onnx")
     fixed = geom.fixed_size or (None, None)
     spec = tf.TensorSpec([None, fixed[0], fixed[1], geom.channels], tf.float32, name="image")
     with atomic_path(path) as tmp:

@@ -166,37 +166,13 @@ def _plan_outputs(paths: list, stacks: list, out: Any, cells: bool, prob: bool =
 
 
 def _check_outputs(plans: list, paths: list, out: Any, overwrite: bool) -> None:
-    """Refuse (before any write) outputs that would replace an input, a folder, or, unless
-    ``overwrite``, any existing file."""
-    from zf_unet.errors import DataError, OutputExistsError
+    """Refuse (before any write) outputs that would replace an input, lie inside an input
+    folder, replace a folder, or, unless ``overwrite``, any existing file (the output rule
+    of :func:`zf_unet.outputs.claim_files`)."""
+    from zf_unet.outputs import claim_files, claim_folder
 
-    inputs = {p.resolve() for p in paths}
-    planned = [f for files in plans for f in files]
-    slice_dirs = [p for p in paths if p.is_dir()]
-    target = out.resolve()
-    inside = [d for d in slice_dirs if target == d.resolve() or d.resolve() in target.parents]
-    if inside:
-        raise DataError(f"{inside[0]}: is a volume (folder of slices) of this call and --out "
-                        f"{out} would write into it (a later read would take the outputs for "
-                        "slices); expected an --out folder outside the input folders")
-    clash = [f for f in planned if f.resolve() in inputs]
-    if clash:
-        raise DataError(f"{clash[0]}: is an input of this call and would be replaced by a "
-                        "prediction; expected an --out folder that does not hold the inputs' "
-                        "output names (or leave that file out)")
-    folders = [f for f in planned if f.is_dir()]
-    if folders:
-        raise DataError(f"{folders[0]}: is a folder where predict writes a file; expected "
-                        "another --out folder")
-    existing = [f for f in planned if f.exists() or f.is_symlink()]
-    if existing and not overwrite:
-        shown = ", ".join(f.name for f in existing[:5])
-        more = f" and {len(existing) - 5} more" if len(existing) > 5 else ""
-        raise OutputExistsError(
-            f"{out}: {len(existing)} output file(s) exist already ({shown}{more}); predict "
-            "replaces files only when asked: pass --overwrite (overwrite=True) to replace "
-            "them, or choose another --out folder"
-        )
+    claim_folder(out, inputs=paths, overwrite=overwrite, command="predict", create=False)
+    claim_files([f for files in plans for f in files], inputs=paths, overwrite=overwrite)
 
 
 def _labels(probs: np.ndarray, threshold: float) -> np.ndarray:
@@ -278,8 +254,8 @@ def predict_files(model: keras.Model, inputs: list, out_dir: Any, *, tile_size: 
     Folders: every image file (``.png .tif .tiff .jpg .jpeg``, not hidden) is an input,
     except files named like predict's outputs of another image in the same folder
     (``X_prob.tif``, ``X_mask.png``, ``X_mask.tif``, ``X_overlay.png``, ``X_cells.tif`` when
-    ``X.*`` is there too), so predicting into the input folder does not feed the results of
-    an earlier run back in. A ground-truth ``X_mask.png`` next to ``X.png`` is skipped too
+    ``X.*`` is there too), so the results of an earlier run are not fed back in. ``out_dir``
+    must not be an input folder or lie inside one (the output rule, :mod:`zf_unet.outputs`). A ground-truth ``X_mask.png`` next to ``X.png`` is skipped too
     (give it as a file to predict it).
 
     Nothing is overwritten unless asked: every input is read and checked (readable, channels,
@@ -303,6 +279,7 @@ def predict_files(model: keras.Model, inputs: list, out_dir: Any, *, tile_size: 
 
     from zf_unet.errors import DataError
     from zf_unet.io_utils import atomic_path
+    from zf_unet.outputs import claim_folder
 
     # Arguments first (cheap): tile size, overlap and TTA surface on a tiny probe.
     geom = model_geometry(model)
@@ -349,14 +326,15 @@ def predict_files(model: keras.Model, inputs: list, out_dir: Any, *, tile_size: 
     if out.exists() and not out.is_dir():
         raise DataError(f"{out}: exists and is not a folder; expected an output folder")
     plans = _plan_outputs(paths, stacks, out, cells is not None, bool(prob), not volumes)
-    _check_outputs(plans, paths, out, overwrite)
+    given = [Path(str(i)) for i in (inputs if isinstance(inputs, (list, tuple)) else [inputs])]
+    _check_outputs(plans, paths + given, out, overwrite)
     if volumes:
         import logging
 
         logging.getLogger("zf_unet").info("predict: volume model: overlays are 2-D only; "
                                           "writing label volumes (NAME_mask.tif) and "
                                           "probabilities only")
-    out.mkdir(parents=True, exist_ok=True)
+    claim_folder(out, inputs=paths + given, overwrite=overwrite, command="predict")
     written = []
     for path, stack, files in zip(paths, stacks, plans):
         arr = _read_input(path, volumes)

@@ -37,7 +37,8 @@ from zf_unet.data.imageops import unit_divisor
 from zf_unet.data.io import check_float_range
 from zf_unet.models.folding import FoldedView
 from zf_unet.models.geometry import ModelGeometry, model_geometry
-from zf_unet.models.loading import load_model_file
+from zf_unet.errors import NonFiniteOutputError
+from zf_unet.models.loading import load_model_file, model_source
 from zf_unet.tiling.plan import TilePlan, check_tile_args
 from zf_unet.tiling.tta import Transform, tta_key, tta_transforms
 
@@ -238,6 +239,27 @@ def _predict_batch(predict: Callable, x: np.ndarray, transforms: list[Transform]
     return acc
 
 
+def non_finite_output(model: Any, where: str) -> NonFiniteOutputError:
+    """The error for a model whose output on ``where`` holds NaN or Inf (names its file)."""
+    return NonFiniteOutputError(
+        f"{model_source(model)}: the model's output on {where} holds NaN or Inf; expected "
+        "finite probabilities: its weights are broken (did its training diverge?): use a "
+        "checkpoint of a finite epoch or train it again")
+
+
+def check_model_finite(model: keras.Model) -> None:
+    """Run ``model`` once on a mid-gray test input (64 px per axis, 8 sections for volume
+    models) and raise :class:`NonFiniteOutputError` naming its file if the output is not
+    finite (exports call this: a NaN model must not be served)."""
+    geom = model_geometry(model)
+    shape = (geom.fixed_size or ((8, 64, 64) if geom.spatial_axes == 3 else (64, 64)))
+    probe = np.full((*shape, geom.channels), 0.5, np.float32)
+    try:
+        predict_tiled(model, probe, tile_size=max(64, *shape), overlap=0)
+    except NonFiniteOutputError:
+        raise non_finite_output(model, "a mid-gray test input") from None
+
+
 def predict_tiled(
     model: keras.Model,
     image: Any,
@@ -404,6 +426,8 @@ def predict_tiled(
             tile = plan.read_tile(stack[n], st, outs)
             np.divide(tile, divisor, out=buf[k], casting="unsafe")
         pred = _predict_batch(predict, buf, transforms, (bs, *outs, num_classes))
+        if not np.isfinite(pred.sum(dtype=np.float64)):  # a NaN model is no result
+            raise non_finite_output(model, "this input")
         for k, (n, st) in enumerate(batch):
             dst = tuple(slice(max(0, s0), min(length, s0 + t))
                         for s0, t, length in zip(st, outs, lengths))

@@ -25,16 +25,18 @@ import tensorflow as tf
 from zf_unet import _keras_compat
 from zf_unet import metrics as zm
 from zf_unet.callbacks import (AtomicBackupAndRestore, BestModelCheckpoint, CollapseWarning,
-                               CurvesAtEnd, ReplaceOldRun, TimeBudget, backup_source,
-                               completed_epochs, hidden_sibling, read_csv_log, recover_backup,
-                               repair_csv_log)
+                               CurvesAtEnd, ReplaceOldRun, RUN_OUTPUTS, StopOnNonFinite,
+                               TimeBudget, backup_source, completed_epochs, hidden_sibling,
+                               keep_user_files, read_csv_log, recover_backup, repair_csv_log)
 from zf_unet.config import Config, model_levels, resolve_monitor
 from zf_unet.data.pipeline import make_datasets, median_frequency_weights
 from zf_unet.data.volumes import make_volume_datasets
 from zf_unet.data.sources import open_source
 from zf_unet.distribute import is_chief, make_strategy
-from zf_unet.errors import ConfigError
-from zf_unet.io_utils import atomic_path, hidden_dirs, save_model_atomic, write_json_atomic
+from zf_unet.errors import ConfigError, TrainingFailedError
+from zf_unet.io_utils import (atomic_path, hidden_dirs, remove_stale_temporaries, save_model_atomic,
+                              write_json_atomic)
+from zf_unet.outputs import check_not_input
 from zf_unet.models import build_unet, build_unet_plus_plus, load_weights_file, repeat_targets
 import zf_unet.optimizers  # noqa: F401,E402 - registers FusedAdam for keras load_model
 from zf_unet.precision import resolve_precision
@@ -44,17 +46,6 @@ from zf_unet.registry import LOSSES, OPTIMIZERS, SCHEDULES
 # for code that imported them from zf_unet.training.
 __all__ = ["AtomicBackupAndRestore", "BestModelCheckpoint", "CollapseWarning", "TimeBudget",
            "make_strategy", "read_csv_log", "recover_backup", "repair_csv_log", "train"]
-
-
-def _remove_stale_temporaries(folder: Path, names: list[str]) -> None:
-    """Delete the temporary files ``atomic_path`` leaves when a process is killed mid-write
-    (``.best.XXXXXXXX.keras`` for ``best.keras``)."""
-    for name in names:
-        stem, suffix = name.split(".", 1)
-        pattern = re.compile(rf"^\.{re.escape(stem)}\.[A-Za-z0-9_]{{8}}\.{re.escape(suffix)}$")
-        for f in folder.glob(f".{stem}.*"):
-            if pattern.match(f.name) and f.is_file():
-                f.unlink()
 
 
 # --------------------------------------------------------------------------- run folder
@@ -163,9 +154,32 @@ def recover_fresh_swap(run: str | Path) -> None:
         kept = holder / "run"
         if not run.exists() and kept.is_dir():
             os.rename(kept, run)
+        else:  # the new run is in place: the user's files of the old one move over
+            keep_user_files(kept, run)
         shutil.rmtree(holder, ignore_errors=True)
     for stale in hidden_dirs(run.parent, f".{run.name}.fresh-"):
         shutil.rmtree(stale, ignore_errors=True)
+
+
+def diverged(exc: TrainingFailedError, run: Path, write: bool,
+             policy: str) -> TrainingFailedError:
+    """The error for a run stopped by a NaN / Inf loss, naming the epoch and what the run
+    folder keeps; with ``write``, ``summary.json`` records the failure (valid JSON)."""
+    best_state = run / "best.json"
+    best = json.loads(best_state.read_text()) if best_state.is_file() else None
+    if write:
+        write_json_atomic({"status": "failed", "error": str(exc), "precision": policy,
+                           "best": best}, run / "summary.json")
+    if not write:
+        kept = f"{run} was left as it was (the new run never replaced it)"
+    elif best is not None and (run / "best.keras").is_file():
+        kept = (f"{run / 'best.keras'} holds epoch {int(best['epoch']) + 1}, the last "
+                "finite checkpoint")
+    else:
+        kept = f"no finite checkpoint was saved in {run}"
+    remedy = ("lower optimizer.learning_rate, or train in float32 (train.precision)"
+              if "16" in policy else "lower optimizer.learning_rate")
+    return TrainingFailedError(f"training failed: {exc}; {kept}; {remedy}")
 
 
 # --------------------------------------------------------------------------- pieces
@@ -318,10 +332,11 @@ def make_data(cfg: Config, seed: int) -> tuple[tf.data.Dataset, tf.data.Dataset 
     source: Any = d.source
     if source == "synthetic":
         source = open_source(source, synthetic=(d.synthetic_n, d.synthetic_size, seed))
-    if d.num_classes == 0:
+    if d.num_classes == 0 and not d.palette:
         num_classes: Any = "auto"
-    else:
-        num_classes = d.num_classes if d.num_classes > 1 or d.class_values else None
+    else:  # data.palette: its classes, even those no training mask holds
+        k = d.num_classes or d.palette_classes()
+        num_classes = k if k > 1 or d.class_values else None
     if d.volumes:
         return make_volume_datasets(
             source, patch_size=d.patch_size or None, batch_size=d.batch_size,
@@ -337,6 +352,7 @@ def make_data(cfg: Config, seed: int) -> tuple[tf.data.Dataset, tf.data.Dataset 
         val_fraction=d.val_fraction, val_indices=d.val_indices or None, seed=seed,
         augment=d.augment, border_weights=d.border_weights, w0=d.w0, sigma=d.sigma,
         num_classes=num_classes, class_values=d.class_values or None,
+        palette=d.mask_palette(),
         ignore_index=d.ignore_index if d.ignore_index >= 0 else None,
         val_source=d.val_source or None, samples_per_epoch=d.samples_per_epoch or None,
         with_info=True, cache=d.cache, skip_bad_files=d.skip_bad_files)
@@ -455,8 +471,10 @@ def train(config: Config | str | Path | dict, out_dir: str | Path = "runs/run",
     else:
         raise ConfigError(f"config: expected a Config, a dict or a TOML path, got "
                           f"{type(config).__name__}")
-    run = Path(out_dir)
+    run = Path(out_dir).expanduser()
     chief = is_chief()
+    check_not_input(run, [p for p in (cfg.data.source, cfg.data.val_source)
+                          if isinstance(p, (str, Path)) and str(p) and Path(p).exists()])
     if chief:
         recover_fresh_swap(run)  # a killed fresh start: the old run back in place
         check_run_folder(run, cfg, fresh=fresh)
@@ -567,10 +585,7 @@ def train(config: Config | str | Path | dict, out_dir: str | Path = "runs/run",
                 write_dir = run
         write_dir.mkdir(parents=True, exist_ok=True)
         if chief:
-            _remove_stale_temporaries(run, ["best.keras", "last.keras", "final.keras",
-                                            "best.json", "summary.json", "config.toml",
-                                            "resolved.json",
-                                            "log.csv", "training_curves.png"])
+            remove_stale_temporaries(run, [n for n in RUN_OUTPUTS if "." in n])
             with atomic_path(run / "config.toml") as tmp:
                 tmp.write_text(cfg.to_toml(), encoding="utf-8")
             write_json_atomic(resolved, run / "resolved.json")
@@ -582,7 +597,7 @@ def train(config: Config | str | Path | dict, out_dir: str | Path = "runs/run",
         # an epoch (repair_csv_log then drops its first row) but never loses one.
         backup_cb = AtomicBackupAndRestore(write_dir / "backup", write=True)
         callbacks: list = [
-            keras.callbacks.TerminateOnNaN(),
+            StopOnNonFinite(),
             keras.callbacks.CSVLogger(str(write_dir / "log.csv"), append=True),
             BestModelCheckpoint(run / "best.keras", run / "last.keras", monitor,
                                 cfg.train.monitor_mode, write=chief),
@@ -646,8 +661,11 @@ def train(config: Config | str | Path | dict, out_dir: str | Path = "runs/run",
                 history = model.fit(fit_ds, validation_data=val_ds, epochs=cfg.train.epochs,
                                     callbacks=callbacks, verbose=verbose, shuffle=False)
         except BaseException as exc:
-            if swap is not None and not swap.done:  # the old run was never touched
+            old_run_kept = swap is not None and not swap.done
+            if old_run_kept:  # the old run was never touched
                 shutil.rmtree(staging, ignore_errors=True)
+            if isinstance(exc, TrainingFailedError):
+                raise diverged(exc, target, chief and not old_run_kept, policy) from None
             failed = info.read_log.error if info.read_log is not None else None
             if failed is not None and isinstance(exc, tf.errors.OpError):
                 raise failed from None  # a file that could not be read mid-epoch, named

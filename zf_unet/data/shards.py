@@ -42,16 +42,18 @@ import numpy as np
 import tensorflow as tf
 
 from zf_unet.data.imageops import scale_to_unit_tf, to_float_image
+from zf_unet.data.shard_checks import (INDEX_NAME, check_index, decode_record, file_records,
+                                       read_records)
 from zf_unet.data.streaming import ScanResult
 from zf_unet.errors import ConfigError, DataError, OutputExistsError
+from zf_unet.io_utils import new_locked_dir, remove_abandoned_dirs, unlock
+from zf_unet.outputs import MARKER, claim_folder, mark_folder
 
 __all__ = ["FORMAT_VERSION", "INDEX_NAME", "ShardInfo", "ShardSource", "parse_size",
            "write_shards"]
 
 #: Version of the shard format written; readers refuse newer versions.
 FORMAT_VERSION = 1
-#: Name of the index file in a shard folder.
-INDEX_NAME = "zf_unet_shards.json"
 
 _DTYPES = ("uint8", "uint16", "float32")
 _UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
@@ -176,10 +178,7 @@ class ShardInfo:
                             f"num_samples={info.num_samples}")
         if len(info.names) != info.num_samples:
             raise DataError(f"{source}: {len(info.names)} names for {info.num_samples} samples")
-        bad = [d for d in info.image_dtypes if d not in _DTYPES]
-        if bad:
-            raise DataError(f"{source}: unsupported image dtype {bad[0]!r}; expected one of "
-                            f"{', '.join(_DTYPES)}")
+        check_index(info, source, _DTYPES)
         return info
 
 
@@ -302,45 +301,70 @@ class _ShardWriter:
             self._writer = None
 
 
-def _prepare_out_dir(out_dir: str, overwrite: bool) -> bool:
-    """Check ``out_dir``; ``True`` when it exists (it is then replaced)."""
-    if not tf.io.gfile.exists(out_dir):
-        return False
-    if not tf.io.gfile.isdir(out_dir):
-        raise OutputExistsError(f"{out_dir}: exists and is not a folder; choose another --out")
-    if tf.io.gfile.listdir(out_dir) and not overwrite:
-        raise OutputExistsError(f"{out_dir}: exists and is not empty; choose another --out or "
-                                "pass overwrite=True (--overwrite) to replace it")
-    return True
+def _owned_name(name: str) -> bool:
+    """A file name ``write_shards`` writes (a shard, the index or the output marker)."""
+    return name in (INDEX_NAME, MARKER) or re.fullmatch(
+        r"shard-\d{5}-of-\d{5}\.tfrecord", name) is not None
 
 
-def _make_tmp_dir(out_dir: str) -> str:
+def _prepare_out_dir(out_dir: str, overwrite: bool, inputs: Sequence[Any]) -> bool:
+    """Check ``out_dir`` by the output rule (:func:`zf_unet.outputs.claim_folder`): never an
+    input or a folder holding one, an existing non-empty folder only with ``overwrite`` and
+    only if ``write_shards`` made it. Leftovers of killed runs beside it are removed first.
+    Returns ``True`` when it exists (it is then replaced)."""
+    if not _is_local(out_dir):
+        if not tf.io.gfile.exists(out_dir):
+            return False
+        if not tf.io.gfile.isdir(out_dir):
+            raise OutputExistsError(f"{out_dir}: exists and is not a folder; choose another "
+                                    "--out")
+        if tf.io.gfile.listdir(out_dir) and not overwrite:
+            raise OutputExistsError(f"{out_dir}: exists and is not empty; choose another --out "
+                                    "or pass overwrite=True (--overwrite) to replace it")
+        return True
+    local = Path(_local(out_dir)).expanduser()
+    parent, base = local.parent, local.name
+    if parent.is_dir():
+        def put_back(holder: Path) -> None:  # killed between moving the old set out and the new in
+            if not local.exists() and (holder / "old").is_dir():
+                os.replace(holder / "old", local)
+
+        remove_abandoned_dirs(parent, f"{_TMP_PREFIX}{base}.old-", salvage=put_back)
+        remove_abandoned_dirs(parent, f"{_TMP_PREFIX}{base}-")
+    return claim_folder(local, inputs=[i for i in inputs if i is not None], overwrite=overwrite,
+                        command="pack", replace=True, owned=_owned_name, create=False)
+
+
+def _make_tmp_dir(out_dir: str) -> tuple[str, int | None]:
+    """A new hidden work folder beside ``out_dir`` and its lock (local paths)."""
     parent = _parent(out_dir)
     if _is_local(parent):
-        from zf_unet.io_utils import make_hidden_dir
-
         Path(_local(parent)).mkdir(parents=True, exist_ok=True)
         base = Path(_local(out_dir)).name
-        return str(make_hidden_dir(_local(parent), f"{_TMP_PREFIX}{base}-"))
+        work, lock = new_locked_dir(_local(parent), f"{_TMP_PREFIX}{base}-")
+        return str(work), lock
     import secrets
 
     tmp = posixpath.join(parent, f"{_TMP_PREFIX}{posixpath.basename(out_dir.rstrip('/'))}-"
                                  f"{secrets.token_hex(4)}")
     tf.io.gfile.makedirs(tmp)
-    return tmp
+    return tmp, None
 
 
 def _move_into_place(tmp_dir: str, out_dir: str, exists: bool) -> None:
     """Rename the finished ``tmp_dir`` to ``out_dir`` (replacing it when ``exists``)."""
     if _is_local(out_dir):
         src, dst = _local(tmp_dir), _local(out_dir).rstrip("/") or _local(out_dir)
+        mark_folder(src, "pack")
         if exists:
-            from zf_unet.io_utils import make_hidden_dir
-
-            trash = make_hidden_dir(os.path.dirname(dst) or ".", f"{_TMP_PREFIX}old-")
-            os.replace(dst, trash / "old")
-            os.replace(src, dst)
-            shutil.rmtree(trash, ignore_errors=True)
+            parent = os.path.dirname(dst) or "."
+            trash, lock = new_locked_dir(parent, f"{_TMP_PREFIX}{os.path.basename(dst)}.old-")
+            try:
+                os.replace(dst, trash / "old")
+                os.replace(src, dst)
+                shutil.rmtree(trash, ignore_errors=True)
+            finally:
+                unlock(lock)
         else:
             os.replace(src, dst)
         return
@@ -368,6 +392,7 @@ def write_shards(
     num_classes: int | None = None,
     meta: dict | None = None,
     overwrite: bool = False,
+    inputs: Sequence[Any] = (),
 ) -> ShardInfo:
     """Write ``samples`` as TFRecord shards ``out_dir/shard-NNNNN-of-MMMMM.tfrecord`` + index.
 
@@ -386,7 +411,10 @@ def write_shards(
         num_classes: the model's K, checked against the mask ids (``None``: taken from the
             data, recorded as ``None``).
         meta: JSON-serialisable extra information kept in the index.
-        overwrite: replace an existing non-empty ``out_dir``.
+        overwrite: replace an existing non-empty ``out_dir`` that ``write_shards`` made
+            (a folder of other files is never replaced).
+        inputs: the paths the samples are read from: ``out_dir`` must not be, lie inside or
+            hold one of them (the output rule of :mod:`zf_unet.outputs`).
 
     Returns:
         The :class:`ShardInfo` written to ``out_dir/zf_unet_shards.json``.
@@ -410,8 +438,8 @@ def write_shards(
             json.dumps(meta)
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"meta: not JSON-serialisable ({exc})") from None
-    exists = _prepare_out_dir(out, overwrite)
-    tmp_dir = _make_tmp_dir(out)
+    exists = _prepare_out_dir(out, overwrite, inputs)
+    tmp_dir, tmp_lock = _make_tmp_dir(out)
     writer = _ShardWriter(tmp_dir, size)
     try:
         names: list[str] = []
@@ -477,6 +505,7 @@ def write_shards(
         writer.close()
         if tf.io.gfile.exists(tmp_dir):
             tf.io.gfile.rmtree(tmp_dir)
+        unlock(tmp_lock)
 
 
 # --------------------------------------------------------------------------- reading
@@ -608,10 +637,18 @@ class ShardSource:
         files than pipelines, its own records; either way the pipelines together see every
         sample once. A damaged file raises ``tf.errors.DataLossError`` (iterate the source
         itself, or call :meth:`verify`, to learn which file). ``files``: a subset of
-        :attr:`files` to read (default all), e.g. the shards that train when others validate.
+        :attr:`files` to read (default all), e.g. the shards that train when others validate;
+        an item ``(file, start, stop)`` reads records ``start .. stop - 1`` of a file only.
         """
-        paths = list(self.files if files is None else files)
-        files = tf.data.Dataset.from_tensor_slices(paths)
+        parts = [(p, 0, -1) if isinstance(p, str) else (str(p[0]), int(p[1]), int(p[2]))
+                 for p in (self.files if files is None else files)]
+        paths = [p[0] for p in parts]
+        files = tf.data.Dataset.from_tensor_slices((paths, np.asarray(
+            [(p[1], -1 if p[2] < 0 else p[2] - p[1]) for p in parts], np.int64)))
+
+        def read(path: tf.Tensor, span: tf.Tensor) -> tf.data.Dataset:
+            return tf.data.TFRecordDataset(path).skip(span[0]).take(span[1])
+
         if shuffle_files:
             files = files.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
         shard_records = False
@@ -624,13 +661,12 @@ class ShardSource:
         if shuffle_files:
             # sharding records needs the same record order in every pipeline: deterministic,
             # and a cycle length that does not depend on the machine (AUTOTUNE would)
-            ds = files.interleave(tf.data.TFRecordDataset,
-                                  cycle_length=len(paths) if shard_records
+            ds = files.interleave(read, cycle_length=len(paths) if shard_records
                                   else num_parallel_reads,
                                   num_parallel_calls=num_parallel_reads,
                                   deterministic=shard_records)
         else:
-            ds = files.interleave(tf.data.TFRecordDataset, cycle_length=1,
+            ds = files.interleave(read, cycle_length=1,
                                   num_parallel_calls=1, deterministic=True)
         if shard_records:
             ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
@@ -638,54 +674,34 @@ class ShardSource:
                       deterministic=not shuffle_files)
 
     # ----------------------------------------------------------------- samples
-    def _records(self, file: str, skip: int = 0) -> Iterator[bytes]:
-        """The raw records of ``file`` (eagerly), a damaged file as a DataError naming it."""
-        it = None
-        while True:
-            try:
-                if it is None:
-                    it = iter(tf.data.TFRecordDataset(file).skip(skip))
-                record = next(it)
-            except StopIteration:
-                return
-            except tf.errors.NotFoundError:
-                raise DataError(f"{file}: shard file not found (listed in {INDEX_NAME})"
-                                ) from None
-            except tf.errors.DataLossError as exc:
-                raise DataError(f"{file}: damaged shard file ({exc.message.strip()}); "
-                                "repack the data with `zf-unet pack`") from None
-            yield record.numpy()
+    def _first(self, f: int) -> int:
+        """The index of the first sample of file ``f`` in the whole set."""
+        return sum(self.info.shard_counts[:f])
 
-    def _sample(self, record: bytes, file: str) -> Any:
-        try:
-            ex = tf.train.Example.FromString(record)
-            f = ex.features.feature
-            name = f["name"].bytes_list.value[0].decode("utf-8")
-            shape = tuple(int(s) for s in f["shape"].int64_list.value)
-            dtype = np.dtype(f["dtype"].bytes_list.value[0].decode("ascii")).newbyteorder("<")
-            image = np.frombuffer(f["image"].bytes_list.value[0], dtype).reshape(shape)
-            mask = np.frombuffer(f["mask"].bytes_list.value[0], np.uint8).reshape(shape[:2])
-        except Exception as exc:  # noqa: BLE001 - any decoding problem is a damaged record
-            raise DataError(f"{file}: damaged record ({type(exc).__name__}: {exc})") from None
+    @staticmethod
+    def _sample(record: Any) -> Any:
         from zf_unet.data.sources import Sample  # lazily: sources imports this module lazily
 
-        return Sample(name=name, image=image.astype(dtype.newbyteorder("=")), mask=mask.copy(),
+        return Sample(name=record.name, image=record.image, mask=record.mask.copy(),
                       scaled_from_255=False)
+
+    def _file_records(self, f: int) -> Iterator[Any]:
+        return file_records(self.info, self.files[f], self._first(f), self.info.shard_counts[f])
 
     def __iter__(self) -> Iterator[Any]:
         """The samples in the written order: ``Sample(name, image (H, W, C) in its stored
-        dtype, mask (H, W) uint8, scaled_from_255=False)``. Damaged files raise a DataError
-        naming the file."""
-        for file in self.files:
-            for record in self._records(file):
-                yield self._sample(record, file)
+        dtype, mask (H, W) uint8, scaled_from_255=False)``. A missing or damaged file, or one
+        that does not agree with the index, raises a DataError naming the file."""
+        for f in range(len(self.files)):
+            for record in self._file_records(f):
+                yield self._sample(record)
 
     def read(self, i: int) -> Any:
         """Sample ``i`` (see :meth:`__iter__`). Slow: reads its shard file from the start."""
         f, k = self._locate(i)
         file, count = self.files[f], self.info.shard_counts[f]
-        for record in self._records(file, skip=k):
-            return self._sample(record, file)
+        for record in read_records(file, skip=k):
+            return self._sample(decode_record(self.info, record, file, k, self._first(f) + k))
         raise DataError(f"{file}: holds fewer records than the {count} listed in {INDEX_NAME}; "
                         "repack the data with `zf-unet pack`")
 
@@ -694,18 +710,13 @@ class ShardSource:
         if not self.info.has_weights:
             raise DataError(f"{self.path}: the shards hold no border weight maps (pack with "
                             "--border-weights)")
-        for file in self.files:
-            for record in self._records(file):
-                feature = tf.train.Example.FromString(record).features.feature
-                shape = tuple(int(s) for s in feature["shape"].int64_list.value[:2])
-                raw = feature["weight"].bytes_list.value[0]
-                yield np.frombuffer(raw, "<f4").reshape(shape).astype(np.float32)
+        for f in range(len(self.files)):
+            for record in self._file_records(f):
+                yield record.weight
 
     def verify(self) -> None:
-        """Read every file through; a missing, truncated or miscounted file raises a
-        :class:`DataError` naming it."""
-        for file, count in zip(self.files, self.info.shard_counts):
-            found = sum(1 for _ in self._records(file))
-            if found != count:
-                raise DataError(f"{file}: holds {found} records, {INDEX_NAME} lists {count}; "
-                                "repack the data with `zf-unet pack`")
+        """Read every file through; a missing, truncated or miscounted file, or a record that
+        does not agree with the index, raises a :class:`DataError` naming it."""
+        for f in range(len(self.files)):
+            for _ in self._file_records(f):
+                pass

@@ -3,6 +3,7 @@ file."""
 from __future__ import annotations
 
 import warnings
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,21 @@ from zf_unet.models.folding import unfused_copy
 from zf_unet.models.fused_upsampling import FusedUpsampleConv
 from zf_unet.models.geometry import model_geometry
 
-__all__ = ["load_model_file", "load_weights_file"]
+__all__ = ["load_model_file", "load_weights_file", "model_source"]
+
+
+#: The file each model of :func:`load_model_file` came from (for error messages).
+_SOURCES: "weakref.WeakKeyDictionary[keras.Model, str]" = weakref.WeakKeyDictionary()
+
+
+def model_source(model: Any) -> str:
+    """Where ``model`` came from, for messages: the file :func:`load_model_file` read it
+    from, else ``model 'NAME'``."""
+    try:
+        source = _SOURCES.get(model)
+    except TypeError:  # not weak-referenceable
+        source = None
+    return source or f"model {getattr(model, 'name', type(model).__name__)!r}"
 
 
 def load_model_file(path: Any, *, image_model: bool = True) -> keras.Model:
@@ -49,6 +64,10 @@ def load_model_file(path: Any, *, image_model: bool = True) -> keras.Model:
             first = (str(exc).strip().splitlines() or [""])[0][:200]
             raise DataError(f"{p}: cannot load as a Keras model; expected a .keras file saved "
                             f"by model.save() ({type(exc).__name__}: {first})") from None
+    try:
+        _SOURCES[model] = text
+    except TypeError:  # pragma: no cover - not weak-referenceable
+        pass
     if image_model:
         try:
             model_geometry(model)
