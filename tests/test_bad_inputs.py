@@ -34,7 +34,8 @@ from PIL import Image
 import zf_unet
 from zf_unet.cli import main
 from zf_unet.config import Config
-from zf_unet.errors import ConfigError, DataError, OutputExistsError, ZFUNetError
+from zf_unet.errors import (ConfigError, DataError, NonFiniteOutputError, OutputExistsError,
+                            ZFUNetError)
 from zf_unet.evaluation import evaluate_model
 from zf_unet.file_prediction import predict_files
 from zf_unet.models import load_model_file
@@ -622,17 +623,17 @@ def _predict_existing(tmp: Path, m: Models) -> Bad:
                r"exist already.*pass --overwrite .*or choose another --out folder", [out])
 
 
-@case("predict_over_ground_truth", "predict a folder into itself, where a_mask.png is the "
-      "ground truth of a.png")
+@case("predict_over_ground_truth", "predict a folder into itself (even with --overwrite), "
+      "where a_mask.png is the ground truth of a.png")
 def _predict_truth(tmp: Path, m: Models) -> Bad:
     data = tmp / "data"
     data.mkdir()
     Image.fromarray(np.full((24, 24), 100, np.uint8)).save(data / "a.png")
     Image.fromarray(np.zeros((24, 24), np.uint8)).save(data / "a_mask.png")
     model = load_model_file(m.gray)
-    return Bad(lambda: predict_files(model, [data], data), OutputExistsError,
-               ["predict", str(data), "--model", str(m.gray), "--out", str(data)],
-               ["a_mask.png"], r"exist already.*--overwrite", [data])
+    return Bad(lambda: predict_files(model, [data], data, overwrite=True), DataError,
+               ["predict", str(data), "--model", str(m.gray), "--out", str(data), "--overwrite"],
+               ["--out", "data"], r"is an input of this command.*not an input", [data])
 
 
 @case("predict_same_names", "two input folders that both hold a.png (their outputs would "
@@ -745,6 +746,271 @@ def _metric_shapes(tmp: Path, m: Models) -> Bad:
                ["y_true", "y_pred", "(2, 8, 6, 1)", "(2, 8, 8, 1)"],
                r"\(batch, height, width\) of the targets must equal those of the predictions",
                [notes(tmp)])
+
+
+# ---- Step 15 cases: shards (helper A adds its cases below this line)
+
+
+def packed_shards(tmp: Path, n: int = 3) -> tuple[Path, list[Path]]:
+    """A folder of ``n`` samples packed one per shard file, and the shard files."""
+    from zf_unet.data.shards import write_shards
+    from zf_unet.data.sources import open_source
+
+    out = tmp / "shards"
+    write_shards(open_source(write_folder(tmp / "data", n=n)), out, shard_size=1)
+    return out, sorted(out.glob("*.tfrecord"))
+
+
+@case("shard_truncated", "a TFRecord shard file cut off in the middle, given to train")
+def _shard_truncated(tmp: Path, m: Models) -> Bad:
+    shards, files = packed_shards(tmp)
+    files[0].write_bytes(files[0].read_bytes()[:-40])
+    run = existing_run(tmp, m.gray)
+    return Bad(lambda: zf_unet.data.make_datasets(shards, patch_size=32), DataError,
+               ["train", "--data", str(shards), "--out", str(run)] + TINY,
+               [files[0].name], r"damaged shard file .*repack", [run])
+
+
+@case("shard_missing", "a shard file listed in zf_unet_shards.json was deleted")
+def _shard_missing(tmp: Path, m: Models) -> Bad:
+    shards, files = packed_shards(tmp)
+    files[1].unlink()
+    run = existing_run(tmp, m.gray)
+    return Bad(lambda: zf_unet.data.make_datasets(shards, patch_size=32, cache="none"),
+               DataError, ["train", "--data", str(shards), "--out", str(run)] + TINY,
+               [files[1].name], r"shard file not found \(listed in zf_unet_shards.json\)", [run])
+
+
+@case("shard_index_lies", "zf_unet_shards.json says 3 channels, the records hold 1")
+def _shard_index_lies(tmp: Path, m: Models) -> Bad:
+    import json
+
+    shards, files = packed_shards(tmp)
+    index = shards / "zf_unet_shards.json"
+    data = json.loads(index.read_text())
+    data.update(channels=3, channel_sum=data["channel_sum"] * 3,
+                channel_sum_sq=data["channel_sum_sq"] * 3)
+    index.write_text(json.dumps(data))
+    run = existing_run(tmp, m.gray)
+    return Bad(lambda: zf_unet.data.make_datasets(shards, patch_size=32), DataError,
+               ["train", "--data", str(shards), "--out", str(run)] + TINY,
+               [files[0].name, "zf_unet_shards.json"],
+               r"1 channel\(s\), zf_unet_shards.json says channels = 3", [run])
+
+
+@case("val_convention_mismatch", "data.val_source holds 0/255 masks, training class ids 0..2")
+def _val_convention_mismatch(tmp: Path, m: Models) -> Bad:
+    train = write_folder(tmp / "train", masks="ids")
+    val = write_folder(tmp / "val", n=2)
+    run = existing_run(tmp, m.gray)
+    return Bad(lambda: zf_unet.data.make_datasets(train, val_source=val, num_classes="auto",
+                                                  patch_size=32), DataError,
+               ["train", "--data", str(train), "--out", str(run),
+                "--set", f'data.val_source="{val}"'] + TINY,
+               ["data.val_source"],
+               r"\{0, 255\} binary masks .*training masks are class ids \[0, 1, 2\]", [run])
+
+
+@case("val_only_class", "data.val_source holds a class id the training masks never hold")
+def _val_only_class(tmp: Path, m: Models) -> Bad:
+    train = write_folder(tmp / "train", masks="ids")
+    val = write_folder(tmp / "val", n=2, masks="ids")
+    for path in (val / "masks").iterdir():
+        mask = np.asarray(Image.open(path)).copy()
+        mask[-4:] = 3
+        Image.fromarray(mask).save(path)
+    run = existing_run(tmp, m.gray)
+    return Bad(lambda: zf_unet.data.make_datasets(train, val_source=val, num_classes="auto",
+                                                  patch_size=32), DataError,
+               ["train", "--data", str(train), "--out", str(run),
+                "--set", f'data.val_source="{val}"'] + TINY,
+               ["data.val_source", "data.num_classes"],
+               r"class id\(s\) \[3\] appear only in the validation masks", [run])
+
+
+@case("patch_deeper_than_volume", "a 3-D data.patch_size deeper than the only volume")
+def _patch_deeper_than_volume(tmp: Path, m: Models) -> Bad:
+    vol = write_folder(tmp / "vol", n=4)  # 4 slices: a volume 4 sections deep
+    run = existing_run(tmp, m.gray)
+    return Bad(lambda: zf_unet.data.make_volume_datasets(vol, patch_size=[8, 16, 16],
+                                                         val_fraction=0), DataError,
+               ["train", "--data", str(vol), "--out", str(run), "--set", "data.volumes=true",
+                "--set", "data.patch_size=[8, 16, 16]", "--set", "data.val_fraction=0"] + TINY,
+               ["data.patch_size", "4 z-sections"], r"expected a patch depth <= 4", [run])
+
+
+# ---- Step 15 cases: masks and config (helper B adds its cases below this line)
+
+
+@case("jpeg_mask", "a JPEG file among the training masks (lossy compression alters labels)")
+def _jpeg_mask(tmp: Path, m: Models) -> Bad:
+    data = write_folder(tmp / "data")
+    mask = np.asarray(Image.open(data / "masks" / "001.png"))
+    (data / "masks" / "001.png").unlink()
+    Image.fromarray(mask).save(data / "masks" / "001.jpg")
+    run = existing_run(tmp, m.gray)
+    return Bad(lambda: zf_unet.data.make_datasets(data), DataError,
+               ["train", "--data", str(data), "--out", str(run)] + TINY,
+               ["masks/001.jpg"], r"JPEG's lossy compression alters label values.*expected "
+               r"masks saved as PNG or TIFF", [run])
+
+
+@case("palette_bad_colour", "data.palette with a colour that is not [r, g, b] 0..255 (--set)")
+def _palette_bad_colour(tmp: Path, m: Models) -> Bad:
+    run = existing_run(tmp, m.gray)
+    value = "data.palette=[[0,0,0],[128,64,300]]"
+    return Bad(lambda: Config().override([value]), ConfigError,
+               ["train", "--out", str(run), "--set", value],
+               ["palette[1]", "[128, 64, 300]"],
+               r"is not a colour; expected \[r, g, b\] with integers 0\.\.255", [run])
+
+
+@case("palette_void_without_ignore_index", "a data.palette table mapping a colour to 255 "
+      "(void) while data.ignore_index is not set")
+def _palette_void(tmp: Path, m: Models) -> Bad:
+    run = existing_run(tmp, m.gray)
+    value = 'data.palette={"#000000"=0, "#ff0000"=1, "#ffffff"=255}'
+    return Bad(lambda: Config().override([value]), ConfigError,
+               ["train", "--out", str(run), "--set", value],
+               ["palette", "[0, 1, 255]"],
+               r"expected the ids 0\.\.K-1 without gaps.*data\.ignore_index", [run])
+
+
+@case("palette_unknown_colour", "a colour mask holding a colour that data.palette does not "
+      "list")
+def _palette_unknown(tmp: Path, m: Models) -> Bad:
+    data = write_folder(tmp / "data")
+    for i in range(3):
+        rgb = np.zeros((32, 32, 3), np.uint8)
+        rgb[:16, :, 0] = 255
+        if i == 2:
+            rgb[20:, :, 2] = 255
+        Image.fromarray(rgb).save(data / "masks" / f"{i:03d}.png")
+    run = existing_run(tmp, m.gray)
+    return Bad(lambda: zf_unet.data.make_datasets(data, palette={(0, 0, 0): 0,
+                                                                 (255, 0, 0): 1}), DataError,
+               ["train", "--data", str(data), "--out", str(run),
+                "--set", "data.palette=[[0,0,0],[255,0,0]]"] + TINY,
+               ["masks/002.png", "(0, 0, 255)"], r"not in the palette.*add them to "
+               r"data\.palette / --palette", [run])
+
+
+@case("palette_flag_not_colours", "check-data --palette with text that is not a list of "
+      "colours")
+def _palette_flag(tmp: Path, m: Models) -> Bad:
+    from zf_unet.data.colour_masks import parse_palette_text
+
+    data = write_folder(tmp / "data")
+    return Bad(lambda: parse_palette_text("red"), ConfigError,
+               ["check-data", str(data), "--palette", "red"], ["--palette", "'red'"],
+               r"not a list or table of colours; expected e\.g\. \[\[0, 0, 0\], "
+               r"\[255, 0, 0\]\]", [data])
+
+
+# ---- Step 15 cases: outputs and non-finite models
+
+
+def nan_model(tmp: Path) -> Path:
+    """A saved tiny binary U-Net whose first kernel is NaN (a run that diverged)."""
+    model = zf_unet.build_unet((None, None, 1), depth=3, filters=4)
+    first = model.trainable_weights[0]
+    first.assign(np.full(first.shape, np.nan, np.float32))
+    return save_model_atomic(model, tmp / "diverged.keras")
+
+
+def _pack_source(data: Path):
+    from zf_unet.data.sources import open_source
+
+    return open_source(str(data), convention="auto")
+
+
+@case("pack_out_is_source", "zf-unet pack SRC --out SRC --overwrite")
+def _pack_into_source(tmp: Path, m: Models) -> Bad:
+    from zf_unet.data.shards import write_shards
+
+    data = write_folder(tmp / "data")
+    return Bad(lambda: write_shards(_pack_source(data), data, overwrite=True, inputs=[data]),
+               DataError, ["pack", str(data), "--out", str(data), "--overwrite"],
+               [str(data)], r"is an input of this command.*not an input", [data])
+
+
+@case("pack_out_holds_source", "zf-unet pack SRC --out SRC/.. --overwrite")
+def _pack_into_parent(tmp: Path, m: Models) -> Bad:
+    from zf_unet.data.shards import write_shards
+
+    data = write_folder(tmp / "data")
+    return Bad(lambda: write_shards(_pack_source(data), tmp, overwrite=True, inputs=[data]),
+               DataError, ["pack", str(data), "--out", str(tmp), "--overwrite"],
+               [str(tmp), str(data)], r"holds the input .*expected a folder that holds no input",
+               [data])
+
+
+@case("pack_over_users_folder", "pack --out a folder of the user's files, with --overwrite")
+def _pack_over_mine(tmp: Path, m: Models) -> Bad:
+    from zf_unet.data.shards import write_shards
+
+    data = write_folder(tmp / "data")
+    mine = tmp / "thesis"
+    mine.mkdir()
+    (mine / "chapter1.tex").write_text("years of work")
+    return Bad(lambda: write_shards(_pack_source(data), mine, overwrite=True, inputs=[data]),
+               OutputExistsError, ["pack", str(data), "--out", str(mine), "--overwrite"],
+               ["thesis", "chapter1.tex"], r"never replaced, even with --overwrite", [mine, data])
+
+
+@case("evaluate_json_exists", "evaluate --json naming an existing file (no --overwrite)")
+def _evaluate_json(tmp: Path, m: Models) -> Bad:
+    from zf_unet.outputs import claim_file
+
+    data = write_folder(tmp / "data")
+    report = notes(tmp)
+    return Bad(lambda: claim_file(report, flag="--json"), OutputExistsError,
+               ["evaluate", "--model", str(m.gray), "--data", str(data), "--json", str(report)],
+               ["--json", "notes.txt"], r"exists already.*--overwrite", [report])
+
+
+@case("export_tflite_exists", "export --format tflite --out an existing file (no --overwrite)")
+def _tflite_exists(tmp: Path, m: Models) -> Bad:
+    target = tmp / "model.tflite"
+    target.write_bytes(b"an earlier export of another model")
+    return Bad(lambda: zf_unet.export.export_tflite(m.gray, target, input_size=(32, 32)),
+               OutputExistsError, ["export", "--model", str(m.gray), "--format", "tflite",
+                                   "--out", str(target), "--tile-size", "32"],
+               ["model.tflite"], r"exists already.*--overwrite", [target])
+
+
+@case("predict_out_inside_input", "predict a folder into a folder inside it")
+def _predict_inside(tmp: Path, m: Models) -> Bad:
+    from zf_unet.file_prediction import predict_files
+
+    data = write_folder(tmp / "data")
+    out = data / "images" / "predictions"
+    return Bad(lambda: predict_files(load_model_file(m.gray), [data / "images"], out),
+               DataError, ["predict", str(data / "images"), "--model", str(m.gray), "--out",
+                           str(out)], ["predictions", "images"], r"inside the input folder",
+               [data])
+
+
+@case("nan_model_predict", "predict with a model whose weights are NaN (a diverged run)")
+def _nan_predict_model(tmp: Path, m: Models) -> Bad:
+    from zf_unet.file_prediction import predict_files
+
+    bad = nan_model(tmp)
+    good, out = existing_predictions(tmp, m.gray)
+    return Bad(lambda: predict_files(load_model_file(bad), [good], out, overwrite=True),
+               NonFiniteOutputError, ["predict", str(good), "--model", str(bad), "--out",
+                                      str(out), "--overwrite"],
+               ["diverged.keras"], r"NaN or Inf; expected finite probabilities", [out])
+
+
+@case("nan_model_export", "export a model whose output is NaN")
+def _nan_export(tmp: Path, m: Models) -> Bad:
+    bad = nan_model(tmp)
+    base = tmp / "serving"
+    return Bad(lambda: zf_unet.export_saved_model(bad, base), NonFiniteOutputError,
+               ["export", "--model", str(bad), "--out", str(base)], ["diverged.keras"],
+               r"NaN or Inf; expected finite probabilities", [notes(tmp)])
+
 
 
 # --------------------------------------------------------------------------- tests

@@ -14,8 +14,9 @@ from zf_unet.cli import main
 def test_demo_quick_writes_all_results(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--quick", "--quiet", "--precision", "float32"]) == 0
-    names = sorted(p.name for p in out.iterdir())
+    names = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
     assert names == ["metrics.json", "model.keras", "predictions.png", "training_curves.png"]
+    assert (out / ".zf_unet-output.json").is_file()  # the folder is zf-unet's (outputs.MARKER)
     metrics = json.loads((out / "metrics.json").read_text())
     for key in ("dice_cell_interior", "dice_cell_interior_trivial_all_foreground", "iou_cell_interior",
                 "pixel_error", "rand_error"):

@@ -110,8 +110,10 @@ def test_class_id_masks_need_num_classes(tmp_path):
 
 def test_jpeg_masks_are_flagged(tmp_path):
     data = folder(tmp_path / "d", [square(value=255)] * 2, ext=".jpg")
-    codes = {p.code for p in check_data(data).problems}
-    assert "jpeg_masks" in codes
+    codes = {p.code: p for p in check_data(data).problems}
+    assert codes["jpeg_masks"].severity == "error"  # training refuses JPEG masks
+    assert "masks/00.jpg" in codes["jpeg_masks"].message
+    assert "bad_mask_values" not in codes  # one finding per JPEG mask, not two
 
 
 def test_unreadable_files_exit_2_after_the_report(tmp_path, capsys):

@@ -348,7 +348,10 @@ def test_val_source_auto_classes_over_both(rng, caplog):
     y[:, :4] = 1
     yv = y.copy()
     yv[:, :2] = 2
-    *_, info = make_datasets((x, y), batch_size=1, val_source=(x, yv), num_classes="auto",
+    # class 2 only in the validation masks: auto would widen the model by it (Step 15)
+    with pytest.raises(DataError, match=r"data\.val_source: class id\(s\) \[2\] appear only"):
+        make_datasets((x, y), batch_size=1, val_source=(x, yv), num_classes="auto")
+    *_, info = make_datasets((x, y), batch_size=1, val_source=(x, yv), num_classes=3,
                              with_info=True)
     assert info.num_classes == 3 and info.class_pixels.tolist() == [64, 64, 0]
 

@@ -333,14 +333,16 @@ def test_pack_killed_leaves_nothing_behind_after_the_next_run(tmp_path):
     # A pack killed with SIGKILL while it writes: its hidden work folder stays behind ...
     script = textwrap.dedent(f"""
         import os, signal
-        import zf_unet.data.shards as shards
-        original = shards._ShardWriter.write
-        def write(self, record):
-            original(self, record)
-            os.kill(os.getpid(), signal.SIGKILL)
-        shards._ShardWriter.write = write
-        from zf_unet.cli import main
-        main(["pack", {str(data)!r}, "--out", {str(out)!r}])
+        from zf_unet.data.shards import write_shards
+        from zf_unet.data.sources import open_source
+
+        def samples():
+            for i, sample in enumerate(open_source({str(data)!r})):
+                if i == 2:  # two samples written, the third being read
+                    os.kill(os.getpid(), signal.SIGKILL)
+                yield sample
+
+        write_shards(samples(), {str(out)!r}, shard_size=1)
     """)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"), timeout=300)
@@ -353,3 +355,16 @@ def test_pack_killed_leaves_nothing_behind_after_the_next_run(tmp_path):
     assert (out / MARKER).is_file()
     # a second pack over its own folder is allowed with --overwrite
     assert main(["pack", str(data), "--out", str(out), "--overwrite"]) == 0
+
+
+@pytest.mark.parametrize("flag", [["--tiled"], ["--input-dtype", "uint16"], ["--version", "2"],
+                                  ["--threshold", "0.3"]])
+def test_tflite_and_onnx_refuse_saved_model_flags(flag, tmp_path, tiny_model_path, capsys):
+    for fmt in ("tflite", "onnx"):
+        out = tmp_path / f"m.{fmt}"
+        capsys.readouterr()
+        assert main(["export", "--model", str(tiny_model_path), "--format", fmt, "--out",
+                     str(out)] + flag) == 2
+        err = capsys.readouterr().err.strip()
+        assert f"{flag[0]}: applies to --format saved_model only" in err, err
+        assert not out.exists()

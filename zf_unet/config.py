@@ -15,18 +15,24 @@ Example ``configs/isbi2012.toml``::
     epochs = 40
     precision = "auto"
 
-Unknown keys are errors (a typo must not silently fall back to a default).
+Unknown keys are errors (a typo must not silently fall back to a default). Paths
+(``data.source``, ``data.val_source``, ``model.encoder_weights``) may start with ``~`` (the
+home folder). Settings that would be silently ignored or train nothing useful give a
+:class:`ConfigWarning` naming the key (Python's ``warnings``; one line).
 """
 from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 from zf_unet import registry
+from zf_unet.data import colour_masks
 from zf_unet.data.augment import Augment
 from zf_unet.data.streaming import CACHE_MODES
 from zf_unet.errors import ConfigError
@@ -40,6 +46,11 @@ else:  # pragma: no cover
 #: The ``[data.augment]`` table is :class:`zf_unet.data.Augment` itself (one dataclass: its
 #: fields, defaults and checks); this name is kept for code that used the config's copy.
 AugmentConfig = Augment
+
+
+class ConfigWarning(UserWarning):
+    """A setting that is valid but ignored or very likely a mistake (the message names the
+    key): e.g. ``data.spacing`` on a 2-D run."""
 
 
 @dataclass
@@ -59,6 +70,12 @@ class DataConfig:
     # gray-value codes -> classes: item i lists the mask values of class i, e.g.
     # [[0, 32, 64, 96, 128], [159], [191], [223], [255]]; [] = masks hold class ids
     class_values: list = field(default_factory=list)
+    # colour-coded (RGB) masks: entry i is the colour of class i, [r, g, b] or "#rrggbb" (or a
+    # list of colours that are all class i), e.g. [[0, 0, 0], [128, 64, 128], [244, 35, 232]];
+    # or a table colour -> class id, {"#000000" = 0, "#804080" = 1, "#ffffff" = 255}, where a
+    # colour mapped to ignore_index is void. [] = masks hold gray values / class ids.
+    # zf-unet check-data lists the colours found (zf_unet.data.colour_masks)
+    palette: Any = field(default_factory=list)
     border_weights: bool = False   # the paper's border weight maps as per-pixel sample weights
     w0: float = 10.0               # border weight amplitude (paper: 10)
     sigma: float = 5.0             # border weight width in px (paper: 5)
@@ -79,6 +96,20 @@ class DataConfig:
     synthetic_n: int = 64          # "synthetic" source: number of images ...
     synthetic_size: int = 128      # ... and their side length
     augment: Augment = field(default_factory=Augment)
+
+    def mask_palette(self) -> dict | None:
+        """``palette`` as the readers take it, ``{(r, g, b): class_id}``; None when empty."""
+        return colour_masks.palette_mapping(self.palette) or None
+
+    def palette_classes(self) -> int:
+        """The model's ``num_classes`` that ``palette`` implies: 0 without a palette, 1 for
+        two colours (binary), else the number of classes."""
+        k = colour_masks.palette_classes(self.palette, self.ignore_index)
+        return colour_masks.model_classes(k) if k else 0
+
+
+#: Keys holding file or folder paths: a leading ``~`` is expanded (``Path.expanduser``).
+PATH_KEYS = (("data", "source"), ("data", "val_source"), ("model", "encoder_weights"))
 
 
 @dataclass
@@ -202,8 +233,15 @@ class Config:
 
     def validate(self, where: str = "config") -> "Config":
         """Check every value (types, choices, ranges, ``train.monitor``) and the rules between
-        fields; raises a :class:`ConfigError` naming the key. Returns ``self``. TOML files and
+        fields; raises a :class:`ConfigError` naming the key, and warns
+        (:class:`ConfigWarning`) about settings that would be ignored. Expands a leading
+        ``~`` in the path keys (:data:`PATH_KEYS`). Returns ``self``. TOML files and
         ``override`` are checked on reading; call this after changing fields in Python."""
+        for section, key in PATH_KEYS:
+            node = getattr(self, section)
+            value = getattr(node, key)
+            if isinstance(value, str) and value.startswith("~"):
+                setattr(node, key, os.path.expanduser(value))
         _validate(self, where)
         return self
 
@@ -388,6 +426,10 @@ def _check_class_values(value: Any, place: str) -> Any:
     return groups
 
 
+def _check_palette(value: Any, place: str) -> Any:
+    return colour_masks.check_palette(value, f"{place}: palette")
+
+
 def _check_patch_size(value: Any, place: str) -> Any:
     if isinstance(value, int) and not isinstance(value, bool):
         return check_range(place, "patch_size", value, Range(0))
@@ -426,6 +468,7 @@ def _level_sizes_checker(key: str) -> Any:
 #: Fields with their own checks (not one type).
 _CUSTOM = {("LossConfig", "class_weights"): _check_class_weights,
            ("DataConfig", "class_values"): _check_class_values,
+           ("DataConfig", "palette"): _check_palette,
            ("DataConfig", "patch_size"): _check_patch_size,
            ("DataConfig", "spacing"): _check_spacing,
            ("ModelConfig", "pool_sizes"): _level_sizes_checker("pool_sizes"),
@@ -538,6 +581,8 @@ def _validate(cfg: "Config", where: str) -> None:
         raise ConfigError(f"{where} [model]: padding = {m.padding!r} cannot be used with "
                           f"backbone = {m.backbone!r}; expected \"same\"")
     d, k = cfg.data, cfg.data.num_classes
+    if d.palette:
+        k = _check_palette_rules(cfg, where)
     if isinstance(d.patch_size, list) and not d.volumes:
         raise ConfigError(f"{where} [data]: patch_size = {d.patch_size!r} is a 3-D patch, but "
                           "data.volumes = false; expected an integer for 2-D images (or set "
@@ -556,6 +601,14 @@ def _validate(cfg: "Config", where: str) -> None:
         raise ConfigError(f"{where} [model]: pool_sizes / kernel_sizes = \"auto\" plans "
                           "volumes from data.spacing; expected data.volumes = true (2-D models "
                           "take \"\" or per-level sizes)")
+    elif d.spacing:
+        _warn(where, f"data.spacing = {d.spacing!r} is ignored: it applies to volume models "
+              "only (data.volumes = true); remove it for 2-D images")
+    if m.backbone and not m.encoder_weights and m.encoder_freeze_epochs >= cfg.train.epochs:
+        _warn(where, f"model.encoder_freeze_epochs = {m.encoder_freeze_epochs} >= train.epochs "
+              f"= {cfg.train.epochs} with a random encoder (model.encoder_weights = \"\"): the "
+              "encoder keeps its random weights and only the decoder trains; set "
+              "model.encoder_weights (e.g. \"imagenet\") or fewer frozen epochs")
     if d.class_values:
         groups = len(d.class_values)
         if k not in (0, groups) and not (k == 1 and groups == 2):
@@ -580,6 +633,36 @@ def _validate(cfg: "Config", where: str) -> None:
         raise ConfigError(f"{where} [train]: monitor = {cfg.train.monitor!r} is not a logged "
                           f"metric{hint}; expected \"auto\" or one of {shown}"
                           f"{' (or [val_]iou_<class>)' if len(shown) < len(names) else ''}")
+
+
+def _check_palette_rules(cfg: "Config", where: str) -> int:
+    """``data.palette`` against the other data keys; returns the model's ``num_classes``
+    (``data.num_classes``, or the palette's when that is 0)."""
+    d = cfg.data
+    place = f"{where} [data]"
+    for key, bad in (("class_values", d.class_values), ("volumes", d.volumes)):
+        if bad:
+            raise ConfigError(f"{place}: palette and {key} = {getattr(d, key)!r} cannot be "
+                              "used together; expected data.palette for 2-D colour masks, "
+                              "class_values for gray-value codes")
+    ignore = d.ignore_index if d.ignore_index >= 0 else None
+    n = colour_masks.palette_classes(d.palette, ignore, f"{place}: palette")
+    k = d.num_classes
+    if k and max(k, 2) != n:
+        raise ConfigError(f"{place}: palette names {n} classes but num_classes = {k}; expected "
+                          f"num_classes = {colour_masks.model_classes(n)} (or 0: from the "
+                          "palette)")
+    return k or colour_masks.model_classes(n)
+
+
+#: Warnings already shown (text, category, line): each once per process, as ``warnings`` does.
+_WARNED: dict = {}
+
+
+def _warn(where: str, message: str) -> None:
+    """One line on stderr (through ``warnings``): ``<where>: ConfigWarning: <message>``."""
+    warnings.warn_explicit(message, ConfigWarning, where, 0, module="zf_unet.config",
+                           registry=_WARNED)
 
 
 def _coerce(value: Any, default: Any, what: str) -> Any:
@@ -618,13 +701,19 @@ def _toml_value(v: Any) -> str:
     raise TypeError(f"cannot write {type(v).__name__} to TOML")
 
 
+def _toml_key(key: str) -> str:
+    """A bare TOML key, or a quoted one (``"#804080"`` of a ``data.palette`` table)."""
+    return key if key.replace("_", "").replace("-", "").isalnum() and key.isascii() \
+        else _toml_value(key)
+
+
 def _dump_toml(d: Mapping[str, Any], prefix: str = "") -> str:
     lines, tables = [], []
     for k, v in d.items():
         if isinstance(v, Mapping):
             tables.append((k, v))
         elif v is not None:
-            lines.append(f"{k} = {_toml_value(v)}")
+            lines.append(f"{_toml_key(k)} = {_toml_value(v)}")
     out = ""
     if prefix:
         out += f"[{prefix}]\n"

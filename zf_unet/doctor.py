@@ -6,13 +6,19 @@ keeps going past bad files, and reports:
 
 * what it saw: number of pairs, image sizes, dtypes, channels and value range, the mask
   value conventions (``{0, 1}``, ``{0, 255}``, class ids, RGB colours), class frequencies,
-  empty and single-class masks;
+  empty and single-class masks; the colours of RGB masks with their pixel counts and a
+  ready-to-paste ``data.palette`` line;
 * problems that make training fail or learn nothing (errors): unreadable files, files
   without a partner (every one, beside the other problems), image/mask size mismatches,
   mask values that fit no convention, NaN/Inf pixels, float images outside [0, 1], mixed
-  channel counts or dtypes, masks that all hold one class;
+  channel counts or dtypes, masks that all hold one class, JPEG masks (lossy compression
+  alters label values; training refuses them);
 * likely mistakes (warnings): severe class imbalance, classes that never occur, mixed
-  mask conventions, mostly empty masks, JPEG masks, images smaller than the patch size.
+  mask conventions, mostly empty masks, images smaller than the patch size.
+
+The config lines it suggests come from evidence: a void value (``data.ignore_index``) is
+proposed only for 255 or, in palette ("P" mode) PNG masks, the index of the Pascal VOC void
+colour; never because a value is rare, last or the most frequent.
 
 The CLI exits 0 when nothing was found, 1 when there are problems (errors or warnings) and
 2 when the folder cannot be read as a data set or some files cannot be decoded.
@@ -26,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from zf_unet.data import colour_masks
 from zf_unet.data.io import SampleSummary, check_float_range
 from zf_unet.data.sources import FolderSource
 from zf_unet.errors import DataError
@@ -69,6 +76,10 @@ class DataReport:
     unreadable: list[str] = field(default_factory=list)
     #: config lines the data suggests (``data.num_classes``, ``ignore_index``, ...)
     suggestions: list[str] = field(default_factory=list)
+    #: pixel counts of the colours of RGB (colour-coded) masks, ``"#rrggbb"`` -> pixels
+    colours: dict[str, int] = field(default_factory=dict)
+    #: ``"(0, 0, 0) #000000: 1234 px, ..."``: the most frequent of :attr:`colours`
+    colour_listing: str = ""
 
     @property
     def ok(self) -> bool:
@@ -96,7 +107,7 @@ class DataReport:
             "summary": self.summary, "conventions": self.conventions,
             "problems": [p.to_dict() for p in self.problems], "notes": list(self.notes),
             "unreadable": list(self.unreadable), "exit_code": self.exit_code,
-            "suggestions": list(self.suggestions),
+            "suggestions": list(self.suggestions), "colours": dict(self.colours),
         }
 
     def format(self) -> str:
@@ -121,6 +132,8 @@ class DataReport:
                 f"  empty masks (class 0 only): {s['empty_masks']}; single-class masks: "
                 f"{s['single_class_masks']}",
             ]
+        if self.colour_listing:
+            lines.append(f"  mask colours ({len(self.colours)}, pixels): {self.colour_listing}")
         for note in self.notes:
             lines.append(f"  note: {note}")
         if self.suggestions:
@@ -171,7 +184,8 @@ def _convention(raw: np.ndarray, num_classes: int | None) -> str:
 
 def check_data(path: str | Path, num_classes: int | None = None, *,
                patch_size: int | None = None, imbalance: float = 0.01,
-               ignore_index: int | None = None, class_values: Any = None) -> DataReport:
+               ignore_index: int | None = None, class_values: Any = None,
+               palette: Any = None) -> DataReport:
     """Check a training folder (``images/`` + ``masks/``) and report what is wrong with it.
 
     Args:
@@ -182,6 +196,9 @@ def check_data(path: str | Path, num_classes: int | None = None, *,
             ``None``: images with a side below 16 px (a depth-5 U-Net's minimum) are.
         ignore_index: the masks' void value: left out of the class statistics.
         class_values: gray-value codes per class (``data.class_values``).
+        palette: class colours of RGB masks: a ``data.palette`` value (``[[r, g, b], ...]``,
+            class ``i`` = colour ``i``, or a table ``{"#rrggbb": class id}``) or
+            ``{(r, g, b): class_id}``; ``num_classes`` then defaults to the palette's.
         imbalance: a class with less than this share of all mask pixels is "severe
             imbalance".
 
@@ -202,9 +219,12 @@ def check_data(path: str | Path, num_classes: int | None = None, *,
                                    not isinstance(patch_size, (int, np.integer))
                                    or patch_size < 1):
         raise DataError(f"patch_size={patch_size!r}: expected a positive int or None")
+    mapping, k_palette = colour_masks.as_palette(palette, ignore_index)
+    if mapping is not None and num_classes is None and k_palette > 2:
+        num_classes = k_palette
     root = Path(path)
     source = FolderSource(root, num_classes=num_classes, class_values=class_values,
-                          ignore_index=ignore_index, strict=False)
+                          palette=mapping, ignore_index=ignore_index, strict=False)
     report = DataReport(path=str(root), num_pairs=len(source),
                         num_classes=None if num_classes is None else int(num_classes),
                         patch_size=None if patch_size is None else int(patch_size))
@@ -217,6 +237,9 @@ def check_data(path: str | Path, num_classes: int | None = None, *,
     first: tuple[str, int, str] | None = None  # (image name, channels, dtype)
     min_side = int(patch_size) if patch_size is not None else MIN_SIDE
     raw_values: set[int] = set()  # gray values of the raw masks, for the suggestions
+    colours = colour_masks.ColourCount()  # colours of RGB masks
+    indexed: list[colour_masks.Colour] | None = None  # a palette PNG mask's colours
+    n_indexed = 0
 
     def rel(p: Path) -> str:
         return f"{p.parent.name}/{p.name}"
@@ -233,7 +256,8 @@ def check_data(path: str | Path, num_classes: int | None = None, *,
                 f"{mask_name} is {raw.shape[1]}x{raw.shape[0]} but {img_name} is "
                 f"{image.shape[1]}x{image.shape[0]}")
             continue
-        if mask_path.suffix.lower() in (".jpg", ".jpeg"):
+        jpeg = mask_path.suffix.lower() in colour_masks.JPEG_EXTENSIONS
+        if jpeg:
             found.setdefault("jpeg_masks", []).append(mask_name)
         channels, dtype = int(image.shape[2]), str(image.dtype)
         if first is None:
@@ -256,11 +280,21 @@ def check_data(path: str | Path, num_classes: int | None = None, *,
         if min(image.shape[:2]) < min_side:
             found.setdefault("small_images", []).append(
                 f"{img_name} ({image.shape[1]}x{image.shape[0]})")
+        if jpeg:  # its values cannot be trusted: neither counted nor suggested from
+            continue
         conventions[_convention(raw, num_classes)] += 1
-        try:
+        rgb = colour_masks.coloured_pixels(raw)
+        if rgb is not None:
+            colours.add(rgb)
+        elif mapping is None and len(raw_values) <= _MAX_SUGGESTED_VALUES:
             gray = raw[:, :, 0] if raw.ndim == 3 else raw
-            if len(raw_values) <= _MAX_SUGGESTED_VALUES:
-                raw_values.update(int(v) for v in np.unique(gray) if float(v).is_integer())
+            raw_values.update(int(v) for v in np.unique(gray) if float(v).is_integer())
+            if source.rules.keep_palette_indices and mask_path.suffix.lower() == ".png":
+                colours_of_index = colour_masks.png_palette(mask_path)
+                if colours_of_index is not None:
+                    n_indexed += 1
+                    indexed = indexed or colours_of_index
+        try:
             mask, _ = source.rules.apply(raw, mask_name)
         except DataError as exc:
             found.setdefault("bad_mask_values", []).append(str(exc))
@@ -272,22 +306,60 @@ def check_data(path: str | Path, num_classes: int | None = None, *,
     report.conventions = dict(conventions.most_common())
     _add_problems(report, found, first, min_side, imbalance)
     report.suggestions = suggest_config(sorted(raw_values), report.conventions, num_classes,
-                                        ignore_index, class_values)
+                                        ignore_index, class_values, indexed=indexed)
+    if n_indexed:
+        report.notes.append(
+            f"{n_indexed} mask(s) are palette (\"P\" mode) PNGs: their palette indices are read "
+            "as the class ids (Pascal VOC style); with data.palette / --palette their colours "
+            "are read instead")
+    if len(colours):
+        _report_colours(report, colours, mapping is not None)
     return report
+
+
+def _report_colours(report: DataReport, colours: colour_masks.ColourCount,
+                    palette_given: bool) -> None:
+    """The colours of the RGB masks, and (no palette given) a palette to paste."""
+    report.colours = {"#{:02x}{:02x}{:02x}".format(*c): n for c, n in
+                      sorted(colours.counts.items(), key=lambda item: (-item[1], item[0]))}
+    report.colour_listing = colours.listing()
+    if palette_given:
+        return
+    order = colours.suggestion()
+    if order is None:
+        report.notes.append(
+            f"{len(colours)} distinct colours in {colours.masks} RGB mask(s): too many for "
+            f"class colours (at most {colour_masks.MAX_PALETTE_COLOURS}); were the masks "
+            "resized with interpolation, anti-aliased or saved as JPEG?")
+        return
+    text = colour_masks.palette_text(order)
+    report.suggestions.append(
+        f"data.palette={text}  # class i = colour i ({len(order)} colours of "
+        f"{colours.masks} RGB mask(s), black first, then by pixel count): reorder to your "
+        "class ids; map a void colour with a table {\"#rrggbb\" = ignore_index}")
+    if len(order) > 2:
+        report.suggestions.append(f"data.num_classes={len(order)}")
+    report.notes.append(f"check the masks with these colours: zf-unet check-data "
+                        f"{report.path} --palette '{text}'")
 
 
 _MAX_SUGGESTED_VALUES = 64
 
 
 def suggest_config(values: list[int], conventions: dict[str, int], num_classes: int | None,
-                   ignore_index: int | None, class_values: Any) -> list[str]:
+                   ignore_index: int | None, class_values: Any, *,
+                   indexed: list[colour_masks.Colour] | None = None) -> list[str]:
     """Config lines for the mask values seen (``values``: the raw gray values):
 
     * {0, 1} / {0, 255} masks: ``data.num_classes = 1``;
-    * ids ``0..K-1`` plus one larger value (e.g. 255, or K): that value as
-      ``data.ignore_index`` (void) and ``data.num_classes = K``;
+    * ids ``0..K-1`` plus one larger value with evidence of void: 255, or (palette PNG masks,
+      ``indexed`` = their colours by index) an index whose colour is the Pascal VOC void
+      colour: that value as ``data.ignore_index`` and ``data.num_classes = K``;
     * other gray-value codes (e.g. 0, 32, ..., 255): ``data.class_values`` with one group per
       value and ``data.num_classes``; merge groups as the classes require.
+
+    A value is never proposed as void for being last, rare or the most frequent (in palette
+    PNG masks the background is often the last index).
     """
     if class_values or not values or len(values) > _MAX_SUGGESTED_VALUES:
         return []
@@ -296,18 +368,28 @@ def suggest_config(values: list[int], conventions: dict[str, int], num_classes: 
     out = []
     ids = [v for v in values if v != ignore_index]
     contiguous = ids == list(range(len(ids)))
-    if not contiguous and ids[:-1] == list(range(len(ids) - 1)) and ignore_index is None \
-            and ids[-1] >= len(ids) - 1 and len(ids) > 2:
-        void = ids[-1]
-        out += [f"data.ignore_index={void}  # {void} looks like a void label beside the "
-                f"class ids 0..{len(ids) - 2}", f"data.num_classes={len(ids) - 1}"]
+    candidate = (ids[-1] if not contiguous and ids[:-1] == list(range(len(ids) - 1))
+                 and ignore_index is None and len(ids) > 2 else None)
+    evidence = ""
+    if candidate == 255:
+        evidence = "255 is the usual void label"
+    elif candidate is not None and indexed is not None and candidate < len(indexed) \
+            and indexed[candidate] == colour_masks.VOC_VOID_COLOUR:
+        evidence = (f"palette index {candidate} has the Pascal VOC void colour "
+                    f"{colour_masks.VOC_VOID_COLOUR}")
+    if evidence:
+        void = candidate
+        out += [f"data.ignore_index={void}  # {evidence}, beside the class ids "
+                f"0..{len(ids) - 2}", f"data.num_classes={len(ids) - 1}"]
     elif contiguous:
         if num_classes != len(ids):
             out.append(f"data.num_classes={len(ids)}  # class ids 0..{len(ids) - 1}")
     else:
         groups = ", ".join(f"[{v}]" for v in ids)
+        alt = (f"; if {candidate} marks void (unlabelled) pixels, data.ignore_index="
+               f"{candidate} instead" if candidate is not None else "")
         out += [f"data.class_values=[{groups}]  # one class per gray value; merge groups "
-                "that are one class", f"data.num_classes={len(ids)}"]
+                f"that are one class{alt}", f"data.num_classes={len(ids)}"]
     return out
 
 
@@ -386,9 +468,9 @@ def _add_problems(report: DataReport, found: dict[str, list[str]],
         report.notes.append("masks use {0, 255}: 255 is read as class 1")
     if "jpeg_masks" in found:
         items = found["jpeg_masks"]
-        add(Problem("warning", "jpeg_masks", f"{len(items)} mask(s) are JPEG files: "
-                    f"{_listed(items)}; JPEG compression changes mask values, save masks as "
-                    "PNG or TIFF", items))
+        add(Problem("error", "jpeg_masks", f"{len(items)} mask(s) are JPEG files: "
+                    f"{_listed(items)}; JPEG's lossy compression alters label values, so "
+                    "training refuses them; expected masks saved as PNG or TIFF", items))
     if "small_images" in found:
         items = found["small_images"]
         what = (f"the patch size {report.patch_size}" if report.patch_size is not None

@@ -197,7 +197,7 @@ def evaluate_model(model: keras.Model | str | Path, data: Any, *, split: str = "
 
     ``model`` may be a path (or ``"pretrained:NAME"``); its run folder's ``config.toml``
     (unless ``config`` is given) decides the split and how masks are read (``class_values``,
-    ``ignore_index``; ``resolved.json``'s ``ignore_index`` too). ``name`` is the model's name
+    ``palette``, ``ignore_index``; ``resolved.json``'s ``ignore_index`` too). ``name`` is the model's name
     in error messages (default: its path).
 
     ``split``: ``"auto"`` (default; see :func:`resolve_split`: ``val`` when ``data`` is the
@@ -258,6 +258,7 @@ def evaluate_model(model: keras.Model | str | Path, data: Any, *, split: str = "
         ignore = ignore_index
     ignore = None if ignore is None or int(ignore) < 0 else int(ignore)
     class_values = (config.data.class_values or None) if config is not None else None
+    palette = config.data.mask_palette() if config is not None else None  # colour masks
     run_dir = Path(model_path).parent if model_path is not None and not str(
         model_path).startswith("pretrained:") else None
     chosen = resolve_split(split, data, config, run_dir, val_indices_given)
@@ -270,11 +271,12 @@ def evaluate_model(model: keras.Model | str | Path, data: Any, *, split: str = "
                                  overlap=overlap, tta=tta, batch_size=batch_size,
                                  ignore=ignore, class_values=class_values)
     if k == 1:
-        loaded = load_source(data, class_values=class_values, ignore_index=ignore)
+        loaded = load_source(data, class_values=class_values, ignore_index=ignore,
+                             palette=palette)
     else:
         try:
             loaded = load_source(data, num_classes=k, class_values=class_values,
-                                 ignore_index=ignore)
+                                 ignore_index=ignore, palette=palette)
         except DataError as exc:
             if "outside the class ids" not in str(exc):
                 raise

@@ -135,13 +135,18 @@ def load_pretrained(name: str, *, url: str | None = None) -> Any:
                         f"{(str(exc).splitlines() or [''])[0][:200]})") from None
 
 
-def write_manifest(model_path: str | Path, folder: str | Path, **fields: Any) -> Path:
-    """Copy ``model_path`` (compile-free) into ``folder`` and write its manifest."""
+def write_manifest(model_path: str | Path, folder: str | Path, *, overwrite: bool = False,
+                   **fields: Any) -> Path:
+    """Copy ``model_path`` (compile-free) into ``folder`` and write its manifest; existing
+    files there are replaced only with ``overwrite=True`` (:mod:`zf_unet.outputs`)."""
     import keras
 
     from zf_unet.io_utils import save_model_atomic, write_json_atomic
+    from zf_unet.outputs import claim_files
 
     folder = Path(folder)
+    claim_files([folder / "model.keras", folder / MANIFEST], inputs=[model_path],
+                overwrite=overwrite)
     model = keras.saving.load_model(model_path, compile=False)
     target = save_model_atomic(model, folder / "model.keras")
     manifest = {**fields, "file": target.name, "sha256": sha256_of(target),

@@ -29,6 +29,9 @@ any convention is detected and kept as that value in the ``uint8`` output, so lo
 metrics given the same ``ignore_index`` skip them. It is never a class: it must not be a
 class id (so binary masks {0, 1} may use 255 as void, and with void 255 a {0, 255} mask is
 class 0 plus void, never class 1). With a palette, map the void colour to ``ignore_index``.
+The config key ``data.palette`` and the ``--palette`` flags give the palette as a list of
+colours (class ``i`` = colour ``i``) or a colour table: see :mod:`zf_unet.data.colour_masks`.
+The data sources refuse JPEG mask files (:func:`~zf_unet.data.colour_masks.refuse_jpeg_mask`).
 
 Anything else raises :class:`DataError`.
 
@@ -55,6 +58,7 @@ from typing import Any, Union
 
 import numpy as np
 
+from zf_unet.data.colour_masks import refuse_jpeg_mask
 from zf_unet.errors import ConfigError, DataError
 
 __all__ = [
@@ -699,7 +703,7 @@ def _apply_palette(rgb: np.ndarray, table: dict[int, int], source: str) -> np.nd
         more = f" and {len(unknown) - _MAX_LISTED} more" if len(unknown) > _MAX_LISTED else ""
         raise DataError(
             f"{source}: {len(unknown)} colour(s) not in the palette: {listed}{more}; "
-            "add them to palette={(r, g, b): class_id}"
+            "add them to data.palette / --palette (palette={(r, g, b): class_id} in Python)"
         )
     lut = np.array([table[int(k)] for k in uniq], dtype=np.uint8)
     return lut[inverse.reshape(keys.shape)]
@@ -733,8 +737,10 @@ def _to_single_channel(
     if gray:
         return mask[:, :, 0], False
     raise DataError(
-        f"{source}: RGB mask with coloured pixels but no palette; pass "
-        "palette={(r, g, b): class_id, ...} (or save masks as single-channel class ids)"
+        f"{source}: RGB mask with coloured pixels but no palette; set the class colours with "
+        "--set data.palette=[[r,g,b],...] (class i = colour i; zf-unet check-data DIR lists "
+        "the colours and prints this line; --palette for check-data and pack; "
+        "palette={(r, g, b): class_id} in Python) or save masks as single-channel class ids"
     )
 
 
@@ -937,7 +943,9 @@ class MaskRules:
         return self.palette is None
 
     def apply(self, raw: np.ndarray, name: str) -> tuple[np.ndarray, bool]:
-        """``(mask (H, W) uint8, scaled_from_255)`` for a raw mask; errors name ``name``."""
+        """``(mask (H, W) uint8, scaled_from_255)`` for a raw mask; errors name ``name``. A
+        ``name`` ending in ``.jpg`` / ``.jpeg`` is refused (JPEG alters label values)."""
+        refuse_jpeg_mask(name)
         return _normalize_mask(raw, self.convention, self.num_classes, self.palette, name,
                                self._table, self.class_values, self.ignore_index,
                                self._cv_table)

@@ -20,7 +20,9 @@ from zf_unet.checks import check_choice
 from zf_unet.data import io, streaming
 from zf_unet.data.augment import Augment, augment_dataset, augment_margin
 from zf_unet.data.imageops import pad_reflect, to_float_image
-from zf_unet.data.sources import TFDS_PREFIX, collect, open_source
+from zf_unet.data.shard_checks import all_parts, hold_out_shards, shard_streams
+from zf_unet.data.sources import TFDS_PREFIX, open_source, read_all
+from zf_unet.data.split_checks import check_val_masks, seen_ids
 from zf_unet.data.streaming import ReadLog, check_binary_for_weights
 from zf_unet.data.tfdata import finish_pipeline
 from zf_unet.data.weightmaps import (border_weight_map, cached_border_weight_map,
@@ -39,7 +41,8 @@ __all__ = ["DataInfo", "DataSplit", "TFDS_PREFIX", "check_learnable", "infer_num
 class DataSplit:
     """In-memory samples: lists of ``(H, W, C)`` float32 images, ``(H, W)`` uint8 masks and
     optional ``(H, W)`` float32 weight maps. ``ignore_index``: the mask value of void pixels
-    (``None``: none); ``num_classes``: K as the model sees it (1 = binary), when known."""
+    (``None``: none); ``num_classes``: K as the model sees it (1 = binary), when known;
+    ``scaled``: how many masks held {0, 255} and were read as {0, 1}."""
 
     images: list[np.ndarray]
     masks: list[np.ndarray]
@@ -47,6 +50,7 @@ class DataSplit:
     names: list[str] = field(default_factory=list)
     ignore_index: int | None = None
     num_classes: int | None = None
+    scaled: int = 0
 
     def __len__(self) -> int:
         return len(self.images)
@@ -241,9 +245,10 @@ def _load(source: Any, num_classes: int | str | None, convention: str, palette: 
     src = open_source(source, convention=convention, num_classes=num_classes, palette=palette,
                       class_values=class_values, ignore_index=ignore_index,
                       tfds_kwargs=tfds_kwargs)
-    floats, masks = collect(src, to_float_image)
+    floats, masks, scaled = read_all(src, to_float_image)
+    io.notice_scaled(scaled, len(masks), src.notice_where)
     return DataSplit(floats, [np.asarray(m, np.uint8) for m in masks], None, src.keys(),
-                     ignore_index)
+                     ignore_index, scaled=scaled)
 
 
 def check_learnable(data: DataSplit, patch_size: int | None = None) -> None:
@@ -453,50 +458,6 @@ def _file_streams(src: Any, indices: Sequence[int], *, scan_kw: dict, reader_kw:
     return result, stream
 
 
-def _shard_streams(src: Any, files: Sequence[str], *, border_weights: bool,
-                   ignore_index: int | None, seed: int) -> tuple[Any, Callable[..., Any]]:
-    """``(scan, stream)`` of the shard ``files`` of a :class:`~zf_unet.data.ShardSource`:
-    the pre-pass reads the records once (stored weight maps are not recomputed)."""
-    if border_weights and not src.info.has_weights:
-        raise DataError(f"{src.path}: border_weights = true, but these shards hold no border "
-                        "weight maps; pack them with zf-unet pack --border-weights")
-    result = streaming.ScanResult()
-    for image, mask, *_ in src.as_dataset(shuffle_files=False, files=files).as_numpy_iterator():
-        result.add(str(src.path), image, mask[..., 0], ignore_index)
-
-    def stream(context: Any = None, shuffle: bool = False, repeat: bool = False) -> Any:
-        ds = src.as_dataset(shuffle_files=shuffle, seed=seed, input_context=context,
-                            files=files)
-        if src.info.has_weights and not border_weights:
-            ds = ds.map(lambda image, mask, weight: (image, mask))
-        return ds.repeat() if repeat else ds
-
-    return result, stream
-
-
-def _hold_out_shards(src: Any, val_fraction: float, val_indices: Sequence[int] | None
-                     ) -> tuple[list[str], list[str]]:
-    """Training and validation shard files: whole files held out from the end, about
-    ``val_fraction`` of the samples (records cannot be picked out of a shard cheaply)."""
-    if val_indices is not None:
-        raise DataError(f"{src.path}: val_indices cannot pick samples out of TFRecord shards; "
-                        "pack the validation data separately and set val_source")
-    files, counts = list(src.files), list(src.info.shard_counts)
-    if val_fraction <= 0:
-        return files, []
-    want, held = val_fraction * sum(counts), 0
-    cut = len(files)
-    while cut > 0 and held < want:
-        cut -= 1
-        held += counts[cut]
-    if cut == 0:
-        raise DataError(f"{src.path}: {len(files)} shard file(s); holding out val_fraction = "
-                        f"{val_fraction} of the samples takes whole files and leaves none to "
-                        "train on. Pack with a smaller --shard-size, set val_fraction = 0, or "
-                        "pack validation data separately and set val_source")
-    return files[:cut], files[cut:]
-
-
 def _stream_datasets(src: Any, val_src: Any, *, patch_size: int | None, batch_size: int,
                      val_fraction: float, val_indices: Sequence[int] | None, seed: int,
                      aug: Augment | None, border_weights: bool, w0: float, sigma: float,
@@ -518,20 +479,22 @@ def _stream_datasets(src: Any, val_src: Any, *, patch_size: int | None, batch_si
                      sigma=sigma, ignore_index=ignore_index, skip_bad_files=skip_bad_files,
                      log=log)
     cache_file = streaming.disk_cache_file(cache_dir) if disk_cache else None
-    shard_kw = dict(border_weights=border_weights, ignore_index=ignore_index, seed=seed)
+    shard_kw = dict(border_weights=border_weights, ignore_index=ignore_index, seed=seed,
+                    skip_bad_files=skip_bad_files, log=log)
     file_kw = dict(scan_kw=scan_kw, reader_kw=reader_kw, seed=seed, cache_file=cache_file)
 
     def streams(source: Any, part: Any) -> tuple[Any, Callable[..., Any]]:
         if isinstance(source, ShardSource):
-            return _shard_streams(source, part, **shard_kw)
+            return shard_streams(source, part, **shard_kw)
         return _file_streams(source, part, **file_kw)
 
     if val_src is not None:
-        train_part = src.files if isinstance(src, ShardSource) else range(len(src))
-        val_part = val_src.files if isinstance(val_src, ShardSource) else range(len(val_src))
+        train_part = all_parts(src) if isinstance(src, ShardSource) else range(len(src))
+        val_part = (all_parts(val_src) if isinstance(val_src, ShardSource)
+                    else range(len(val_src)))
         val_from = val_src
     elif isinstance(src, ShardSource):
-        train_part, val_part = _hold_out_shards(src, val_fraction, val_indices)
+        train_part, val_part = hold_out_shards(src, val_fraction, val_indices)
         val_from = src
     else:
         train_part, val_part = split_indices(len(src), val_fraction, val_indices, seed)
@@ -539,6 +502,10 @@ def _stream_datasets(src: Any, val_src: Any, *, patch_size: int | None, batch_si
     train_scan, train_stream = streams(src, train_part)
     val_scan, val_stream = streams(val_from, val_part) if len(val_part) else (
         streaming.ScanResult(), None)
+    n_train, n_val = len(train_scan.sizes), len(val_scan.sizes)
+    if not n_train:
+        raise DataError(f"{getattr(src, 'path', 'source')}: no training sample could be read "
+                        "(data.skip_bad_files = true skipped them all)")
     if val_scan.channels and val_scan.channels != train_scan.channels:
         raise DataError(f"val_source: images have {val_scan.channels} channel(s) but source has "
                         f"{train_scan.channels}; expected the same number of channels")
@@ -548,7 +515,10 @@ def _stream_datasets(src: Any, val_src: Any, *, patch_size: int | None, batch_si
     else:
         k = resolve_num_classes([], num_classes, class_values, ignore_index)
     present = set(int(v) for v in train_scan.seen_classes(ignore_index))
-    n_train, n_val = len(train_scan.sizes), len(val_scan.sizes)
+    check_val_masks(train_scan.seen_classes(ignore_index), val_scan.seen_classes(ignore_index),
+                    train_scaled=train_scan.scaled, val_scaled=val_scan.scaled,
+                    n_train=n_train, n_val=n_val, auto_classes=num_classes == io.AUTO_CLASSES,
+                    val_source=val_src is not None)
     refuse_unlearnable(present, n_train, train_scan.sizes, patch_size, ignore_index)
     pixels, image_pixels = train_scan.class_counts(k, ignore_index)
     mean, std = train_scan.mean_std()
@@ -592,7 +562,8 @@ def _stream_datasets(src: Any, val_src: Any, *, patch_size: int | None, batch_si
             raise DataError("val_tiles=True needs patch_size")
         val_ds = finish_pipeline(streaming.whole_image_dataset(
             val_stream(), batch_size=batch_size, tile=int(patch_size) if use_tiles else None,
-            sizes=None if skip_bad_files else val_scan.sizes))
+            sizes=None if skip_bad_files and not isinstance(val_from, ShardSource)
+            else val_scan.sizes))  # shards: the pre-pass left bad files out already
     info = DataInfo(num_classes=k, channels=train_scan.channels, class_pixels=pixels,
                     class_image_pixels=image_pixels, mean=mean, std=std,
                     ignore_index=ignore_index, num_train=n_train, num_val=n_val,
@@ -662,7 +633,8 @@ def make_datasets(
         cache_dir: keep border weight maps on disk between runs.
         jit_compile: XLA-compile the batched augmentation (about 3x faster on CPU).
         cache: ``"auto"`` (default: in memory when the decoded data fit
-            :data:`zf_unet.data.streaming.MEMORY_BUDGET`, else streamed), ``"memory"`` (every
+            :data:`zf_unet.data.streaming.MEMORY_BUDGET`, else streamed; TFRecord shards
+            always stream), ``"memory"`` (every
             sample decoded once and stacked: fastest), ``"none"`` (streamed: files read and
             decoded on the fly, bounded memory) or ``"disk"`` (streamed, decoded samples
             cached in a file after the first epoch). See :mod:`zf_unet.data.streaming`.
@@ -705,7 +677,11 @@ def make_datasets(
         val_src = None if val_source is None else open_source(val_source, **reading)
         fits = (src.nbytes_hint() + (0 if val_src is None else val_src.nbytes_hint())
                 <= streaming.MEMORY_BUDGET)
-        if mode != "auto" or not fits:
+        from zf_unet.data.shards import ShardSource
+
+        # shards are the streamable form already: "auto" streams them
+        shards = isinstance(src, ShardSource) or isinstance(val_src, ShardSource)
+        if mode != "auto" or not fits or shards:
             out = _stream_datasets(
                 src, val_src, patch_size=patch_size, batch_size=int(batch_size),
                 val_fraction=val_fraction, val_indices=val_indices, seed=seed, aug=aug,
@@ -738,6 +714,10 @@ def make_datasets(
     else:
         train_idx, val_idx = split_indices(len(data), val_fraction, val_indices, seed)
         train, val = data.subset(train_idx), data.subset(val_idx)
+    check_val_masks(seen_ids(train.masks, ignore_index), seen_ids(val.masks, ignore_index),
+                    train_scaled=train.scaled, val_scaled=val.scaled, n_train=len(train),
+                    n_val=len(val), auto_classes=num_classes == io.AUTO_CLASSES,
+                    val_source=val_source is not None)
     logger.info("make_datasets: %d training / %d validation samples", len(train), len(val))
 
     if patch_size is None:

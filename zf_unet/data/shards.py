@@ -42,8 +42,7 @@ import numpy as np
 import tensorflow as tf
 
 from zf_unet.data.imageops import scale_to_unit_tf, to_float_image
-from zf_unet.data.shard_checks import (INDEX_NAME, check_index, decode_record, file_records,
-                                       read_records)
+from zf_unet.data.shard_checks import INDEX_NAME, check_index, file_records
 from zf_unet.data.streaming import ScanResult
 from zf_unet.errors import ConfigError, DataError, OutputExistsError
 from zf_unet.io_utils import new_locked_dir, remove_abandoned_dirs, unlock
@@ -624,7 +623,8 @@ class ShardSource:
     def as_dataset(self, *, shuffle_files: bool, seed: int = 0,
                    num_parallel_reads: int = tf.data.AUTOTUNE,
                    input_context: tf.distribute.InputContext | None = None,
-                   files: Sequence[str] | None = None) -> tf.data.Dataset:
+                   files: Sequence[str | tuple[str, int, int]] | None = None
+                   ) -> tf.data.Dataset:
         """The samples as ``(image, mask[, weight])``: image float32 ``(H, W, C)`` in [0, 1]
         (integers divided by their dtype's maximum), mask uint8 ``(H, W, 1)``, weight float32
         ``(H, W, 1)`` when the shards hold border weights.
@@ -674,36 +674,28 @@ class ShardSource:
                       deterministic=not shuffle_files)
 
     # ----------------------------------------------------------------- samples
-    def _first(self, f: int) -> int:
-        """The index of the first sample of file ``f`` in the whole set."""
-        return sum(self.info.shard_counts[:f])
-
     @staticmethod
     def _sample(record: Any) -> Any:
         from zf_unet.data.sources import Sample  # lazily: sources imports this module lazily
 
-        return Sample(name=record.name, image=record.image, mask=record.mask.copy(),
-                      scaled_from_255=False)
+        return Sample(record.name, record.image, record.mask.copy(), scaled_from_255=False)
 
-    def _file_records(self, f: int) -> Iterator[Any]:
-        return file_records(self.info, self.files[f], self._first(f), self.info.shard_counts[f])
+    def _file_records(self, f: int, start: int = 0) -> Iterator[Any]:
+        """Records ``start ..`` of file ``f``, checked (:func:`file_records`)."""
+        counts = self.info.shard_counts
+        return file_records(self.info, self.files[f], sum(counts[:f]), counts[f], start)
 
     def __iter__(self) -> Iterator[Any]:
         """The samples in the written order: ``Sample(name, image (H, W, C) in its stored
         dtype, mask (H, W) uint8, scaled_from_255=False)``. A missing or damaged file, or one
         that does not agree with the index, raises a DataError naming the file."""
         for f in range(len(self.files)):
-            for record in self._file_records(f):
-                yield self._sample(record)
+            yield from map(self._sample, self._file_records(f))
 
     def read(self, i: int) -> Any:
-        """Sample ``i`` (see :meth:`__iter__`). Slow: reads its shard file from the start."""
+        """Sample ``i`` (see :meth:`__iter__`). Slow: reads its shard file through."""
         f, k = self._locate(i)
-        file, count = self.files[f], self.info.shard_counts[f]
-        for record in read_records(file, skip=k):
-            return self._sample(decode_record(self.info, record, file, k, self._first(f) + k))
-        raise DataError(f"{file}: holds fewer records than the {count} listed in {INDEX_NAME}; "
-                        "repack the data with `zf-unet pack`")
+        return self._sample(next(self._file_records(f, k)))
 
     def weights(self) -> Iterator[np.ndarray]:
         """The stored border weight maps, float32 ``(H, W)``, in the written order."""
@@ -711,8 +703,7 @@ class ShardSource:
             raise DataError(f"{self.path}: the shards hold no border weight maps (pack with "
                             "--border-weights)")
         for f in range(len(self.files)):
-            for record in self._file_records(f):
-                yield record.weight
+            yield from (record.weight for record in self._file_records(f))
 
     def verify(self) -> None:
         """Read every file through; a missing, truncated or miscounted file, or a record that

@@ -27,7 +27,8 @@ from zf_unet.data import io
 from zf_unet.errors import DataError
 
 __all__ = ["ArraySource", "FolderSource", "SHARD_INDEX", "Sample", "Source", "StackSource",
-           "SyntheticSource", "TFDSSource", "TFDS_PREFIX", "collect", "open_source"]
+           "SyntheticSource", "TFDSSource", "TFDS_PREFIX", "collect", "open_source",
+           "read_all"]
 
 #: A data source string that names a TensorFlow Datasets data set: ``"tfds:NAME"``.
 TFDS_PREFIX = "tfds:"
@@ -121,6 +122,15 @@ def collect(source: Source, convert: Callable[[np.ndarray, str], np.ndarray] | N
     """All samples of ``source`` in memory: ``(images, masks)``, lists of ``(H, W, C)`` images
     (``convert(image, key)`` of each when given, e.g. to float32) and ``(H, W)`` ``uint8``
     masks. Logs one notice when masks held {0, 255} (:func:`zf_unet.data.io.notice_scaled`)."""
+    images, masks, n_scaled = read_all(source, convert)
+    io.notice_scaled(n_scaled, len(masks), source.notice_where)
+    return images, masks
+
+
+def read_all(source: Source, convert: Callable[[np.ndarray, str], np.ndarray] | None = None
+             ) -> tuple[list[np.ndarray], list[np.ndarray], int]:
+    """:func:`collect` without the notice: ``(images, masks, n_scaled)``, ``n_scaled`` the
+    number of masks that held {0, 255} and were read as {0, 1}."""
     images: list[np.ndarray] = []
     masks: list[np.ndarray] = []
     n_scaled = 0
@@ -129,8 +139,7 @@ def collect(source: Source, convert: Callable[[np.ndarray, str], np.ndarray] | N
         images.append(sample.image if convert is None else convert(sample.image, keys[i]))
         masks.append(sample.mask)
         n_scaled += sample.scaled_from_255
-    io.notice_scaled(n_scaled, len(masks), source.notice_where)
-    return images, masks
+    return images, masks, n_scaled
 
 
 # --------------------------------------------------------------------------- headers
@@ -483,8 +492,8 @@ def open_source(spec: Any, *, convention: str = "auto", num_classes: int | str |
         DataError: a missing path ("no such folder"), a file where a folder is expected, an
             unknown kind of spec, or what the chosen source raises.
     """
-    if isinstance(spec, Source):
-        return spec
+    if isinstance(spec, Source) or getattr(spec, "kind", None) == "shards":
+        return spec  # a Source, or an open ShardSource
     kw = dict(convention=convention, num_classes=num_classes, palette=palette,
               class_values=class_values, ignore_index=ignore_index)
     if isinstance(spec, (tuple, list)) and len(spec) == 2:

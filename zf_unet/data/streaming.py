@@ -102,6 +102,7 @@ class ScanResult:
             their squares; ``pixels``: pixels per channel.
         bad / bad_indices: names and indices of samples that could not be read (only with
             ``skip_bad_files``; the stream leaves them out).
+        scaled: samples whose masks held {0, 255} and were read as {0, 1}.
     """
 
     sizes: list[tuple[int, int]] = field(default_factory=list)
@@ -113,6 +114,7 @@ class ScanResult:
     pixels: int = 0
     bad: list[str] = field(default_factory=list)
     bad_indices: list[int] = field(default_factory=list)
+    scaled: int = 0
 
     def add(self, name: str, image: np.ndarray, mask: np.ndarray, ignore_index: int | None
             ) -> None:
@@ -134,6 +136,24 @@ class ScanResult:
         self.channel_sum += flat.sum(axis=0)
         self.channel_sq += np.square(flat).sum(axis=0)
         self.pixels += flat.shape[0]
+
+    def merge(self, other: "ScanResult") -> None:
+        """Add the samples counted in ``other`` (same channels) to this result."""
+        if not other.sizes:
+            return
+        if self.channels and other.channels != self.channels:
+            raise DataError(f"{other.channels} channel(s), but earlier images have "
+                            f"{self.channels}; expected the same number of channels")
+        self.channels = other.channels
+        self.sizes += other.sizes
+        self.value_pixels += other.value_pixels
+        self.value_image_pixels += other.value_image_pixels
+        if self.channel_sum is None:
+            self.channel_sum, self.channel_sq = np.zeros(self.channels), np.zeros(self.channels)
+        self.channel_sum += other.channel_sum
+        self.channel_sq += other.channel_sq
+        self.pixels += other.pixels
+        self.scaled += other.scaled
 
     def mean_std(self) -> tuple[np.ndarray, np.ndarray]:
         """Per-channel mean and standard deviation, float32 ``(C,)``."""
@@ -188,6 +208,7 @@ def scan(source: Any, indices: Sequence[int], result: ScanResult | None = None, 
             continue
         mask = np.asarray(sample.mask, np.uint8)
         out.add(sample.name, image, mask, ignore_index)
+        out.scaled += bool(getattr(sample, "scaled_from_255", False))
         if border_weights:
             check_binary_for_weights(mask, ignore_index, sample.name)
             cached_border_weight_map(mask, cache_dir=weight_cache, w0=w0, sigma=sigma,

@@ -27,6 +27,7 @@ from zf_unet.data.augment import Augment, augment_dataset, augment_margin
 from zf_unet.data.imageops import pad_reflect_axes, to_float_image
 from zf_unet.data.pipeline import (DataInfo, DataSplit, refuse_unlearnable,
                                    resolve_num_classes, split_indices)
+from zf_unet.data.split_checks import check_val_masks, seen_ids
 from zf_unet.data.tfdata import finish_pipeline
 from zf_unet.data.weightmaps import volume_weight_map
 from zf_unet.errors import DataError
@@ -234,6 +235,21 @@ def _split(data: VolumeSplit, val_fraction: float, val_indices: Sequence[int] | 
 
 
 # --------------------------------------------------------------------------- datasets
+def _refuse_deep_patch(patch: tuple[int, int, int], train: VolumeSplit) -> None:
+    """A patch deeper than every training volume is refused, as a 2-D patch larger than
+    every image is (:func:`zf_unet.data.refuse_unlearnable`): it would be mostly mirror
+    padding. Raises :class:`DataError` naming ``data.patch_size`` and the deepest volume."""
+    depths = [v.shape[0] for v in train.images]
+    if not depths or patch[0] <= max(depths):
+        return
+    deepest = int(np.argmax(depths))
+    name = train.names[deepest] if train.names else f"volume {deepest}"
+    raise DataError(f"data.patch_size = {list(patch)}: depth {patch[0]} is larger than every "
+                    f"training volume (the deepest, {name}, has {depths[deepest]} z-sections); "
+                    f"expected a patch depth <= {depths[deepest]}, or 0 / None to train on "
+                    "whole volumes")
+
+
 def _weight_maps(split: VolumeSplit, w0: float, sigma: float) -> list[np.ndarray]:
     """Border weight maps (U-Net paper eq. 2) of every section of every volume."""
     out = []
@@ -429,6 +445,12 @@ def make_volume_datasets(
     present.discard(-1 if ignore_index is None else int(ignore_index))
     refuse_unlearnable(present, len(train), [v.shape[1:3] for v in train.images],
                        None if patch is None else max(patch[1:]), ignore_index)
+    if patch is not None:
+        _refuse_deep_patch(patch, train)
+    check_val_masks(seen_ids(train.masks, ignore_index), seen_ids(val.masks, ignore_index),
+                    train_scaled=0, val_scaled=0, n_train=len(train), n_val=len(val),
+                    auto_classes=num_classes == io.AUTO_CLASSES,
+                    val_source=val_source is not None)
     if border_weights:
         for one in (train, val):
             one.weights = _weight_maps(one, w0, sigma) if len(one) else None
