@@ -43,6 +43,8 @@ from zf_unet.io_utils import save_model_atomic
 from zf_unet.losses import DiceLoss, WeightedCrossEntropy
 from zf_unet.metrics import DiceCoefficient
 
+from _folders import write_folder
+
 ROOT = Path(__file__).resolve().parent.parent
 ZF_UNET = Path(sys.executable).parent / "zf-unet"
 # Training never starts in these cases; if one did, this keeps it to a second.
@@ -52,26 +54,6 @@ TINY = ["--set", "model.depth=3", "--set", "model.filters=4", "--epochs", "1", "
 
 
 # --------------------------------------------------------------------------- inputs
-
-
-def write_folder(root: Path, n: int = 3, size: int = 32, masks: str = "0/255",
-                 seed: int = 0) -> Path:
-    """``root/images/00i.png`` (uint8 gray) + ``root/masks/00i.png``: ``"0/255"`` binary
-    masks or ``"ids"`` class ids 0..2."""
-    rng = np.random.default_rng(seed)
-    (root / "images").mkdir(parents=True)
-    (root / "masks").mkdir()
-    for i in range(n):
-        Image.fromarray(rng.integers(0, 256, (size, size), dtype=np.uint8)).save(
-            root / "images" / f"{i:03d}.png")
-        mask = np.zeros((size, size), np.uint8)
-        mask[size // 4: 3 * size // 4, size // 4:] = 1
-        if masks == "ids":
-            mask[: size // 4] = 2
-        else:
-            mask *= 255
-        Image.fromarray(mask).save(root / "masks" / f"{i:03d}.png")
-    return root
 
 
 @dataclass
@@ -291,13 +273,13 @@ def _channels(tmp: Path, m: Models) -> Bad:
 
 
 @case("fixed_size_impossible", "a fixed input size the U-Net depth cannot take (30 px, "
-      "depth 3); CLI: a TFLite export at 30x30")
+      "depth 3); CLI: a TFLite export at 30x30 over an earlier export (--overwrite)")
 def _fixed_size(tmp: Path, m: Models) -> Bad:
     out = tmp / "m.tflite"
     out.write_bytes(b"an earlier export")
     return Bad(lambda: zf_unet.build_unet((30, 30, 1), depth=3), ValueError,
                ["export", "--model", str(m.gray), "--out", str(out), "--format", "tflite",
-                "--input-size", "30", "30"],
+                "--input-size", "30", "30", "--overwrite"],
                ["30"], r"(multiple of 2\*\*\(depth-1\) = 4|accepted: 4 \+ k \* 4).*"
                        r"(N|n)earest.*\[28, 32\]", [out])
 
@@ -335,7 +317,7 @@ def _missing(tmp: Path, m: Models) -> Bad:
     report.write_text('{"earlier": true}\n')
     return Bad(lambda: zf_unet.data.make_datasets(missing), DataError,
                ["evaluate", "--model", str(m.gray), "--data", str(missing), "--json",
-                str(report)],
+                str(report), "--overwrite"],
                ["no_such_folder"], r"no such folder; expected a folder with images/ and masks/",
                [report])
 
@@ -378,7 +360,7 @@ def _other_model(tmp: Path, m: Models) -> Bad:
     report.write_text('{"earlier": true}\n')
     return Bad(lambda: evaluate_model(m.rgb, data, split="all"), DataError,
                ["evaluate", "--model", str(m.rgb), "--data", str(data), "--split", "all",
-                "--json", str(report)],
+                "--json", str(report), "--overwrite"],
                ["rgb.keras", "000.png"], r"expects 3-channel images but .* has 1 channel",
                [report])
 
@@ -391,7 +373,7 @@ def _multiclass(tmp: Path, m: Models) -> Bad:
     report.write_text('{"earlier": true}\n')
     return Bad(lambda: evaluate_model(m.multiclass, data), DataError,
                ["evaluate", "--model", str(m.multiclass), "--data", str(data), "--json",
-                str(report)],
+                str(report), "--overwrite"],
                ["multiclass.keras", "255"], r"outside the class ids 0\.\.2 .*outputs 3 classes.*"
                r"--ignore-index", [report])
 
@@ -620,7 +602,7 @@ def _predict_existing(tmp: Path, m: Models) -> Bad:
     return Bad(lambda: predict_files(model, [good], out), OutputExistsError,
                ["predict", str(good), "--model", str(m.gray), "--out", str(out)],
                ["good_prob.tif", "good_mask.png", "good_overlay.png"],
-               r"exist already.*pass --overwrite .*or choose another --out folder", [out])
+               r"exists already.*pass --overwrite .*or choose another --out", [out])
 
 
 @case("predict_over_ground_truth", "predict a folder into itself (even with --overwrite), "
@@ -989,6 +971,41 @@ def _predict_inside(tmp: Path, m: Models) -> Bad:
                DataError, ["predict", str(data / "images"), "--model", str(m.gray), "--out",
                            str(out)], ["predictions", "images"], r"inside the input folder",
                [data])
+
+
+@case("export_out_is_the_model", "export --out naming the .keras model itself "
+      "(--overwrite)")
+def _export_onto_model(tmp: Path, m: Models) -> Bad:
+    model = tmp / "model.keras"
+    model.write_bytes(m.gray.read_bytes())
+    return Bad(lambda: zf_unet.export.export_onnx(model, model, overwrite=True), DataError,
+               ["export", "--model", str(model), "--format", "onnx", "--out", str(model),
+                "--overwrite"], ["--out", "model.keras"], r"is an input of this command",
+               [model])
+
+
+@case("check_data_json_is_input", "check-data DIR --json DIR/masks/000.png --overwrite")
+def _check_json_input(tmp: Path, m: Models) -> Bad:
+    from zf_unet.outputs import claim_file
+
+    data = write_folder(tmp / "data")
+    target = data / "masks" / "000.png"
+    return Bad(lambda: claim_file(target, inputs=[data], overwrite=True, flag="--json"),
+               DataError, ["check-data", str(data), "--json", str(target), "--overwrite"],
+               ["--json", "000.png"], r"inside the input folder .*outside the inputs", [data])
+
+
+@case("show_augment_out_is_folder", "show-augment --out naming an existing folder")
+def _show_out_folder(tmp: Path, m: Models) -> Bad:
+    from zf_unet.outputs import claim_file
+
+    data = write_folder(tmp / "data")
+    folder = tmp / "figures"
+    folder.mkdir()
+    (folder / "fig1.png").write_bytes(b"a figure of the user's")
+    return Bad(lambda: claim_file(folder, overwrite=True), DataError,
+               ["show-augment", str(data), "--out", str(folder), "--patch-size", "32",
+                "--overwrite"], ["figures"], r"is a folder; expected a file path", [folder])
 
 
 @case("nan_model_predict", "predict with a model whose weights are NaN (a diverged run)")

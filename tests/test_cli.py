@@ -31,7 +31,7 @@ def test_demo_learns_well_above_trivial(tmp_path):
     """The demo exactly as `make demo` runs it must clearly beat the all-foreground guess."""
     from zf_unet.demo import run_demo
 
-    m = run_demo(tmp_path, verbose=0)
+    m = run_demo(tmp_path, verbose=0, overwrite=True)  # as `make demo` (--overwrite)
     assert m["dice_cell_interior"] > m["dice_cell_interior_trivial_all_foreground"] + 0.05
     assert m["dice_membrane"] > 0.7
     assert m["pixel_error"] < 0.5 * m["pixel_error_trivial_all_foreground"]

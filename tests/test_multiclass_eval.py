@@ -227,7 +227,8 @@ def test_predict_overlay_legend_palette_and_no_prob(tmp_path, model, model_path,
     pal = "#ff0000,#00ff00,#0000ff"
     assert main(["predict", str(img), "--model", str(model_path), "--out", str(tmp_path / "q"),
                  "--palette", pal, "--no-prob", *TILE]) == 0
-    assert sorted(p.name for p in (tmp_path / "q").iterdir()) == ["000_mask.png",
+    assert sorted(p.name for p in (tmp_path / "q").iterdir()
+                  if not p.name.startswith(".")) == ["000_mask.png",
                                                                  "000_overlay.png"]
     ov = np.asarray(Image.open(tmp_path / "q" / "000_overlay.png").convert("RGB"))
     for c in ([255, 0, 0], [0, 255, 0], [0, 0, 255]):

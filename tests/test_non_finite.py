@@ -9,11 +9,11 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from PIL import Image
 
 import zf_unet
 import zf_unet.training as training
 from zf_unet.callbacks import StopOnNonFinite, completed_epochs
+from _folders import write_folder
 from zf_unet.cli import main
 from zf_unet.errors import NonFiniteOutputError
 from zf_unet.io_utils import save_model_atomic
@@ -21,19 +21,6 @@ from zf_unet.io_utils import save_model_atomic
 TINY = ["--set", "model.depth=3", "--set", "model.filters=4", "--quiet",
         "--set", "data.patch_size=32", "--set", "data.batch_size=2",
         "--set", "train.collapse_warning=false"]
-
-
-def write_folder(root: Path, n: int = 4, size: int = 32) -> Path:
-    rng = np.random.default_rng(0)
-    (root / "images").mkdir(parents=True)
-    (root / "masks").mkdir()
-    for i in range(n):
-        Image.fromarray(rng.integers(0, 256, (size, size), dtype=np.uint8)).save(
-            root / "images" / f"{i:03d}.png")
-        mask = np.zeros((size, size), np.uint8)
-        mask[8:24, 8:] = 255
-        Image.fromarray(mask).save(root / "masks" / f"{i:03d}.png")
-    return root
 
 
 def finite_weights(path: Path) -> bool:

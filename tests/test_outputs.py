@@ -19,10 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import pytest
-from PIL import Image
 
+from _folders import write_folder
 from zf_unet.cli import build_parser, main
 from zf_unet.errors import DataError, OutputExistsError
 from zf_unet.outputs import MARKER, check_not_input, claim_file, claim_files, claim_folder
@@ -31,19 +30,6 @@ WRITE_FLAGS = {"--out", "--json", "--confusion"}
 TINY_TRAIN = ["--set", "model.depth=3", "--set", "model.filters=4", "--epochs", "1", "--quiet",
               "--set", "data.patch_size=32", "--set", "data.samples_per_epoch=2",
               "--set", "data.batch_size=2", "--set", "train.collapse_warning=false"]
-
-
-def write_folder(root: Path, n: int = 3, size: int = 32) -> Path:
-    rng = np.random.default_rng(0)
-    (root / "images").mkdir(parents=True)
-    (root / "masks").mkdir()
-    for i in range(n):
-        Image.fromarray(rng.integers(0, 256, (size, size), dtype=np.uint8)).save(
-            root / "images" / f"{i:03d}.png")
-        mask = np.zeros((size, size), np.uint8)
-        mask[8:24, 8:] = 255
-        Image.fromarray(mask).save(root / "masks" / f"{i:03d}.png")
-    return root
 
 
 def snapshot(paths: list[Path]) -> dict[str, bytes | None]:
@@ -274,12 +260,21 @@ def test_claim_folder_never_replaces_a_users_folder(tmp_path):
         claim_folder(folder, replace=True)
     with pytest.raises(OutputExistsError, match="did not write.*notes.txt"):
         claim_folder(folder, replace=True, overwrite=True)
+    owned = lambda name: name.endswith(".bin")  # noqa: E731 - what "test" writes
     made = tmp_path / "made"
     assert claim_folder(made, command="test") is False
     assert (made / MARKER).is_file()
     (made / "x.bin").write_bytes(b"1")
-    assert claim_folder(made, replace=True, overwrite=True) is True  # ours
-    # legacy: a folder holding only names the writer owns
+    assert claim_folder(made, replace=True, overwrite=True, command="test", owned=owned)
+    # the marker is no licence: a file of the user's added later is never deleted ...
+    (made / "notes.txt").write_text("mine")
+    with pytest.raises(OutputExistsError, match="notes.txt"):
+        claim_folder(made, replace=True, overwrite=True, command="test", owned=owned)
+    (made / "notes.txt").unlink()
+    # ... nor is a folder another command made (predict's outputs are not pack's)
+    with pytest.raises(OutputExistsError, match="x.bin"):
+        claim_folder(made, replace=True, overwrite=True, command="other", owned=owned)
+    # legacy: a folder holding only names the writer owns, without a marker
     legacy = tmp_path / "legacy"
     legacy.mkdir()
     (legacy / "index.json").write_text("{}")
@@ -288,6 +283,12 @@ def test_claim_folder_never_replaces_a_users_folder(tmp_path):
     with pytest.raises(DataError, match="holds the input"):
         claim_folder(tmp_path, inputs=[folder], replace=True, overwrite=True)
     check_not_input(tmp_path / "out", [folder], whole_folder=True)  # a sibling is fine
+    # URLs are compared as text: gs://b/p holds gs://b/p/raw
+    with pytest.raises(DataError, match="holds the input"):
+        check_not_input("gs://b/p/", ["gs://b/p/raw"], whole_folder=True)
+    with pytest.raises(DataError, match="inside the input folder"):
+        check_not_input("gs://b/p/raw/out", ["gs://b/p/raw"])
+    check_not_input("gs://b/p2", ["gs://b/p"], whole_folder=True)
 
 
 def test_claim_file_removes_what_a_killed_write_left(tmp_path):
@@ -368,3 +369,84 @@ def test_tflite_and_onnx_refuse_saved_model_flags(flag, tmp_path, tiny_model_pat
         err = capsys.readouterr().err.strip()
         assert f"{flag[0]}: applies to --format saved_model only" in err, err
         assert not out.exists()
+
+
+def test_pack_never_replaces_its_folder_once_it_holds_a_users_file(tmp_path):
+    data = write_folder(tmp_path / "data")
+    out = tmp_path / "shards"
+    assert main(["pack", str(data), "--out", str(out)]) == 0
+    (out / "notes.txt").write_text("which slices these are")
+    before = snapshot([out])
+    assert main(["pack", str(data), "--out", str(out), "--overwrite"]) == 2
+    assert snapshot([out]) == before
+    # nor a folder that predict made
+    pred = tmp_path / "pred"
+    assert main(["predict", str(data / "images" / "000.png"), "--model",
+                 str(_model(tmp_path)), "--out", str(pred)]) == 0
+    before = snapshot([pred])
+    assert main(["pack", str(data), "--out", str(pred), "--overwrite"]) == 2
+    assert snapshot([pred]) == before
+
+
+def _model(tmp_path: Path) -> Path:
+    import zf_unet
+    from zf_unet.io_utils import save_model_atomic
+
+    return save_model_atomic(zf_unet.build_unet((None, None, 1), depth=3, filters=4),
+                             tmp_path / "m.keras")
+
+
+def test_confusion_prefix_with_a_suffix_is_claimed_as_written(tmp_path, capsys):
+    import zf_unet
+    from zf_unet.io_utils import save_model_atomic
+
+    data = write_folder(tmp_path / "data", masks="ids")  # class ids 0..2
+    model = save_model_atomic(zf_unet.build_unet((None, None, 1), depth=3, filters=4,
+                                                 num_classes=3), tmp_path / "k3.keras")
+    mine = user_file(tmp_path / "cm.csv")
+    argv = ["evaluate", "--model", str(model), "--data", str(data), "--confusion",
+            str(tmp_path / "cm.csv")]
+    assert main(argv) == 2
+    assert "cm.csv" in capsys.readouterr().err and mine.read_bytes().startswith(b"the user")
+    assert main(argv + ["--overwrite"]) == 0
+    assert mine.read_text().startswith("truth")  # replaced, as asked
+    assert (tmp_path / "cm.png").is_file()
+
+
+def test_a_home_path_given_with_equals_is_expanded(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "home").mkdir()
+    data = write_folder(tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    assert main(["check-data", str(data), "--json=~/report.json"]) == 0
+    assert (tmp_path / "home" / "report.json").is_file()
+    assert not (tmp_path / "~").exists()
+    assert main(["check-data", str(data), "--json=~/report.json"]) == 2  # exists: refused
+
+
+def test_stop_on_non_finite_checks_the_epoch_end_losses():
+    from zf_unet.callbacks import StopOnNonFinite
+    from zf_unet.errors import TrainingFailedError
+
+    cb = StopOnNonFinite()
+    cb.on_epoch_end(0, {"loss": 0.5, "val_loss": 0.7, "val_iou": float("nan")})  # a metric
+    with pytest.raises(TrainingFailedError, match="val_loss became nan at the end of epoch 3"):
+        cb.on_epoch_end(2, {"loss": 0.5, "val_loss": float("nan")})
+
+
+def test_recovering_a_killed_fresh_swap_keeps_the_users_files(tmp_path):
+    from zf_unet.training import recover_fresh_swap
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.toml").write_text("# the new run\n")
+    holder = tmp_path / ".run.old-0123abcd"  # killed after the swap, before the clean-up
+    (holder / "run").mkdir(parents=True)
+    (holder / "run" / "config.toml").write_text("# the old run\n")
+    (holder / "run" / "notes.md").write_text("mine")
+    (run / "notes.md").write_text("also mine, written meanwhile")
+    recover_fresh_swap(run)
+    assert not holder.exists()
+    assert (run / "config.toml").read_text() == "# the new run\n"
+    assert (run / "notes.md").read_text() == "also mine, written meanwhile"
+    assert (run / "notes.md.kept-1").read_text() == "mine"

@@ -108,8 +108,11 @@ def test_ground_truth_next_to_its_image_is_kept(tmp_path, model):
     truth[5:15] = 255
     Image.fromarray(truth).save(folder / "a_mask.png")
     before = _snapshot(folder)
-    with pytest.raises(OutputExistsError, match="a_mask.png"):
-        predict_files(model, [folder], folder)
+    for overwrite in (False, True):  # predicting a folder into itself: never
+        with pytest.raises(DataError, match="is an input of this command"):
+            predict_files(model, [folder], folder, overwrite=overwrite)
+        with pytest.raises(DataError, match="inside the input folder"):
+            predict_files(model, [folder], folder / "pred", overwrite=overwrite)
     assert _snapshot(folder) == before
     # Elsewhere: a_mask.png looks like a's output, so it is not predicted as an image.
     written = predict_files(model, [folder], tmp_path / "pred")
@@ -122,13 +125,15 @@ def test_own_outputs_are_not_inputs_of_the_next_run(tmp_path, model):
     folder.mkdir()
     _png(folder / "a.png", 0)
     _png(folder / "b_prob.png", 1)  # an image whose name merely ends like an output
-    first = predict_files(model, [folder], folder)
+    first = predict_files(model, [folder], tmp_path / "pred")
     assert len(first) == 6
-    second = predict_files(model, [folder], folder, overwrite=True)
+    for f in first:  # an earlier run's results copied beside the images
+        (folder / f.name).write_bytes(f.read_bytes())
+    second = predict_files(model, [folder], tmp_path / "pred", overwrite=True)
     assert sorted(second) == sorted(first)
-    names = sorted(p.name for p in folder.iterdir())
-    assert names == ["a.png", "a_mask.png", "a_overlay.png", "a_prob.tif", "b_prob.png",
-                     "b_prob_mask.png", "b_prob_overlay.png", "b_prob_prob.tif"]
+    names = sorted(p.name for p in (tmp_path / "pred").iterdir() if not p.name.startswith("."))
+    assert names == ["a_mask.png", "a_overlay.png", "a_prob.tif", "b_prob_mask.png",
+                     "b_prob_overlay.png", "b_prob_prob.tif"]
 
 
 def test_inputs_sharing_a_name_get_distinct_outputs(tmp_path, model, model_path):
@@ -167,7 +172,7 @@ def test_an_input_is_never_replaced_by_an_output(tmp_path, model):
     a = _png(tmp_path / "a.png", 0)
     truth = _png(tmp_path / "a_mask.png", 1)
     before = truth.read_bytes()
-    with pytest.raises(DataError, match="a_mask.png: is an input of this call"):
+    with pytest.raises(DataError, match="a_mask.png: is an input of this command"):
         predict_files(model, [a, truth], tmp_path, overwrite=True)
     assert truth.read_bytes() == before
 

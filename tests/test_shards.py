@@ -15,6 +15,7 @@ from zf_unet.data import (border_weight_map, class_pixel_counts, make_synthetic,
                           write_synthetic_folder)
 from zf_unet.data.shards import INDEX_NAME, ShardInfo, ShardSource, parse_size, write_shards
 from zf_unet.errors import ConfigError, DataError, OutputExistsError
+from zf_unet.outputs import MARKER
 
 
 def _folder_samples(folder: Path) -> list[SimpleNamespace]:
@@ -56,7 +57,7 @@ def test_round_trip_folder_in_several_shards(tmp_path):
     info = write_shards(samples, tmp_path / "shards", shard_size=2 * record, border_weights=True,
                         w0=10.0, sigma=5.0)
     assert len(info.shards) >= 3 and sum(info.shard_counts) == 6
-    files = sorted(p.name for p in (tmp_path / "shards").iterdir())
+    files = sorted(p.name for p in (tmp_path / "shards").iterdir() if p.name != MARKER)
     n = len(info.shards)
     assert files == [f"shard-{i:05d}-of-{n:05d}.tfrecord" for i in range(n)] + [INDEX_NAME]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left
@@ -219,8 +220,14 @@ def test_existing_out_dir_needs_overwrite(tmp_path):
     with pytest.raises(OutputExistsError, match=str(out)):
         write_shards(_samples(2, 16), out)
     assert (out / "keep.txt").exists()
-    write_shards(_samples(2, 16), out, overwrite=True)
-    assert not (out / "keep.txt").exists() and len(ShardSource(out)) == 2
+    # a folder of the user's files is never replaced, even with overwrite=True
+    with pytest.raises(OutputExistsError, match="keep.txt.*never replaced"):
+        write_shards(_samples(2, 16), out, overwrite=True)
+    assert (out / "keep.txt").read_text() == "x"
+    (out / "keep.txt").unlink()
+    write_shards(_samples(3, 16), out)  # empty now: written, with the output marker
+    write_shards(_samples(2, 16), out, overwrite=True)  # its own shards: replaced
+    assert len(ShardSource(out)) == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]
     (tmp_path / "empty").mkdir()
     write_shards(_samples(1, 16), tmp_path / "empty")  # an empty folder is fine

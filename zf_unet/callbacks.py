@@ -410,8 +410,12 @@ def keep_user_files(old_run: Path, new_run: Path) -> None:
     if not old_run.is_dir():
         return
     for entry in sorted(old_run.iterdir()):
-        if not is_run_output(entry.name) and not (new_run / entry.name).exists():
-            os.replace(entry, new_run / entry.name)
+        if is_run_output(entry.name):
+            continue
+        target, n = new_run / entry.name, 1
+        while target.exists() or target.is_symlink():  # never over another file
+            target, n = new_run / f"{entry.name}.kept-{n}", n + 1
+        os.replace(entry, target)
 
 
 class StopOnNonFinite(keras.callbacks.Callback):
@@ -434,6 +438,14 @@ class StopOnNonFinite(keras.callbacks.Callback):
             raise TrainingFailedError(
                 f"the training loss became {float(loss)} at epoch {self.epoch + 1}, batch "
                 f"{batch + 1}")
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        """Weights that broke on the epoch's last step show only in the validation loss:
+        fail before the checkpoint and backup callbacks (this one comes first) save them."""
+        for key, value in (logs or {}).items():
+            if key.endswith("loss") and not np.isfinite(float(value)):
+                raise TrainingFailedError(f"{key} became {float(value)} at the end of epoch "
+                                          f"{epoch + 1}")
 
 
 def hidden_sibling(run: Path, kind: str) -> Path:

@@ -158,8 +158,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from zf_unet.evaluation import (evaluate_model, format_report, json_ready, run_config_for,
-                                    save_confusion)
+    from zf_unet.evaluation import (confusion_paths, evaluate_model, format_report, json_ready,
+                                    run_config_for, save_confusion)
     from zf_unet.models import model_geometry
 
     model = _load_model(args.model)
@@ -169,13 +169,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     confusion = args.confusion
     if confusion is None and args.json and several:
         confusion = str(Path(args.json).parent / f"{Path(args.json).stem}_confusion")
-    planned = ([args.json] if args.json else []) + (
-        [f"{confusion}.csv", f"{confusion}.png"] if confusion and several else [])
-    if planned:
-        from zf_unet.outputs import claim_files
+    from zf_unet.outputs import claim_files
 
-        claim_files(planned, inputs=[args.model, args.data, args.masks],
-                    overwrite=args.overwrite, flag="--json" if args.json else "--confusion")
+    inputs = [args.model, args.data, args.masks]
+    planned = {"--json": [args.json] if args.json else [],
+               "--confusion": confusion_paths(confusion) if confusion and several else []}
+    for flag, paths in planned.items():  # all checked before anything is written
+        claim_files(paths, inputs=inputs, overwrite=args.overwrite, flag=flag)
     if args.confusion and model_geometry(model)["num_classes"] == 1 and not volumes:
         from zf_unet.errors import ConfigError
 
@@ -632,6 +632,21 @@ def _one_line(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
+#: Arguments that name files or folders: a leading ``~`` is expanded (a shell leaves
+#: ``--out=~/x`` as it is), so what is checked is what is written.
+PATH_ARGS = ("out", "json", "confusion", "data", "masks", "model", "source", "config", "inputs")
+
+
+def _expand_home(args: argparse.Namespace) -> None:
+    for name in PATH_ARGS:
+        value = getattr(args, name, None)
+        if isinstance(value, str) and value.startswith("~"):
+            setattr(args, name, os.path.expanduser(value))
+        elif isinstance(value, list):
+            setattr(args, name, [os.path.expanduser(v) if isinstance(v, str) and
+                                 v.startswith("~") else v for v in value])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (2 = bad input, with one message)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -640,6 +655,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, or a bad argument (one line on stderr, status 2)
         return exc.code if isinstance(exc.code, int) else 2
+    _expand_home(args)
     if args.version:
         from zf_unet import __version__
 

@@ -35,7 +35,7 @@ from zf_unet import registry
 from zf_unet.data import colour_masks
 from zf_unet.data.augment import Augment
 from zf_unet.data.streaming import CACHE_MODES
-from zf_unet.errors import ConfigError
+from zf_unet.errors import ConfigError, ConfigWarning
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -46,11 +46,6 @@ else:  # pragma: no cover
 #: The ``[data.augment]`` table is :class:`zf_unet.data.Augment` itself (one dataclass: its
 #: fields, defaults and checks); this name is kept for code that used the config's copy.
 AugmentConfig = Augment
-
-
-class ConfigWarning(UserWarning):
-    """A setting that is valid but ignored or very likely a mistake (the message names the
-    key): e.g. ``data.spacing`` on a 2-D run."""
 
 
 @dataclass
@@ -582,7 +577,7 @@ def _validate(cfg: "Config", where: str) -> None:
                           f"backbone = {m.backbone!r}; expected \"same\"")
     d, k = cfg.data, cfg.data.num_classes
     if d.palette:
-        k = _check_palette_rules(cfg, where)
+        k = colour_masks.check_palette_rules(d, f"{where} [data]")
     if isinstance(d.patch_size, list) and not d.volumes:
         raise ConfigError(f"{where} [data]: patch_size = {d.patch_size!r} is a 3-D patch, but "
                           "data.volumes = false; expected an integer for 2-D images (or set "
@@ -633,26 +628,6 @@ def _validate(cfg: "Config", where: str) -> None:
         raise ConfigError(f"{where} [train]: monitor = {cfg.train.monitor!r} is not a logged "
                           f"metric{hint}; expected \"auto\" or one of {shown}"
                           f"{' (or [val_]iou_<class>)' if len(shown) < len(names) else ''}")
-
-
-def _check_palette_rules(cfg: "Config", where: str) -> int:
-    """``data.palette`` against the other data keys; returns the model's ``num_classes``
-    (``data.num_classes``, or the palette's when that is 0)."""
-    d = cfg.data
-    place = f"{where} [data]"
-    for key, bad in (("class_values", d.class_values), ("volumes", d.volumes)):
-        if bad:
-            raise ConfigError(f"{place}: palette and {key} = {getattr(d, key)!r} cannot be "
-                              "used together; expected data.palette for 2-D colour masks, "
-                              "class_values for gray-value codes")
-    ignore = d.ignore_index if d.ignore_index >= 0 else None
-    n = colour_masks.palette_classes(d.palette, ignore, f"{place}: palette")
-    k = d.num_classes
-    if k and max(k, 2) != n:
-        raise ConfigError(f"{place}: palette names {n} classes but num_classes = {k}; expected "
-                          f"num_classes = {colour_masks.model_classes(n)} (or 0: from the "
-                          "palette)")
-    return k or colour_masks.model_classes(n)
 
 
 #: Warnings already shown (text, category, line): each once per process, as ``warnings`` does.

@@ -24,3 +24,8 @@ class NonFiniteOutputError(DataError):
 
 class TrainingFailedError(ZFUNetError, RuntimeError):
     """Training ran but failed: the loss became NaN or Inf. ``zf-unet train`` exits 1."""
+
+
+class ConfigWarning(UserWarning):
+    """A setting that is valid but ignored or very likely a mistake (the message names the
+    key): e.g. ``data.spacing`` on a 2-D run."""

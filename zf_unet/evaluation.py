@@ -165,6 +165,15 @@ def multiclass_scores(pred_labels: Sequence[np.ndarray], masks: Sequence[np.ndar
     return out
 
 
+def confusion_paths(prefix: str | Path) -> list[Path]:
+    """``[PREFIX.csv, PREFIX.png]``, the files :func:`save_confusion` writes (a ``.csv`` or
+    ``.png`` suffix of ``prefix`` is dropped first)."""
+    prefix = Path(prefix)
+    if prefix.suffix.lower() in (".csv", ".png"):
+        prefix = prefix.with_suffix("")
+    return [prefix.parent / f"{prefix.name}.csv", prefix.parent / f"{prefix.name}.png"]
+
+
 def save_confusion(result: dict, prefix: str | Path) -> list[Path]:
     """Write ``PREFIX.csv`` (the confusion matrix with a header row of predicted class ids
     and a first column of true class ids; counts are pixels) and ``PREFIX.png`` (row-
@@ -173,11 +182,7 @@ def save_confusion(result: dict, prefix: str | Path) -> list[Path]:
     from zf_unet.plots import save_confusion_matrix
 
     cm = np.asarray(result["confusion"], np.int64)
-    prefix = Path(prefix)
-    if prefix.suffix.lower() in (".csv", ".png"):
-        prefix = prefix.with_suffix("")
-    csv_path = prefix.parent / f"{prefix.name}.csv"
-    png_path = prefix.parent / f"{prefix.name}.png"
+    csv_path, png_path = confusion_paths(prefix)
     lines = ["truth\\pred," + ",".join(str(j) for j in range(cm.shape[1]))]
     lines += [f"{i}," + ",".join(str(int(v)) for v in row) for i, row in enumerate(cm)]
     with atomic_path(csv_path) as tmp:

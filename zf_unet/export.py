@@ -59,7 +59,6 @@ import os
 import re
 import shutil
 import tempfile
-import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -70,8 +69,7 @@ import tensorflow as tf
 from zf_unet import registry
 from zf_unet.checks import check_bool, check_int, check_threshold
 from zf_unet.errors import OutputExistsError
-from zf_unet.io_utils import (ABANDONED_AFTER_S, atomic_path, lock_folder, mtime, new_locked_dir,
-                              unlock)
+from zf_unet.io_utils import atomic_path, new_locked_dir, remove_abandoned_dirs, unlock
 from zf_unet.models.folding import fold_batch_norm
 from zf_unet.models.geometry import ModelGeometry, model_geometry
 from zf_unet.inference import check_model_finite
@@ -308,8 +306,7 @@ def export_saved_model(
     )
     base = Path(path).expanduser()
     final = base / str(version)
-    check_not_input(base, [given] if isinstance(given, (str, os.PathLike)) else [],
-                    whole_folder=True)
+    check_not_input(base, [given] if isinstance(given, (str, os.PathLike)) else [])
     if base.is_dir():
         recover_interrupted_exports(base)
     if final.exists() and not overwrite:
@@ -377,29 +374,15 @@ def recover_interrupted_exports(path: str | os.PathLike) -> list[Path]:
     """
     base = Path(path)
     restored: list[Path] = []
-    guard = lock_folder(base, wait=True)
-    try:
-        found = [(p, m) for p in base.iterdir()
-                 if (m := _WORK_DIR.fullmatch(p.name)) and p.is_dir() and not p.is_symlink()]
-        found.sort(key=lambda pm: mtime(pm[0]), reverse=True)  # newest first
-        for work, match in found:
-            try:
-                lock = lock_folder(work, wait=False)
-            except (BlockingIOError, FileNotFoundError):
-                continue  # a running export's folder (or gone)
-            try:
-                if lock is None and time.time() - mtime(work) < ABANDONED_AFTER_S:
-                    continue
-                version_dir = base / match.group(1)
-                kept = work / "v"
-                if match.group(2) == "old" and kept.is_dir() and not version_dir.exists():
-                    os.rename(kept, version_dir)
-                    restored.append(version_dir)
-                shutil.rmtree(work, ignore_errors=True)
-            finally:
-                unlock(lock)
-    finally:
-        unlock(guard)
+
+    def put_back(work: Path) -> None:
+        match = _WORK_DIR.fullmatch(work.name)
+        version_dir, kept = base / match.group(1), work / "v"
+        if match.group(2) == "old" and kept.is_dir() and not version_dir.exists():
+            os.rename(kept, version_dir)
+            restored.append(version_dir)
+
+    remove_abandoned_dirs(base, _WORK_DIR, salvage=put_back)
     return restored
 
 

@@ -254,8 +254,9 @@ def check_model_finite(model: keras.Model) -> None:
     geom = model_geometry(model)
     shape = (geom.fixed_size or ((8, 64, 64) if geom.spatial_axes == 3 else (64, 64)))
     probe = np.full((*shape, geom.channels), 0.5, np.float32)
+    tile = tuple(shape) if geom.fixed_size else max(64, *shape)
     try:
-        predict_tiled(model, probe, tile_size=max(64, *shape), overlap=0)
+        predict_tiled(model, probe, tile_size=tile, overlap=0)
     except NonFiniteOutputError:
         raise non_finite_output(model, "a mid-gray test input") from None
 
@@ -427,7 +428,7 @@ def predict_tiled(
             np.divide(tile, divisor, out=buf[k], casting="unsafe")
         pred = _predict_batch(predict, buf, transforms, (bs, *outs, num_classes))
         if not np.isfinite(pred.sum(dtype=np.float64)):  # a NaN model is no result
-            raise non_finite_output(model, "this input")
+            raise non_finite_output(model, "its input")
         for k, (n, st) in enumerate(batch):
             dst = tuple(slice(max(0, s0), min(length, s0 + t))
                         for s0, t, length in zip(st, outs, lengths))

@@ -180,19 +180,25 @@ def mtime(path: Path) -> float:
         return 0.0
 
 
-def remove_abandoned_dirs(base: str | Path, prefix: str,
+def remove_abandoned_dirs(base: str | Path, prefix: str | re.Pattern,
                           salvage: Any = None) -> list[Path]:
-    """Delete the work folders ``base/<prefix>XXXXXXXX`` of :func:`new_locked_dir` that no
-    running process holds (a process killed with SIGKILL leaves its folder behind; its lock
-    is gone). ``salvage(folder)``, if given, is called first (e.g. to move back what the
-    killed process was replacing). Returns the folders deleted."""
+    """Delete the work folders ``base/<prefix>XXXXXXXX`` of :func:`new_locked_dir` (or the
+    folders whose names a compiled ``prefix`` pattern matches in full) that no running
+    process holds (a process killed with SIGKILL leaves its folder behind; its lock is gone;
+    where locks do not work, those unchanged for ``ABANDONED_AFTER_S``), newest first.
+    ``salvage(folder)``, if given, is called first (e.g. to move back what the killed process
+    was replacing). Returns the folders deleted."""
     base = Path(base)
     if not base.is_dir():
         return []
+    pattern = prefix if isinstance(prefix, re.Pattern) else re.compile(
+        re.escape(prefix) + r"[0-9a-f]{8}")
     removed = []
     guard = lock_folder(base, wait=True)
     try:
-        for work in hidden_dirs(base, prefix):
+        found = [p for p in base.iterdir()
+                 if pattern.fullmatch(p.name) and p.is_dir() and not p.is_symlink()]
+        for work in sorted(found, key=mtime, reverse=True):
             try:
                 lock = lock_folder(work, wait=False)
             except (BlockingIOError, FileNotFoundError):

@@ -28,16 +28,27 @@ PathLike = str | os.PathLike
 
 
 def _resolved(path: PathLike) -> Path:
-    return Path(path).expanduser().resolve()
+    return Path(path).resolve()
 
 
 def _is_local(path: PathLike) -> bool:
-    """False for URLs such as ``gs://bucket/x`` (only existence is checked there)."""
-    return "://" not in str(path)
+    """False for URLs such as ``gs://bucket/x`` (``file://`` paths are local)."""
+    text = str(path)
+    return "://" not in text or text.startswith("file://")
 
 
-def _contains(folder: Path, path: Path) -> bool:
+def _contains(folder: Path | str, path: Path | str) -> bool:
+    if isinstance(folder, str):  # URLs: compared as normalised text
+        return path == folder or path.startswith(folder + "/")
     return folder == path or folder in path.parents
+
+
+def _key(path: PathLike) -> Path | str:
+    """A local path resolved, or a URL without its trailing ``/``."""
+    text = str(path)
+    if _is_local(text):
+        return _resolved(text.removeprefix("file://"))
+    return text.rstrip("/")
 
 
 def check_not_input(path: PathLike, inputs: Iterable[PathLike], flag: str = "--out", *,
@@ -45,17 +56,18 @@ def check_not_input(path: PathLike, inputs: Iterable[PathLike], flag: str = "--o
     """Refuse an output ``path`` that is one of ``inputs`` or lies inside an input folder;
     with ``whole_folder`` (the folder may be replaced as a whole) also one that holds an
     input. Raises :class:`DataError` naming ``flag``, the path and the input."""
-    if not _is_local(path):
-        return
-    target = _resolved(path)
+    target = _key(path)
     for given in inputs:
-        if given is None or not _is_local(given):
+        if given is None or not isinstance(given, (str, os.PathLike)):
             continue
-        src = _resolved(given)
+        src = _key(given)
+        if type(src) is not type(target):  # a URL and a local path never overlap
+            continue
         if target == src:
             raise DataError(f"{flag} {path}: is an input of this command ({given}); expected "
                             "an output path that is not an input")
-        if src.is_dir() and _contains(src, target):
+        inside = _contains(src, target) and (not isinstance(src, Path) or src.is_dir())
+        if inside:
             raise DataError(f"{flag} {path}: lies inside the input folder {given}; expected "
                             "an output outside the inputs (a later read would take the outputs "
                             "for data)")
@@ -73,7 +85,7 @@ def claim_files(paths: Sequence[PathLike], *, inputs: Iterable[PathLike] = (),
     all). The temporary files a killed atomic write left beside each output are removed.
     """
     inputs = list(inputs)
-    out = [Path(p).expanduser() for p in paths]
+    out = [Path(p) for p in paths]
     for p in out:
         check_not_input(p, inputs, flag)
         if p.is_dir():
@@ -84,7 +96,7 @@ def claim_files(paths: Sequence[PathLike], *, inputs: Iterable[PathLike] = (),
         more = f" and {len(existing) - 4} more" if len(existing) > 4 else ""
         raise OutputExistsError(f"{flag} {shown}{more}: exists already; zf-unet replaces a "
                                 "file only when asked: pass --overwrite (overwrite=True) or "
-                                "choose another path")
+                                f"choose another {flag}")
     for p in out:
         if p.parent.is_dir():
             remove_stale_temporaries(p.parent, [p.name])
@@ -97,15 +109,18 @@ def claim_file(path: PathLike, *, inputs: Iterable[PathLike] = (), overwrite: bo
     return claim_files([path], inputs=inputs, overwrite=overwrite, flag=flag)[0]
 
 
-def is_ours(folder: PathLike, owned: Callable[[str], bool] | None = None) -> bool:
-    """True when zf_unet made ``folder`` (it carries :data:`MARKER`), or every entry in it
-    is a name ``owned`` accepts (folders written before the marker existed)."""
+def foreign_entries(folder: PathLike, owned: Callable[[str], bool], command: str) -> list[str]:
+    """The entries of ``folder`` that ``command`` did not write: those ``owned`` rejects, or
+    all of them when the folder's :data:`MARKER` says another command made it."""
     d = Path(folder)
-    if (d / MARKER).is_file():
-        return True
-    if owned is None:
-        return False
-    return all(owned(p.name) for p in d.iterdir())
+    names = sorted(p.name for p in d.iterdir() if p.name != MARKER)
+    try:
+        maker = json.loads((d / MARKER).read_text(encoding="utf-8")).get("command", command)
+    except (OSError, ValueError, AttributeError):
+        maker = command  # no marker (written before markers existed) or unreadable
+    if maker != command:
+        return names
+    return [n for n in names if not owned(n)]
 
 
 def mark_folder(folder: PathLike, command: str) -> None:
@@ -125,10 +140,11 @@ def claim_folder(path: PathLike, *, inputs: Iterable[PathLike] = (), overwrite: 
     :func:`claim_files`); any existing folder is fine, and a new one is created with
     :data:`MARKER` (unless ``create`` is False).
     ``replace=True``: the folder is the output and may be replaced as a whole (``pack``): an
-    existing non-empty folder needs ``overwrite``, and even then only one that zf_unet made
-    (:func:`is_ours`) is replaced: a folder of the user's files is never deleted.
+    existing non-empty folder needs ``overwrite``, and even then it is replaced only when
+    every entry is one ``command`` writes (``owned``): a folder holding anything else (see
+    :func:`foreign_entries`) is never deleted.
     """
-    p = Path(path).expanduser() if _is_local(path) else path
+    p = Path(path) if _is_local(path) else path
     check_not_input(p, inputs, flag, whole_folder=replace)
     if not _is_local(p):
         return False
@@ -146,8 +162,8 @@ def claim_folder(path: PathLike, *, inputs: Iterable[PathLike] = (), overwrite: 
             raise OutputExistsError(f"{flag} {p}: exists and is not empty; choose another "
                                     "folder or pass --overwrite (overwrite=True) to replace "
                                     "what zf-unet wrote there")
-        if entries and not is_ours(p, owned):
-            foreign = [n for n in entries if n != MARKER and (owned is None or not owned(n))]
+        foreign = foreign_entries(p, owned or (lambda name: False), command) if entries else []
+        if foreign:
             more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
             raise OutputExistsError(f"{flag} {p}: holds files zf-unet did not write "
                                     f"({', '.join(foreign[:3])}{more}); a folder of yours is "

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import re
 import shutil
 import time
 import warnings
@@ -165,16 +164,19 @@ def diverged(exc: TrainingFailedError, run: Path, write: bool,
              policy: str) -> TrainingFailedError:
     """The error for a run stopped by a NaN / Inf loss, naming the epoch and what the run
     folder keeps; with ``write``, ``summary.json`` records the failure (valid JSON)."""
-    best_state = run / "best.json"
-    best = json.loads(best_state.read_text()) if best_state.is_file() else None
+    try:
+        best = json.loads((run / "best.json").read_text())
+        int(best["epoch"])
+    except (OSError, ValueError, KeyError, TypeError):  # none, or unreadable
+        best = None
     if write:
         write_json_atomic({"status": "failed", "error": str(exc), "precision": policy,
                            "best": best}, run / "summary.json")
     if not write:
         kept = f"{run} was left as it was (the new run never replaced it)"
     elif best is not None and (run / "best.keras").is_file():
-        kept = (f"{run / 'best.keras'} holds epoch {int(best['epoch']) + 1}, the last "
-                "finite checkpoint")
+        kept = (f"{run / 'best.keras'} holds epoch {int(best['epoch']) + 1} (the best "
+                "finite one) and last.keras the last finite epoch")
     else:
         kept = f"no finite checkpoint was saved in {run}"
     remedy = ("lower optimizer.learning_rate, or train in float32 (train.precision)"
@@ -473,8 +475,9 @@ def train(config: Config | str | Path | dict, out_dir: str | Path = "runs/run",
                           f"{type(config).__name__}")
     run = Path(out_dir).expanduser()
     chief = is_chief()
-    check_not_input(run, [p for p in (cfg.data.source, cfg.data.val_source)
-                          if isinstance(p, (str, Path)) and str(p) and Path(p).exists()])
+    sources = [Path(p).expanduser() for p in (cfg.data.source, cfg.data.val_source)
+               if isinstance(p, (str, Path)) and str(p)]
+    check_not_input(run, [p for p in sources if p.exists()], whole_folder=fresh)
     if chief:
         recover_fresh_swap(run)  # a killed fresh start: the old run back in place
         check_run_folder(run, cfg, fresh=fresh)

@@ -200,6 +200,24 @@ def palette_classes(value: Any, ignore_index: int | None = None,
     return len(ids)
 
 
+def check_palette_rules(data: Any, place: str) -> int:
+    """``data.palette`` of a ``DataConfig`` against its other keys; returns the model's
+    ``num_classes`` (``data.num_classes``, or the palette's when that is 0). Raises a
+    :class:`ConfigError` naming the keys (``place``: e.g. ``"config.toml [data]"``)."""
+    for key in ("class_values", "volumes"):
+        if getattr(data, key):
+            raise ConfigError(f"{place}: palette and {key} = {getattr(data, key)!r} cannot be "
+                              "used together; expected data.palette for 2-D colour masks, "
+                              "class_values for gray-value codes")
+    ignore = data.ignore_index if data.ignore_index >= 0 else None
+    n = palette_classes(data.palette, ignore, f"{place}: palette")
+    k = data.num_classes
+    if k and max(k, 2) != n:
+        raise ConfigError(f"{place}: palette names {n} classes but num_classes = {k}; expected "
+                          f"num_classes = {model_classes(n)} (or 0: from the palette)")
+    return k or model_classes(n)
+
+
 def model_classes(k: int) -> int:
     """The model's ``num_classes`` for ``k`` palette classes: 1 (binary) for two, else ``k``."""
     return 1 if k == 2 else k

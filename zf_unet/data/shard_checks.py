@@ -24,7 +24,7 @@ import tensorflow as tf
 
 from zf_unet.data.imageops import to_float_image
 from zf_unet.data.streaming import ReadLog, ScanResult
-from zf_unet.errors import DataError
+from zf_unet.errors import ConfigError, DataError
 
 __all__ = ["INDEX_NAME", "Part", "Record", "all_parts", "check_files", "check_index",
            "decode_record", "file_records", "hold_out_shards", "read_records", "scan_shards",
@@ -297,7 +297,7 @@ def hold_out_shards(src: Any, val_fraction: float, val_indices: Sequence[int] | 
     parts = all_parts(src)
     n = sum(src.info.shard_counts)
     if not 0.0 <= val_fraction < 1.0:
-        raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        raise ConfigError(f"data.val_fraction = {val_fraction}: expected a number in [0, 1)")
     want = max(1, int(round(n * val_fraction))) if val_fraction > 0 and n > 1 else 0
     if want >= n:
         raise DataError(f"{src.path}: {n} sample(s); holding out val_fraction = {val_fraction} "

@@ -46,7 +46,7 @@ from zf_unet.data.shard_checks import INDEX_NAME, check_index, file_records
 from zf_unet.data.streaming import ScanResult
 from zf_unet.errors import ConfigError, DataError, OutputExistsError
 from zf_unet.io_utils import new_locked_dir, remove_abandoned_dirs, unlock
-from zf_unet.outputs import MARKER, claim_folder, mark_folder
+from zf_unet.outputs import MARKER, check_not_input, claim_folder, mark_folder
 
 __all__ = ["FORMAT_VERSION", "INDEX_NAME", "ShardInfo", "ShardSource", "parse_size",
            "write_shards"]
@@ -311,27 +311,34 @@ def _prepare_out_dir(out_dir: str, overwrite: bool, inputs: Sequence[Any]) -> bo
     input or a folder holding one, an existing non-empty folder only with ``overwrite`` and
     only if ``write_shards`` made it. Leftovers of killed runs beside it are removed first.
     Returns ``True`` when it exists (it is then replaced)."""
+    check_not_input(out_dir, [i for i in inputs if i is not None], whole_folder=True)
     if not _is_local(out_dir):
         if not tf.io.gfile.exists(out_dir):
             return False
         if not tf.io.gfile.isdir(out_dir):
             raise OutputExistsError(f"{out_dir}: exists and is not a folder; choose another "
                                     "--out")
-        if tf.io.gfile.listdir(out_dir) and not overwrite:
+        entries = [n.rstrip("/") for n in tf.io.gfile.listdir(out_dir)]
+        if entries and not overwrite:
             raise OutputExistsError(f"{out_dir}: exists and is not empty; choose another --out "
                                     "or pass overwrite=True (--overwrite) to replace it")
+        foreign = [n for n in entries if not _owned_name(n)]
+        if foreign:
+            raise OutputExistsError(f"{out_dir}: holds files zf-unet did not write "
+                                    f"({', '.join(foreign[:3])}); a folder of yours is never "
+                                    "replaced, even with --overwrite: choose another folder")
         return True
-    local = Path(_local(out_dir)).expanduser()
+    local = Path(_local(out_dir))
     parent, base = local.parent, local.name
     if parent.is_dir():
         def put_back(holder: Path) -> None:  # killed between moving the old set out and the new in
             if not local.exists() and (holder / "old").is_dir():
                 os.replace(holder / "old", local)
 
-        remove_abandoned_dirs(parent, f"{_TMP_PREFIX}{base}.old-", salvage=put_back)
-        remove_abandoned_dirs(parent, f"{_TMP_PREFIX}{base}-")
-    return claim_folder(local, inputs=[i for i in inputs if i is not None], overwrite=overwrite,
-                        command="pack", replace=True, owned=_owned_name, create=False)
+        remove_abandoned_dirs(parent, f"{_TMP_PREFIX}old-{base}-", salvage=put_back)
+        remove_abandoned_dirs(parent, f"{_TMP_PREFIX}new-{base}-")
+    return claim_folder(local, overwrite=overwrite, command="pack", replace=True,
+                        owned=_owned_name, create=False)
 
 
 def _make_tmp_dir(out_dir: str) -> tuple[str, int | None]:
@@ -340,11 +347,11 @@ def _make_tmp_dir(out_dir: str) -> tuple[str, int | None]:
     if _is_local(parent):
         Path(_local(parent)).mkdir(parents=True, exist_ok=True)
         base = Path(_local(out_dir)).name
-        work, lock = new_locked_dir(_local(parent), f"{_TMP_PREFIX}{base}-")
+        work, lock = new_locked_dir(_local(parent), f"{_TMP_PREFIX}new-{base}-")
         return str(work), lock
     import secrets
 
-    tmp = posixpath.join(parent, f"{_TMP_PREFIX}{posixpath.basename(out_dir.rstrip('/'))}-"
+    tmp = posixpath.join(parent, f"{_TMP_PREFIX}new-{posixpath.basename(out_dir.rstrip('/'))}-"
                                  f"{secrets.token_hex(4)}")
     tf.io.gfile.makedirs(tmp)
     return tmp, None
@@ -357,7 +364,7 @@ def _move_into_place(tmp_dir: str, out_dir: str, exists: bool) -> None:
         mark_folder(src, "pack")
         if exists:
             parent = os.path.dirname(dst) or "."
-            trash, lock = new_locked_dir(parent, f"{_TMP_PREFIX}{os.path.basename(dst)}.old-")
+            trash, lock = new_locked_dir(parent, f"{_TMP_PREFIX}old-{os.path.basename(dst)}-")
             try:
                 os.replace(dst, trash / "old")
                 os.replace(src, dst)
@@ -426,6 +433,8 @@ def write_shards(
     """
     out = str(out_dir)
     out = out.rstrip("/") if len(out) > 1 else out
+    if _is_local(out):  # what is checked is what is written: ~, ".", ".." resolved first
+        out = str(Path(_local(out)).expanduser().resolve())
     size = parse_size(shard_size, "shard_size")
     if border_weights:
         for label, value, low in (("w0", w0, 0.0), ("sigma", sigma, 0.0)):
