@@ -260,8 +260,12 @@ def test_each_sample_has_its_own_field_from_its_own_seed(rng: np.random.Generato
     per_sample = tf.random.experimental.stateless_split(seed, 4, alg="philox")
     for i in range(4):
         single = augment_sample(img[i], mask[i], img[i], seed=per_sample[i])
-        for got, batch_out in zip(single, out):
-            np.testing.assert_allclose(got.numpy(), batch_out[i], atol=1e-6)
+        image, labels, weight = (t.numpy() for t in single)
+        np.testing.assert_array_equal(labels, out[1][i])  # nearest sampling: exact
+        # interpolated values: batched and single kernels may sum in another order (the
+        # oneDNN build of this TF release differs by up to 2e-6 on values near 0.5)
+        np.testing.assert_allclose(image, out[0][i], atol=1e-5)
+        np.testing.assert_allclose(weight, out[2][i], atol=1e-5)
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.int64, np.float32])

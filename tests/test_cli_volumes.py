@@ -62,7 +62,7 @@ def test_predict_volume_files_npy_and_slice_folder(tmp_path, models, volume, cap
                  "--model", str(paths["multi"]), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "volume" in printed and "wrote 6 files" in printed
-    assert sorted(p.name for p in out.iterdir()) == [
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
         "slices_mask.tif", "slices_prob.tif", "stack_mask.tif", "stack_prob.tif",
         "vol_mask.tif", "vol_prob.tif"]
     probs = predict_tiled(model, volume)
@@ -87,7 +87,7 @@ def test_per_axis_tiles_equal_the_python_call(tmp_path, models, volume):
     mask = tifffile.imread(out / "stack_mask.tif")
     assert mask.shape == SHAPE and mask.dtype == np.uint8
     np.testing.assert_array_equal(mask, (probs[..., 0] > 0.5).astype(np.uint8) * 255)
-    assert sorted(p.name for p in out.iterdir()) == ["stack_mask.tif"]
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["stack_mask.tif"]
 
 
 def test_cli_tile_values_are_parsed_and_checked():

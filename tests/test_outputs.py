@@ -85,10 +85,9 @@ def _demo(e: Env) -> list[Scenario]:
         Scenario(["demo", "--quick", "--quiet", "--out", str(e.tmp / "afile")],
                  [user_file(e.tmp / "afile")]),
         Scenario(["demo", "--quick", "--quiet", "--out", str(existing.parent)], [existing]),
-        # --overwrite into a folder of the user's: the demo runs, the user's files stay
-        Scenario(["demo", "--quick", "--quiet", "--epochs", "1", "--out", str(folder),
-                  "--overwrite"], [], code=0, survive=[folder]),
-    ]
+        Scenario(["demo", "--quick", "--quiet", "--out", str(folder / "notes.txt"),
+                  "--overwrite"], [folder]),
+    ]  # a run with --overwrite beside a user's file: test_demo_refuses_then_replaces_...
 
 
 def _train(e: Env) -> list[Scenario]:
