@@ -24,8 +24,8 @@ import tensorflow as tf
 from zf_unet import _keras_compat
 from zf_unet.errors import ConfigError, TrainingFailedError
 from zf_unet.models.loading import load_weights_file
-from zf_unet.io_utils import (atomic_path, copy_file_atomic, make_hidden_dir, save_model_atomic,
-                              write_json_atomic)
+from zf_unet.io_utils import (atomic_path, copy_file_atomic, is_temporary_of, make_hidden_dir,
+                              save_model_atomic, write_json_atomic)
 
 __all__ = ["AtomicBackupAndRestore", "BestModelCheckpoint", "CollapseWarning", "CurvesAtEnd",
            "ReplaceOldRun", "TimeBudget", "backup_source", "completed_epochs", "hidden_sibling",
@@ -400,8 +400,7 @@ def is_run_output(name: str) -> bool:
     :data:`RUN_OUTPUTS`, a worker's scratch folder, or a temporary file of an atomic write."""
     if name in RUN_OUTPUTS or name.startswith(".worker-"):
         return True
-    return any(name.startswith(f".{Path(out).stem}.") and name.endswith(
-        "".join(Path(out).suffixes)) and len(name) == len(out) + 10 for out in RUN_OUTPUTS)
+    return any(is_temporary_of(name, out) for out in RUN_OUTPUTS)
 
 
 def keep_user_files(old_run: Path, new_run: Path) -> None:

@@ -81,12 +81,18 @@ def remove_stale_temporaries(folder: str | Path, names: list[str]) -> None:
     ``folder`` (the names :func:`atomic_path` gives them, exactly)."""
     folder = Path(folder)
     for name in names:
-        path = Path(name)
-        stem, suffix = path.stem, "".join(path.suffixes)
-        pattern = re.compile(rf"^\.{re.escape(stem)}\.[A-Za-z0-9_]{{8}}{re.escape(suffix)}$")
-        for f in folder.glob(f".{glob_escape(stem)}.*"):
-            if pattern.match(f.name) and f.is_file():
+        for f in folder.glob(f".{glob_escape(Path(name).stem)}.*"):
+            if is_temporary_of(f.name, name) and f.is_file():
                 f.unlink()
+
+
+def is_temporary_of(name: str, output: str) -> bool:
+    """Whether ``name`` is a temporary file :func:`atomic_path` makes for ``output``
+    (``.STEM.XXXXXXXX.SUFFIXES``, as ``tempfile.mkstemp`` names them)."""
+    path = Path(output)
+    stem, suffix = path.stem, "".join(path.suffixes)
+    return re.fullmatch(rf"\.{re.escape(stem)}\.[A-Za-z0-9_]{{8}}{re.escape(suffix)}",
+                        name) is not None
 
 
 def glob_escape(text: str) -> str:

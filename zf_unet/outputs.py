@@ -31,7 +31,7 @@ def _resolved(path: PathLike) -> Path:
     return Path(path).resolve()
 
 
-def _is_local(path: PathLike) -> bool:
+def is_local(path: PathLike) -> bool:
     """False for URLs such as ``gs://bucket/x`` (``file://`` paths are local)."""
     text = str(path)
     return "://" not in text or text.startswith("file://")
@@ -46,7 +46,7 @@ def _contains(folder: Path | str, path: Path | str) -> bool:
 def _key(path: PathLike) -> Path | str:
     """A local path resolved, or a URL without its trailing ``/``."""
     text = str(path)
-    if _is_local(text):
+    if is_local(text):
         return _resolved(text.removeprefix("file://"))
     return text.rstrip("/")
 
@@ -144,9 +144,9 @@ def claim_folder(path: PathLike, *, inputs: Iterable[PathLike] = (), overwrite: 
     every entry is one ``command`` writes (``owned``): a folder holding anything else (see
     :func:`foreign_entries`) is never deleted.
     """
-    p = Path(path) if _is_local(path) else path
+    p = Path(path) if is_local(path) else path
     check_not_input(p, inputs, flag, whole_folder=replace)
-    if not _is_local(p):
+    if not is_local(p):
         return False
     if p.exists() and not p.is_dir():
         raise OutputExistsError(f"{flag} {p}: exists and is not a folder; expected a folder "

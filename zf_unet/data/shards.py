@@ -46,7 +46,7 @@ from zf_unet.data.shard_checks import INDEX_NAME, check_index, file_records
 from zf_unet.data.streaming import ScanResult
 from zf_unet.errors import ConfigError, DataError, OutputExistsError
 from zf_unet.io_utils import new_locked_dir, remove_abandoned_dirs, unlock
-from zf_unet.outputs import MARKER, check_not_input, claim_folder, mark_folder
+from zf_unet.outputs import MARKER, check_not_input, claim_folder, is_local, mark_folder
 
 __all__ = ["FORMAT_VERSION", "INDEX_NAME", "ShardInfo", "ShardSource", "parse_size",
            "write_shards"]
@@ -183,21 +183,17 @@ class ShardInfo:
 
 # --------------------------------------------------------------------------- paths
 
-def _is_local(path: str) -> bool:
-    return "://" not in path or path.startswith("file://")
-
-
 def _local(path: str) -> str:
     return path[len("file://"):] if path.startswith("file://") else path
 
 
 def _join(base: str, name: str) -> str:
-    return os.path.join(base, name) if _is_local(base) else posixpath.join(base, name)
+    return os.path.join(base, name) if is_local(base) else posixpath.join(base, name)
 
 
 def _parent(path: str) -> str:
     path = path.rstrip("/") or path
-    if _is_local(path):
+    if is_local(path):
         return os.path.dirname(path) or "."
     return posixpath.dirname(path)
 
@@ -312,7 +308,7 @@ def _prepare_out_dir(out_dir: str, overwrite: bool, inputs: Sequence[Any]) -> bo
     only if ``write_shards`` made it. Leftovers of killed runs beside it are removed first.
     Returns ``True`` when it exists (it is then replaced)."""
     check_not_input(out_dir, [i for i in inputs if i is not None], whole_folder=True)
-    if not _is_local(out_dir):
+    if not is_local(out_dir):
         if not tf.io.gfile.exists(out_dir):
             return False
         if not tf.io.gfile.isdir(out_dir):
@@ -344,7 +340,7 @@ def _prepare_out_dir(out_dir: str, overwrite: bool, inputs: Sequence[Any]) -> bo
 def _make_tmp_dir(out_dir: str) -> tuple[str, int | None]:
     """A new hidden work folder beside ``out_dir`` and its lock (local paths)."""
     parent = _parent(out_dir)
-    if _is_local(parent):
+    if is_local(parent):
         Path(_local(parent)).mkdir(parents=True, exist_ok=True)
         base = Path(_local(out_dir)).name
         work, lock = new_locked_dir(_local(parent), f"{_TMP_PREFIX}new-{base}-")
@@ -359,7 +355,7 @@ def _make_tmp_dir(out_dir: str) -> tuple[str, int | None]:
 
 def _move_into_place(tmp_dir: str, out_dir: str, exists: bool) -> None:
     """Rename the finished ``tmp_dir`` to ``out_dir`` (replacing it when ``exists``)."""
-    if _is_local(out_dir):
+    if is_local(out_dir):
         src, dst = _local(tmp_dir), _local(out_dir).rstrip("/") or _local(out_dir)
         mark_folder(src, "pack")
         if exists:
@@ -433,7 +429,7 @@ def write_shards(
     """
     out = str(out_dir)
     out = out.rstrip("/") if len(out) > 1 else out
-    if _is_local(out):  # what is checked is what is written: ~, ".", ".." resolved first
+    if is_local(out):  # what is checked is what is written: ~, ".", ".." resolved first
         out = str(Path(_local(out)).expanduser().resolve())
     size = parse_size(shard_size, "shard_size")
     if border_weights:
