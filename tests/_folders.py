@@ -25,3 +25,17 @@ def write_folder(root: Path, n: int = 3, size: int = 32, masks: str = "0/255",
             mask *= 255
         Image.fromarray(mask).save(root / "masks" / f"{i:03d}.png")
     return root
+
+
+def snapshot(paths: list[Path]) -> dict[str, bytes | None]:
+    """Every file under ``paths`` with its bytes (``None`` for a missing path)."""
+    snap: dict[str, bytes | None] = {}
+    for p in paths:
+        if not p.exists():
+            snap[str(p)] = None
+        elif p.is_file():
+            snap[str(p)] = p.read_bytes()
+        else:
+            for f in sorted(p.rglob("*")):
+                snap[str(f)] = f.read_bytes() if f.is_file() else b"<dir>"
+    return snap

@@ -43,7 +43,7 @@ from zf_unet.io_utils import save_model_atomic
 from zf_unet.losses import DiceLoss, WeightedCrossEntropy
 from zf_unet.metrics import DiceCoefficient
 
-from _folders import write_folder
+from _folders import snapshot, write_folder
 
 ROOT = Path(__file__).resolve().parent.parent
 ZF_UNET = Path(sys.executable).parent / "zf-unet"
@@ -109,20 +109,6 @@ def existing_predictions(tmp: Path, model: Path) -> tuple[Path, Path]:
     for name in ("good_prob.tif", "good_mask.png", "good_overlay.png"):
         (out / name).write_bytes(b"an earlier result " + name.encode())
     return good, out
-
-
-def snapshot(paths: list[Path]) -> dict[str, bytes | None]:
-    """Every file under ``paths`` with its bytes (``None`` for a missing path)."""
-    snap: dict[str, bytes | None] = {}
-    for p in paths:
-        if not p.exists():
-            snap[str(p)] = None
-        elif p.is_file():
-            snap[str(p)] = p.read_bytes()
-        else:
-            for f in sorted(p.rglob("*")):
-                snap[str(f)] = f.read_bytes() if f.is_file() else b"<dir>"
-    return snap
 
 
 # --------------------------------------------------------------------------- the table

@@ -21,7 +21,7 @@ from typing import Callable
 
 import pytest
 
-from _folders import write_folder
+from _folders import snapshot, write_folder
 from zf_unet.cli import build_parser, main
 from zf_unet.errors import DataError, OutputExistsError
 from zf_unet.outputs import MARKER, check_not_input, claim_file, claim_files, claim_folder
@@ -30,19 +30,6 @@ WRITE_FLAGS = {"--out", "--json", "--confusion"}
 TINY_TRAIN = ["--set", "model.depth=3", "--set", "model.filters=4", "--epochs", "1", "--quiet",
               "--set", "data.patch_size=32", "--set", "data.samples_per_epoch=2",
               "--set", "data.batch_size=2", "--set", "train.collapse_warning=false"]
-
-
-def snapshot(paths: list[Path]) -> dict[str, bytes | None]:
-    snap: dict[str, bytes | None] = {}
-    for p in paths:
-        if not p.exists():
-            snap[str(p)] = None
-        elif p.is_file():
-            snap[str(p)] = p.read_bytes()
-        else:
-            for f in sorted(p.rglob("*")):
-                snap[str(f)] = f.read_bytes() if f.is_file() else b"<dir>"
-    return snap
 
 
 def user_folder(path: Path) -> Path:
