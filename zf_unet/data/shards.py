@@ -31,9 +31,7 @@ from __future__ import annotations
 
 import json
 import os
-import posixpath
 import re
-import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
@@ -44,9 +42,11 @@ import tensorflow as tf
 from zf_unet.data.imageops import scale_to_unit_tf, to_float_image
 from zf_unet.data.shard_checks import INDEX_NAME, check_index, file_records
 from zf_unet.data.streaming import ScanResult
-from zf_unet.errors import ConfigError, DataError, OutputExistsError
-from zf_unet.io_utils import new_locked_dir, remove_abandoned_dirs, unlock
-from zf_unet.outputs import MARKER, check_not_input, claim_folder, is_local, mark_folder
+from zf_unet.data.shard_folder import (join, local_path, make_tmp_dir, move_into_place,
+                                       prepare_out_dir, shard_name)
+from zf_unet.errors import ConfigError, DataError
+from zf_unet.io_utils import unlock
+from zf_unet.outputs import is_local
 
 __all__ = ["FORMAT_VERSION", "INDEX_NAME", "ShardInfo", "ShardSource", "parse_size",
            "write_shards"]
@@ -56,7 +56,6 @@ FORMAT_VERSION = 1
 
 _DTYPES = ("uint8", "uint16", "float32")
 _UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
-_TMP_PREFIX = ".zf_unet_pack-"
 
 
 # --------------------------------------------------------------------------- sizes
@@ -181,27 +180,6 @@ class ShardInfo:
         return info
 
 
-# --------------------------------------------------------------------------- paths
-
-def _local(path: str) -> str:
-    return path[len("file://"):] if path.startswith("file://") else path
-
-
-def _join(base: str, name: str) -> str:
-    return os.path.join(base, name) if is_local(base) else posixpath.join(base, name)
-
-
-def _parent(path: str) -> str:
-    path = path.rstrip("/") or path
-    if is_local(path):
-        return os.path.dirname(path) or "."
-    return posixpath.dirname(path)
-
-
-def _shard_name(index: int, count: int) -> str:
-    return f"shard-{index:05d}-of-{count:05d}.tfrecord"
-
-
 # --------------------------------------------------------------------------- writing
 
 def _bytes_feature(value: bytes) -> tf.train.Feature:
@@ -280,7 +258,7 @@ class _ShardWriter:
         if self._writer is not None and self._bytes + size > self.shard_size:
             self.close()
         if self._writer is None:
-            path = _join(self.tmp_dir, f"part-{len(self.parts):05d}.tfrecord")
+            path = join(self.tmp_dir, f"part-{len(self.parts):05d}.tfrecord")
             self._writer = tf.io.TFRecordWriter(path)
             self.parts.append(path)
             self.counts.append(0)
@@ -294,92 +272,6 @@ class _ShardWriter:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
-
-
-def _owned_name(name: str) -> bool:
-    """A file name ``write_shards`` writes (a shard, the index or the output marker)."""
-    return name in (INDEX_NAME, MARKER) or re.fullmatch(
-        r"shard-\d{5}-of-\d{5}\.tfrecord", name) is not None
-
-
-def _prepare_out_dir(out_dir: str, overwrite: bool, inputs: Sequence[Any]) -> bool:
-    """Check ``out_dir`` by the output rule (:func:`zf_unet.outputs.claim_folder`): never an
-    input or a folder holding one, an existing non-empty folder only with ``overwrite`` and
-    only if ``write_shards`` made it. Leftovers of killed runs beside it are removed first.
-    Returns ``True`` when it exists (it is then replaced)."""
-    check_not_input(out_dir, [i for i in inputs if i is not None], whole_folder=True)
-    if not is_local(out_dir):
-        if not tf.io.gfile.exists(out_dir):
-            return False
-        if not tf.io.gfile.isdir(out_dir):
-            raise OutputExistsError(f"{out_dir}: exists and is not a folder; choose another "
-                                    "--out")
-        entries = [n.rstrip("/") for n in tf.io.gfile.listdir(out_dir)]
-        if entries and not overwrite:
-            raise OutputExistsError(f"{out_dir}: exists and is not empty; choose another --out "
-                                    "or pass overwrite=True (--overwrite) to replace it")
-        foreign = [n for n in entries if not _owned_name(n)]
-        if foreign:
-            raise OutputExistsError(f"{out_dir}: holds files zf-unet did not write "
-                                    f"({', '.join(foreign[:3])}); a folder of yours is never "
-                                    "replaced, even with --overwrite: choose another folder")
-        return True
-    local = Path(_local(out_dir))
-    parent, base = local.parent, local.name
-    if parent.is_dir():
-        def put_back(holder: Path) -> None:  # killed between moving the old set out and the new in
-            if not local.exists() and (holder / "old").is_dir():
-                os.replace(holder / "old", local)
-
-        remove_abandoned_dirs(parent, f"{_TMP_PREFIX}old-{base}-", salvage=put_back)
-        remove_abandoned_dirs(parent, f"{_TMP_PREFIX}new-{base}-")
-    return claim_folder(local, overwrite=overwrite, command="pack", replace=True,
-                        owned=_owned_name, create=False)
-
-
-def _make_tmp_dir(out_dir: str) -> tuple[str, int | None]:
-    """A new hidden work folder beside ``out_dir`` and its lock (local paths)."""
-    parent = _parent(out_dir)
-    if is_local(parent):
-        Path(_local(parent)).mkdir(parents=True, exist_ok=True)
-        base = Path(_local(out_dir)).name
-        work, lock = new_locked_dir(_local(parent), f"{_TMP_PREFIX}new-{base}-")
-        return str(work), lock
-    import secrets
-
-    tmp = posixpath.join(parent, f"{_TMP_PREFIX}new-{posixpath.basename(out_dir.rstrip('/'))}-"
-                                 f"{secrets.token_hex(4)}")
-    tf.io.gfile.makedirs(tmp)
-    return tmp, None
-
-
-def _move_into_place(tmp_dir: str, out_dir: str, exists: bool) -> None:
-    """Rename the finished ``tmp_dir`` to ``out_dir`` (replacing it when ``exists``)."""
-    if is_local(out_dir):
-        src, dst = _local(tmp_dir), _local(out_dir).rstrip("/") or _local(out_dir)
-        mark_folder(src, "pack")
-        if exists:
-            parent = os.path.dirname(dst) or "."
-            trash, lock = new_locked_dir(parent, f"{_TMP_PREFIX}old-{os.path.basename(dst)}-")
-            try:
-                os.replace(dst, trash / "old")
-                os.replace(src, dst)
-                shutil.rmtree(trash, ignore_errors=True)
-            finally:
-                unlock(lock)
-        else:
-            os.replace(src, dst)
-        return
-    if exists:  # the index goes first, so no reader sees a half-replaced set
-        old_index = _join(out_dir, INDEX_NAME)
-        if tf.io.gfile.exists(old_index):
-            tf.io.gfile.remove(old_index)
-        tf.io.gfile.rmtree(out_dir)
-    tf.io.gfile.makedirs(out_dir)
-    names = sorted(tf.io.gfile.listdir(tmp_dir))
-    for name in [n for n in names if n != INDEX_NAME] + [INDEX_NAME]:
-        tf.io.gfile.rename(_join(tmp_dir, name), _join(out_dir, name), overwrite=True)
-    tf.io.gfile.rmtree(tmp_dir)
 
 
 def write_shards(
@@ -430,7 +322,7 @@ def write_shards(
     out = str(out_dir)
     out = out.rstrip("/") if len(out) > 1 else out
     if is_local(out):  # what is checked is what is written: ~, ".", ".." resolved first
-        out = str(Path(_local(out)).expanduser().resolve())
+        out = str(Path(local_path(out)).expanduser().resolve())
     size = parse_size(shard_size, "shard_size")
     if border_weights:
         for label, value, low in (("w0", w0, 0.0), ("sigma", sigma, 0.0)):
@@ -442,8 +334,8 @@ def write_shards(
             json.dumps(meta)
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"meta: not JSON-serialisable ({exc})") from None
-    exists = _prepare_out_dir(out, overwrite, inputs)
-    tmp_dir, tmp_lock = _make_tmp_dir(out)
+    exists = prepare_out_dir(out, overwrite, inputs)
+    tmp_dir, tmp_lock = make_tmp_dir(out)
     writer = _ShardWriter(tmp_dir, size)
     try:
         names: list[str] = []
@@ -485,9 +377,9 @@ def write_shards(
         k = k_given or max(2, int(seen[-1]) + 1 if seen.size else 2)
         pixels, image_pixels = stats.class_counts(k, ignore_index)
         count = len(writer.parts)
-        shards = [_shard_name(i, count) for i in range(count)]
+        shards = [shard_name(i, count) for i in range(count)]
         for part, shard in zip(writer.parts, shards):
-            tf.io.gfile.rename(part, _join(tmp_dir, shard))
+            tf.io.gfile.rename(part, join(tmp_dir, shard))
         info = ShardInfo(
             format_version=FORMAT_VERSION, num_samples=len(names), shards=tuple(shards),
             shard_counts=tuple(writer.counts), names=tuple(names), channels=int(stats.channels),
@@ -501,9 +393,9 @@ def write_shards(
             channel_sum=tuple(float(v) for v in stats.channel_sum),
             channel_sum_sq=tuple(float(v) for v in stats.channel_sq),
             total_bytes=writer.total_bytes, meta=dict(meta or {}), sizes=tuple(stats.sizes))
-        with tf.io.gfile.GFile(_join(tmp_dir, INDEX_NAME), "w") as f:
+        with tf.io.gfile.GFile(join(tmp_dir, INDEX_NAME), "w") as f:
             f.write(json.dumps(info.to_dict(), indent=1) + "\n")
-        _move_into_place(tmp_dir, out, exists)
+        move_into_place(tmp_dir, out, exists)
         return info
     finally:
         writer.close()
@@ -542,7 +434,7 @@ class ShardSource:
 
     def __init__(self, path: str | os.PathLike):
         self.path = str(path).rstrip("/") or str(path)
-        index = _join(self.path, INDEX_NAME)
+        index = join(self.path, INDEX_NAME)
         try:
             with tf.io.gfile.GFile(index, "r") as f:
                 text = f.read()
@@ -557,7 +449,7 @@ class ShardSource:
             raise DataError(f"{index}: not valid JSON ({exc}); repack the data with "
                             "`zf-unet pack`") from None
         self.info: ShardInfo = ShardInfo.from_dict(data, index)
-        self.files: list[str] = [_join(self.path, name) for name in self.info.shards]
+        self.files: list[str] = [join(self.path, name) for name in self.info.shards]
 
     def __repr__(self) -> str:
         return (f"ShardSource({self.path!r}: {len(self)} samples in {len(self.files)} shards, "
