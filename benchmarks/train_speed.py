@@ -37,9 +37,21 @@ down 5-6x when another process takes a core; TensorFlow about 2x). So the script
     separately measured medians is shown as well;
   * ``--rounds N`` repeats the whole list N times, interleaved, and pools the steps.
 
+Keras backends. ``--backends tensorflow,jax,torch`` runs every zf-* variant once per Keras
+backend (default: ``tensorflow`` alone, the rows above); a variant may also name its backend,
+``zf-bf16-fit@jax``. Each runs in its own worker process with ``KERAS_BACKEND`` set, placed
+next to the TensorFlow one in every round, so the rounds interleave the backends. On JAX and
+PyTorch ``fit`` reads in-memory NumPy arrays instead of tf.data (no TensorFlow in the
+process), ``FusedAdam`` and ``FusedBatchNormalization`` take Keras's portable code paths, and
+the callback waits for JAX's asynchronous step before stopping the clock. Modifiers that
+change TensorFlow itself (fusedbn, amp, inter/intra, caller, sysalloc, nomemopt, fpmath,
+noprefetch, bf16in) run on TensorFlow only.
+
 Run (4-6 minutes on 2 cores):
     python benchmarks/train_speed.py
     python benchmarks/train_speed.py --quick
+    python benchmarks/train_speed.py --variants torch-bf16-cl zf-bf16-fit \
+        --backends tensorflow,jax,torch --rounds 2
     python benchmarks/train_speed.py --variants torch-bf16-cl zf-bf16-fit zf-bf16-fit+fusedbn \
         --rounds 2
 """
@@ -114,17 +126,32 @@ MODIFIERS = {
                 "(`zf_unet.models.unfused_copy`; the layout before `FusedUpsampleConv`)", {}),
 }
 RESULT_TAG = "@@TRAIN_SPEED_RESULT@@ "
+KERAS_BACKENDS = ("tensorflow", "jax", "torch")
+BACKEND_PACKAGES = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}
+# Modifiers that change TensorFlow itself (thread pools, its environment variables, grappler,
+# tf.data, TF kernels): a zf-* variant with one of them runs on the TensorFlow backend only.
+TF_ONLY_MODIFIERS = {"fusedbn", "amp", "inter", "intra", "caller", "sysalloc", "nomemopt",
+                     "fpmath", "noprefetch", "bf16in"}
 
 
 # --------------------------------------------------------------------------- variant parsing
 
 
 def parse_variant(name: str) -> dict:
-    """``'zf-bf16-fit+inter1+kerasadam'`` -> a dict describing the run; raises ValueError."""
-    base, *mods = name.split("+")
+    """``'zf-bf16-fit+inter1+kerasadam'`` -> a dict describing the run; raises ValueError.
+    A zf-* variant may end in ``@jax`` or ``@torch``: the same run on that Keras backend
+    (NumPy arrays in place of tf.data; no TensorFlow-only modifiers)."""
+    body, _, backend = name.partition("@")
+    backend = backend or "tensorflow"
+    base, *mods = body.split("+")
+    if backend not in KERAS_BACKENDS:
+        raise ValueError(f"unknown Keras backend {backend!r} in {name!r}; known: "
+                         f"{list(KERAS_BACKENDS)}")
     if base in TORCH_BASES:
         if mods:
             raise ValueError(f"PyTorch variant {base!r} takes no modifiers")
+        if "@" in name:
+            raise ValueError(f"PyTorch variant {base!r} takes no Keras backend")
         label, precision, autocast, cl = TORCH_BASES[base]
         return {"name": name, "framework": "torch", "label": label, "precision": precision,
                 "autocast": autocast, "channels_last": cl, "env": {}}
@@ -137,11 +164,14 @@ def parse_variant(name: str) -> dict:
             "bnf32": False, "kerasbn": False, "optimizer": "adam", "loss_bf16": False,
             "prefetch": True,
             "bf16_input": False, "metrics": False, "muldrop": False, "amp": False,
-            "unfused": False}
+            "unfused": False, "backend": backend}
     descr = []
     for mod in mods:
         key = mod.rstrip("0123456789")
         num = mod[len(key):]
+        if backend != "tensorflow" and (key if num else mod) in TF_ONLY_MODIFIERS:
+            raise ValueError(f"modifier {mod!r} changes TensorFlow itself; {name!r} runs on "
+                             f"the {backend} backend")
         if num and key in ("spe", "inter", "intra", "omp"):
             n = int(num)
             if key == "spe":
@@ -184,8 +214,33 @@ def parse_variant(name: str) -> dict:
         elif mod == "unfused":
             spec["unfused"] = True
     spec["label"] = label + "".join(f" +{m}" for m in mods)
+    if backend != "tensorflow":
+        spec["label"] = (spec["label"].replace("(tf.data)", "(NumPy arrays)")
+                         + f", Keras/{backend}")
     spec["descr"] = dict(zip(mods, descr))
     return spec
+
+
+def expand_backends(variants: list[str], backends: list[str]) -> tuple[list[str], list[str]]:
+    """Each zf-* variant without ``@backend`` once per Keras backend in ``backends``, in
+    place (so the rounds interleave the backends); PyTorch variants and ``@``-variants as
+    given. Returns the list and notes on variants that run on TensorFlow only."""
+    out: list[str] = []
+    notes: list[str] = []
+    for v in variants:
+        if not v.startswith("zf") or "@" in v:
+            out.append(v)
+            continue
+        tf_only = any(m.rstrip("0123456789") in TF_ONLY_MODIFIERS
+                      for m in v.split("+")[1:])
+        for b in backends:
+            if b == "tensorflow":
+                out.append(v)
+            elif tf_only:
+                notes.append(f"{v}: TensorFlow-only modifier, not run on {b}")
+            else:
+                out.append(f"{v}@{b}")
+    return out, notes
 
 
 # --------------------------------------------------------------------------- data
@@ -405,9 +460,11 @@ def _mul_dropout_class():
 
 
 def build_zf(spec: dict):
-    """The compiled ``zf_unet.ZF_UNET_224()`` of a zf-* variant; returns ``(model, policy)``."""
-    import tensorflow as tf
-
+    """The compiled ``zf_unet.ZF_UNET_224()`` of a zf-* variant; returns ``(model, policy)``.
+    TensorFlow is imported here only for the TensorFlow-only modifiers (Keras imports it on
+    its TensorFlow backend in any case)."""
+    if spec["inter"] is not None or spec["intra"] is not None or spec["amp"]:
+        import tensorflow as tf
     if spec["inter"] is not None:
         tf.config.threading.set_inter_op_parallelism_threads(spec["inter"])
     if spec["intra"] is not None:
@@ -493,11 +550,31 @@ def build_zf(spec: dict):
     return model, policy
 
 
+def _sync(backend: str, tree) -> None:
+    """Wait for the arrays in ``tree`` (JAX dispatches asynchronously; TensorFlow's and
+    PyTorch's CPU steps have finished when they return)."""
+    if backend == "jax":
+        import jax
+
+        jax.block_until_ready(tree)
+
+
 def run_zf(spec: dict, args: argparse.Namespace) -> dict:
+    """Time a zf-* variant in this process (its Keras backend: ``KERAS_BACKEND``, which the
+    parent sets to the variant's). On JAX and PyTorch, ``fit`` reads NumPy arrays (4 batches
+    an epoch; the end-of-epoch work falls between timed steps) and ``train_on_batch`` takes
+    NumPy batches."""
     spec = {**spec, "model": args.model}
     model, policy = build_zf(spec)  # first: thread settings must precede any TensorFlow op
     import keras
-    import tensorflow as tf
+
+    backend = keras.backend.backend()
+    if backend != spec["backend"]:
+        raise RuntimeError(f"{spec['name']}: Keras runs on {backend!r}, expected "
+                           f"{spec['backend']!r} (KERAS_BACKEND)")
+    tf = None
+    if backend == "tensorflow":
+        import tensorflow as tf
 
     params = model.count_params()
 
@@ -537,10 +614,15 @@ def run_zf(spec: dict, args: argparse.Namespace) -> dict:
             clock.wait_quiet(budget)
         return done
 
-    arrays = make_batches(4, args.batch, args.size, model=args.model)
+    n_batches = 4 if tf is not None else 4 * spe  # an epoch of NumPy data: whole executions
+    arrays = make_batches(n_batches, args.batch, args.size, model=args.model)
     x, y = arrays[:2]
     warm: list[float] = []
-    if spec["mode"] == "fit":
+    if spec["mode"] == "fit" and tf is None:
+        fit_data = dict(x=x, y=y, sample_weight=arrays[2] if len(arrays) > 2 else None,
+                        batch_size=args.batch, shuffle=False,
+                        epochs=math.ceil((warm_exec + limit) / (n_batches // spe)))
+    elif spec["mode"] == "fit":
         ds = tf.data.Dataset.from_tensor_slices(arrays)
         if spec["bf16_input"]:
             ds = ds.map(lambda a, *rest: (tf.cast(a, tf.bfloat16), *rest))
@@ -549,6 +631,8 @@ def run_zf(spec: dict, args: argparse.Namespace) -> dict:
             from zf_unet.data import finish_pipeline
 
             ds = finish_pipeline(ds)
+        fit_data = dict(x=ds, epochs=1, steps_per_epoch=(warm_exec + limit) * spe)
+    if spec["mode"] == "fit":
         # One callback per execution of `spe` steps: time executions, report per step.
         count = [0]
 
@@ -557,6 +641,7 @@ def run_zf(spec: dict, args: argparse.Namespace) -> dict:
                 clock.start()
 
             def on_train_batch_end(self, batch, logs=None):
+                _sync(backend, logs)
                 dt, _ = clock.stop()
                 k = count[0]
                 count[0] += 1
@@ -566,16 +651,16 @@ def run_zf(spec: dict, args: argparse.Namespace) -> dict:
                 if after_step(k):
                     self.model.stop_training = True
 
-        hist = model.fit(ds, epochs=1, steps_per_epoch=(warm_exec + limit) * spe,
-                         verbose=0, callbacks=[Stamp()])
+        hist = model.fit(**fit_data, verbose=0, callbacks=[Stamp()])
         clock.steps = [(dt / spe, f) for dt, f in clock.steps]
         loss_first = loss_last = float(hist.history["loss"][-1])
     else:
-        xs = [tf.constant(x[i:i + args.batch]) for i in range(0, len(x), args.batch)]
+        const = tf.constant if tf is not None else (lambda a: a)
+        xs = [const(x[i:i + args.batch]) for i in range(0, len(x), args.batch)]
         if spec["bf16_input"]:
             xs = [tf.cast(t, tf.bfloat16) for t in xs]
-        ys = [tf.constant(y[i:i + args.batch]) for i in range(0, len(y), args.batch)]
-        ws = ([tf.constant(arrays[2][i:i + args.batch]) for i in range(0, len(y), args.batch)]
+        ys = [const(y[i:i + args.batch]) for i in range(0, len(y), args.batch)]
+        ws = ([const(arrays[2][i:i + args.batch]) for i in range(0, len(y), args.batch)]
               if len(arrays) > 2 else None)
         losses = []
         k = 0
@@ -598,9 +683,10 @@ def run_zf(spec: dict, args: argparse.Namespace) -> dict:
     return {**extra, "steps": clock.steps, "warmup_times": warm, "params": params, "policy": policy,
             "jit_compile": model.jit_compile, "run_eagerly": model.run_eagerly,
             "steps_per_execution": model.steps_per_execution,
-            "loss_first": loss_first, "loss_last": loss_last,
-            "inter": tf.config.threading.get_inter_op_parallelism_threads(),
-            "intra": tf.config.threading.get_intra_op_parallelism_threads()}
+            "loss_first": loss_first, "loss_last": loss_last, "backend": backend,
+            "tensorflow_imported": sys.modules.get("tensorflow") is not None,
+            "inter": tf.config.threading.get_inter_op_parallelism_threads() if tf else None,
+            "intra": tf.config.threading.get_intra_op_parallelism_threads() if tf else None}
 
 
 # --------------------------------------------------------------------------- parent
@@ -610,7 +696,10 @@ def run_child(name: str, args: argparse.Namespace) -> dict:
     spec = parse_variant(name)
     env = dict(os.environ)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    env.setdefault("KERAS_BACKEND", "tensorflow")
+    if "backend" in spec:  # a zf-* variant: its own Keras backend, whatever the caller's
+        env["KERAS_BACKEND"] = spec["backend"]
+    else:
+        env.setdefault("KERAS_BACKEND", "tensorflow")
     env.update(spec["env"])
     cmd = [sys.executable, os.path.abspath(__file__), "--child", name, "--steps", str(args.steps),
            "--warmup", str(args.warmup), "--batch", str(args.batch), "--size", str(args.size),
@@ -669,6 +758,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=224, help="image side (multiple of 32)")
     p.add_argument("--variants", nargs="+", default=None,
                    help=f"variants to run (default: {' '.join(DEFAULT_VARIANTS)})")
+    p.add_argument("--backends", default="tensorflow",
+                   help="comma-separated Keras backends (tensorflow, jax, torch) each zf-* "
+                        "variant runs on, one worker process each, interleaved in every round "
+                        "(default: tensorflow). A variant may also name one: zf-bf16-fit@jax")
     p.add_argument("--rounds", type=int, default=1,
                    help="run the variant list this many times interleaved; steps are pooled")
     p.add_argument("--quick", action="store_true",
@@ -694,6 +787,10 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.child:
         spec = parse_variant(args.child)
+        if spec.get("backend", "tensorflow") != "tensorflow":
+            # as on a JAX / PyTorch machine without TensorFlow (keras.utils.set_random_seed
+            # would otherwise import it, to seed it too)
+            sys.modules.setdefault("tensorflow", None)
         res = run_torch(spec, args) if spec["framework"] == "torch" else run_zf(spec, args)
         print(RESULT_TAG + json.dumps(res), flush=True)
         return 0
@@ -704,26 +801,46 @@ def main(argv: list[str] | None = None) -> int:
         print("\nmodifiers for zf-* variants (join with '+'):")
         for k, (d, _) in MODIFIERS.items():
             print(f"  +{k:12s} {d}")
+        print("\nKeras backend of a zf-* variant: append @jax or @torch (default TensorFlow; "
+              "--backends runs each on several); TensorFlow-only modifiers: "
+              + ", ".join(sorted(TF_ONLY_MODIFIERS)))
         return 0
     if args.steps < 5:
         p.error("--steps must be >= 5 (the median of at least 5 timed steps)")
     if args.size % 32:
         p.error("--size must be a multiple of 32 (ZF_UNET_224 has 5 poolings)")
+    if args.model == "zf224" and args.size != 224 and any(
+            v.startswith("zf") for v in (args.variants or ["zf"])):
+        p.error("--size: ZF_UNET_224 takes 224x224 inputs only (--model isbi takes any "
+                "multiple of 32)")
 
     variants = args.variants or (QUICK_VARIANTS if args.quick else DEFAULT_VARIANTS)
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    bad = [b for b in backends if b not in KERAS_BACKENDS]
+    if bad or not backends:
+        p.error(f"--backends: unknown {bad}; choose from {', '.join(KERAS_BACKENDS)}")
+    variants, notes = expand_backends(variants, list(dict.fromkeys(backends)))
+    for note in notes:
+        print(note, flush=True)
     try:
         for v in variants:
             parse_variant(v)
     except ValueError as exc:
         p.error(str(exc))
-    has_torch = importlib.util.find_spec("torch") is not None
+    missing = {b for b in KERAS_BACKENDS
+               if importlib.util.find_spec(BACKEND_PACKAGES[b]) is None}
+    for b in sorted(missing - {"torch"}):
+        if any(parse_variant(v).get("backend") == b for v in variants):
+            print(f"{b} is not installed: skipping the Keras/{b} rows", flush=True)
+            variants = [v for v in variants if parse_variant(v).get("backend") != b]
+    has_torch = "torch" not in missing
     if not has_torch:
         print("PyTorch is not installed: running only the zf_unet rows. For the comparison "
               "install the CPU wheel: pip install torch==2.13.0", flush=True)
-        variants = [v for v in variants if not v.startswith("torch")]
+        variants = [v for v in variants if not v.startswith("torch") and not v.endswith("@torch")]
         args.paired = False
 
-    info = machine_info("torch")
+    info = machine_info("torch", "jax")
     load0 = os.getloadavg()
     title = ("ISBI 2012 recipe model (depth 5, 16 filters), weighted CE" if args.model == "isbi"
              else "ZF_UNET_224, BCE+Dice")
@@ -826,14 +943,18 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{v}: policy={r['policy']} jit_compile={r['jit_compile']} "
                   f"run_eagerly={r.get('run_eagerly')} "
                   f"steps_per_execution={r['steps_per_execution']} inter_op={r['inter']} "
-                  f"intra_op={r['intra']} loss {r['loss_first']:.4f}")
+                  f"intra_op={r['intra']} loss {r['loss_first']:.4f}"
+                  + ("" if r.get("backend", "tensorflow") == "tensorflow" else
+                     f" backend={r['backend']}"))
         else:
             print(f"{v}: torch {r['version']} threads={r['threads']} "
                   f"mkldnn_bf16={r['mkldnn_bf16']} loss {r['loss_first']:.4f} -> "
                   f"{r['loss_last']:.4f}")
     print(f"\nMachine: {info['cpu']} ({info['isa']}), {info['cores']} cores; Python "
           f"{info['python']}, TensorFlow {info['tensorflow']}, Keras {info['keras']}, "
-          f"PyTorch {info['torch']}; {info['date']}; load average "
+          f"PyTorch {info['torch']}"
+          + (f", JAX {info['jax']}" if any(v.endswith("@jax") for v in variants) else "")
+          + f"; {info['date']}; load average "
           f"{load0[0]:.2f} at start, {load1[0]:.2f} at end")
     print("Command: python " + " ".join(["benchmarks/train_speed.py", *(argv or sys.argv[1:])]))
     if args.json:

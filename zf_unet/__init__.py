@@ -1,4 +1,4 @@
-"""zf_unet: Keras 3 / TensorFlow U-Nets with the U-Net paper's methods.
+"""zf_unet: Keras 3 U-Nets with the U-Net paper's methods, on TensorFlow, JAX or PyTorch.
 
 Public API (everything else is internal)::
 
@@ -20,26 +20,54 @@ Public API (everything else is internal)::
 """
 from __future__ import annotations
 
-from zf_unet import _backend  # noqa: F401  (must run before keras is used)
-from zf_unet import data, hub, losses, metrics, models, optimizers, postprocess
-from zf_unet.config import Config
-from zf_unet.models import (
-    ZF_UNET_224,
-    build_unet,
-    build_unet_plus_plus,
-    double_conv_layer,
-    ensemble,
-    prune,
-    valid_input_sizes,
-)
-from zf_unet.export import export_saved_model
-from zf_unet.inference import predict_tiled
-from zf_unet.postprocess import watershed_cells
-from zf_unet.training import train
+import importlib
+from typing import Any
 
-pretrained = hub.load_pretrained  # zf_unet.pretrained("isbi2012-em") -> keras.Model
+from zf_unet import backend  # noqa: F401  (chooses the Keras backend before keras is imported)
+
+if not backend.running_as_cli():
+    # Register every serializable layer, loss, metric and optimizer, so that .keras files load
+    # without custom_objects. The zf-unet command does it after choosing --backend.
+    from zf_unet import losses, metrics, models, optimizers  # noqa: F401,E402
 
 __version__ = "0.1.0"
+
+#: Public name -> the module that defines it. Imported on first use (PEP 562), so that
+#: ``import zf_unet`` is quick, imports no TensorFlow, and the ``zf-unet`` command can choose
+#: the Keras backend (``--backend``) before Keras is imported.
+_EXPORTS = {
+    "Config": "zf_unet.config",
+    "ZF_UNET_224": "zf_unet.models",
+    "build_unet": "zf_unet.models",
+    "build_unet_plus_plus": "zf_unet.models",
+    "double_conv_layer": "zf_unet.models",
+    "ensemble": "zf_unet.models",
+    "prune": "zf_unet.models",
+    "valid_input_sizes": "zf_unet.models",
+    "export_saved_model": "zf_unet.export",
+    "predict_tiled": "zf_unet.inference",
+    "watershed_cells": "zf_unet.postprocess",
+    "train": "zf_unet.training",
+}
+_SUBMODULES = ("data", "hub", "losses", "metrics", "models", "optimizers", "postprocess")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f"zf_unet.{name}")
+    elif name == "pretrained":  # zf_unet.pretrained("isbi2012-em") -> keras.Model
+        value = importlib.import_module("zf_unet.hub").load_pretrained
+    else:
+        raise AttributeError(f"module 'zf_unet' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
 
 __all__ = [
     "Config",

@@ -19,13 +19,15 @@ from typing import Any
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from zf_unet import _keras_compat
 from zf_unet.errors import ConfigError, TrainingFailedError
 from zf_unet.models.loading import load_weights_file
 from zf_unet.io_utils import (atomic_path, copy_file_atomic, is_temporary_of, make_hidden_dir,
                               save_model_atomic, write_json_atomic)
+from zf_unet.backend import lazy_tensorflow
+
+tf = lazy_tensorflow("zf_unet.callbacks (tf.data validation sets)")
 
 __all__ = ["AtomicBackupAndRestore", "BestModelCheckpoint", "CollapseWarning", "CurvesAtEnd",
            "ReplaceOldRun", "TimeBudget", "backup_source", "completed_epochs", "hidden_sibling",
@@ -248,7 +250,8 @@ class CollapseWarning(keras.callbacks.Callback):
         for i, batch in enumerate(self._batches()):
             if i >= self.max_batches:
                 break
-            x, y = batch[0], self._last(batch[1])
+            # NumPy, not tf.data's tensors: the JAX and PyTorch backends take arrays
+            x, y = np.asarray(batch[0]), self._last(batch[1])
             pred = np.asarray(self._last(self.model.predict_on_batch(x)), np.float32)
             y = np.asarray(y)
             k = pred.shape[-1]

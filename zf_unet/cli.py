@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 from typing import Sequence
 
 from zf_unet import registry
+from zf_unet.backend import BACKENDS, import_tensorflow_quietly, select_backend
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -384,11 +386,7 @@ def _add_tiling_args(parser: argparse.ArgumentParser, *, tta: bool = True,
     of :func:`zf_unet.predict_tiled` and the TTA names of :data:`zf_unet.registry.TTA_MODES`.
     ``--tile-size`` and ``--overlap`` take an int or one value per spatial axis
     (``16,256,256``), parsed to an int or a tuple (:func:`_tile_values`)."""
-    import inspect
-
-    from zf_unet.inference import predict_tiled
-
-    default = {k: p.default for k, p in inspect.signature(predict_tiled).parameters.items()}
+    default = registry.TILING_DEFAULTS
     parser.add_argument("--tile-size", dest="tile_size", type=_tile_values("--tile-size", 1),
                         default=default["tile_size"], metavar="N[,N,N]",
                         help=(tile_help or f"model input tile side (default "
@@ -417,6 +415,11 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def _add_backend(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", choices=BACKENDS, help="Keras backend to run the model on "
+                   "(default: $KERAS_BACKEND, else tensorflow)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="zf-unet", description="Keras 3 U-Net toolkit.")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
@@ -436,6 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--overwrite", action="store_true",
                       help="replace the outputs of an earlier demo in --out")
     demo.add_argument("--quiet", action="store_true")
+    _add_backend(demo)
     demo.set_defaults(func=_cmd_demo)
 
     tr = sub.add_parser("train", help="train a U-Net from a TOML config (resumes if interrupted)")
@@ -451,6 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="override a config value, e.g. --set model.filters=16")
     tr.add_argument("--fresh", action="store_true", help="delete the run folder and start over")
     tr.add_argument("--quiet", action="store_true")
+    _add_backend(tr)
     tr.set_defaults(func=_cmd_train)
 
     pr = sub.add_parser("predict", help="overlap-tile prediction of images, folders, TIFF stacks")
@@ -472,6 +477,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "colours #ff0000,#00ff00,... (default tab10, tab20 above 10 classes)")
     pr.add_argument("--no-prob", dest="no_prob", action="store_true",
                     help="skip NAME_prob.tif (the float32 per-class probabilities)")
+    _add_backend(pr)
     pr.set_defaults(func=_cmd_predict)
 
     ev = sub.add_parser(
@@ -518,6 +524,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "heat map)")
     ev.add_argument("--overwrite", action="store_true",
                     help="replace existing --json / --confusion files")
+    _add_backend(ev)
     ev.set_defaults(func=_cmd_evaluate)
 
     ex = sub.add_parser("export", help="export a .keras model for TF Serving (SavedModel), "
@@ -667,6 +674,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from zf_unet.errors import TrainingFailedError, ZFUNetError
 
     try:
+        # Before Keras is imported: export traces TensorFlow graphs, whatever trained the model.
+        chosen = select_backend("tensorflow" if args.command == "export"
+                                else getattr(args, "backend", None))
+        if chosen == "tensorflow":
+            import_tensorflow_quietly()
+        for module in ("losses", "metrics", "models", "optimizers"):  # registers their objects
+            importlib.import_module(f"zf_unet.{module}")
         return int(args.func(args) or 0)
     except TrainingFailedError as exc:  # it ran, and failed: not a usage error
         print(f"zf-unet {args.command}: error: {_one_line(exc)}", file=sys.stderr)

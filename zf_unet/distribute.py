@@ -1,21 +1,42 @@
 """``tf.distribute`` strategies by name (the factories of :data:`zf_unet.registry.STRATEGIES`)
-and the chief test of a multi-worker cluster."""
+and the chief test of a multi-worker cluster.
+
+On the JAX and PyTorch backends only ``default`` exists (one device, :class:`LocalStrategy`);
+the others are ``tf.distribute`` strategies and are refused there with one line."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from typing import Any
 
-import tensorflow as tf
+import keras
 
+from zf_unet.backend import lazy_tensorflow
 from zf_unet.errors import ConfigError
 from zf_unet.registry import STRATEGIES
 
-__all__ = ["default_strategy", "is_chief", "make_strategy", "mirrored_strategy",
-           "multiworker_strategy", "tpu_strategy"]
+tf = lazy_tensorflow("tf.distribute strategies")
+
+__all__ = ["LocalStrategy", "default_strategy", "is_chief", "make_strategy",
+           "mirrored_strategy", "multiworker_strategy", "tpu_strategy"]
 
 
-def default_strategy() -> tf.distribute.Strategy:
-    """The default strategy: one device."""
+class LocalStrategy:
+    """The one-device strategy of the JAX and PyTorch backends: what ``zf_unet.train`` uses
+    of a ``tf.distribute.Strategy`` (``scope()``, ``num_replicas_in_sync``)."""
+
+    num_replicas_in_sync = 1
+
+    def scope(self) -> Any:
+        return contextlib.nullcontext()
+
+
+def default_strategy() -> Any:
+    """The default strategy: one device (``tf.distribute.get_strategy()`` on the TensorFlow
+    backend, :class:`LocalStrategy` on the others)."""
+    if keras.backend.backend() != "tensorflow":
+        return LocalStrategy()
     return tf.distribute.get_strategy()
 
 
@@ -45,6 +66,11 @@ def make_strategy(name: str = "default") -> tf.distribute.Strategy:
     from the environment) or ``tpu`` (Colab / Cloud TPU resolver)."""
     if not isinstance(name, str) or name not in STRATEGIES:
         raise ConfigError(f"strategy must be {' | '.join(STRATEGIES.names())}, got {name!r}")
+    backend = keras.backend.backend()
+    if name != "default" and backend != "tensorflow":
+        raise ConfigError(f"train.strategy = {name!r} is a tf.distribute strategy and needs the "
+                          f"Keras TensorFlow backend, but this process runs on {backend!r}: "
+                          "use --backend tensorflow, or train.strategy = 'default'")
     return STRATEGIES.create(name)
 
 

@@ -26,6 +26,11 @@ class TrainingFailedError(ZFUNetError, RuntimeError):
     """Training ran but failed: the loss became NaN or Inf. ``zf-unet train`` exits 1."""
 
 
+class MissingDependencyError(ZFUNetError, ImportError):
+    """A feature needs a package (TensorFlow, JAX, PyTorch) that is not installed; the message
+    names the feature and the ``pip install`` that fixes it. The CLI exits 2 with it."""
+
+
 class ConfigWarning(UserWarning):
     """A setting that is valid but ignored or very likely a mistake (the message names the
     key): e.g. ``data.spacing`` on a 2-D run."""

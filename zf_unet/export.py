@@ -64,11 +64,10 @@ from typing import Any, Callable, Sequence
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from zf_unet import registry
 from zf_unet.checks import check_bool, check_int, check_threshold
-from zf_unet.errors import OutputExistsError
+from zf_unet.errors import ConfigError, OutputExistsError
 from zf_unet.io_utils import atomic_path, new_locked_dir, remove_abandoned_dirs, unlock
 from zf_unet.models.folding import fold_batch_norm
 from zf_unet.models.geometry import ModelGeometry, model_geometry
@@ -76,6 +75,9 @@ from zf_unet.inference import check_model_finite
 from zf_unet.models.loading import load_model_file
 from zf_unet.outputs import check_not_input, claim_file
 from zf_unet.tiling.plan import TilePlan, check_tile_args
+from zf_unet.backend import lazy_tensorflow
+
+tf = lazy_tensorflow("SavedModel / TFLite / ONNX export")
 
 __all__ = [
     "INPUT_DTYPES",
@@ -96,6 +98,12 @@ EXPORT_INFO = "zf_unet_export.json"
 # Helpers
 # --------------------------------------------------------------------------------------------
 def _as_model(model: Any) -> keras.Model:
+    backend = keras.backend.backend()
+    if backend != "tensorflow":
+        raise ConfigError(f"exports trace TensorFlow graphs and need the Keras TensorFlow "
+                          f"backend, but this process runs on {backend!r}: save the model "
+                          "(model.save('model.keras')) and run `zf-unet export model.keras "
+                          "--out DIR`, which exports a model trained on any backend")
     if isinstance(model, (str, os.PathLike)):
         return load_model_file(model)  # DataError naming the file if it cannot be used
     if not isinstance(model, keras.Model):

@@ -176,9 +176,8 @@ def _predict_fn(model: keras.Model, geom: ModelGeometry, shape: tuple, calls: in
     """``model(x, training=False)`` as a cached ``tf.function``: a shape-generic graph (traced
     once per model for every batch / tile size), or, for long runs, one specialised to
     ``shape`` (an LRU of a few per model). Graphs hold only a weak reference to the model,
-    so caching them does not keep the model alive."""
-    import tensorflow as tf
-
+    so caching them does not keep the model alive. On JAX and PyTorch:
+    ``model.predict_on_batch`` (a jitted JAX function per shape; PyTorch without autograd)."""
     try:
         entry = _PREDICT_FN_CACHE.get(model)
     except TypeError:  # pragma: no cover - not weak-referenceable
@@ -196,8 +195,12 @@ def _predict_fn(model: keras.Model, geom: ModelGeometry, shape: tuple, calls: in
     else:
         entry["view"].refresh()
     model_ref = weakref.ref(entry["view"].model)
+    if keras.backend.backend() != "tensorflow":
+        return lambda x: np.asarray(model_ref().predict_on_batch(x), dtype=np.float32)
 
     def _make(spec_shape: tuple) -> Callable:
+        import tensorflow as tf
+
         spec = tf.TensorSpec(spec_shape, tf.float32)
 
         @tf.function(input_signature=[spec], autograph=False)

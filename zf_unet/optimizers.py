@@ -6,9 +6,11 @@ from __future__ import annotations
 from typing import Any
 
 import keras
-import tensorflow as tf
 
 from zf_unet._keras_compat import in_stateless_scope
+from zf_unet.backend import lazy_tensorflow
+
+tf = lazy_tensorflow("the TensorFlow kernel of FusedAdam")
 
 __all__ = ["FusedAdam", "adam", "adamw", "constant_schedule", "cosine_schedule",
            "plateau_schedule", "sgd"]
@@ -29,11 +31,13 @@ class FusedAdam(keras.optimizers.Adam):
     config and saved optimizer variables are those of ``keras.optimizers.Adam``, so weight
     decay, gradient clipping, EMA, loss scaling and ``.keras`` round trips behave the same.
     ``amsgrad=True``, non-float32/64 variables, and updates inside a ``tf.distribute``
-    strategy or a stateless scope use the Keras code path.
+    strategy or a stateless scope, and every update on the JAX and PyTorch backends, use the
+    Keras code path (the same arithmetic, variables and config).
     """
 
     def _fused_ok(self, variable: Any) -> bool:
-        return (not self.amsgrad and not in_stateless_scope()
+        return (keras.backend.backend() == "tensorflow"
+                and not self.amsgrad and not in_stateless_scope()
                 and not tf.distribute.has_strategy()
                 and variable.dtype in ("float32", "float64")
                 and hasattr(variable, "handle"))

@@ -7,6 +7,7 @@ from typing import Iterator
 import keras
 
 from zf_unet import registry
+from zf_unet.backend import accelerator
 
 __all__ = ["PRECISIONS", "auto_policy", "cpu_has_bf16", "precision_scope",
            "resolve_precision"]
@@ -32,11 +33,10 @@ def resolve_precision(precision: str = "auto") -> str:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if precision != "auto":
         return precision
-    import tensorflow as tf
-
-    if tf.config.list_logical_devices("TPU"):
+    device = accelerator()
+    if device == "tpu":
         return "mixed_bfloat16"
-    if tf.config.list_physical_devices("GPU"):
+    if device == "gpu":
         return "mixed_float16"
     return "mixed_bfloat16" if cpu_has_bf16() else "float32"
 

@@ -171,6 +171,10 @@ TTA_MODES = Registry("tta", {
 }, doc={"none": "one prediction", "flips": "identity, horizontal, vertical, both (4)",
         "d4": "the 8 rotations / reflections of the square"})
 
+#: The defaults of :func:`zf_unet.predict_tiled` for the CLI's options, kept here so that
+#: building the parser imports no Keras (``tests/test_backends.py`` checks they match).
+TILING_DEFAULTS = {"tile_size": 256, "overlap": 64, "batch_size": 4}
+
 #: Input dtypes of a serving export (names only: the scaling is
 #: :func:`zf_unet.data.imageops.scale_to_unit_tf`).
 INPUT_DTYPES = ("uint8", "uint16", "float32")

@@ -19,7 +19,6 @@ from typing import Any
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from zf_unet import _keras_compat
 from zf_unet import metrics as zm
@@ -40,6 +39,9 @@ from zf_unet.models import build_unet, build_unet_plus_plus, load_weights_file, 
 import zf_unet.optimizers  # noqa: F401,E402 - registers FusedAdam for keras load_model
 from zf_unet.precision import resolve_precision
 from zf_unet.registry import LOSSES, OPTIMIZERS, SCHEDULES
+from zf_unet.backend import enable_determinism, lazy_tensorflow
+
+tf = lazy_tensorflow("zf_unet.train (its tf.data pipelines)")
 
 # Callbacks and strategies live in zf_unet.callbacks / zf_unet.distribute; re-exported here
 # for code that imported them from zf_unet.training.
@@ -457,8 +459,7 @@ def train(config: Config | str | Path | dict, out_dir: str | Path = "runs/run",
     run trains in a hidden sibling folder and replaces the old run only once its first epoch
     is checkpointed, so a failure in the first epoch leaves the old run as it was. A run killed at any moment (even SIGKILL) resumes from its last completed epoch; ``log.csv``
     then holds each epoch once (see :func:`repair_csv_log`). ``train.deterministic`` turns on
-    ``tf.config.experimental.enable_op_determinism()`` for this process (bit-identical
-    reruns); a :class:`CollapseWarning` watches the validation (else training) predictions
+    deterministic kernels for this process (:func:`zf_unet.backend.enable_determinism`); a :class:`CollapseWarning` watches the validation (else training) predictions
     unless ``train.collapse_warning = false``.
 
     Returns:
@@ -483,10 +484,8 @@ def train(config: Config | str | Path | dict, out_dir: str | Path = "runs/run",
         check_run_folder(run, cfg, fresh=fresh)
     # A multi-worker strategy must exist before TensorFlow runs any op.
     strategy = strategy or make_strategy(cfg.train.strategy)
-    if cfg.train.deterministic:
-        # Process-wide and permanent: every later op uses deterministic kernels, and tf.data
-        # keeps element order. Seeds come from train.seed.
-        tf.config.experimental.enable_op_determinism()
+    if cfg.train.deterministic:  # process-wide and permanent; seeds come from train.seed
+        enable_determinism()
     # Non-chief workers of a multi-worker run write to a private scratch folder.
     write_dir = run if chief else run / f".worker-{os.getpid()}"
 
@@ -521,7 +520,7 @@ def train(config: Config | str | Path | dict, out_dir: str | Path = "runs/run",
             print(f"num_classes inferred from the masks: {k}"
                   f"{' (binary)' if k == 1 else ''}; set data.num_classes to fix it", flush=True)
         if verbose and class_weights is not None:
-            print(f"class weights ({cfg.loss.class_weights if cfg.loss.class_weights == 'auto' else 'given'}): "
+            print(f"class weights ({'auto' if cfg.loss.class_weights == 'auto' else 'given'}): "
                   + ", ".join(f"{c}: {w:.4g}" for c, w in enumerate(class_weights)), flush=True)
         with strategy.scope():
             model = make_model(cfg, channels, sync_batch_norm=strategy.num_replicas_in_sync > 1,
@@ -554,7 +553,8 @@ def train(config: Config | str | Path | dict, out_dir: str | Path = "runs/run",
                     loss_weights=loss_weights,
                     metrics=metrics,
                     steps_per_execution=cfg.train.steps_per_execution,
-                    jit_compile=False,  # XLA is slower on CPU and loses oneDNN bf16 kernels
+                    # XLA: JAX needs it; TF's loses oneDNN bf16 on CPU; torch.compile is slow
+                    jit_compile=keras.backend.backend() == "jax",
                 )
             if freeze and not frozen:  # resumed after the switch: the reduced rate
                 optimizer, schedule_callbacks = make_optimizer(
@@ -680,7 +680,7 @@ def train(config: Config | str | Path | dict, out_dir: str | Path = "runs/run",
         if chief:
             save_model_atomic(model, run / "final.keras")
             summary = {
-                "precision": policy,
+                "precision": policy, "backend": keras.backend.backend(),
                 "deterministic": bool(cfg.train.deterministic),
                 "strategy": cfg.train.strategy,
                 "replicas": int(strategy.num_replicas_in_sync),

@@ -51,10 +51,12 @@ from typing import Any, Mapping, Sequence
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from zf_unet.data.imageops import mirror_coords_tf
 from zf_unet.errors import DataError
+from zf_unet.backend import lazy_tensorflow
+
+tf = lazy_tensorflow("in-graph augmentation (tf.data)")
 
 __all__ = [
     "Augment",

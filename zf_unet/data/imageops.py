@@ -16,10 +16,12 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import numpy as np
-import tensorflow as tf
 
 from zf_unet.data.io import check_float_range
 from zf_unet.errors import DataError
+from zf_unet.backend import lazy_tensorflow
+
+tf = lazy_tensorflow("tf.data image operations")
 
 __all__ = ["mirror_coords_tf", "mirror_index", "mirror_index_tf", "pad_reflect",
            "pad_reflect_axes", "scale_to_unit_tf", "to_float_image", "unit_divisor"]

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
-import tensorflow as tf
 
 from zf_unet.checks import check_choice
 from zf_unet.data import io, streaming
@@ -28,6 +27,9 @@ from zf_unet.data.tfdata import finish_pipeline
 from zf_unet.data.weightmaps import (border_weight_map, cached_border_weight_map,
                                       default_cache_dir)
 from zf_unet.errors import DataError
+from zf_unet.backend import lazy_tensorflow
+
+tf = lazy_tensorflow("tf.data training pipelines (make_datasets)")
 
 logger = logging.getLogger("zf_unet")
 

@@ -20,11 +20,13 @@ import re
 from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
 import numpy as np
-import tensorflow as tf
 
 from zf_unet.data.imageops import to_float_image
 from zf_unet.data.streaming import ReadLog, ScanResult
 from zf_unet.errors import ConfigError, DataError
+from zf_unet.backend import lazy_tensorflow
+
+tf = lazy_tensorflow("TFRecord shards")
 
 __all__ = ["INDEX_NAME", "Part", "Record", "all_parts", "check_files", "check_index",
            "decode_record", "file_records", "hold_out_shards", "read_records", "scan_shards",

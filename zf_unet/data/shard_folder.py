@@ -11,12 +11,14 @@ import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
-import tensorflow as tf
 
 from zf_unet.data.shard_checks import INDEX_NAME
 from zf_unet.errors import OutputExistsError
 from zf_unet.io_utils import new_locked_dir, remove_abandoned_dirs, unlock
 from zf_unet.outputs import MARKER, check_not_input, claim_folder, is_local, mark_folder
+from zf_unet.backend import lazy_tensorflow
+
+tf = lazy_tensorflow("TFRecord shards")
 
 #: Hidden work folders beside the output: ``.zf_unet_pack-new-NAME-*`` (the set being written)
 #: and ``.zf_unet_pack-old-NAME-*`` (the set being replaced).

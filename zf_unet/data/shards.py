@@ -37,7 +37,6 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
-import tensorflow as tf
 
 from zf_unet.data.imageops import scale_to_unit_tf, to_float_image
 from zf_unet.data.shard_checks import INDEX_NAME, check_index, file_records
@@ -47,6 +46,9 @@ from zf_unet.data.shard_folder import (join, local_path, make_tmp_dir, move_into
 from zf_unet.errors import ConfigError, DataError
 from zf_unet.io_utils import unlock
 from zf_unet.outputs import is_local
+from zf_unet.backend import lazy_tensorflow
+
+tf = lazy_tensorflow("TFRecord shards")
 
 __all__ = ["FORMAT_VERSION", "INDEX_NAME", "ShardInfo", "ShardSource", "parse_size",
            "write_shards"]
@@ -406,13 +408,15 @@ def write_shards(
 
 # --------------------------------------------------------------------------- reading
 
-_FEATURES = {
-    "name": tf.io.FixedLenFeature([], tf.string),
-    "image": tf.io.FixedLenFeature([], tf.string),
-    "shape": tf.io.FixedLenFeature([3], tf.int64),
-    "dtype": tf.io.FixedLenFeature([], tf.string),
-    "mask": tf.io.FixedLenFeature([], tf.string),
-}
+def _features() -> dict:
+    """The ``tf.io.parse_single_example`` features of one record."""
+    return {
+        "name": tf.io.FixedLenFeature([], tf.string),
+        "image": tf.io.FixedLenFeature([], tf.string),
+        "shape": tf.io.FixedLenFeature([3], tf.int64),
+        "dtype": tf.io.FixedLenFeature([], tf.string),
+        "mask": tf.io.FixedLenFeature([], tf.string),
+    }
 
 
 class ShardSource:
@@ -490,7 +494,7 @@ class ShardSource:
     def _parse(self, record: tf.Tensor) -> tuple[tf.Tensor, ...]:
         """One serialized record -> ``(image float32 (H, W, C) in [0, 1], mask uint8
         (H, W, 1)[, weight float32 (H, W, 1)])``."""
-        features = dict(_FEATURES)
+        features = _features()
         if self.info.has_weights:
             features["weight"] = tf.io.FixedLenFeature([], tf.string)
         ex = tf.io.parse_single_example(record, features)
@@ -518,7 +522,7 @@ class ShardSource:
         return image, mask, weight
 
     def as_dataset(self, *, shuffle_files: bool, seed: int = 0,
-                   num_parallel_reads: int = tf.data.AUTOTUNE,
+                   num_parallel_reads: int = -1,
                    input_context: tf.distribute.InputContext | None = None,
                    files: Sequence[str | tuple[str, int, int]] | None = None
                    ) -> tf.data.Dataset:

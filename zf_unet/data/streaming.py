@@ -31,12 +31,14 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
-import tensorflow as tf
 
 from zf_unet.data.augment import Augment, augment_dataset, augment_margin
 from zf_unet.data.imageops import mirror_index_tf, to_float_image
 from zf_unet.data.weightmaps import cached_border_weight_map, default_cache_dir
 from zf_unet.errors import DataError
+from zf_unet.backend import lazy_tensorflow
+
+tf = lazy_tensorflow("streaming tf.data pipelines")
 
 __all__ = ["CACHE_MODES", "MEMORY_BUDGET", "ReadLog", "SHUFFLE_BUFFER_BYTES", "SampleReader",
            "ScanResult", "check_binary_for_weights", "disk_cache_file", "patch_dataset",

@@ -17,7 +17,9 @@ model waits for data (TensorFlow's buffer autotuner that works without the model
 """
 from __future__ import annotations
 
-import tensorflow as tf
+from zf_unet.backend import lazy_tensorflow
+
+tf = lazy_tensorflow("tf.data pipelines")
 
 
 def without_autotune_thread(ds: tf.data.Dataset) -> tf.data.Dataset:

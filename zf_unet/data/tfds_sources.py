@@ -18,11 +18,13 @@ from pathlib import Path
 from typing import Any, Union
 
 import numpy as np
-import tensorflow as tf
-import tensorflow_datasets as tfds
 
+from zf_unet.backend import require_tensorflow
 from zf_unet.data.sources import FolderSource, Source, StackSource
 from zf_unet.errors import DataError
+
+tf = require_tensorflow("TFDS data sets (zf_unet.data.tfds_sources)")
+import tensorflow_datasets as tfds  # noqa: E402  (after the check that names the fix)
 
 __all__ = ["ISBI2012_NAME", "Isbi2012", "OXFORD_PET_TRIMAP", "load_tfds"]
 

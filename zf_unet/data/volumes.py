@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import tensorflow as tf
 
 from zf_unet.data import io, streaming
 from zf_unet.data.augment import Augment, augment_dataset, augment_margin
@@ -31,6 +30,9 @@ from zf_unet.data.split_checks import check_val_masks, seen_ids
 from zf_unet.data.tfdata import finish_pipeline
 from zf_unet.data.weightmaps import volume_weight_map
 from zf_unet.errors import DataError
+from zf_unet.backend import lazy_tensorflow
+
+tf = lazy_tensorflow("volume tf.data pipelines")
 
 __all__ = ["VolumeSplit", "load_volumes", "make_volume_datasets", "patch_shape",
            "section_split", "volume_paths"]

@@ -4,11 +4,14 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import keras
-import tensorflow as tf
 from keras import layers, ops
+
+from zf_unet.backend import lazy_tensorflow
 
 from zf_unet.checks import check_choice, check_int, check_rate
 from zf_unet.models.fused_upsampling import FusedUpsampleConv
+
+tf = lazy_tensorflow("the TensorFlow kernel of FusedBatchNormalization")
 
 UPSAMPLING_MODES = ("nearest", "bilinear", "transpose")
 PADDING_MODES = ("same", "valid")
@@ -129,8 +132,9 @@ class FusedBatchNormalization(layers.BatchNormalization):
     normalisation and casts back. Under ``mixed_bfloat16`` this makes ZF_UNET_224 training
     ~10 % faster on CPU (``benchmarks/RESULTS.md``). Volumes ``(B, D, H, W, C)`` take the
     same kernel on a ``(B, D * H, W, C)`` view (the statistics are over every axis but ``C``
-    either way). Every other case (other ranks or axes, masks, synchronised BN) falls back to
-    the Keras computation.
+    either way). Every other case (other ranks or axes, masks, synchronised BN, and the JAX
+    and PyTorch backends) falls back to the Keras computation: the same function, weights and
+    serialized form on every backend.
 
     Input ``(B, H, W, C)`` or ``(B, D, H, W, C)`` in the layer's compute dtype; output the
     same shape and dtype.
@@ -138,7 +142,8 @@ class FusedBatchNormalization(layers.BatchNormalization):
 
     def _use_fused(self, inputs: Any, mask: Any) -> bool:
         rank = len(inputs.shape)
-        return (mask is None and not self.synchronized
+        return (keras.backend.backend() == "tensorflow"
+                and mask is None and not self.synchronized
                 and rank in (4, 5) and self.axis in (-1, rank - 1)
                 and inputs.shape[-1] is not None)
 
@@ -226,8 +231,9 @@ class LinearUpSampling3D(keras.layers.Layer):
     """Trilinear upsampling of a volume ``(B, D, H, W, C)`` by an integer factor per axis
     (``keras.layers.UpSampling3D`` only repeats voxels).
 
-    Separable: a bilinear resize of every ``(H, W)`` slice, then a linear resize along ``D``;
-    half-pixel centres, as ``UpSampling2D(interpolation="bilinear")``. Any (also unknown)
+    Separable: linear interpolation along ``D``, ``H`` and ``W`` in turn (half-pixel centres,
+    edges clamped, as ``UpSampling2D(interpolation="bilinear")``), in ``keras.ops`` that take
+    unknown sizes (the shape-generic graph of ``predict_tiled``) on every backend. Any (also unknown)
     spatial sizes; output ``(B, fD * D, fH * H, fW * W, C)`` in the layer's compute dtype.
 
     Args:
@@ -244,20 +250,10 @@ class LinearUpSampling3D(keras.layers.Layer):
             self.size = (check_int("size", size, 1),) * 3
 
     def call(self, inputs):
-        fd, fh, fw = self.size
-        x = inputs
-        shape = ops.shape(x)
-        b, d, h, w, c = shape[0], shape[1], shape[2], shape[3], shape[4]
-        if fh > 1 or fw > 1:
-            x = ops.reshape(x, (-1, h, w, c))
-            x = ops.image.resize(x, (h * fh, w * fw), interpolation="bilinear")
-            h, w = h * fh, w * fw
-            x = ops.reshape(x, (b, d, h, w, c))
-        if fd > 1:
-            x = ops.reshape(x, (b, d, h * w, c))
-            x = ops.image.resize(x, (d * fd, h * w), interpolation="bilinear")
-            x = ops.reshape(x, (b, d * fd, h, w, c))
-        return ops.cast(x, self.compute_dtype)
+        x = ops.cast(inputs, self.compute_dtype)
+        for axis, factor in zip((1, 2, 3), self.size):
+            x = _linear_upsample_axis(x, axis, factor)
+        return x
 
     def compute_output_shape(self, input_shape):
         b, d, h, w, c = input_shape
@@ -266,6 +262,27 @@ class LinearUpSampling3D(keras.layers.Layer):
 
     def get_config(self) -> dict:
         return {**super().get_config(), "size": list(self.size)}
+
+
+def _linear_upsample_axis(x: Any, axis: int, factor: int) -> Any:
+    """Linear interpolation of ``x`` by the integer ``factor`` along ``axis`` (half-pixel
+    centres, edges clamped: what bilinear ``resize`` computes along one axis). Output phase
+    ``r`` of input position ``k`` sits at ``k + (r + 0.5) / factor - 0.5`` and mixes ``x[k]``
+    with a neighbour; the phases are interleaved. Works for unknown (graph) sizes."""
+    if factor == 1:
+        return x
+    shape = ops.shape(x)
+    n = shape[axis]
+    idx = ops.arange(n)
+    prev = ops.take(x, ops.maximum(idx - 1, 0), axis=axis)
+    nxt = ops.take(x, ops.minimum(idx + 1, n - 1), axis=axis)
+    phases = []
+    for r in range(factor):
+        off = (r + 0.5) / factor - 0.5
+        phases.append((-off) * prev + (1.0 + off) * x if off < 0
+                      else (1.0 - off) * x + off * nxt)
+    y = ops.stack(phases, axis=axis + 1)
+    return ops.reshape(y, tuple(shape[:axis]) + (n * factor,) + tuple(shape[axis + 1:]))
 
 
 @keras.saving.register_keras_serializable(package="zf_unet")

@@ -28,7 +28,6 @@ from __future__ import annotations
 from typing import Any
 
 import keras
-import tensorflow as tf
 from keras import ops
 
 
@@ -138,9 +137,14 @@ class FusedUpsampleConv(keras.layers.Layer):
             up_kernel, rest = self.split_kernel(ops.convert_to_tensor(self.kernel))
         dtype = self.compute_dtype
         up = ops.conv_transpose(low, ops.cast(up_kernel, dtype), strides=2, padding="same")
-        # conv -> bias -> add -> activation: TensorFlow fuses this into one oneDNN kernel
-        y = tf.nn.bias_add(ops.conv(others, ops.cast(rest, dtype), strides=1, padding="same"),
-                           ops.cast(self.bias, dtype))
+        y = ops.conv(others, ops.cast(rest, dtype), strides=1, padding="same")
+        bias = ops.cast(self.bias, dtype)
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow as tf  # conv -> bias_add -> add -> activation: one oneDNN kernel
+
+            y = tf.nn.bias_add(y, bias)
+        else:
+            y = y + bias
         return self.activation(y + up)
 
     def compute_output_shape(self, input_shape: Any) -> tuple:

@@ -33,6 +33,7 @@ head ``k`` needs (``X^{i,j}`` with ``i + j <= k``), sharing the layer objects (a
 from __future__ import annotations
 
 import re
+import sys
 from typing import Any, Sequence
 
 import keras
@@ -307,9 +308,8 @@ def repeat_targets(data: Any, n: int | keras.Model) -> Any:
 
     if isinstance(data, (tuple, list)):
         return rep(*data)
-    import tensorflow as tf
-
-    if isinstance(data, tf.data.Dataset):
+    tf = sys.modules.get("tensorflow")  # a tf.data.Dataset implies TensorFlow is imported
+    if tf is not None and isinstance(data, tf.data.Dataset):
         spec = data.element_spec
         if not isinstance(spec, tuple):
             raise ValueError(

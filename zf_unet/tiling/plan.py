@@ -33,13 +33,15 @@ import sys
 from typing import Any, Callable, Sequence
 
 import numpy as np
-import tensorflow as tf
 
 from zf_unet.checks import check_int, check_tiling
 from zf_unet.data.imageops import mirror_index, mirror_index_tf, scale_to_unit_tf
 from zf_unet.models.geometry import ModelGeometry, axis_names
 from zf_unet.registry import BLEND_MODES
 from zf_unet.tiling.windows import window, window_tf
+from zf_unet.backend import lazy_tensorflow
+
+tf = lazy_tensorflow("in-graph tiling (the tiled SavedModel)")
 
 # In-graph tiling adds this many output voxels (rounded to whole model batches) into the
 # canvas per step: TensorFlow copies a loop-carried canvas at every scatter, so one scatter

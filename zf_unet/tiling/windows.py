@@ -12,9 +12,11 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import numpy as np
-import tensorflow as tf
 
 from zf_unet.registry import BLEND_MODES
+from zf_unet.backend import lazy_tensorflow
+
+tf = lazy_tensorflow("in-graph tiling (the tiled SavedModel)")
 
 __all__ = ["flat_window", "flat_window_tf", "gaussian_window", "gaussian_window_tf",
            "linear_window", "linear_window_tf", "window", "window_tf"]
