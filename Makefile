@@ -21,7 +21,7 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 # tensorflow-serving-api (request protos for the serving tests) declares a dependency on the
 # full `tensorflow` wheel; --no-deps keeps a second TensorFlow from landing next to ours.
 $(VENV)/.installed-dev: $(VENV)/.installed pyproject.toml
-	$(BIN)/pip install -q -e ".[$(TF_EXTRA),dev,export]"
+	$(BIN)/pip install -q -e ".[$(TF_EXTRA),dev,export,backends]"
 	$(BIN)/pip install -q --no-deps "tensorflow-serving-api>=2.16"
 	touch $@
 

@@ -1,6 +1,6 @@
 """docs/api.md lists every public name, with its current signature, and every name has a docstring.
 
-"Public" means the ``__all__`` of ``zf_unet`` and of its subpackages ``zf_unet.data``,
+"Public" means the ``__all__`` of ``zf_unet`` and of its modules ``zf_unet.backend``, ``zf_unet.data``,
 ``zf_unet.losses``, ``zf_unet.metrics`` and ``zf_unet.models``. The test fails when a name is
 added, removed or renamed without docs/api.md following, when a signature in docs/api.md is not
 the code's, or when a public object has no docstring.
@@ -18,12 +18,12 @@ import sys
 from pathlib import Path
 
 API_MD = Path(__file__).resolve().parent.parent / "docs" / "api.md"
-NAMESPACES = ("zf_unet", "zf_unet.data", "zf_unet.losses", "zf_unet.metrics", "zf_unet.models",
-              "zf_unet.optimizers", "zf_unet.postprocess", "zf_unet.registry", "zf_unet.tiling")
+NAMESPACES = ("zf_unet", "zf_unet.backend", "zf_unet.data", "zf_unet.losses", "zf_unet.metrics",
+              "zf_unet.models", "zf_unet.optimizers", "zf_unet.postprocess", "zf_unet.registry", "zf_unet.tiling")
 
 HEADER = """# API reference
 
-Every public name of `zf_unet` and of its modules `zf_unet.data`, `zf_unet.losses`,
+Every public name of `zf_unet` and of its modules `zf_unet.backend`, `zf_unet.data`, `zf_unet.losses`,
 `zf_unet.metrics`, `zf_unet.models`, `zf_unet.optimizers`, `zf_unet.postprocess`,
 `zf_unet.registry` and `zf_unet.tiling` (their `__all__`), with its signature and the first line
 of its docstring. `help(zf_unet.<name>)` shows the full docstring.
@@ -54,10 +54,33 @@ def signature_line(namespace: str, name: str) -> str:
     return f"{kind}`{name}{sig}`"
 
 
+def constant_doc(namespace: str, name: str) -> str:
+    """The ``#:`` comment above the assignment of a module constant (joined), or ``""``."""
+    lines = inspect.getsource(importlib.import_module(namespace)).splitlines()
+    for i, line in enumerate(lines):
+        if re.match(rf"{re.escape(name)}\s*[:=]", line):
+            doc = []
+            while i > 0 and lines[i - 1].startswith("#:"):
+                doc.insert(0, lines[i - 1][2:].strip())
+                i -= 1
+            return " ".join(doc)
+    return ""
+
+
+def value_doc(obj: object) -> str:
+    """What a constant without a ``#:`` comment holds: a registry's names, else its value."""
+    names = getattr(obj, "names", None)
+    if callable(names):
+        return f"Registry of {getattr(obj, 'kind', 'names')}: {', '.join(map(str, names()))}."
+    return f"``{obj!r}``"[:200]
+
+
 def summary(namespace: str, name: str) -> str:
     obj = getattr(importlib.import_module(namespace), name)
     if not callable(obj) and not inspect.ismodule(obj):
-        return "The package version."
+        if name == "__version__":
+            return "The package version."
+        return constant_doc(namespace, name) or value_doc(obj)
     doc = inspect.getdoc(obj) or ""
     first = doc.split("\n\n")[0]
     return " ".join(first.split())

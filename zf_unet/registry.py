@@ -33,7 +33,8 @@ from typing import Any
 from zf_unet.errors import ConfigError
 
 __all__ = ["BACKBONES", "BLEND_MODES", "INPUT_DTYPES", "LOSSES", "OPTIMIZERS", "PRECISIONS", "Registry",
-           "SCHEDULES", "SOURCES", "STRATEGIES", "TTA_MODES", "choice_message", "nearest_hint"]
+           "SCHEDULES", "SOURCES", "STRATEGIES", "TILING_DEFAULTS", "TTA_MODES", "choice_message",
+           "nearest_hint"]
 
 
 def nearest_hint(value: Any, choices: Any) -> str:
