@@ -164,19 +164,30 @@ TINY = ["--set", "data.synthetic_n=8", "--set", "data.synthetic_size=64",
 
 
 def test_cli_train_predict_evaluate_export_across_backends(tmp_path):
-    """Train on JAX, predict with PyTorch, export for TF Serving (TensorFlow)."""
+    """Train on JAX (augmentation, border weights, a time budget; resumed with the samples
+    streamed from disk), evaluate and predict with PyTorch, export for TF Serving."""
     run = tmp_path / "run"
+    recipe = TINY + ["--set", "data.border_weights=true", "--set", "train.max_minutes=30"]
     proc = run_cli(["train", "--backend", "jax", "--data", "synthetic", "--epochs", "2",
-                    "--out", str(run), "--quiet"] + TINY, "jax")
+                    "--out", str(run), "--quiet", "--set", "data.cache=memory"] + recipe, "jax")
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["backend"] == "jax"
+    assert summary["backend"] == "jax" and not summary["streaming"]
     assert all(np.isfinite(v) for v in summary["final"].values())
-    # resumed with more epochs, still on JAX
+    # resumed with more epochs, still on JAX, now streaming (data.cache may change on resume)
     proc = run_cli(["train", "--backend", "jax", "--data", "synthetic", "--epochs", "3",
-                    "--out", str(run), "--quiet"] + TINY, "jax")
+                    "--out", str(run), "--quiet", "--set", "data.cache=none"] + recipe, "jax")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert len((run / "log.csv").read_text().strip().splitlines()) == 1 + 3
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["streaming"] and summary["epochs_run_this_call"] == 1
+
+    data = zf_unet.data.write_synthetic_folder(tmp_path / "syn", n=3, size=64, seed=1)
+    proc = run_cli(["evaluate", "--model", str(run / "final.keras"), "--data", str(data),
+                    "--split", "all", "--json", str(tmp_path / "scores.json"),
+                    "--backend", "torch"], "torch")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((tmp_path / "scores.json").read_text())
 
     image = tmp_path / "img.tif"
     import tifffile

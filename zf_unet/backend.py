@@ -45,7 +45,7 @@ _TF_BANNER = re.compile(r"^([IW]\d{4} |WARNING: All log messages before absl::In
                         r"To enable the following instructions|This TensorFlow binary is)")
 
 __all__ = ["BACKENDS", "INSTALL_HINTS", "MissingDependencyError", "accelerator", "backend_name",
-           "check_backend_name", "enable_determinism", "has_package", "import_tensorflow_quietly", "is_tensorflow",
+           "check_backend_name", "enable_determinism", "has_package", "import_tensorflow_quietly",
            "lazy_tensorflow", "require_tensorflow", "running_as_cli", "select_backend"]
 
 
@@ -95,7 +95,7 @@ def select_backend(name: str | None = None, arg: str = "--backend") -> str:
                              f"backend in this process; set KERAS_BACKEND={name} before "
                              "importing keras")
         return current
-    chosen = name or _default_backend()
+    chosen = name or check_backend_name(_default_backend(), "KERAS_BACKEND")
     if chosen in _PACKAGES and not has_package(_PACKAGES[chosen]):
         raise MissingDependencyError(
             f"the Keras backend {chosen!r} needs the {_PACKAGES[chosen]} package, which is not "
@@ -110,11 +110,6 @@ def backend_name() -> str:
     import keras
 
     return keras.backend.backend()
-
-
-def is_tensorflow() -> bool:
-    """True when Keras runs on the TensorFlow backend (the fused kernels' condition)."""
-    return backend_name() == "tensorflow"
 
 
 def accelerator() -> str:
