@@ -33,7 +33,7 @@ import scipy  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
-from zf_unet.data.augment import Augment, augment_batch  # noqa: E402
+from zf_unet.data import Augment, augment_batch  # noqa: E402
 
 GRID, STD = 3, 10.0
 BRIGHTNESS, CONTRAST, GAMMA = 0.1, 0.2, 0.2

@@ -67,7 +67,8 @@ def _load_model(filters: int | None):
 
 def tiles_for(model, size: int, tile: int, overlap: int, batch: int):
     """The tile grid ``predict_tiled`` uses for a ``size`` x ``size`` image."""
-    from zf_unet.tiling import TilePlan, model_geometry
+    from zf_unet.models import model_geometry
+    from zf_unet.tiling import TilePlan
 
     geom = model_geometry(model)
     plan = TilePlan.for_geometry(geom, tile, overlap)

@@ -123,7 +123,7 @@ def _outputs(y: Any) -> list[np.ndarray]:
 
 
 def losses_and_metrics(inp: dict) -> dict[str, float]:
-    """Every loss (binary and 3-class, with ignore_index and weights) and metric value."""
+    """Every loss (binary and 3-class, with ignore_class and weights) and metric value."""
     from keras import ops
 
     from zf_unet import losses as zl
@@ -133,24 +133,24 @@ def losses_and_metrics(inp: dict) -> dict[str, float]:
     y3_clean = np.where(y3 == 255, 0, y3)
     values: dict[str, float] = {}
     binary = {"dice": zl.DiceLoss(), "jaccard": zl.JaccardLoss(), "tversky": zl.TverskyLoss(),
-              "bce_dice": zl.BCEDiceLoss(), "ce": zl.CrossEntropy(),
-              "focal": zl.FocalLoss(), "weighted_ce": zl.WeightedCrossEntropy()}
+              "bce_dice": zl.BCEDiceLoss(), "ce": zl.Crossentropy(),
+              "focal": zl.FocalLoss(), "weighted_ce": zl.WeightedCrossentropy()}
     for name, loss in binary.items():
         values[f"loss_bin_{name}"] = float(ops.convert_to_numpy(loss(yb, pb)))
         values[f"loss_bin_w_{name}"] = float(ops.convert_to_numpy(loss(yb, pb, w)))
-    multi = {"ce_dice": zl.CEDiceLoss(ignore_index=255),
-             "ce": zl.CrossEntropy(class_weights=[0.5, 1.0, 2.0], ignore_index=255),
-             "dice": zl.DiceLoss(ignore_index=255, include_background=False),
-             "focal": zl.FocalLoss(ignore_index=255), "tversky": zl.TverskyLoss(ignore_index=255),
-             "jaccard": zl.JaccardLoss(ignore_index=255)}
+    multi = {"ce_dice": zl.CEDiceLoss(ignore_class=255),
+             "ce": zl.Crossentropy(class_weights=[0.5, 1.0, 2.0], ignore_class=255),
+             "dice": zl.DiceLoss(ignore_class=255, include_background=False),
+             "focal": zl.FocalLoss(ignore_class=255), "tversky": zl.TverskyLoss(ignore_class=255),
+             "jaccard": zl.JaccardLoss(ignore_class=255)}
     for name, loss in multi.items():
         values[f"loss_3_{name}"] = float(ops.convert_to_numpy(loss(y3, p3)))
     values["loss_3_onehot_ce_dice"] = float(ops.convert_to_numpy(
         zl.CEDiceLoss()(np.eye(3, dtype="float32")[y3_clean[..., 0]], p3)))
     metrics = {"bin_dice": (zm.DiceCoefficient(), yb, pb),
                "bin_iou": (zm.IoU(), yb, pb),
-               "3_miou": (zm.MeanIoU(num_classes=3, ignore_index=255), y3, p3),
-               "3_class_iou_2": (zm.ClassIoU(2, num_classes=3, ignore_index=255), y3, p3),
+               "3_miou": (zm.MeanIoU(num_classes=3, ignore_class=255), y3, p3),
+               "3_class_iou_2": (zm.ClassIoU(2, num_classes=3, ignore_class=255), y3, p3),
                "3_dice": (zm.DiceCoefficient(num_classes=3), y3_clean, p3)}
     for name, (metric, yt, yp) in metrics.items():
         metric.update_state(yt, yp)
@@ -227,11 +227,11 @@ def compute(work: Path) -> tuple[dict[str, np.ndarray], dict]:
         arrays[f"optimizer_{name}"] = np.asarray(keras.ops.convert_to_numpy(var))
 
     _lap("losses, metrics, optimizers")
-    # Two training steps of the 3-class U-Net (FusedAdam, CEDiceLoss with ignore_index, MeanIoU).
+    # Two training steps of the 3-class U-Net (FusedAdam, CEDiceLoss with ignore_class, MeanIoU).
     model = keras.models.load_model(work / "models" / "unet.keras")
     model.compile(optimizer=zf_unet.optimizers.FusedAdam(1e-3),
-                  loss=zf_unet.losses.CEDiceLoss(ignore_index=255),
-                  metrics=[zf_unet.metrics.MeanIoU(num_classes=3, ignore_index=255)])
+                  loss=zf_unet.losses.CEDiceLoss(ignore_class=255),
+                  metrics=[zf_unet.metrics.MeanIoU(num_classes=3, ignore_class=255)])
     arrays["train_before"] = _outputs(model(inp["train_x"], training=False))[0]
     y = inp["train_y"].copy()
     y[:, :2] = 255

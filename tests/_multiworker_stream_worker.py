@@ -16,8 +16,7 @@ from zf_unet.training import train  # noqa: E402
 
 folder, out, result = sys.argv[1], sys.argv[2], sys.argv[3]
 strategy = make_strategy("multiworker")
-_, _, info = make_datasets(folder, batch_size=2, val_fraction=0.0, cache="none",
-                           with_info=True)
+info = make_datasets(folder, batch_size=2, val_fraction=0.0, cache="none").info
 dist = strategy.distribute_datasets_from_function(info.make_train)
 seen = []
 for batch in dist:

@@ -21,7 +21,7 @@ import tensorflow as tf
 import zf_unet
 from zf_unet.errors import DataError, OutputExistsError, ZFUNetError
 from zf_unet.export import EXPORT_INFO, export_saved_model, recover_interrupted_exports
-from zf_unet.losses import BCEDiceLoss, DiceLoss, JaccardLoss, WeightedCrossEntropy
+from zf_unet.losses import BCEDiceLoss, DiceLoss, JaccardLoss, WeightedCrossentropy
 from zf_unet.metrics import IoU, DiceCoefficient
 
 BINARY_255 = ("y_true: binary targets must be in [0, 1] (got values up to 255); divide 0/255 "
@@ -49,7 +49,7 @@ def in_graph(fn, *specs):
 # --------------------------------------------------------------------------- target values
 
 
-BINARY_LOSSES = [DiceLoss(), JaccardLoss(), BCEDiceLoss(), WeightedCrossEntropy()]
+BINARY_LOSSES = [DiceLoss(), JaccardLoss(), BCEDiceLoss(), WeightedCrossentropy()]
 
 
 @pytest.mark.parametrize("loss", BINARY_LOSSES, ids=lambda x: type(x).__name__)
@@ -97,14 +97,14 @@ def test_class_ids_outside_0_to_k_minus_1_are_refused():
     message = ("y_true: class ids must be in 0..2 for a 3-class y_pred (got values up to 3); "
                "check num_classes against the mask values")
     # Before: WeightedCrossEntropy gave 0.0 for the pixel (an all-zero one-hot row).
-    for fn in (WeightedCrossEntropy(), DiceLoss(),
+    for fn in (WeightedCrossentropy(), DiceLoss(),
                DiceCoefficient(num_classes=3).update_state, IoU(num_classes=3).update_state):
         with pytest.raises(DataError) as info:
             fn(ids, probs)
         assert str(info.value) == message
         with pytest.raises(DataError, match="got values down to -1"):
             fn(-np.ones_like(ids), probs)
-    graph = in_graph(lambda a, b: WeightedCrossEntropy()(a, b),
+    graph = in_graph(lambda a, b: WeightedCrossentropy()(a, b),
                      tf.TensorSpec([None, None, None], tf.int32),
                      tf.TensorSpec([None, None, None, 3], tf.float32))
     with pytest.raises(tf.errors.InvalidArgumentError,
@@ -122,7 +122,7 @@ def test_one_hot_targets_out_of_range_are_refused():
 # --------------------------------------------------------------------------- target shapes
 
 
-@pytest.mark.parametrize("fn", [DiceLoss(), WeightedCrossEntropy(),
+@pytest.mark.parametrize("fn", [DiceLoss(), WeightedCrossentropy(),
                                 DiceCoefficient().update_state],
                          ids=["DiceLoss", "WeightedCrossEntropy", "DiceCoefficient"])
 def test_shape_mismatch_names_both_shapes(fn):
@@ -188,7 +188,7 @@ def test_valid_targets_give_the_reference_values(rng):
     soft = 0.1 + 0.8 * t
     assert float(DiceLoss()(soft, p)) == pytest.approx(np_dice_loss(soft, p), abs=1e-6)
     bce = keras.losses.BinaryCrossentropy()(t, p)
-    assert float(WeightedCrossEntropy()(t, p)) == pytest.approx(float(bce), rel=1e-5)
+    assert float(WeightedCrossentropy()(t, p)) == pytest.approx(float(bce), rel=1e-5)
     iou, ref_iou = IoU(), keras.metrics.BinaryIoU(target_class_ids=[1])
     iou.update_state(t, p)
     ref_iou.update_state(t, p)
@@ -199,7 +199,7 @@ def test_valid_targets_give_the_reference_values(rng):
     probs = rng.dirichlet(np.ones(3), size=(2, 8, 8)).astype(np.float32)
     sce = float(keras.losses.SparseCategoricalCrossentropy()(ids, probs))
     for y in (ids, ids[..., None], np.eye(3, dtype=np.float32)[ids]):
-        assert float(WeightedCrossEntropy()(y, probs)) == pytest.approx(sce, rel=1e-5)
+        assert float(WeightedCrossentropy()(y, probs)) == pytest.approx(sce, rel=1e-5)
     # Empty batches pass the checks (min/max of nothing).
     empty = np.zeros((0, 8, 8, 1), np.float32)
     DiceCoefficient().update_state(empty, empty)
@@ -221,7 +221,7 @@ def _tiny_fit(masks: np.ndarray, *, deep: bool = False, weights: bool = False,
                                                  deep_supervision=True)
         else:
             model = zf_unet.build_unet((None, None, 1), depth=2, filters=2)
-        model.compile("adam", loss=WeightedCrossEntropy() if weights else BCEDiceLoss(),
+        model.compile("adam", loss=WeightedCrossentropy() if weights else BCEDiceLoss(),
                       metrics=None if deep else [DiceCoefficient(), IoU()], jit_compile=False)
     data = (x, masks) + ((np.full((4, 16, 16), 2.0, np.float32),) if weights else ())
     if deep:
@@ -260,8 +260,9 @@ BAD_BUILDER_ARGS = [
     ({"input_shape": (None, None, 0)}, r"input_shape channels must be an integer >= 1, got 0"),
     ({"num_classes": 0}, "num_classes must be an integer >= 1, got 0"),
     ({"num_classes": "3"}, "num_classes must be an integer >= 1, got '3'"),
-    ({"depth": 0}, "depth must be an integer >= 2, got 0"),
-    ({"depth": 3.0}, r"depth must be an integer >= 2, got 3\.0"),
+    ({"depth": 0}, r"depth must be an integer in \[2, 10\], got 0"),
+    ({"depth": 3.0}, r"depth must be an integer in \[2, 10\], got 3\.0"),
+    ({"depth": 11}, r"depth must be an integer in \[2, 10\], got 11"),
     ({"filters": -1}, "filters must be an integer >= 1, got -1"),
     ({"filters": [8, 16, 0]}, r"filters\[2\] must be an integer >= 1, got 0"),
     ({"filters": [8, 16]}, "filters has 2 entries but depth=3"),
@@ -308,11 +309,12 @@ def test_checking_the_arguments_leaves_the_initial_weights_alone():
     Python's `random`: without care every weight of the model would change."""
     import random
 
-    from zf_unet.models.unet import check_builder_args
+    from zf_unet.models.builder_args import check_builder_args
 
     keras.utils.set_random_seed(0)
     state = random.getstate()
-    check_builder_args((None, None, 1), 1, 3, 4, "nearest", "same", "auto")
+    check_builder_args((None, None, 1), 1, depth=3, filters=4, upsampling="nearest",
+                       padding="same", output_activation="auto")
     assert random.getstate() == state
     keras.utils.set_random_seed(0)
     expected = np.asarray(keras.initializers.HeNormal()((3, 3, 1, 4)))  # the first draw
@@ -452,3 +454,94 @@ def test_killed_overwrite_is_recovered_by_the_next_export(tiny, tmp_path):
     loaded = tf.saved_model.load(str(base / "1"))
     out = loaded.signatures["serving_default"](image=tf.zeros([1, 8, 8, 1], tf.uint8))
     assert out["mask"].shape == (1, 8, 8)
+
+
+# --------------------------------------------------------------------------- one home
+
+
+def test_checks_imports_no_keras():
+    """zf_unet.checks (argument checks, limits, spacing) is read by the config, which must not
+    import Keras; the target checks that need Keras are zf_unet.target_checks."""
+    import ast
+
+    import zf_unet.checks as checks
+    import zf_unet.target_checks as target_checks
+
+    for module in (checks, "zf_unet/data/augment_config.py"):
+        path = Path(module.__file__) if not isinstance(module, str) else \
+            Path(zf_unet.__file__).parent.parent / module
+        tree = ast.parse(path.read_text())
+        imported = {alias.name.split(".")[0] for node in ast.walk(tree)
+                    if isinstance(node, ast.Import) for alias in node.names}
+        imported |= {(node.module or "").split(".")[0] for node in ast.walk(tree)
+                     if isinstance(node, ast.ImportFrom)}
+        assert not imported & {"keras", "tensorflow"}, (path, imported)
+    assert target_checks.check_targets is zf_unet.losses.check_targets
+
+
+def test_one_table_of_limits_for_config_builders_and_augment(monkeypatch):
+    """config validation, the builders and Augment all read zf_unet.checks.LIMITS."""
+    from zf_unet.checks import LIMITS, Range
+    from zf_unet.config import Config, ConfigError
+    from zf_unet.data import Augment
+
+    assert LIMITS["model.depth"] == Range(2, 10, integer=True)
+    with pytest.raises(ConfigError, match=r"depth = 11; expected an integer in \[2, 10\]"):
+        Config().override(["model.depth=11"])
+    with pytest.raises(ValueError, match=r"depth must be an integer in \[2, 10\], got 11"):
+        zf_unet.build_unet((None, None, 1), depth=11)
+    monkeypatch.setitem(LIMITS, "model.depth", Range(2, 4, integer=True))
+    monkeypatch.setitem(LIMITS, "data.augment.elastic_grid", Range(2, 5, integer=True))
+    monkeypatch.setitem(LIMITS, "data.batch_size", Range(1, 8, integer=True))
+    with pytest.raises(ConfigError, match=r"depth = 5; expected an integer in \[2, 4\]"):
+        Config().override(["model.depth=5"])
+    with pytest.raises(ValueError, match=r"depth must be an integer in \[2, 4\], got 5"):
+        zf_unet.build_unet((None, None, 1), depth=5)
+    with pytest.raises(ValueError, match=r"Augment: elastic_grid must be an integer in "
+                                         r"\[2, 5\], got 6"):
+        Augment(elastic_grid=6)
+    with pytest.raises(ConfigError, match=r"data.augment.*elastic_grid must be an integer in "
+                                          r"\[2, 5\], got 6"):
+        Config().override(["data.augment.elastic_grid=6"])
+    with pytest.raises(ConfigError, match=r"batch_size = 9; expected an integer in \[1, 8\]"):
+        Config().override(["data.batch_size=9"])
+    assert Augment(elastic_grid=5).elastic_grid == 5
+
+
+@pytest.mark.parametrize(("value", "match"), [
+    ((50, 0, 4.6), r"spacing must hold positive finite numbers \(the voxel size per spatial "
+                   r"axis\), got \(50, 0, 4\.6\)"),
+    ([1.0, float("inf"), 1.0], "spacing must hold positive finite numbers"),
+    ([True, 1, 1], "spacing must hold positive finite numbers"),
+    ("50,4.6,4.6", r"spacing must be a tuple of positive numbers, one per spatial axis"),
+    (5.0, r"spacing must be a tuple of positive numbers"),
+    (np.ones((3, 1)), r"spacing must be a tuple of positive numbers"),
+    ((4.6, 4.6), r"spacing has 2 entries but the input has 3 spatial axes"),
+    ((), r"spacing has 0 entries"),
+])
+def test_check_spacing_is_one_rule_with_one_error_type(value, match):
+    from zf_unet.checks import check_spacing
+    from zf_unet.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=match):
+        check_spacing(value, "spacing", ndim=3)
+
+
+def test_check_spacing_values_and_its_users():
+    from zf_unet.checks import check_spacing
+    from zf_unet.config import Config
+    from zf_unet.data import Augment
+    from zf_unet.errors import ConfigError
+
+    assert check_spacing(None) is None
+    assert check_spacing([50, 4.6, 4.6], ndim=3) == (50.0, 4.6, 4.6)
+    assert check_spacing(np.array([2, 1]), "s") == (2.0, 1.0)
+    with pytest.raises(ConfigError, match="^s must not be empty"):
+        check_spacing([], "s")
+    # the config and Augment raise the same rule's ConfigError, naming their place
+    with pytest.raises(ConfigError, match=r"--set \[data\]: spacing has 2 entries but the "
+                                          r"input has 3 spatial axes"):
+        Config().override(["data.spacing=[1, 2]", "data.volumes=true"])
+    with pytest.raises(ConfigError, match=r"^Augment: spacing must hold positive finite"):
+        Augment(spacing=(0.0, 1.0, 1.0))
+    assert Config().override(["data.spacing=[]"]).data.spacing == []

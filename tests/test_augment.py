@@ -15,15 +15,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import ndimage
 
-from zf_unet.data.augment import (
-    Augment,
-    AugmentLayer,
-    augment_batch,
-    augment_sample,
-    elastic_displacement,
-    identity_coords,
-    warp,
-)
+from zf_unet.data.augment import augment_batch, augment_sample, elastic_displacement
+from zf_unet.data.augment_config import Augment
+from zf_unet.data.augment_layer import AugmentLayer
+from zf_unet.data.augment_warp import identity_coords, warp
 from zf_unet.errors import DataError
 
 GEOMETRY_ONLY = Augment(gray_values=False)
@@ -451,6 +446,48 @@ def test_augment_layer_config_round_trip_and_inference_identity(
     assert not np.allclose(np.asarray(a1[0]), np.asarray(a2[0]))
     np.testing.assert_array_equal(np.asarray(a1[0]), np.asarray(b1[0]))
     np.testing.assert_array_equal(np.asarray(a1[1]), np.asarray(b1[1]))
+
+
+def test_augment_layer_keeps_its_registered_name_and_old_files_load() -> None:
+    """The layer moved to zf_unet.data.augment_layer; .keras files name it by its registered
+    name ``zf_unet>AugmentLayer`` (and the module it was saved from), so they keep loading."""
+    import zf_unet.data
+
+    assert keras.saving.get_registered_name(AugmentLayer) == "zf_unet>AugmentLayer"
+    assert keras.saving.get_registered_object("zf_unet>AugmentLayer") is AugmentLayer
+    assert zf_unet.data.AugmentLayer is AugmentLayer  # lazy (PEP 562): needs Keras
+    old = {"module": "zf_unet.data.augment", "class_name": "AugmentLayer",
+           "registered_name": "zf_unet>AugmentLayer",
+           "config": {"name": "aug", "trainable": True, "dtype": "float32",
+                      "augment": Augment(elastic_std=4.0).get_config(), "seed": 5,
+                      "spatial_dims": 2}}
+    revived = keras.saving.deserialize_keras_object(old)
+    assert isinstance(revived, AugmentLayer)
+    assert revived.augment == Augment(elastic_std=4.0) and revived.seed == 5
+
+
+def test_augment_sample_is_augment_batch_of_one_split_seed(rng: np.random.Generator) -> None:
+    """One implementation behind both: sample i of a batch equals augment_sample with the
+    i-th split seed, for images and for volumes without a channel axis."""
+    seed = _seed(21, 4)
+    img = rng.random((3, 24, 24, 1)).astype(np.float32)
+    mask = rng.integers(0, 3, (3, 24, 24, 1)).astype(np.int32)
+    batch = augment_batch(img, mask, seed=seed)
+    splits = tf.random.experimental.stateless_split(seed, 3, alg="philox")
+    for i in range(3):
+        one = augment_sample(img[i], mask[i], seed=splits[i])
+        np.testing.assert_allclose(np.asarray(one[0]), np.asarray(batch[0][i]), atol=1e-5)
+        np.testing.assert_array_equal(np.asarray(one[1]), np.asarray(batch[1][i]))
+    vol = rng.random((2, 6, 16, 16, 1)).astype(np.float32)
+    labels = rng.integers(0, 2, (2, 6, 16, 16)).astype(np.uint8)
+    vb = augment_batch(vol, labels, seed=seed, spatial_dims=3)
+    vs = augment_sample(vol[1], labels[1], seed=tf.random.experimental.stateless_split(
+        seed, 2, alg="philox")[1], spatial_dims=3)
+    assert vb[1].shape == labels.shape and vs[1].shape == labels.shape[1:]
+    np.testing.assert_array_equal(np.asarray(vs[1]), np.asarray(vb[1][1]))
+    off = Augment(enabled=False)
+    np.testing.assert_array_equal(np.asarray(augment_sample(img[0], mask[0], seed=seed,
+                                                            config=off)[1]), mask[0])
 
 
 # --------------------------------------------------------------------------- statistics

@@ -12,18 +12,12 @@ import pytest
 import tensorflow as tf
 from scipy import ndimage
 
-from zf_unet.data.augment import (
-    Augment,
-    AugmentLayer,
-    augment_batch,
-    augment_dataset,
-    augment_margin,
-    augment_sample,
-    elastic_displacement,
-    identity_coords,
-    warp,
-)
-from zf_unet.data.imageops import pad_reflect_axes
+from zf_unet.data.augment import augment_batch, augment_sample, elastic_displacement
+from zf_unet.data.augment_config import Augment
+from zf_unet.data.augment_data import augment_dataset, augment_margin
+from zf_unet.data.augment_layer import AugmentLayer
+from zf_unet.data.augment_warp import identity_coords, warp
+from zf_unet.pixels import pad_reflect_axes
 from zf_unet.errors import DataError
 
 RIGID = Augment(elastic=False, gray_values=False)

@@ -40,7 +40,7 @@ from zf_unet.evaluation import evaluate_model
 from zf_unet.file_prediction import predict_files
 from zf_unet.models import load_model_file
 from zf_unet.io_utils import save_model_atomic
-from zf_unet.losses import DiceLoss, WeightedCrossEntropy
+from zf_unet.losses import DiceLoss, WeightedCrossentropy
 from zf_unet.metrics import DiceCoefficient
 
 from _folders import snapshot, write_folder
@@ -700,7 +700,7 @@ def _ce_ids(tmp: Path, m: Models) -> Bad:
     ids = np.zeros((1, 4, 4), np.int32)
     ids[0, 0, 0] = 3
     probs = np.full((1, 4, 4, 3), 1 / 3, np.float32)
-    return Bad(lambda: WeightedCrossEntropy()(ids, probs), DataError, None, ["y_true"],
+    return Bad(lambda: WeightedCrossentropy()(ids, probs), DataError, None, ["y_true"],
                r"class ids must be in 0\.\.2 for a 3-class y_pred \(got values up to 3\)",
                [notes(tmp)])
 
@@ -721,7 +721,7 @@ def _metric_shapes(tmp: Path, m: Models) -> Bad:
 
 def packed_shards(tmp: Path, n: int = 3) -> tuple[Path, list[Path]]:
     """A folder of ``n`` samples packed one per shard file, and the shard files."""
-    from zf_unet.data.shards import write_shards
+    from zf_unet.data.shard_writer import write_shards
     from zf_unet.data.sources import open_source
 
     out = tmp / "shards"
@@ -894,7 +894,7 @@ def _pack_source(data: Path):
 
 @case("pack_out_is_source", "zf-unet pack SRC --out SRC --overwrite")
 def _pack_into_source(tmp: Path, m: Models) -> Bad:
-    from zf_unet.data.shards import write_shards
+    from zf_unet.data.shard_writer import write_shards
 
     data = write_folder(tmp / "data")
     return Bad(lambda: write_shards(_pack_source(data), data, overwrite=True, inputs=[data]),
@@ -904,7 +904,7 @@ def _pack_into_source(tmp: Path, m: Models) -> Bad:
 
 @case("pack_out_holds_source", "zf-unet pack SRC --out SRC/.. --overwrite")
 def _pack_into_parent(tmp: Path, m: Models) -> Bad:
-    from zf_unet.data.shards import write_shards
+    from zf_unet.data.shard_writer import write_shards
 
     data = write_folder(tmp / "data")
     return Bad(lambda: write_shards(_pack_source(data), tmp, overwrite=True, inputs=[data]),
@@ -915,7 +915,7 @@ def _pack_into_parent(tmp: Path, m: Models) -> Bad:
 
 @case("pack_over_users_folder", "pack --out a folder of the user's files, with --overwrite")
 def _pack_over_mine(tmp: Path, m: Models) -> Bad:
-    from zf_unet.data.shards import write_shards
+    from zf_unet.data.shard_writer import write_shards
 
     data = write_folder(tmp / "data")
     mine = tmp / "thesis"

@@ -16,7 +16,7 @@ from zf_unet.cli import main
 from zf_unet.config import Config
 from zf_unet.errors import ConfigWarning
 from zf_unet.data import colour_masks
-from zf_unet.data.sources import FolderSource
+from zf_unet.data.file_sources import FolderSource
 from zf_unet.doctor import check_data
 from zf_unet.errors import ConfigError, DataError
 
@@ -269,7 +269,7 @@ def test_palette_png_void_from_evidence(tmp_path, void, colour):
 
 
 def test_pack_palette_stores_the_class_ids(tmp_path, capsys):
-    from zf_unet.data.shards import ShardSource
+    from zf_unet.data.shard_source import ShardSource
 
     data, ids = colour_folder(tmp_path / "d")
     out = tmp_path / "shards"

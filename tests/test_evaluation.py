@@ -29,7 +29,7 @@ def test_evaluate_arrays_perfect_and_inverted():
 
 def test_split_follows_training_config():
     from zf_unet.config import Config
-    from zf_unet.data.pipeline import load_source
+    from zf_unet.data.loaders import load_source
 
     x, y = zf_unet.data.make_synthetic(6, 16, seed=0)
     data = load_source((x, y))

@@ -355,3 +355,54 @@ def test_large_image_memory_is_bounded():
     assert extra < 256 * 2**20  # regression guard: no whole-image float copy or padding
     assert elapsed < 60
     assert np.isfinite(out[::512, ::512]).all()
+
+
+def test_channels_last_reads_short_last_axes_as_the_caller_says(same_model, rgb_model):
+    """A stack of 3 px wide strips (N, H, 3) for a 1-channel model looks like an RGB image:
+    refused without channels_last, predicted strip by strip with channels_last=False."""
+    rng = np.random.default_rng(5)
+    strips = rng.random((2, 40, 3), dtype=np.float32)
+    with pytest.raises(ValueError, match=r"\(N, H, W, 1\), or channels_last=False"):
+        predict_tiled(same_model, strips, tile_size=32, overlap=8)
+    got = predict_tiled(same_model, strips, tile_size=32, overlap=8, channels_last=False)
+    assert got.shape == (2, 40, 3, 1)
+    for n in range(2):  # the same as each strip alone, given as an (H, W) image
+        one = predict_tiled(same_model, strips[n], tile_size=32, overlap=8)
+        np.testing.assert_allclose(got[n], one, atol=1e-6)
+    # A 3 px wide strip (H, 3) and its (H, 3, 1) form: one image either way.
+    np.testing.assert_allclose(
+        predict_tiled(same_model, strips[0][..., None], tile_size=32, overlap=8,
+                      channels_last=True),
+        predict_tiled(same_model, strips[0], tile_size=32, overlap=8, channels_last=False),
+        atol=1e-6)
+    # channels_last=True: the last axis must be the model's channels.
+    with pytest.raises(ValueError, match=r"has 3 channels but the model expects 1"):
+        predict_tiled(same_model, strips, tile_size=32, overlap=8, channels_last=True)
+    # A 3-channel model: (H, W, 3) is unambiguous; without a channel axis it cannot work.
+    rgb = rng.random((20, 3, 3), dtype=np.float32)
+    assert predict_tiled(rgb_model, rgb, tile_size=32, overlap=8).shape == (20, 3, 3)
+    with pytest.raises(ValueError, match=r"channels_last=False: image of shape \(20, 3, 3\) "
+                                         r"has no channel axis, but the model expects 3"):
+        predict_tiled(rgb_model, rgb, tile_size=32, overlap=8, channels_last=False)
+    with pytest.raises(ValueError, match="channels_last must be True or False"):
+        predict_tiled(same_model, strips, channels_last="no")
+
+
+def test_channels_last_for_volumes_with_a_short_last_axis():
+    """A (D, H, 3) volume for a 1-channel volume model is a volume 3 px wide (no channel
+    axis), and a batch of such volumes needs channels_last=False."""
+    keras.utils.set_random_seed(0)
+    model = zf_unet.build_unet((None, None, None, 1), depth=2, filters=2)
+    rng = np.random.default_rng(6)
+    vol = rng.random((4, 10, 3), dtype=np.float32)
+    got = predict_tiled(model, vol, tile_size=8, overlap=2)
+    assert got.shape == (4, 10, 3, 1)
+    np.testing.assert_allclose(
+        got, predict_tiled(model, vol[..., None], tile_size=8, overlap=2, channels_last=True),
+        atol=1e-6)
+    batch = np.stack([vol, vol[::-1]])
+    with pytest.raises(ValueError, match=r"channels_last=False for a batch \(N, D, H, W\)"):
+        predict_tiled(model, batch, tile_size=8, overlap=2)
+    both = predict_tiled(model, batch, tile_size=8, overlap=2, channels_last=False)
+    assert both.shape == (2, 4, 10, 3, 1)
+    np.testing.assert_allclose(both[0], got, atol=1e-6)

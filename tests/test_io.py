@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from PIL import Image
 
-from zf_unet.data import io
+from zf_unet.data import io, loaders, masks, pairing, stats
 from zf_unet.errors import DataError
 
 
@@ -167,7 +167,7 @@ def test_find_pairs_by_stem_across_extensions(tmp_path):
     save_png(tmp_path / "images" / "b.PNG", z)
     (tmp_path / "images" / "README.txt").write_text("ignored")
     (tmp_path / "images" / ".hidden.png").write_bytes(b"")
-    pairs = io.find_pairs(tmp_path)
+    pairs = pairing.find_pairs(tmp_path)
     assert [(i.name, m.name) for i, m in pairs] == [
         ("2.JPG", "2.png"), ("10.tif", "10.png"), ("b.PNG", "b.png")
     ]
@@ -177,24 +177,24 @@ def test_find_pairs_by_stem_across_extensions(tmp_path):
 def test_find_pairs_custom_subfolders(tmp_path):
     save_png(tmp_path / "img" / "a.png", np.zeros((2, 2), np.uint8))
     save_png(tmp_path / "lab" / "a.png", np.zeros((2, 2), np.uint8))
-    assert len(io.find_pairs(tmp_path, images="img", masks="lab")) == 1
+    assert len(pairing.find_pairs(tmp_path, images="img", masks="lab")) == 1
 
 
 def test_find_pairs_folder_errors(tmp_path):
     with pytest.raises(DataError, match="missing: folder not found"):
-        io.find_pairs(tmp_path / "missing")
+        pairing.find_pairs(tmp_path / "missing")
     (tmp_path / "masks").mkdir()
     with pytest.raises(DataError, match=r"no 'images/' subfolder"):
-        io.find_pairs(tmp_path)
+        pairing.find_pairs(tmp_path)
     (tmp_path / "images").mkdir()
     with pytest.raises(DataError, match=r"images: no image files; expected files ending in .png"):
-        io.find_pairs(tmp_path)
+        pairing.find_pairs(tmp_path)
     save_png(tmp_path / "images" / "a.png", np.zeros((2, 2), np.uint8))
     with pytest.raises(DataError, match=r"masks: no image files"):
-        io.find_pairs(tmp_path)
+        pairing.find_pairs(tmp_path)
     (tmp_path / "masks").rmdir()
     with pytest.raises(DataError, match=r"no 'masks/' subfolder"):
-        io.find_pairs(tmp_path)
+        pairing.find_pairs(tmp_path)
 
 
 def test_find_pairs_missing_partner_lists_names(tmp_path):
@@ -204,7 +204,7 @@ def test_find_pairs_missing_partner_lists_names(tmp_path):
     save_png(tmp_path / "masks" / "im0.png", z)
     save_png(tmp_path / "masks" / "orphan.tif", z)
     with pytest.raises(DataError) as err:
-        io.find_pairs(tmp_path)
+        pairing.find_pairs(tmp_path)
     msg = str(err.value)
     assert ("7 image(s) without a mask in masks/ "
             "(im1.png, im2.png, im3.png, im4.png, im5.png and 2 more)") in msg
@@ -217,7 +217,7 @@ def test_find_pairs_duplicate_stems(tmp_path):
     save_tif(tmp_path / "images" / "a.tif", z)
     save_png(tmp_path / "masks" / "a.png", z)
     with pytest.raises(DataError, match=r"images: 1 file name\(s\) .*a.png and a.tif"):
-        io.find_pairs(tmp_path)
+        pairing.find_pairs(tmp_path)
 
 
 # --------------------------------------------------------------------------- normalize_mask
@@ -225,103 +225,103 @@ def test_find_pairs_duplicate_stems(tmp_path):
 
 def test_normalize_binary_01_and_hw1():
     m = np.array([[0, 1], [1, 0]], np.uint8)
-    out = io.normalize_mask(m)
+    out = masks.normalize_mask(m)
     assert out.dtype == np.uint8 and out.shape == (2, 2)
     np.testing.assert_array_equal(out, m)
-    np.testing.assert_array_equal(io.normalize_mask(m[:, :, None]), m)
-    np.testing.assert_array_equal(io.normalize_mask(m.astype(bool)), m)
-    np.testing.assert_array_equal(io.normalize_mask(m.astype(np.float32)), m)
+    np.testing.assert_array_equal(masks.normalize_mask(m[:, :, None]), m)
+    np.testing.assert_array_equal(masks.normalize_mask(m.astype(bool)), m)
+    np.testing.assert_array_equal(masks.normalize_mask(m.astype(np.float32)), m)
 
 
 def test_normalize_0_255_divides_with_notice(caplog):
     m = np.array([[0, 255], [255, 255]], np.uint8)
     with caplog.at_level(logging.INFO, logger="zf_unet"):
-        out = io.normalize_mask(m, source="m.png")
+        out = masks.normalize_mask(m, source="m.png")
     np.testing.assert_array_equal(out, m // 255)
     [rec] = zf_records(caplog)
     assert "m.png" in rec.getMessage() and "255" in rec.getMessage()
     assert "\n" not in rec.getMessage()
     # num_classes of 1 (model's binary) or 2 also accept 0/255
-    np.testing.assert_array_equal(io.normalize_mask(m, num_classes=1), m // 255)
-    np.testing.assert_array_equal(io.normalize_mask(m, num_classes=2), m // 255)
+    np.testing.assert_array_equal(masks.normalize_mask(m, num_classes=1), m // 255)
+    np.testing.assert_array_equal(masks.normalize_mask(m, num_classes=2), m // 255)
 
 
 def test_normalize_class_ids():
     m = np.array([[0, 3], [2, 1]], np.uint16)
-    out = io.normalize_mask(m, num_classes=4)
+    out = masks.normalize_mask(m, num_classes=4)
     assert out.dtype == np.uint8
     np.testing.assert_array_equal(out, m)
-    np.testing.assert_array_equal(io.normalize_mask(m, convention="class_ids", num_classes=5), m)
+    np.testing.assert_array_equal(masks.normalize_mask(m, convention="class_ids", num_classes=5), m)
 
 
 def test_normalize_values_outside_num_classes():
     m = np.array([[0, 3], [7, 1]], np.uint8)
     with pytest.raises(DataError, match=r"masks/x.png: mask values \[3, 7\] are outside the class "
                                         r"ids 0..2 allowed by num_classes=3"):
-        io.normalize_mask(m, num_classes=3, source="masks/x.png")
+        masks.normalize_mask(m, num_classes=3, source="masks/x.png")
 
 
 def test_normalize_values_fitting_no_convention():
     m = np.array([[0, 37], [200, 0]], np.uint8)
     with pytest.raises(DataError, match=r"weird.png: mask values \[0, 37, 200\] fit no convention"):
-        io.normalize_mask(m, source="weird.png")
+        masks.normalize_mask(m, source="weird.png")
     with pytest.raises(DataError, match=r"num_classes=3 or more"):
-        io.normalize_mask(np.array([[0, 1, 2]], np.uint8), source="c.png")
+        masks.normalize_mask(np.array([[0, 1, 2]], np.uint8), source="c.png")
     with pytest.raises(DataError, match="save masks as PNG"):
-        io.normalize_mask(np.array([[0, 3, 252, 255]], np.uint8), source="m.jpg")
+        masks.normalize_mask(np.array([[0, 3, 252, 255]], np.uint8), source="m.jpg")
     with pytest.raises(DataError, match=r"convention='binary'"):
-        io.normalize_mask(np.array([[0, 2]], np.uint8), convention="binary", source="b.png")
+        masks.normalize_mask(np.array([[0, 2]], np.uint8), convention="binary", source="b.png")
 
 
 def test_normalize_rgb_gray_and_rgb_without_palette():
     gray = np.repeat(np.array([[0, 1], [1, 1]], np.uint8)[:, :, None], 3, axis=2)
-    np.testing.assert_array_equal(io.normalize_mask(gray), gray[:, :, 0])
+    np.testing.assert_array_equal(masks.normalize_mask(gray), gray[:, :, 0])
     rgba = np.concatenate([gray, np.full((2, 2, 1), 255, np.uint8)], axis=2)
-    np.testing.assert_array_equal(io.normalize_mask(rgba), gray[:, :, 0])
+    np.testing.assert_array_equal(masks.normalize_mask(rgba), gray[:, :, 0])
     colour = gray.copy()
     colour[0, 0] = (255, 0, 0)
     with pytest.raises(DataError, match=r"col.png: RGB mask with coloured pixels but no palette"):
-        io.normalize_mask(colour, source="col.png")
+        masks.normalize_mask(colour, source="col.png")
 
 
 def test_normalize_palette_and_unknown_colour():
     pal = {(0, 0, 0): 0, (255, 0, 0): 1, (0, 255, 0): 2}
     ids = np.array([[0, 1, 2], [2, 1, 0]])
     colours = np.array(list(pal))[ids].astype(np.uint8)
-    out = io.normalize_mask(colours, palette=pal)
+    out = masks.normalize_mask(colours, palette=pal)
     np.testing.assert_array_equal(out, ids)
     colours[1, 2] = (1, 2, 3)
     colours[0, 0] = (9, 9, 9)
     msg = r"p.png: 2 colour\(s\) not in the palette: \(1, 2, 3\), \(9, 9, 9\)"
     with pytest.raises(DataError, match=msg):
-        io.normalize_mask(colours, palette=pal, source="p.png")
+        masks.normalize_mask(colours, palette=pal, source="p.png")
     # int keys stand for gray colours and work on single-channel masks
     gray = np.array([[0, 128], [255, 128]], np.uint8)
-    np.testing.assert_array_equal(io.normalize_mask(gray, palette={0: 0, 128: 1, 255: 2}),
+    np.testing.assert_array_equal(masks.normalize_mask(gray, palette={0: 0, 128: 1, 255: 2}),
                                   [[0, 1], [2, 1]])
 
 
 def test_normalize_argument_errors():
     m = np.zeros((2, 2), np.uint8)
     with pytest.raises(DataError, match=r"convention='magic': expected one of auto"):
-        io.normalize_mask(m, convention="magic")
+        masks.normalize_mask(m, convention="magic")
     with pytest.raises(DataError, match=r"convention='class_ids' needs num_classes"):
-        io.normalize_mask(m, convention="class_ids")
+        masks.normalize_mask(m, convention="class_ids")
     with pytest.raises(DataError, match=r"convention='palette' needs palette"):
-        io.normalize_mask(m, convention="palette")
+        masks.normalize_mask(m, convention="palette")
     with pytest.raises(DataError, match=r"num_classes=0: expected an int from 1 to 256"):
-        io.normalize_mask(m, num_classes=0)
+        masks.normalize_mask(m, num_classes=0)
     with pytest.raises(DataError, match=r"palette key \(1, 2\)"):
-        io.normalize_mask(m, palette={(1, 2): 0})
+        masks.normalize_mask(m, palette={(1, 2): 0})
     msg = r"palette\[\(1, 2, 3\)\] = 5: expected a class id from 0 to 2"
     with pytest.raises(DataError, match=msg):
-        io.normalize_mask(m, palette={(1, 2, 3): 5}, num_classes=3)
+        masks.normalize_mask(m, palette={(1, 2, 3): 5}, num_classes=3)
     with pytest.raises(DataError, match=r"f.tif: mask holds non-integer values"):
-        io.normalize_mask(np.array([[0.5, 1.0]]), source="f.tif")
+        masks.normalize_mask(np.array([[0.5, 1.0]]), source="f.tif")
     with pytest.raises(DataError, match=r"n.tif: mask holds NaN or Inf"):
-        io.normalize_mask(np.array([[np.nan, 1.0]]), source="n.tif")
+        masks.normalize_mask(np.array([[np.nan, 1.0]]), source="n.tif")
     with pytest.raises(DataError, match=r"two.png: mask has 2 channels"):
-        io.normalize_mask(np.zeros((2, 2, 2), np.uint8), source="two.png")
+        masks.normalize_mask(np.zeros((2, 2, 2), np.uint8), source="two.png")
 
 
 @settings(max_examples=40, deadline=None)
@@ -332,14 +332,14 @@ def test_normalize_argument_errors():
 def test_normalize_class_ids_roundtrip_property(k, data):
     ids = data.draw(hnp.arrays(np.uint8, hnp.array_shapes(min_dims=2, max_dims=2, max_side=9),
                                elements=st.integers(0, k - 1)))
-    np.testing.assert_array_equal(io.normalize_mask(ids, num_classes=k), ids)
+    np.testing.assert_array_equal(masks.normalize_mask(ids, num_classes=k), ids)
     # the same ids painted with an arbitrary palette come back unchanged
     rng = np.random.default_rng(k)
     colours = rng.choice(256**3, size=k, replace=False)
     rgb = np.stack([colours >> 16, (colours >> 8) & 255, colours & 255], axis=1)
     palette = {tuple(int(c) for c in rgb[i]): i for i in range(k)}
     np.testing.assert_array_equal(
-        io.normalize_mask(rgb[ids].astype(np.uint8), palette=palette), ids
+        masks.normalize_mask(rgb[ids].astype(np.uint8), palette=palette), ids
     )
 
 
@@ -349,7 +349,7 @@ def test_normalize_class_ids_roundtrip_property(k, data):
 def test_load_folder_0_255_notice_once(tmp_path, caplog):
     make_folder(tmp_path, n=3)
     with caplog.at_level(logging.INFO, logger="zf_unet"):
-        images, masks = io.load_folder(tmp_path)
+        images, masks = loaders.load_folder(tmp_path)
     assert len(images) == len(masks) == 3
     assert images[0].shape == (16, 20, 1) and images[0].dtype == np.uint8
     assert masks[0].shape == (16, 20) and masks[0].dtype == np.uint8
@@ -361,13 +361,13 @@ def test_load_folder_0_255_notice_once(tmp_path, caplog):
 def test_load_folder_01_no_notice_and_class_ids(tmp_path, caplog):
     make_folder(tmp_path / "a", n=2, mask_values=(0, 1))
     with caplog.at_level(logging.INFO, logger="zf_unet"):
-        _, masks = io.load_folder(tmp_path / "a")
+        _, masks = loaders.load_folder(tmp_path / "a")
     assert not zf_records(caplog)
     make_folder(tmp_path / "b", n=2, mask_values=(0, 1, 4))
-    _, masks = io.load_folder(tmp_path / "b", num_classes=5)
+    _, masks = loaders.load_folder(tmp_path / "b", num_classes=5)
     assert set(np.unique(np.concatenate([m.ravel() for m in masks]))) == {0, 1, 4}
     with pytest.raises(DataError, match=r"b/masks/00.png: mask values \[4\] are outside"):
-        io.load_folder(tmp_path / "b", num_classes=3)
+        loaders.load_folder(tmp_path / "b", num_classes=3)
 
 
 def test_load_folder_palette_and_indexed_masks(tmp_path):
@@ -375,14 +375,14 @@ def test_load_folder_palette_and_indexed_masks(tmp_path):
     ids = np.array([[0, 1, 2, 2], [1, 1, 0, 2]])
     save_png(tmp_path / "rgb" / "images" / "a.png", np.zeros((2, 4, 3), np.uint8))
     save_png(tmp_path / "rgb" / "masks" / "a.png", np.array(list(pal))[ids].astype(np.uint8))
-    _, [mask] = io.load_folder(tmp_path / "rgb", palette=pal)
+    _, [mask] = loaders.load_folder(tmp_path / "rgb", palette=pal)
     np.testing.assert_array_equal(mask, ids)
     with pytest.raises(DataError, match=r"rgb/masks/a.png: RGB mask .* no palette"):
-        io.load_folder(tmp_path / "rgb")
+        loaders.load_folder(tmp_path / "rgb")
     # a palette ("P" mode) PNG: its indices are the class ids
     save_png(tmp_path / "idx" / "images" / "a.png", np.zeros((2, 4), np.uint8))
     save_indexed_png(tmp_path / "idx" / "masks" / "a.png", ids, [0, 0, 0, 200, 10, 10, 10, 10, 200])
-    _, [mask] = io.load_folder(tmp_path / "idx", num_classes=3)
+    _, [mask] = loaders.load_folder(tmp_path / "idx", num_classes=3)
     np.testing.assert_array_equal(mask, ids)
 
 
@@ -390,7 +390,7 @@ def test_load_folder_size_mismatch_names_both(tmp_path):
     make_folder(tmp_path, n=2)
     save_png(tmp_path / "masks" / "01.png", np.zeros((16, 19), np.uint8))
     with pytest.raises(DataError) as err:
-        io.load_folder(tmp_path)
+        loaders.load_folder(tmp_path)
     name = tmp_path.name
     assert str(err.value) == (
         f"{name}/masks/01.png: size 19x16 does not match its image {name}/images/01.png "
@@ -402,18 +402,18 @@ def test_load_folder_mixed_channels_and_dtypes(tmp_path):
     make_folder(tmp_path / "c", n=2)
     save_png(tmp_path / "c" / "images" / "01.png", np.zeros((16, 20, 3), np.uint8))
     with pytest.raises(DataError, match=r"c/images/01.png: 3 channel\(s\) but c/images/00.png"):
-        io.load_folder(tmp_path / "c")
+        loaders.load_folder(tmp_path / "c")
     make_folder(tmp_path / "d", n=2)
     save_png(tmp_path / "d" / "images" / "01.png", np.zeros((16, 20), np.uint16))
     with pytest.raises(DataError, match=r"d/images/01.png: dtype uint16 but d/images/00.png"):
-        io.load_folder(tmp_path / "d")
+        loaders.load_folder(tmp_path / "d")
 
 
 def test_load_folder_corrupt_file_named(tmp_path):
     make_folder(tmp_path, n=2)
     (tmp_path / "masks" / "01.png").write_bytes(os.urandom(100))
     with pytest.raises(DataError, match=r"masks/01.png: cannot read image"):
-        io.load_folder(tmp_path)
+        loaders.load_folder(tmp_path)
 
 
 def test_load_folder_nan_image(tmp_path):
@@ -422,7 +422,7 @@ def test_load_folder_nan_image(tmp_path):
     save_tif(tmp_path / "images" / "a.tif", img)
     save_png(tmp_path / "masks" / "a.png", np.zeros((4, 4), np.uint8))
     with pytest.raises(DataError, match=r"images/a.tif: image holds NaN or Inf"):
-        io.load_folder(tmp_path)
+        loaders.load_folder(tmp_path)
 
 
 # --------------------------------------------------------------------------- TIFF stacks
@@ -434,7 +434,7 @@ def test_load_tiff_stacks(tmp_path, rng, caplog):
     v = save_tif(tmp_path / "train-volume.tif", vol, photometric="minisblack")
     lb = save_tif(tmp_path / "train-labels.tif", lab, photometric="minisblack")
     with caplog.at_level(logging.INFO, logger="zf_unet"):
-        images, masks = io.load_tiff_stacks(v, lb)
+        images, masks = loaders.load_tiff_stacks(v, lb)
     assert len(images) == 5 and images[0].shape == (12, 10, 1)
     np.testing.assert_array_equal(np.stack(masks), lab // 255)
     np.testing.assert_array_equal(np.stack(images)[..., 0], vol)
@@ -445,15 +445,15 @@ def test_load_tiff_stacks_errors(tmp_path, rng):
     v = save_tif(tmp_path / "v.tif", np.zeros((3, 8, 8), np.uint8), photometric="minisblack")
     l2 = save_tif(tmp_path / "l2.tif", np.zeros((2, 8, 8), np.uint8), photometric="minisblack")
     with pytest.raises(DataError, match=r"l2.tif: 2 slice\(s\) but the volume .*v.tif has 3"):
-        io.load_tiff_stacks(v, l2)
+        loaders.load_tiff_stacks(v, l2)
     l9 = save_tif(tmp_path / "l9.tif", np.zeros((3, 8, 9), np.uint8), photometric="minisblack")
     with pytest.raises(DataError, match=r"l9.tif: slice size 9x8 does not match the volume"):
-        io.load_tiff_stacks(v, l9)
+        loaders.load_tiff_stacks(v, l9)
     bad = np.zeros((3, 8, 8), np.uint8)
     bad[2, 0, 0] = 77
     lb = save_tif(tmp_path / "lb.tif", bad, photometric="minisblack")
     with pytest.raises(DataError, match=r"lb.tif \(slice 2\): mask values \[0, 77\]"):
-        io.load_tiff_stacks(v, lb)
+        loaders.load_tiff_stacks(v, lb)
 
 
 # --------------------------------------------------------------------------- load_arrays
@@ -462,14 +462,14 @@ def test_load_tiff_stacks_errors(tmp_path, rng):
 def test_load_arrays_happy(rng):
     x = rng.random((3, 6, 5)).astype(np.float32)
     y = (rng.random((3, 6, 5, 1)) > 0.5).astype(np.uint8)
-    images, masks = io.load_arrays(x, y)
+    images, masks = loaders.load_arrays(x, y)
     assert len(images) == 3 and images[0].shape == (6, 5, 1) and masks[0].shape == (6, 5)
     np.testing.assert_array_equal(np.stack(masks), y[..., 0])
-    images, masks = io.load_arrays(rng.random((2, 6, 5, 3)), (y[:2, ..., 0] * 255), num_classes=2)
+    images, masks = loaders.load_arrays(rng.random((2, 6, 5, 3)), (y[:2, ..., 0] * 255), num_classes=2)
     assert images[1].shape == (6, 5, 3)
     np.testing.assert_array_equal(np.stack(masks), y[:2, ..., 0])
     # a list of differently sized samples
-    images, masks = io.load_arrays([np.zeros((4, 4)), np.zeros((5, 6))],
+    images, masks = loaders.load_arrays([np.zeros((4, 4)), np.zeros((5, 6))],
                                    [np.zeros((4, 4), int), np.ones((5, 6), int)])
     assert [m.shape for m in masks] == [(4, 4), (5, 6)]
 
@@ -478,28 +478,28 @@ def test_load_arrays_errors(rng):
     x = rng.random((3, 6, 5)).astype(np.float32)
     y = np.zeros((3, 6, 5), np.uint8)
     with pytest.raises(DataError, match=r"images: array of shape \(6, 5\); expected \(N, H, W\)"):
-        io.load_arrays(x[0], y)
+        loaders.load_arrays(x[0], y)
     with pytest.raises(DataError, match=r"masks: array of shape \(3, 6, 5, 1, 1\)"):
-        io.load_arrays(x, y[..., None, None])
+        loaders.load_arrays(x, y[..., None, None])
     with pytest.raises(DataError, match=r"masks: 2 sample\(s\) but images has 3"):
-        io.load_arrays(x, y[:2])
+        loaders.load_arrays(x, y[:2])
     with pytest.raises(DataError, match=r"masks\[0\]: size 4x6 does not match images\[0\] \(5x6\)"):
-        io.load_arrays(x, y[:, :, :4])
+        loaders.load_arrays(x, y[:, :, :4])
     bad = x.copy()
     bad[1, 2, 3] = np.nan
     with pytest.raises(DataError, match=r"images\[1\]: image holds NaN or Inf"):
-        io.load_arrays(bad, y)
+        loaders.load_arrays(bad, y)
     bad[1, 2, 3] = np.inf
     with pytest.raises(DataError, match=r"images\[1\]: image holds NaN or Inf"):
-        io.load_arrays(bad, y)
+        loaders.load_arrays(bad, y)
     with pytest.raises(DataError, match=r"images: no samples"):
-        io.load_arrays(np.zeros((0, 4, 4)), np.zeros((0, 4, 4)))
+        loaders.load_arrays(np.zeros((0, 4, 4)), np.zeros((0, 4, 4)))
     with pytest.raises(DataError, match=r"images\[0\]: dtype <U1"):
-        io.load_arrays(np.full((1, 2, 2), "a"), np.zeros((1, 2, 2)))
+        loaders.load_arrays(np.full((1, 2, 2), "a"), np.zeros((1, 2, 2)))
     y2 = y.copy()
     y2[2, 0, 0] = 9
     with pytest.raises(DataError, match=r"masks\[2\]: mask values \[0, 9\] fit no convention"):
-        io.load_arrays(x, y2)
+        loaders.load_arrays(x, y2)
 
 
 # --------------------------------------------------------------------------- describe
@@ -508,7 +508,7 @@ def test_load_arrays_errors(rng):
 def test_describe_dataset():
     images = [np.zeros((2, 3, 1), np.uint8), np.full((4, 4, 1), 9, np.uint8)]
     masks = [np.zeros((2, 3), np.uint8), np.array([[0, 1, 1, 2]] * 4, np.uint8)]
-    d = io.describe_dataset(images, masks)
+    d = stats.describe_dataset(images, masks)
     assert d["num_samples"] == 2
     assert d["sizes"] == {"3x2": 1, "4x4": 1}
     assert d["class_pixel_counts"] == {0: 10, 1: 8, 2: 4}
@@ -519,9 +519,9 @@ def test_describe_dataset():
     assert d["channels"] == [1] and d["image_value_range"] == [0.0, 9.0]
     json.dumps(d)  # serialisable for a "doctor" report
     with pytest.raises(DataError, match=r"masks\[0\]: shape \(3, 3\) does not fit images\[0\]"):
-        io.describe_dataset(images[:1], [np.zeros((3, 3), np.uint8)])
+        stats.describe_dataset(images[:1], [np.zeros((3, 3), np.uint8)])
     with pytest.raises(DataError, match=r"masks: 1 mask\(s\) but images has 2"):
-        io.describe_dataset(images, masks[:1])
+        stats.describe_dataset(images, masks[:1])
 
 
 # --------------------------------------------------------------------------- real ISBI data
@@ -529,10 +529,10 @@ def test_describe_dataset():
 
 @pytest.mark.isbi
 def test_isbi_folder(isbi_dir, caplog):
-    pairs = io.find_pairs(isbi_dir)
+    pairs = pairing.find_pairs(isbi_dir)
     assert [p[0].name for p in pairs] == [f"{i:02d}.png" for i in range(24)]
     with caplog.at_level(logging.INFO, logger="zf_unet"):
-        images, masks = io.load_folder(isbi_dir)
+        images, masks = loaders.load_folder(isbi_dir)
     assert len(zf_records(caplog)) == 1  # one 0/255 notice for the whole folder
     assert len(images) == len(masks) == 24
     for (_, mask_path), img, m in zip(pairs, images, masks):
@@ -541,7 +541,7 @@ def test_isbi_folder(isbi_dir, caplog):
         assert set(np.unique(m)) == {0, 1}
         np.testing.assert_array_equal(m, np.asarray(Image.open(mask_path)) // 255)
         assert 0.7 < m.mean() < 0.85
-    d = io.describe_dataset(images, masks)
+    d = stats.describe_dataset(images, masks)
     assert 0.7 < d["foreground_fraction"] < 0.85
     assert d["sizes"] == {"512x512": 24} and d["empty_masks"] == 0
 
@@ -551,9 +551,9 @@ def test_match_pairs_keeps_the_pairs_and_lists_unpaired_files(tmp_path):
         (tmp_path / sub).mkdir()
         for n in names:
             Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / sub / f"{n}.png")
-    pairs, unpaired, message = io.match_pairs(tmp_path)
+    pairs, unpaired, message = pairing.match_pairs(tmp_path)
     assert [p[0].stem for p in pairs] == ["b", "c"]
     assert [p.name for p in unpaired] == ["a.png", "d.png"]
     with pytest.raises(DataError) as err:
-        io.find_pairs(tmp_path)
+        pairing.find_pairs(tmp_path)
     assert str(err.value) == message and "a.png" in message and "d.png" in message

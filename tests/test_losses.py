@@ -5,7 +5,7 @@ import keras
 import numpy as np
 import pytest
 
-from zf_unet.losses import BCEDiceLoss, DiceLoss, JaccardLoss, WeightedCrossEntropy
+from zf_unet.losses import BCEDiceLoss, DiceLoss, JaccardLoss, WeightedCrossentropy
 
 EPS = 1e-7
 
@@ -75,13 +75,13 @@ def test_multiclass_sparse_equals_one_hot_and_matches_numpy(rng):
     logits = rng.normal(size=(2, 6, 5, 3)).astype(np.float32)
     probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
     onehot = np.eye(3, dtype=np.float32)[ids]
-    for loss in (DiceLoss(), JaccardLoss(), BCEDiceLoss(), WeightedCrossEntropy()):
+    for loss in (DiceLoss(), JaccardLoss(), BCEDiceLoss(), WeightedCrossentropy()):
         a = float(loss(ids, probs))
         b = float(loss(ids[..., None], probs))
         c = float(loss(onehot, probs))
         assert a == pytest.approx(b, abs=1e-6) and a == pytest.approx(c, abs=1e-6)
     ce = -(onehot * np.log(np.clip(probs, EPS, 1))).sum(-1).mean()
-    assert float(WeightedCrossEntropy()(ids, probs)) == pytest.approx(ce, rel=1e-5)
+    assert float(WeightedCrossentropy()(ids, probs)) == pytest.approx(ce, rel=1e-5)
     assert float(DiceLoss()(ids, probs)) == pytest.approx(np_dice_loss(onehot, probs), abs=1e-6)
     # Excluding background averages over classes 1..2 only.
     assert float(DiceLoss(include_background=False)(ids, probs)) == pytest.approx(
@@ -92,7 +92,7 @@ def test_from_logits_equals_probabilities(rng):
     t = (rng.random((2, 8, 8, 1)) > 0.5).astype(np.float32)
     z = rng.normal(size=(2, 8, 8, 1)).astype(np.float32)
     p = 1 / (1 + np.exp(-z))
-    for cls in (DiceLoss, JaccardLoss, BCEDiceLoss, WeightedCrossEntropy):
+    for cls in (DiceLoss, JaccardLoss, BCEDiceLoss, WeightedCrossentropy):
         assert float(cls(from_logits=True)(t, z)) == pytest.approx(float(cls()(t, p)), rel=1e-4)
 
 
@@ -101,10 +101,10 @@ def test_weighted_cross_entropy_uses_pixel_weight_maps(rng):
     p = rng.uniform(0.05, 0.95, (2, 8, 8, 1)).astype(np.float32)
     w = rng.uniform(0.5, 10.0, (2, 8, 8)).astype(np.float32)
     expected = (np_bce_map(t, p) * w).mean()
-    loss = WeightedCrossEntropy()
+    loss = WeightedCrossentropy()
     assert float(loss(t, p, sample_weight=w)) == pytest.approx(expected, rel=1e-5)
     assert float(loss(t, p, sample_weight=w[..., None])) == pytest.approx(expected, rel=1e-5)
-    cw = WeightedCrossEntropy(class_weights=[1.0, 3.0])
+    cw = WeightedCrossentropy(class_weights=[1.0, 3.0])
     expected_cw = (np_bce_map(t, p) * np.where(t[..., 0] > 0, 3.0, 1.0)).mean()
     assert float(cw(t, p)) == pytest.approx(expected_cw, rel=1e-5)
     # Weight maps also work with the overlap losses (each image's value on all its pixels).
@@ -116,7 +116,7 @@ def test_weighted_cross_entropy_uses_pixel_weight_maps(rng):
 def test_losses_compute_in_float32_for_bfloat16_predictions():
     t, p = CASES["soft"]
     p16 = keras.ops.cast(p, "bfloat16")
-    for loss in (DiceLoss(), BCEDiceLoss(), WeightedCrossEntropy()):
+    for loss in (DiceLoss(), BCEDiceLoss(), WeightedCrossentropy()):
         out = loss(t, p16)
         assert keras.backend.standardize_dtype(out.dtype) == "float32"
         assert float(out) == pytest.approx(float(loss(t, p)), rel=1e-2)
@@ -124,7 +124,7 @@ def test_losses_compute_in_float32_for_bfloat16_predictions():
 
 @pytest.mark.parametrize("loss", [DiceLoss(smooth=0.5, include_background=False),
                                   JaccardLoss(smooth=2.0), BCEDiceLoss(0.3, 0.7),
-                                  WeightedCrossEntropy(class_weights=[1, 2], from_logits=True)])
+                                  WeightedCrossentropy(class_weights=[1, 2], from_logits=True)])
 def test_losses_serialize(loss):
     blob = keras.saving.serialize_keras_object(loss)
     back = keras.saving.deserialize_keras_object(blob)
@@ -134,4 +134,4 @@ def test_losses_serialize(loss):
 
 def test_wrong_class_weight_length_is_explained():
     with pytest.raises(ValueError, match="class_weights"):
-        WeightedCrossEntropy(class_weights=[1.0, 2.0, 3.0])(CASES["soft"][0], CASES["soft"][1])
+        WeightedCrossentropy(class_weights=[1.0, 2.0, 3.0])(CASES["soft"][0], CASES["soft"][1])

@@ -60,11 +60,11 @@ def loss_configs(k: int) -> list[dict]:
     out = []
     for name, cls in LOSSES.items():
         out.append({"name": name})
-        out.append({"name": name, "ignore_index": IGN})
-        out.append({"name": name, "from_logits": True, "ignore_index": IGN})
+        out.append({"name": name, "ignore_class": IGN})
+        out.append({"name": name, "from_logits": True, "ignore_class": IGN})
         params = cls.__init__.__code__.co_varnames
         if "class_weights" in params:
-            out.append({"name": name, "class_weights": cw, "ignore_index": IGN})
+            out.append({"name": name, "class_weights": cw, "ignore_class": IGN})
         if "include_background" in params and k > 1:
             out.append({"name": name, "include_background": False, "smooth": 0.5})
     return out
@@ -82,7 +82,7 @@ def test_every_loss_on_volumes_equals_the_reshaped_2d_value(k, cfg):
     rng = np.random.default_rng(7)
     kwargs = dict(cfg)
     loss = L.get(kwargs.pop("name"), **kwargs)
-    ignore = kwargs.get("ignore_index") is not None
+    ignore = kwargs.get("ignore_class") is not None
     weight = rng.uniform(0.5, 3.0, SHAPE).astype(np.float32)
     targets = ("plain", "channel") if ignore else ("plain", "channel", "onehot")
     for target in targets:
@@ -142,9 +142,9 @@ def metric_instances(k: int) -> list[keras.metrics.Metric]:
     n = max(2, k)
     return [M.DiceCoefficient(num_classes=k), M.IoU(num_classes=k),
             M.MeanIoU(num_classes=k), M.ClassIoU(class_id=1, num_classes=k),
-            M.DiceCoefficient(num_classes=k, ignore_index=IGN),
-            M.MeanIoU(num_classes=k, ignore_index=IGN),
-            M.ClassIoU(class_id=n - 1, num_classes=k, ignore_index=IGN, from_logits=True)]
+            M.DiceCoefficient(num_classes=k, ignore_class=IGN),
+            M.MeanIoU(num_classes=k, ignore_class=IGN),
+            M.ClassIoU(class_id=n - 1, num_classes=k, ignore_class=IGN, from_logits=True)]
 
 
 @pytest.mark.parametrize("k", [1, 3])
@@ -154,7 +154,7 @@ def test_every_metric_on_volumes_equals_the_reshaped_2d_value(k):
     for i in range(len(metric_instances(k))):
         for target in ("plain", "channel", "onehot"):
             m3, m2 = metric_instances(k)[i], metric_instances(k)[i]
-            ignore = m3.ignore_index is not None
+            ignore = m3.ignore_class is not None
             if ignore and target == "onehot":
                 continue
             for step in range(2):  # streaming over two batches
@@ -173,14 +173,14 @@ def test_losses_and_metrics_in_a_graph_with_unknown_volume_sizes():
     y_true, probs, _ = volume_data(rng, 3, "channel", ignore=True)
     spec_t = tf.TensorSpec([None, None, None, None, 1], tf.float32)
     spec_p = tf.TensorSpec([None, None, None, None, 3], tf.float32)
-    for loss in (L.CEDiceLoss(ignore_index=IGN), L.JaccardLoss(ignore_index=IGN),
-                 L.FocalLoss(ignore_index=IGN, class_weights=[1.0, 2.0, 3.0])):
+    for loss in (L.CEDiceLoss(ignore_class=IGN), L.JaccardLoss(ignore_class=IGN),
+                 L.FocalLoss(ignore_class=IGN, class_weights=[1.0, 2.0, 3.0])):
         graph = tf.function(lambda a, b, fn=loss: fn(a, b), input_signature=[spec_t, spec_p])
         assert float(graph(y_true, probs)) == pytest.approx(float(loss(y_true, probs)),
                                                             abs=1e-5)
-    metric = M.MeanIoU(num_classes=3, ignore_index=IGN)
+    metric = M.MeanIoU(num_classes=3, ignore_class=IGN)
     tf.function(metric.update_state, input_signature=[spec_t, spec_p])(y_true, probs)
-    eager = M.MeanIoU(num_classes=3, ignore_index=IGN)
+    eager = M.MeanIoU(num_classes=3, ignore_class=IGN)
     eager.update_state(y_true, probs)
     assert float(metric.result()) == pytest.approx(float(eager.result()), abs=1e-6)
 

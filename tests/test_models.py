@@ -177,3 +177,62 @@ def test_double_conv_layer_is_public_and_names_layers():
     assert isinstance(init, keras.initializers.HeNormal)
     valid = keras.Model(inp, zf_unet.double_conv_layer(inp, 8, padding="valid"))
     assert valid.output_shape == (None, 12, 12, 8)
+
+
+def test_builders_share_one_keyword_only_order():
+    """Every parameter after num_classes is keyword-only; the options both builders have
+    come first, in the same order, and the builder-specific ones after them."""
+    import inspect
+
+    sigs = [inspect.signature(b).parameters for b in (zf_unet.build_unet,
+                                                      zf_unet.build_unet_plus_plus)]
+    for params in sigs:
+        names = list(params)
+        assert names[:2] == ["input_shape", "num_classes"]
+        assert all(params[n].kind is inspect.Parameter.KEYWORD_ONLY for n in names[2:])
+    shared = [n for n in sigs[0] if n in sigs[1]]
+    assert list(sigs[0])[:len(shared)] == shared == list(sigs[1])[:len(shared)]
+    assert "padding" in shared and list(sigs[0])[len(shared):] == ["head_batch_norm",
+                                                                   "fuse_upsampling"]
+    assert list(sigs[1])[len(shared):] == ["deep_supervision"]
+
+
+@pytest.mark.parametrize("builder, args, keywords", [
+    (zf_unet.build_unet, (2, 3, 4, True, 0.0, "nearest", "same"),
+     ["depth", "filters", "batch_norm", "dropout", "upsampling", "padding"]),
+    (zf_unet.build_unet_plus_plus, (2, 3, 4, True, 0.0, "nearest", True),
+     ["depth", "filters", "batch_norm", "dropout", "upsampling", "deep_supervision"]),
+])
+def test_old_positional_builder_calls_still_work_with_a_deprecation_warning(builder, args,
+                                                                           keywords):
+    keras.utils.set_random_seed(0)
+    with pytest.warns(DeprecationWarning) as record:
+        old = builder((None, None, 1), *args)
+    assert len(record) == 1
+    message = str(record[0].message)
+    assert all(f"{k}=..." in message for k in keywords) and "by position" in message
+    keras.utils.set_random_seed(0)
+    new = builder((None, None, 1), args[0], **dict(zip(keywords, args[1:])))
+    assert [w.shape for w in old.weights] == [w.shape for w in new.weights]
+    assert len(old.outputs) == len(new.outputs)
+    for a, b in zip(old.get_weights(), new.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(TypeError, match="multiple values for argument 'depth'"):
+        builder((None, None, 1), 2, 3, depth=3)
+
+
+def test_double_conv_layer_keywords_and_old_positional_call():
+    x = keras.Input((None, None, 2))
+    with pytest.warns(DeprecationWarning, match=r"dropout, batch_norm by position"):
+        y = zf_unet.double_conv_layer(x, 4, 0.1, False, name="old")
+    assert y.shape[-1] == 4
+    z = zf_unet.double_conv_layer(x, 4, dropout=0.1, batch_norm=False, name="new")
+    assert z.shape == y.shape
+
+
+def test_output_size_lives_with_the_geometry():
+    from zf_unet.models import geometry
+
+    assert zf_unet.models.output_size is geometry.output_size
+    assert zf_unet.valid_input_sizes is geometry.valid_input_sizes
+    assert geometry.output_size(572, 5, "valid") == 388

@@ -12,6 +12,7 @@ from scipy import ndimage as ndi
 from zf_unet.data import (
     Augment,
     DataInfo,
+    Datasets,
     border_weight_map,
     make_datasets,
     load_arrays,
@@ -21,7 +22,7 @@ from zf_unet.data import (
     median_frequency_weights,
     normalize_mask,
 )
-from zf_unet.data.pipeline import check_learnable
+from zf_unet.data.sample_checks import check_learnable
 from zf_unet.errors import DataError
 
 VNC_VALUES = [[0, 32, 64, 96, 128], [159], [191], [223], [255]]
@@ -278,8 +279,9 @@ def test_data_info_matches_numpy(rng):
     masks = rng.integers(0, 3, (5, 20, 16)).astype(np.uint8)
     masks[0][masks[0] == 2] = 0  # class 2 absent from image 0
     masks[1, :5] = 255
-    train, val, info = make_datasets((images, masks), batch_size=1, val_indices=[4],
-                                     num_classes="auto", ignore_index=255, with_info=True)
+    train, val = ds = make_datasets((images, masks), batch_size=1, val_indices=[4],
+                                    num_classes="auto", ignore_index=255)
+    info = ds.info
     assert isinstance(info, DataInfo)
     assert (info.num_classes, info.channels, info.num_train, info.num_val) == (3, 2, 4, 1)
     assert info.ignore_index == 255
@@ -301,7 +303,7 @@ def test_data_info_binary_has_two_entries(rng):
     images = rng.integers(0, 256, (3, 16, 16), dtype=np.uint8)
     masks = np.zeros((3, 16, 16), np.uint8)
     masks[:, 4:8] = 255
-    *_, info = make_datasets((images, masks), batch_size=1, val_fraction=0, with_info=True)
+    info = make_datasets((images, masks), batch_size=1, val_fraction=0).info
     assert info.num_classes == 1 and info.class_pixels.shape == (2,)
     np.testing.assert_array_equal(info.class_pixels, [3 * 12 * 16, 3 * 4 * 16])
     assert info.ignore_index is None and info.num_val == 0
@@ -327,8 +329,9 @@ def test_val_source_arrays_and_folder(tmp_path, rng):
     v_msk = rng.integers(0, 2, (3, 16, 16)).astype(np.uint8)
     folder = write_folder(tmp_path / "val", v_img, v_msk * 255)
     for val_source in ((v_img, v_msk), folder):
-        train, val, info = make_datasets((images, masks), batch_size=1, val_fraction=0.5,
-                                         val_source=val_source, with_info=True)
+        train, val = ds = make_datasets((images, masks), batch_size=1, val_fraction=0.5,
+                                        val_source=val_source)
+        info = ds.info
         assert (info.num_train, info.num_val) == (4, 3)
         got = np.concatenate([m.numpy() for _, m in val])[..., 0]
         np.testing.assert_array_equal(got, v_msk)
@@ -351,8 +354,7 @@ def test_val_source_auto_classes_over_both(rng, caplog):
     # class 2 only in the validation masks: auto would widen the model by it (Step 15)
     with pytest.raises(DataError, match=r"data\.val_source: class id\(s\) \[2\] appear only"):
         make_datasets((x, y), batch_size=1, val_source=(x, yv), num_classes="auto")
-    *_, info = make_datasets((x, y), batch_size=1, val_source=(x, yv), num_classes=3,
-                             with_info=True)
+    info = make_datasets((x, y), batch_size=1, val_source=(x, yv), num_classes=3).info
     assert info.num_classes == 3 and info.class_pixels.tolist() == [64, 64, 0]
 
 
@@ -374,3 +376,22 @@ def test_drosophila_vnc_five_classes(vnc_dir, tmp_path):
     shares = 100.0 * counts / counts.sum()
     for cid, want in VNC_SHARES.items():
         assert abs(shares[cid] - want) < max(1.0, 0.25 * want), (cid, shares[cid], want)
+
+
+def test_make_datasets_returns_datasets_with_info(rng):
+    images = rng.integers(0, 256, (4, 16, 16, 1), dtype=np.uint8)
+    masks = np.zeros((4, 16, 16), np.uint8)
+    masks[:, 4:8] = 1
+    ds = make_datasets((images, masks), batch_size=1, val_indices=[3])
+    assert isinstance(ds, Datasets) and isinstance(ds, tuple) and len(ds) == 2
+    train, val = ds
+    assert ds.train is train and ds.val is val and val is not None
+    assert isinstance(ds.info, DataInfo)
+    assert (ds.info.num_train, ds.info.num_val) == (3, 1)
+    with pytest.warns(DeprecationWarning, match="with_info"):
+        old = make_datasets((images, masks), batch_size=1, val_indices=[3], with_info=True)
+    assert type(old) is tuple and len(old) == 3 and isinstance(old[2], DataInfo)
+    import copy
+    assert copy.copy(ds).info is ds.info and tuple(copy.copy(ds)) == tuple(ds)
+    np.testing.assert_array_equal(old[2].class_pixels, ds.info.class_pixels)
+    np.testing.assert_array_equal(old[2].mean, ds.info.mean)

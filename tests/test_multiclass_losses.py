@@ -89,17 +89,17 @@ def np_overlap_loss(t, p, valid, kind, smooth=1.0, alpha=0.5, beta=0.5, backgrou
 
 def all_losses(k):
     cw = [0.5, 2.0] if k == 1 else [0.5, 2.0, 1.5][:k]
-    return [L.DiceLoss(ignore_index=IGN), L.JaccardLoss(ignore_index=IGN),
-            L.TverskyLoss(ignore_index=IGN), L.BCEDiceLoss(ignore_index=IGN, class_weights=cw),
-            L.CEDiceLoss(ignore_index=IGN, class_weights=cw, include_background=False),
-            L.CrossEntropy(ignore_index=IGN, class_weights=cw),
-            L.WeightedCrossEntropy(ignore_index=IGN, class_weights=cw),
-            L.FocalLoss(ignore_index=IGN, class_weights=cw)]
+    return [L.DiceLoss(ignore_class=IGN), L.JaccardLoss(ignore_class=IGN),
+            L.TverskyLoss(ignore_class=IGN), L.BCEDiceLoss(ignore_class=IGN, class_weights=cw),
+            L.CEDiceLoss(ignore_class=IGN, class_weights=cw, include_background=False),
+            L.Crossentropy(ignore_class=IGN, class_weights=cw),
+            L.WeightedCrossentropy(ignore_class=IGN, class_weights=cw),
+            L.FocalLoss(ignore_class=IGN, class_weights=cw)]
 
 
 def all_metrics(k):
-    return [M.DiceCoefficient(num_classes=k, ignore_index=IGN), M.IoU(num_classes=k, ignore_index=IGN),
-            M.MeanIoU(k, ignore_index=IGN), M.ClassIoU(1, k, ignore_index=IGN)]
+    return [M.DiceCoefficient(num_classes=k, ignore_class=IGN), M.IoU(num_classes=k, ignore_class=IGN),
+            M.MeanIoU(k, ignore_class=IGN), M.ClassIoU(1, k, ignore_class=IGN)]
 
 
 # ------------------------------------------------------------------ ignore label
@@ -130,28 +130,28 @@ def test_losses_with_ignore_match_numpy_on_kept_pixels(rng, k):
     cw = [0.5, 2.0] if k == 1 else [0.5, 2.0, 1.5]
     w = np_pixel_weights(t, cw) * valid
     # Plain CE: mean over kept pixels; class weights: PyTorch sum(w ce) / sum(w).
-    assert float(L.CrossEntropy(ignore_index=IGN)(ids, probs)) == pytest.approx(
+    assert float(L.Crossentropy(ignore_class=IGN)(ids, probs)) == pytest.approx(
         ce[valid].mean(), rel=1e-5)
-    assert float(L.CrossEntropy(class_weights=cw, ignore_index=IGN)(ids, probs)) == pytest.approx(
+    assert float(L.Crossentropy(class_weights=cw, ignore_class=IGN)(ids, probs)) == pytest.approx(
         (w * ce).sum() / w.sum(), rel=1e-5)
-    # WeightedCrossEntropy: the paper's energy, sum(w ce) / N_kept.
-    assert float(L.WeightedCrossEntropy(class_weights=cw, ignore_index=IGN)(ids, probs)) == \
+    # WeightedCrossentropy: the paper's energy, sum(w ce) / N_kept.
+    assert float(L.WeightedCrossentropy(class_weights=cw, ignore_class=IGN)(ids, probs)) == \
         pytest.approx((w * ce).sum() / valid.sum(), rel=1e-5)
     for gamma in (0.0, 2.0):
         fl = np_focal(t, probs, gamma)
         assert float(L.FocalLoss(gamma, cw, IGN)(ids, probs)) == pytest.approx(
             (w * fl).sum() / w.sum(), rel=1e-5)
-    for kind, loss in (("dice", L.DiceLoss(ignore_index=IGN)),
-                       ("jaccard", L.JaccardLoss(ignore_index=IGN))):
+    for kind, loss in (("dice", L.DiceLoss(ignore_class=IGN)),
+                       ("jaccard", L.JaccardLoss(ignore_class=IGN))):
         assert float(loss(ids, probs)) == pytest.approx(
             np_overlap_loss(t, probs, valid, kind), abs=1e-6)
     tv = L.TverskyLoss(alpha=0.3, beta=0.7, smooth=0.5, include_background=False,
-                       ignore_index=IGN)
+                       ignore_class=IGN)
     assert float(tv(ids, probs)) == pytest.approx(np_overlap_loss(
         t, probs, valid, "tversky", 0.5, 0.3, 0.7, background=False), abs=1e-6)
     dice = np_overlap_loss(t, probs, valid, "dice", background=False)
     assert float(L.CEDiceLoss(0.7, 0.4, include_background=False, class_weights=cw,
-                              ignore_index=IGN)(ids, probs)) == pytest.approx(
+                              ignore_class=IGN)(ids, probs)) == pytest.approx(
         0.7 * (w * ce).sum() / w.sum() + 0.4 * dice, rel=1e-5)
 
 
@@ -161,10 +161,10 @@ def test_sample_weight_maps_get_zero_weight_at_ignored_pixels(rng):
     sw = rng.uniform(0.5, 10.0, ids.shape[:3]).astype(np.float32)
     ce = np_ce(onehot_targets(ids, 3, valid), probs)
     expected = (sw * ce * valid).sum() / valid.sum()
-    got = L.WeightedCrossEntropy(ignore_index=IGN)(ids, probs, sample_weight=sw)
+    got = L.WeightedCrossentropy(ignore_class=IGN)(ids, probs, sample_weight=sw)
     assert float(got) == pytest.approx(expected, rel=1e-5)
     # Overlap losses: each image's value on its kept pixels only (mean unchanged).
-    d = L.DiceLoss(ignore_index=IGN)
+    d = L.DiceLoss(ignore_class=IGN)
     sw_other = np.where(ignored, 1e3, sw).astype(np.float32)
     assert float(d(ids, probs, sample_weight=sw)) == pytest.approx(
         float(d(ids, probs, sample_weight=sw_other)), rel=1e-6)
@@ -176,21 +176,21 @@ def test_metrics_with_ignore_match_numpy_confusion(rng):
     cm = M.confusion_matrix(pred, true, 4, ignore_index=IGN)
     assert cm.sum() == (~ignored).sum()
     scores = M.class_scores(cm)
-    miou = M.MeanIoU(4, ignore_index=IGN)
+    miou = M.MeanIoU(4, ignore_class=IGN)
     miou.update_state(ids, probs)
     assert float(miou.result()) == pytest.approx(scores["miou"], abs=1e-6)
     ref = keras.metrics.MeanIoU(num_classes=4, ignore_class=IGN)
     ref.update_state(true, pred)
     assert float(miou.result()) == pytest.approx(float(ref.result()), abs=1e-6)
     for c in range(4):
-        ci = M.ClassIoU(c, 4, ignore_index=IGN)
+        ci = M.ClassIoU(c, 4, ignore_class=IGN)
         assert ci.name == f"iou_{c}"
         ci.update_state(ids, probs)
         kref = keras.metrics.IoU(num_classes=4, target_class_ids=[c], ignore_class=IGN)
         kref.update_state(true, pred)
         assert float(ci.result()) == pytest.approx(float(kref.result()), abs=1e-6)
         assert float(ci.result()) == pytest.approx(scores["iou"][c], abs=1e-6)
-    dice = M.DiceCoefficient(num_classes=4, ignore_index=IGN)
+    dice = M.DiceCoefficient(num_classes=4, ignore_class=IGN)
     dice.update_state(ids, probs)
     assert float(dice.result()) == pytest.approx(np.nanmean(scores["dice"]), abs=1e-6)
 
@@ -222,13 +222,15 @@ def test_targets_out_of_range_still_raise_with_ignore_index():
     probs = np.full((1, 2, 2, 3), 1 / 3, np.float32)
     bad = np.array([[[0, 7], [255, 1]]], np.float32)
     with pytest.raises(DataError, match=r"0\.\.2 for a 3-class y_pred or 255 \(ignore_index\)"):
-        L.CEDiceLoss(ignore_index=255)(bad, probs)
+        L.CEDiceLoss(ignore_class=255)(bad, probs)
     with pytest.raises(DataError):
-        M.MeanIoU(3, ignore_index=255).update_state(bad, probs)
-    ok = np.array([[[0, 2], [3, 1]]], np.float32)  # ignore_index = K
-    assert np.isfinite(float(L.FocalLoss(ignore_index=3)(ok, probs)))
-    with pytest.raises(ValueError, match="ignore_index"):
+        M.MeanIoU(3, ignore_class=255).update_state(bad, probs)
+    ok = np.array([[[0, 2], [3, 1]]], np.float32)  # ignore_class = K
+    assert np.isfinite(float(L.FocalLoss(ignore_class=3)(ok, probs)))
+    with pytest.raises(ValueError, match="ignore_index"), pytest.warns(DeprecationWarning):
         L.DiceLoss(ignore_index=0.5)
+    with pytest.raises(ValueError, match="must be an integer or None"):
+        L.DiceLoss(ignore_class=0.5)
 
 
 # ------------------------------------------------------------------ equivalences
@@ -241,13 +243,13 @@ def test_focal_gamma_zero_is_cross_entropy_and_tversky_half_is_dice(rng):
         cw = [1.0, 3.0] if k == 1 else [1.0, 3.0, 0.5]
         for kw in ({}, {"class_weights": cw}):
             assert float(L.FocalLoss(gamma=0.0, **kw)(ids, probs)) == pytest.approx(
-                float(L.CrossEntropy(**kw)(ids, probs)), rel=1e-5)
+                float(L.Crossentropy(**kw)(ids, probs)), rel=1e-5)
         logits = np.log(probs) if k > 1 else np.log(probs / (1 - probs))
         assert float(L.FocalLoss(gamma=0.0, from_logits=True)(ids, logits)) == pytest.approx(
-            float(L.CrossEntropy()(ids, probs)), rel=1e-4)
+            float(L.Crossentropy()(ids, probs)), rel=1e-4)
         assert float(L.FocalLoss(gamma=2.0, from_logits=True)(ids, logits)) == pytest.approx(
             float(L.FocalLoss(gamma=2.0)(ids, probs)), rel=1e-4)
-        assert float(L.FocalLoss(gamma=2.0)(ids, probs)) < float(L.CrossEntropy()(ids, probs))
+        assert float(L.FocalLoss(gamma=2.0)(ids, probs)) < float(L.Crossentropy()(ids, probs))
         for smooth in (0.0, 1.0):
             assert float(L.TverskyLoss(0.5, 0.5, smooth=smooth)(ids, probs)) == pytest.approx(
                 float(L.DiceLoss(smooth=smooth)(ids, probs)), abs=1e-6)
@@ -257,7 +259,7 @@ def test_ce_dice_equals_bce_dice_for_one_class(rng):
     ids, probs, _ = data(rng, 1)
     a = L.CEDiceLoss(ce_weight=0.5, dice_weight=1.0)(np.where(ids == IGN, 1, ids), probs)
     assert float(a) == pytest.approx(float(L.BCEDiceLoss()(np.where(ids == IGN, 1, ids), probs)))
-    for kw in ({"ignore_index": IGN}, {"class_weights": [1.0, 4.0], "ignore_index": IGN}):
+    for kw in ({"ignore_class": IGN}, {"class_weights": [1.0, 4.0], "ignore_class": IGN}):
         a = L.CEDiceLoss(ce_weight=0.5, dice_weight=1.0, **kw)(ids, probs)
         b = L.BCEDiceLoss(**kw)(ids, probs)
         assert float(a) == pytest.approx(float(b), rel=1e-6)
@@ -319,18 +321,18 @@ def test_registry_get():
         assert type(L.get(name)) is cls
     loss = L.FocalLoss(gamma=1.0)
     assert L.get(loss) is loss
-    back = L.get(keras.saving.serialize_keras_object(L.TverskyLoss(0.2, 0.8, ignore_index=7)))
-    assert isinstance(back, L.TverskyLoss) and back.alpha == 0.2 and back.ignore_index == 7
+    back = L.get(keras.saving.serialize_keras_object(L.TverskyLoss(0.2, 0.8, ignore_class=7)))
+    assert isinstance(back, L.TverskyLoss) and back.alpha == 0.2 and back.ignore_class == 7
     with pytest.raises(ValueError, match="did you mean 'focal'"):
         L.get("focall")
 
 
 @pytest.mark.parametrize("obj", [
-    L.CEDiceLoss(0.3, 0.7, class_weights=[1, 2, 3], ignore_index=255),
-    L.FocalLoss(1.5, [1, 2], 3, from_logits=True), L.TverskyLoss(0.2, 0.8, ignore_index=9),
-    L.CrossEntropy([1, 2], ignore_index=-1), L.DiceLoss(ignore_index=255),
-    M.MeanIoU(3, ignore_index=255), M.ClassIoU(2, 3, ignore_index=255),
-    M.DiceCoefficient(3, ignore_index=255)])
+    L.CEDiceLoss(0.3, 0.7, class_weights=[1, 2, 3], ignore_class=255),
+    L.FocalLoss(1.5, [1, 2], 3, from_logits=True), L.TverskyLoss(0.2, 0.8, ignore_class=9),
+    L.Crossentropy([1, 2], ignore_class=-1), L.DiceLoss(ignore_class=255),
+    M.MeanIoU(3, ignore_class=255), M.ClassIoU(2, 3, ignore_class=255),
+    M.DiceCoefficient(3, ignore_class=255)])
 def test_new_objects_serialize(obj):
     back = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(obj))
     assert type(back) is type(obj) and back.get_config() == obj.get_config()
@@ -348,9 +350,9 @@ def test_fit_mixed_bfloat16_and_keras_round_trip(rng, tmp_path):
         h = keras.layers.Conv2D(4, 3, padding="same", activation="relu")(inp)
         out = keras.layers.Conv2D(k, 1, activation="softmax", dtype="float32")(h)
         model = keras.Model(inp, out)
-        model.compile("adam", loss=L.CEDiceLoss(class_weights=[1.0, 2.0, 0.5], ignore_index=IGN),
-                      metrics=[M.MeanIoU(k, ignore_index=IGN), M.ClassIoU(1, k, ignore_index=IGN),
-                               M.DiceCoefficient(k, ignore_index=IGN)])
+        model.compile("adam", loss=L.CEDiceLoss(class_weights=[1.0, 2.0, 0.5], ignore_class=IGN),
+                      metrics=[M.MeanIoU(k, ignore_class=IGN), M.ClassIoU(1, k, ignore_class=IGN),
+                               M.DiceCoefficient(k, ignore_class=IGN)])
         hist = model.fit(x, y, batch_size=2, epochs=2, verbose=0)
         assert all(np.isfinite(v).all() for v in hist.history.values())
         before = model.evaluate(x, y, verbose=0, return_dict=True)
@@ -359,8 +361,89 @@ def test_fit_mixed_bfloat16_and_keras_round_trip(rng, tmp_path):
     finally:
         keras.config.set_dtype_policy(previous)
     loaded = keras.saving.load_model(path)
-    assert isinstance(loaded.loss, L.CEDiceLoss) and loaded.loss.ignore_index == IGN
+    assert isinstance(loaded.loss, L.CEDiceLoss) and loaded.loss.ignore_class == IGN
     after = loaded.evaluate(x, y, verbose=0, return_dict=True)
     assert set(after) == set(before)
     for key in before:
         assert after[key] == pytest.approx(before[key], rel=1e-4, abs=1e-5), key
+
+
+def test_ignore_class_is_the_keras_name_and_ignore_index_its_deprecated_alias():
+    for make in (lambda **kw: L.DiceLoss(**kw), lambda **kw: L.CEDiceLoss(**kw),
+                 lambda **kw: L.Crossentropy(**kw), lambda **kw: M.MeanIoU(3, **kw),
+                 lambda **kw: M.IoU(num_classes=3, **kw), lambda **kw: M.ClassIoU(1, 3, **kw)):
+        new = make(ignore_class=255)
+        assert new.ignore_class == 255 and new.get_config()["ignore_class"] == 255
+        assert "ignore_index" not in new.get_config()
+        with pytest.warns(DeprecationWarning, match="ignore_index is deprecated"):
+            old = make(ignore_index=255)
+        assert old.ignore_class == 255
+        with pytest.warns(DeprecationWarning, match="use ignore_class"):
+            assert old.ignore_index == 255
+        with pytest.raises(ValueError, match="got both ignore_class=255 and its deprecated "
+                                             "alias ignore_index=7"):
+            make(ignore_class=255, ignore_index=7)
+
+
+def test_old_configs_with_ignore_index_still_load(tmp_path):
+    """Configs written before the rename (``ignore_index``, ``CrossEntropy``) deserialize,
+    without a warning, to the new names."""
+    import warnings
+
+    old_loss = {"module": None, "class_name": "CrossEntropy", "registered_name":
+                "zf_unet>CrossEntropy", "config": {"name": "cross_entropy", "reduction":
+                                                   "sum_over_batch_size", "from_logits": False,
+                                                   "ignore_index": 255, "class_weights": None}}
+    old_metric = {"module": None, "class_name": "MeanIoU", "registered_name": "zf_unet>MeanIoU",
+                  "config": {"name": "miou", "dtype": "float32", "num_classes": 3,
+                             "ignore_index": 255, "threshold": 0.5, "from_logits": False}}
+    old_weighted = dict(old_loss, class_name="WeightedCrossEntropy",
+                        registered_name="zf_unet>WeightedCrossEntropy")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        loss = keras.saving.deserialize_keras_object(old_loss)
+        weighted = keras.saving.deserialize_keras_object(old_weighted)
+        metric = keras.saving.deserialize_keras_object(old_metric)
+        direct = M.ClassIoU.from_config({"class_id": 1, "num_classes": 3, "ignore_index": 9})
+    assert type(loss) is L.Crossentropy and loss.ignore_class == 255
+    assert type(weighted) is L.WeightedCrossentropy and weighted.ignore_class == 255
+    assert isinstance(metric, M.MeanIoU) and metric.ignore_class == 255
+    assert direct.ignore_class == 9
+    # A model saved with the new names loads back to them.
+    inp = keras.Input((4, 4, 1))
+    model = keras.Model(inp, keras.layers.Conv2D(3, 1, activation="softmax")(inp))
+    model.compile("adam", loss=L.WeightedCrossentropy(ignore_class=255),
+                  metrics=[M.MeanIoU(3, ignore_class=255)])
+    model.save(tmp_path / "m.keras")
+    back = keras.saving.load_model(tmp_path / "m.keras")
+    assert type(back.loss) is L.WeightedCrossentropy and back.loss.ignore_class == 255
+
+
+def test_old_crossentropy_names_are_deprecated_aliases():
+    with pytest.warns(DeprecationWarning, match=r"zf_unet.losses.CrossEntropy is deprecated; "
+                                                r"use zf_unet.losses.Crossentropy"):
+        assert L.CrossEntropy is L.Crossentropy
+    with pytest.warns(DeprecationWarning, match="WeightedCrossentropy"):
+        assert L.WeightedCrossEntropy is L.WeightedCrossentropy
+    assert zf_unet.registry.LOSSES["ce"] is L.Crossentropy
+    assert zf_unet.registry.LOSSES["weighted_ce"] is L.WeightedCrossentropy
+
+
+def test_bce_dice_and_ce_dice_share_one_default_and_one_implementation(rng):
+    """Both default to U-Net++'s hybrid 0.5 * CE + Dice (what the configs and the README
+    use) and compute the same loss for one class; BCEDiceLoss only names the weight."""
+    assert L.CEDiceLoss().ce_weight == L.BCEDiceLoss().bce_weight == 0.5
+    assert L.CEDiceLoss().dice_weight == L.BCEDiceLoss().dice_weight == 1.0
+    assert L.BCEDiceLoss.call is L.CEDiceLoss.call
+    probs = rng.uniform(0.05, 0.95, (2, 6, 6, 1)).astype(np.float32)
+    ids = (rng.random((2, 6, 6, 1)) > 0.5).astype(np.float32)
+    assert float(L.CEDiceLoss()(ids, probs)) == pytest.approx(float(L.BCEDiceLoss()(ids, probs)))
+    config = L.BCEDiceLoss(0.3).get_config()
+    assert config["bce_weight"] == 0.3 and "ce_weight" not in config
+    assert L.BCEDiceLoss.from_config(config).bce_weight == 0.3
+
+
+def test_class_weights_auto_points_to_the_data_package():
+    with pytest.raises(ValueError, match=r"zf_unet\.data\.class_pixel_counts and "
+                                         r"zf_unet\.data\.median_frequency_weights"):
+        L.CEDiceLoss(class_weights="auto")

@@ -116,10 +116,10 @@ def test_class_weights_do_not_apply_to_overlap_losses():
     with pytest.raises(ConfigError, match=r"class_weights applies to the cross-entropy losses"):
         make_loss(cfg, 3, [1.0, 2.0, 3.0])
     for name, cls in [("auto", "CEDiceLoss"), ("focal", "FocalLoss"), ("tversky", "TverskyLoss"),
-                      ("ce", "CrossEntropy")]:
+                      ("ce", "Crossentropy")]:
         loss = make_loss(Config().override([f"loss.name=\"{name}\"", "data.ignore_index=255",
                                             "data.num_classes=3"]), 3)
-        assert type(loss).__name__ == cls and loss.get_config()["ignore_index"] == 255
+        assert type(loss).__name__ == cls and loss.get_config()["ignore_class"] == 255
 
 
 def test_check_data_suggests_void_and_gray_codes_and_leaves_void_out(tmp_path, capsys):

@@ -320,7 +320,7 @@ def test_pack_killed_leaves_nothing_behind_after_the_next_run(tmp_path):
     # A pack killed with SIGKILL while it writes: its hidden work folder stays behind ...
     script = textwrap.dedent(f"""
         import os, signal
-        from zf_unet.data.shards import write_shards
+        from zf_unet.data.shard_writer import write_shards
         from zf_unet.data.sources import open_source
 
         def samples():
@@ -421,7 +421,7 @@ def test_stop_on_non_finite_checks_the_epoch_end_losses():
 
 
 def test_recovering_a_killed_fresh_swap_keeps_the_users_files(tmp_path):
-    from zf_unet.training import recover_fresh_swap
+    from zf_unet.run_folder import recover_fresh_swap
 
     run = tmp_path / "run"
     run.mkdir()

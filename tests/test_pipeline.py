@@ -1,10 +1,8 @@
 """make_datasets: every source kind feeds model.fit; patches, weights, splits, determinism."""
 from __future__ import annotations
 
-import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 import zf_unet
 from zf_unet.data import Augment, make_datasets, write_synthetic_folder
@@ -13,7 +11,7 @@ from zf_unet.errors import DataError
 
 def tiny_model(channels=1, classes=1):
     model = zf_unet.build_unet((None, None, channels), num_classes=classes, depth=3, filters=4)
-    model.compile(optimizer="adam", loss=zf_unet.losses.WeightedCrossEntropy(),
+    model.compile(optimizer="adam", loss=zf_unet.losses.WeightedCrossentropy(),
                   metrics=[zf_unet.metrics.DiceCoefficient(num_classes=classes)])
     return model
 

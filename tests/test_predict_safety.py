@@ -21,6 +21,7 @@ import zf_unet
 from zf_unet.cli import main
 from zf_unet.data import io as data_io
 from zf_unet.data import to_float_image
+from zf_unet import pixels
 from zf_unet.errors import ConfigError, DataError, OutputExistsError
 from zf_unet.file_prediction import predict_files
 from zf_unet.inference import predict_tiled
@@ -231,12 +232,12 @@ def test_float_tiff_scaled_0_255_is_refused_like_training(tmp_path, model, model
 
 def test_float_images_in_0_1_are_accepted_within_the_tolerance(model):
     img = np.random.default_rng(0).random((16, 16), dtype=np.float32)
-    img[0, 0] = 1.0 + data_io.FLOAT_RANGE_TOLERANCE / 2
+    img[0, 0] = 1.0 + pixels.FLOAT_RANGE_TOLERANCE / 2
     assert predict_tiled(model, img).shape == (16, 16, 1)
-    img[0, 0] = 1.0 + 2 * data_io.FLOAT_RANGE_TOLERANCE
+    img[0, 0] = 1.0 + 2 * pixels.FLOAT_RANGE_TOLERANCE
     with pytest.raises(DataError):
         predict_tiled(model, img)
-    data_io.check_float_range(np.full((4, 4), 255, np.uint8), "ints pass")
+    pixels.check_float_range(np.full((4, 4), 255, np.uint8), "ints pass")
 
 
 # --------------------------------------------------------------------------- size limit

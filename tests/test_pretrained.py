@@ -73,7 +73,7 @@ def test_shipped_isbi_weights_segment_a_validation_slice(isbi_dir):
     model = zf_unet.pretrained("isbi2012-em")
     image = np.asarray(Image.open(isbi_dir / "images" / "22.png"))
     truth = np.asarray(Image.open(isbi_dir / "masks" / "22.png")) > 127
-    probs = zf_unet.inference.predict_tiled(model, image, tile_size=256, overlap=32)[..., 0]
+    probs = zf_unet.predict_tiled(model, image, tile_size=256, overlap=32)[..., 0]
     error = zf_unet.metrics.misclassification_rate(probs, truth, threshold=0.45)
     trivial = 1.0 - truth.mean()  # everything "cell interior"
     assert error < 0.13 and error < 0.6 * trivial, (error, trivial)
@@ -104,3 +104,25 @@ def test_shipped_drosophila_vnc_weights_reproduce_their_manifest(vnc_dir):
     iou = np.diag(cm) / (cm.sum(0) + cm.sum(1) - np.diag(cm))
     assert float(iou.mean()) == pytest.approx(manifest["metrics_validation"]["miou"], abs=0.01)
     assert iou[3] > 0.1  # synapses, 0.6 % of the pixels, are found
+
+
+def test_hub_load_model_resolves_pretrained_names_and_files(weights_env, tmp_path):
+    """"pretrained:NAME" is resolved by zf_unet.hub.load_model (the hub imports the file
+    loader, never the reverse); files load through it too, and the file loader refuses the
+    name with a pointer to the hub."""
+    from zf_unet.models import load_model_file
+    from zf_unet.models.loading import model_source
+
+    _, model = weights_env
+    loaded = pretrained.load_model("pretrained:tiny")
+    assert loaded.count_params() == model.count_params()
+    assert model_source(loaded) == "pretrained:tiny"
+    assert pretrained.is_pretrained("pretrained:tiny") and not pretrained.is_pretrained("a.keras")
+    path = tmp_path / "m.keras"
+    save_model_atomic(model, path)
+    assert pretrained.load_model(path).count_params() == model.count_params()
+    with pytest.raises(DataError, match=r"pretrained:tiny: a pretrained model, not a file; "
+                                        r"load it with zf_unet.hub.load_model"):
+        load_model_file("pretrained:tiny")
+    with pytest.raises(DataError, match="pretrained model 'nope' not found"):
+        pretrained.load_model("pretrained:nope")

@@ -112,6 +112,49 @@ def test_cli_choices_and_defaults_come_from_one_place():
         assert ["none", *_choices(parser, command, "tta")[0]] == list(registry.TTA_MODES)
 
 
+#: Reads and checks every shipped config in a fresh process, as the ``zf-unet`` command does
+#: before it chooses the Keras backend (``zf_unet.backend.running_as_cli()``: the package then
+#: leaves registering its Keras objects to the command). A plain ``import zf_unet`` registers
+#: them at once (so .keras files load without custom_objects), which imports Keras.
+NO_KERAS_CONFIG = """
+import sys
+from pathlib import Path
+sys.argv[0] = "zf-unet"  # zf_unet.backend.running_as_cli() semantics
+import zf_unet.backend
+assert zf_unet.backend.running_as_cli()
+import zf_unet.config as c
+for path in sorted(Path(sys.argv[1]).glob("*.toml")):
+    cfg = c.Config.from_toml(path)
+    cfg.override(["data.augment.gamma=0.1", "data.cache=disk", "model.depth=4"]).validate()
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("keras", "tensorflow", "jax", "torch"))
+print(heavy[:5])
+assert not heavy, heavy
+"""
+
+
+def test_reading_a_config_imports_no_keras_or_tensorflow():
+    import subprocess
+
+    configs = Path(__file__).resolve().parent.parent / "configs"
+    assert list(configs.glob("*.toml"))
+    proc = subprocess.run([sys.executable, "-c", NO_KERAS_CONFIG, str(configs)],
+                          capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parent.parent)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
+
+
+def test_cache_modes_have_one_home():
+    from zf_unet.config import _CHOICES
+
+    assert registry.CACHE_MODES == ("auto", "memory", "disk", "none")
+    assert _CHOICES[("DataConfig", "cache")] is registry.CACHE_MODES
+    with pytest.raises(ConfigError, match=r"cache = 'ram'; expected one of \['auto', 'memory', "
+                                          r"'disk', 'none'\]"):
+        from zf_unet.config import Config
+
+        Config().override(["data.cache=ram"])
+
+
 if __name__ == "__main__":
     if sys.argv[1:] == ["--write"]:
         CHOICES_MD.write_text(render(), encoding="utf-8")

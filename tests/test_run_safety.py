@@ -13,7 +13,8 @@ from PIL import Image
 from zf_unet.cli import main
 from zf_unet.config import Config, monitor_names
 from zf_unet.errors import ConfigError
-from zf_unet.training import config_differences, read_csv_log, recover_fresh_swap, train
+from zf_unet.run_folder import config_differences, recover_fresh_swap
+from zf_unet.training import read_csv_log, train
 
 TINY = ["data.synthetic_n=6", "data.synthetic_size=16", "model.depth=2", "model.filters=2",
         "train.tensorboard=false", 'train.precision="float32"']
@@ -166,7 +167,7 @@ def test_bad_numbers_are_refused_in_python_too():
                        ("model.depth=1", r"depth = 1; expected an integer in \[2, 10\]"),
                        ("data.sigma=inf", r"sigma = inf; expected a finite number"),
                        ("data.augment.elastic_grid=1", r"data.augment.*elastic_grid must be an "
-                                                       r"int >= 2")]:
+                                                       r"integer >= 2")]:
         with pytest.raises(ConfigError, match=match):
             Config().override([bad])
 

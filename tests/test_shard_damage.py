@@ -19,7 +19,9 @@ from PIL import Image
 from zf_unet.cli import main
 from zf_unet.data import make_datasets, make_synthetic, make_volume_datasets
 from zf_unet.data.shard_checks import hold_out_shards
-from zf_unet.data.shards import INDEX_NAME, ShardSource, write_shards
+from zf_unet.data.shard_format import INDEX_NAME
+from zf_unet.data.shard_source import ShardSource
+from zf_unet.data.shard_writer import write_shards
 from zf_unet.errors import DataError
 
 TINY = ["--set", "model.depth=2", "--set", "model.filters=4", "--epochs", "1", "--set",
@@ -148,8 +150,9 @@ def test_skip_bad_files_leaves_a_damaged_shard_out(packed, tmp_path, caplog, dam
     folder = _copy(packed, tmp_path)
     named = DAMAGE[damage][0](folder)
     with caplog.at_level(logging.WARNING, logger="zf_unet"):
-        train, val, info = make_datasets(folder, patch_size=16, batch_size=2, with_info=True,
-                                         skip_bad_files=True, val_fraction=0.2)
+        train, val = ds = make_datasets(folder, patch_size=16, batch_size=2,
+                                        skip_bad_files=True, val_fraction=0.2)
+        info = ds.info
     warnings = [r.getMessage() for r in caplog.records if named in r.getMessage()]
     assert len(warnings) == 1 and "skip_bad_files" in warnings[0]
     assert info.read_log.skipped == [str(folder / named)]
@@ -180,8 +183,8 @@ def test_hold_out_takes_the_last_records_even_inside_one_file(tmp_path):
     (file,) = src.files
     assert hold_out_shards(src, 0.2, None) == ([(file, 0, 4)], [(file, 4, 5)])
     assert hold_out_shards(src, 0.0, None) == ([(file, 0, 5)], [])
-    _, val, info = make_datasets(tmp_path / "one", patch_size=16, val_fraction=0.4,
-                                 with_info=True)
+    _, val = ds = make_datasets(tmp_path / "one", patch_size=16, val_fraction=0.4)
+    info = ds.info
     assert (info.num_train, info.num_val) == (3, 2)
     names = [s.name for s in _samples(5)]
     assert [ShardSource(tmp_path / "one").read(i).name for i in (3, 4)] == names[3:]
@@ -227,8 +230,8 @@ def test_val_source_with_another_mask_convention_is_refused(tmp_path, cache):
         make_datasets(binary, val_source=train, num_classes="auto", patch_size=16, cache=cache)
     # the same convention on both sides is fine
     same = _folder(tmp_path / "val2", [_stripes([0, 2, 4])] * 2)
-    *_, info = make_datasets(train, val_source=same, num_classes="auto", patch_size=16,
-                             cache=cache, with_info=True)
+    info = make_datasets(train, val_source=same, num_classes="auto", patch_size=16,
+                         cache=cache).info
     assert info.num_classes == 5
 
 
@@ -241,8 +244,8 @@ def test_a_class_only_in_the_validation_data(tmp_path, cache, caplog):
         make_datasets(train, val_source=wider, num_classes="auto", patch_size=16, cache=cache)
     # an explicit K keeps the class, with one warning naming it
     with caplog.at_level(logging.WARNING, logger="zf_unet"):
-        *_, info = make_datasets(train, val_source=wider, num_classes=4, patch_size=16,
-                                 cache=cache, with_info=True)
+        info = make_datasets(train, val_source=wider, num_classes=4, patch_size=16,
+                             cache=cache).info
     assert info.num_classes == 4
     lines = [r.getMessage() for r in caplog.records if "appear only" in r.getMessage()]
     assert len(lines) == 1 and "data.val_source" in lines[0] and "[3]" in lines[0]

@@ -1,4 +1,4 @@
-"""TFRecord shards (zf_unet.data.shards) and `zf-unet pack`."""
+"""TFRecord shards (zf_unet.data.shard_format, shard_writer, shard_source) and `zf-unet pack`."""
 from __future__ import annotations
 
 import json
@@ -13,7 +13,9 @@ from PIL import Image
 from zf_unet.cli import main
 from zf_unet.data import (border_weight_map, class_pixel_counts, make_synthetic,
                           write_synthetic_folder)
-from zf_unet.data.shards import INDEX_NAME, ShardInfo, ShardSource, parse_size, write_shards
+from zf_unet.data.shard_format import INDEX_NAME, ShardInfo, parse_size
+from zf_unet.data.shard_source import ShardSource
+from zf_unet.data.shard_writer import write_shards
 from zf_unet.errors import ConfigError, DataError, OutputExistsError
 from zf_unet.outputs import MARKER
 

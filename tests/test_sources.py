@@ -10,9 +10,11 @@ import tifffile
 
 import zf_unet
 from zf_unet import registry
-from zf_unet.data import io
-from zf_unet.data.sources import (ArraySource, FolderSource, Sample, Source, StackSource,
-                                  SyntheticSource, TFDSSource, collect, open_source)
+from zf_unet.data import file_sources, io, loaders, stats
+from zf_unet.data.file_sources import FolderSource, StackSource
+from zf_unet.data.memory_sources import ArraySource, SyntheticSource
+from zf_unet.data.sources import Sample, Source, collect, open_source
+from zf_unet.data.tfds_sources import TFDSSource
 from zf_unet.errors import DataError
 
 
@@ -40,7 +42,7 @@ def _true_nbytes(source: Source) -> int:
 
 def test_folder_source_reads_what_load_folder_loads(synth):
     src = FolderSource(synth)
-    _same(src, *io.load_folder(synth))
+    _same(src, *loaders.load_folder(synth))
     assert src.names()[:2] == ["images/000.png", "images/001.png"]
     assert src.keys()[:2] == ["000.png", "001.png"]
     assert src.paths(1) == (str(synth / "images" / "001.png"), str(synth / "masks" / "001.png"))
@@ -53,7 +55,7 @@ def test_reading_one_sample_opens_only_its_two_files(synth, monkeypatch):
     src = FolderSource(synth)
     opened: list[str] = []
     read_image = io.read_image
-    monkeypatch.setattr(io, "read_image", lambda p, **kw: opened.append(Path(p).name)
+    monkeypatch.setattr(file_sources, "read_image", lambda p, **kw: opened.append(Path(p).name)
                         or read_image(p, **kw))
     assert len(src) == 5 and src.names()  # no decoding
     assert opened == []
@@ -80,7 +82,7 @@ def test_unpaired_files_strict_and_collected(synth):
 
 
 def test_stack_source_reads_what_load_tiff_stacks_loads(tmp_path, isbi_dir):
-    images, masks = io.load_folder(isbi_dir)
+    images, masks = loaders.load_folder(isbi_dir)
     vol, lab = tmp_path / "train-volume.tif", tmp_path / "train-labels.tif"
     tifffile.imwrite(vol, np.stack([im[..., 0] for im in images[:6]]), photometric="minisblack")
     tifffile.imwrite(lab, np.stack([m * 255 for m in masks[:6]]).astype(np.uint8),
@@ -88,7 +90,7 @@ def test_stack_source_reads_what_load_tiff_stacks_loads(tmp_path, isbi_dir):
     src = StackSource(vol, lab)
     assert len(src) == 6 and src._stacks is None  # noqa: SLF001 - len from the headers
     assert src.names()[3] == "train-volume.tif[3]"
-    _same(src, *io.load_tiff_stacks(vol, lab))
+    _same(src, *loaders.load_tiff_stacks(vol, lab))
     _same(src, images[:6], masks[:6])
     assert src.paths(0) == (str(vol), str(lab))
     fresh = StackSource(vol, lab)
@@ -97,7 +99,7 @@ def test_stack_source_reads_what_load_tiff_stacks_loads(tmp_path, isbi_dir):
 
 def test_isbi_folder(isbi_dir):
     src = FolderSource(isbi_dir)
-    images, masks = io.load_folder(isbi_dir)
+    images, masks = loaders.load_folder(isbi_dir)
     assert len(src) == len(images) >= 20
     for i in (7, 0):
         s = src.read(i)
@@ -110,7 +112,7 @@ def test_array_source_reads_what_load_arrays_loads(rng):
     x = rng.integers(0, 256, (4, 16, 12), dtype=np.uint8)
     y = (rng.random((4, 16, 12, 1)) > 0.5).astype(np.uint8) * 255
     src = ArraySource(x, y)
-    _same(src, *io.load_arrays(x, y))
+    _same(src, *loaders.load_arrays(x, y))
     assert src.names() == [f"array[{i}]" for i in range(4)] and src.paths(2) == ()
     assert src.read(-1).name == "array[3]" and src.read(0).scaled_from_255
     assert src.nbytes_hint() == _true_nbytes(src)
@@ -189,13 +191,13 @@ def test_open_source_errors(tmp_path, monkeypatch, spec, match):
 
 
 def test_open_source_picks_a_shard_folder_only_with_its_index(tmp_path, monkeypatch):
-    import sys
-    import types
-
     calls = []
-    fake = types.ModuleType("zf_unet.data.shards")
-    fake.ShardSource = lambda path: calls.append(path) or "shards"
-    monkeypatch.setitem(sys.modules, "zf_unet.data.shards", fake)
+
+    def fake(path):
+        calls.append(path)
+        return "shards"
+
+    monkeypatch.setitem(registry.SOURCES._loaded, "shards", fake)
     (tmp_path / "zf_unet_shards.json").write_text("{}")
     assert open_source(tmp_path) == "shards" and calls == [tmp_path]
 
@@ -220,9 +222,9 @@ def test_load_source_names_and_floats(synth):
 
 
 def test_sample_summary_is_describe_dataset(synth):
-    images, masks = io.load_folder(synth)
-    totals = io.SampleSummary()
+    images, masks = loaders.load_folder(synth)
+    totals = stats.SampleStats()
     for s in FolderSource(synth):
         totals.update(s)
-    assert totals.summary() == io.describe_dataset(images, masks)
-    assert io.SampleSummary().summary() == {}
+    assert totals.summary() == stats.describe_dataset(images, masks)
+    assert stats.SampleStats().summary() == {}

@@ -17,8 +17,8 @@ import zf_unet
 from zf_unet.config import Config
 from zf_unet.data import make_datasets, write_synthetic_folder
 from zf_unet.data import streaming
-from zf_unet.data.imageops import mirror_index
 from zf_unet.errors import ConfigError, DataError
+from zf_unet.pixels import mirror_index
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,9 +34,10 @@ def _arrays(batches) -> list[np.ndarray]:
 
 def test_streamed_folder_gives_the_in_memory_statistics_and_validation_data(folder, tmp_path):
     kw = dict(patch_size=16, batch_size=2, val_fraction=0.25, seed=1, border_weights=True,
-              cache_dir=tmp_path / "w", with_info=True)
-    mem_train, mem_val, mem = make_datasets(folder, cache="memory", **kw)
-    st_train, st_val, st = make_datasets(folder, cache="none", **kw)
+              cache_dir=tmp_path / "w")
+    mem_train, mem_val = memory = make_datasets(folder, cache="memory", **kw)
+    st_train, st_val = streamed = make_datasets(folder, cache="none", **kw)
+    mem, st = memory.info, streamed.info
     assert not mem.streaming and st.streaming
     assert (st.num_classes, st.channels, st.num_train, st.num_val) == \
         (mem.num_classes, mem.channels, mem.num_train, mem.num_val) == (1, 1, 6, 2)
@@ -105,10 +106,10 @@ def test_worker_shares_are_disjoint_and_cover_every_sample():
 
 
 def test_cache_auto_streams_only_what_does_not_fit(folder, monkeypatch):
-    *_, info = make_datasets(folder, patch_size=16, batch_size=2, cache="auto", with_info=True)
+    info = make_datasets(folder, patch_size=16, batch_size=2, cache="auto").info
     assert not info.streaming
     monkeypatch.setattr(streaming, "MEMORY_BUDGET", 0)
-    *_, info = make_datasets(folder, patch_size=16, batch_size=2, cache="auto", with_info=True)
+    info = make_datasets(folder, patch_size=16, batch_size=2, cache="auto").info
     assert info.streaming
     with pytest.raises(ValueError, match="cache must be one of"):
         make_datasets(folder, cache="ram")
@@ -247,15 +248,16 @@ def test_shards_stream_with_held_out_files_and_train(folder, tmp_path):
     """A shard folder (zf-unet pack) streams: whole files are held out for validation, the
     stored weight maps are used, and zf_unet.train runs on it."""
     from zf_unet.cli import main
-    from zf_unet.data.shards import ShardSource
+    from zf_unet.data.shard_source import ShardSource
 
     shards = tmp_path / "shards"
     assert main(["pack", str(folder), "--out", str(shards), "--shard-size", "8k",
                  "--border-weights"]) == 0
     src = ShardSource(shards)
     assert len(src.files) >= 3
-    train, val, info = make_datasets(shards, patch_size=16, batch_size=2, val_fraction=0.25,
-                                     border_weights=True, cache="none", with_info=True)
+    train, val = ds = make_datasets(shards, patch_size=16, batch_size=2, val_fraction=0.25,
+                                    border_weights=True, cache="none")
+    info = ds.info
     assert info.streaming and info.num_train + info.num_val == 8 and info.num_val >= 2
     held = 0
     for count in reversed(src.info.shard_counts):  # whole files from the end, >= 25 %
@@ -298,9 +300,10 @@ def test_every_source_kind_streams_like_it_loads(kind, tmp_path, monkeypatch):
         source = "synthetic"
     else:
         source = (images, masks)
-    kw = dict(patch_size=16, batch_size=2, val_fraction=0.34, seed=0, with_info=True)
-    _, mem_val, mem = make_datasets(source, cache="memory", **kw)
-    train, st_val, st = make_datasets(source, cache="none", **kw)
+    kw = dict(patch_size=16, batch_size=2, val_fraction=0.34, seed=0)
+    _, mem_val = memory = make_datasets(source, cache="memory", **kw)
+    train, st_val = streamed = make_datasets(source, cache="none", **kw)
+    mem, st = memory.info, streamed.info
     assert st.streaming and not mem.streaming
     assert (st.num_train, st.num_val, st.num_classes) == (mem.num_train, mem.num_val, 1)
     np.testing.assert_array_equal(st.class_pixels, mem.class_pixels)

@@ -119,3 +119,18 @@ def test_aligned_tiles_reproduce_the_whole_image_pass():
     err = np.abs(tiled - whole)[inner].mean()
     shifted = zf_unet.predict_tiled(model, image[1:, 1:], tile_size=64, overlap=20)
     assert err < 0.2 * np.abs(shifted - whole[1:, 1:])[inner].mean()
+
+
+def test_model_geometry_has_one_home_and_the_tiling_names_are_deprecated():
+    import zf_unet.tiling as tiling
+    from zf_unet.models import geometry
+
+    assert "ModelGeometry" not in tiling.__all__ and "model_geometry" not in tiling.__all__
+    with pytest.warns(DeprecationWarning, match=r"zf_unet.tiling.ModelGeometry is deprecated; "
+                                                r"use zf_unet.models.geometry"):
+        assert tiling.ModelGeometry is geometry.ModelGeometry
+    with pytest.warns(DeprecationWarning, match="model_geometry"):
+        from zf_unet.tiling import model_geometry as old
+    assert old is geometry.model_geometry is model_geometry
+    with pytest.raises(AttributeError, match="has no attribute 'nothing'"):
+        tiling.nothing  # noqa: B018

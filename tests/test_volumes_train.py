@@ -46,10 +46,11 @@ def test_sections_split_patches_and_one_transform(tmp_path):
     assert data.num_classes == 1 and data.images[0].shape == (12, 32, 32, 1)
     np.testing.assert_array_equal(data.masks[0], mask // 255)
     np.testing.assert_allclose(data.images[0][..., 0], image / 255.0, rtol=1e-6)
-    train, val, info = make_volume_datasets(
-        src, patch_size=[4, 16, 16], batch_size=2, val_indices=[10, 11], seed=1,
-        augment=Augment(elastic=True, flips=True, rotate90=True, gray_values=False),
-        spacing=(4, 1, 1), border_weights=True, samples_per_epoch=6, with_info=True)
+    train, val = ds = make_volume_datasets(
+                                           src, patch_size=[4, 16, 16], batch_size=2, val_indices=[10, 11], seed=1,
+                                           augment=Augment(elastic=True, flips=True, rotate90=True, gray_values=False),
+                                           spacing=(4, 1, 1), border_weights=True, samples_per_epoch=6)
+    info = ds.info
     assert (info.num_train, info.num_val, info.channels) == (1, 1, 1)
     # the training statistics count sections 0..9 only
     assert info.class_pixels.sum() == 10 * 32 * 32
@@ -151,3 +152,19 @@ precision = "float32"
     cfg.write_text(bad)
     assert main(["train", "--config", str(cfg), "--out", str(tmp_path / "run2")]) != 0
     assert "data.patch_size" in capsys.readouterr().err
+
+
+def test_make_volume_datasets_returns_datasets_with_info():
+    from zf_unet.data import DataInfo, Datasets
+
+    vol = np.random.default_rng(0).random((6, 16, 16)).astype(np.float32)
+    lab = (vol > 0.5).astype(np.uint8)
+    ds = make_volume_datasets((vol, lab), val_indices=[5], batch_size=1)
+    train, val = ds
+    assert isinstance(ds, Datasets) and ds.train is train and ds.val is val
+    assert isinstance(ds.info, DataInfo) and (ds.info.num_train, ds.info.num_val) == (1, 1)
+    assert int(ds.info.class_pixels.sum()) == 5 * 16 * 16  # the training sections
+    np.testing.assert_allclose(ds.info.mean, [vol[:5].mean()], rtol=1e-5)
+    with pytest.warns(DeprecationWarning, match="with_info"):
+        old = make_volume_datasets((vol, lab), val_indices=[5], batch_size=1, with_info=True)
+    assert len(old) == 3 and old[2].num_train == 1

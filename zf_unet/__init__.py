@@ -27,8 +27,13 @@ from zf_unet import backend  # noqa: F401  (chooses the Keras backend before ker
 
 if not backend.running_as_cli():
     # Register every serializable layer, loss, metric and optimizer, so that .keras files load
-    # without custom_objects. The zf-unet command does it after choosing --backend.
+    # without custom_objects. The zf-unet command does it after choosing --backend, so that
+    # it reads and checks a config (zf_unet.config imports no Keras) before Keras is imported.
     from zf_unet import losses, metrics, models, optimizers  # noqa: F401,E402
+    from zf_unet.data import augment_layer  # noqa: E402
+
+    #: The modules whose Keras objects this import registered.
+    _REGISTERED = (losses, metrics, models, optimizers, augment_layer)
 
 __version__ = "0.1.0"
 

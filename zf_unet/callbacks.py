@@ -473,7 +473,7 @@ class ReplaceOldRun(keras.callbacks.Callback):
     ``staging`` replaces ``target``, and the callbacks' paths follow it.
 
     The old run is renamed into a hidden holder, ``staging`` is renamed to ``target``, then
-    the holder is deleted; :func:`zf_unet.training.recover_fresh_swap` completes or undoes a
+    the holder is deleted; :func:`zf_unet.run_folder.recover_fresh_swap` completes or undoes a
     kill in between.
     Open files (the CSV log, TensorBoard's event files) move with their folder (POSIX).
     """

@@ -88,9 +88,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _load_model(path: str):
     """The ``--model`` argument: a ``.keras`` file or ``pretrained:NAME``."""
-    from zf_unet.models import load_model_file
+    from zf_unet.hub import load_model
 
-    return load_model_file(path)
+    return load_model(path)
 
 
 class _Given(argparse.Action):
@@ -310,7 +310,8 @@ def _cmd_check_data(args: argparse.Namespace) -> int:
 
 
 def _cmd_pack(args: argparse.Namespace) -> int:
-    from zf_unet.data.shards import parse_size, write_shards
+    from zf_unet.data.shard_format import parse_size
+    from zf_unet.data.shard_writer import write_shards
     from zf_unet.data.sources import open_source
 
     from zf_unet.data.colour_masks import palette_arguments
@@ -679,7 +680,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 else getattr(args, "backend", None))
         if chosen == "tensorflow":
             import_tensorflow_quietly()
-        for module in ("losses", "metrics", "models", "optimizers"):  # registers their objects
+        for module in ("losses", "metrics", "models", "optimizers",
+                       "data.augment_layer"):  # registers their objects
             importlib.import_module(f"zf_unet.{module}")
         return int(args.func(args) or 0)
     except TrainingFailedError as exc:  # it ran, and failed: not a usage error

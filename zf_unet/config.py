@@ -32,9 +32,9 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from zf_unet import registry
+from zf_unet.checks import LIMITS, Range, check_spacing
 from zf_unet.data import colour_masks
-from zf_unet.data.augment import Augment
-from zf_unet.data.streaming import CACHE_MODES
+from zf_unet.data.augment_config import Augment
 from zf_unet.errors import ConfigError, ConfigWarning
 
 if sys.version_info >= (3, 11):
@@ -272,7 +272,7 @@ class Config:
 #: Fields with a fixed set of names. Names with a factory come from :mod:`zf_unet.registry`
 #: (the same keys drive ``--help`` and the docs); ``auto`` is resolved from the data.
 _CHOICES = {
-    ("DataConfig", "cache"): CACHE_MODES,
+    ("DataConfig", "cache"): registry.CACHE_MODES,
     ("ModelConfig", "architecture"): ("unet", "unet_plus_plus"),
     ("ModelConfig", "upsampling"): ("nearest", "bilinear", "transpose"),
     ("ModelConfig", "padding"): ("same", "valid"),
@@ -287,67 +287,12 @@ _CHOICES = {
 }
 
 
-@dataclass(frozen=True)
-class Range:
-    """Allowed values of a number: ``low``..``high`` (``None`` = unbounded), each end closed
-    unless ``low_open`` / ``high_open``."""
-
-    low: float | None = None
-    high: float | None = None
-    low_open: bool = False
-    high_open: bool = False
-
-    def __contains__(self, value: float) -> bool:
-        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
-            return False
-        if self.high is not None and (value >= self.high if self.high_open
-                                      else value > self.high):
-            return False
-        return True
-
-    def describe(self, integer: bool) -> str:
-        kind = "an integer" if integer else "a number"
-        if self.high is None:
-            return f"{kind} {'>' if self.low_open else '>='} {self.low:g}"
-        if self.low is None:
-            return f"{kind} {'<' if self.high_open else '<='} {self.high:g}"
-        return (f"{kind} in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}"
-                f"{')' if self.high_open else ']'}")
-
-
-#: Every number of the schema and its allowed range: checked for TOML files, ``--set`` and
-#: configs built in Python alike (:meth:`Config.validate`). The augmentation's numbers are
-#: checked by ``zf_unet.data.Augment`` itself (one home for those limits).
-_RANGES = {
-    ("DataConfig", "batch_size"): Range(1),
-    ("DataConfig", "val_fraction"): Range(0.0, 1.0, high_open=True),
-    ("DataConfig", "num_classes"): Range(0, 255),  # masks are read as uint8 class ids
-    ("DataConfig", "ignore_index"): Range(-1, 255),
-    ("DataConfig", "w0"): Range(0.0),
-    ("DataConfig", "sigma"): Range(0.0, low_open=True),
-    ("DataConfig", "samples_per_epoch"): Range(0),
-    ("DataConfig", "synthetic_n"): Range(2),
-    ("DataConfig", "synthetic_size"): Range(8),
-    ("ModelConfig", "depth"): Range(2, 10),
-    ("ModelConfig", "filters"): Range(1),
-    ("ModelConfig", "dropout"): Range(0.0, 1.0, high_open=True),
-    ("ModelConfig", "encoder_freeze_epochs"): Range(0),
-    ("LossConfig", "bce_weight"): Range(0.0),
-    ("LossConfig", "dice_weight"): Range(0.0),
-    ("LossConfig", "focal_gamma"): Range(0.0),
-    ("LossConfig", "tversky_alpha"): Range(0.0),
-    ("LossConfig", "tversky_beta"): Range(0.0),
-    ("OptimizerConfig", "learning_rate"): Range(0.0, low_open=True),
-    ("OptimizerConfig", "weight_decay"): Range(0.0),
-    ("OptimizerConfig", "momentum"): Range(0.0, 1.0, high_open=True),
-    ("OptimizerConfig", "min_learning_rate"): Range(0.0),
-    ("OptimizerConfig", "plateau_patience"): Range(1),
-    ("TrainConfig", "epochs"): Range(1),
-    ("TrainConfig", "seed"): Range(0, 2 ** 32 - 1),
-    ("TrainConfig", "early_stopping_patience"): Range(0),
-    ("TrainConfig", "steps_per_execution"): Range(1),
-    ("TrainConfig", "max_minutes"): Range(0.0),
-}
+#: The config section of each schema dataclass: a field's range is
+#: ``zf_unet.checks.LIMITS["<section>.<field>"]`` (one home for the limits, shared with the
+#: model builders). The augmentation's numbers are checked by ``zf_unet.data.Augment`` itself,
+#: against the same table.
+_SECTIONS = {"DataConfig": "data", "ModelConfig": "model", "LossConfig": "loss",
+             "OptimizerConfig": "optimizer", "TrainConfig": "train"}
 
 #: List fields and the type of their items.
 _LIST_ITEMS = {("DataConfig", "val_indices"): int}
@@ -436,12 +381,13 @@ def _check_patch_size(value: Any, place: str) -> Any:
 
 
 def _check_spacing(value: Any, place: str) -> Any:
-    if isinstance(value, list) and (not value or len(value) == 3 and all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-            and v > 0 for v in value)):
+    if value == []:
         return value
-    raise ConfigError(f"{place}: spacing = {value!r}; expected [] or the voxel size [z, y, x] "
-                      "as 3 positive numbers, e.g. [50, 4.6, 4.6]")
+    if not isinstance(value, list):
+        raise ConfigError(f"{place}: spacing = {value!r}; expected [] or the voxel size [z, y, x] "
+                          "as 3 positive numbers, e.g. [50, 4.6, 4.6]")
+    check_spacing(value, f"{place}: spacing", ndim=3)
+    return value
 
 
 def _level_sizes_checker(key: str) -> Any:
@@ -512,7 +458,7 @@ def _check_field(cls_name: str, name: str, value: Any, place: str) -> Any:
     if choices and value not in choices:
         raise ConfigError(f"{place}: {name} = {value!r}; expected one of {list(choices)}"
                           f"{registry.nearest_hint(value, choices)}")
-    allowed = _RANGES.get((cls_name, name))
+    allowed = LIMITS.get(f"{_SECTIONS.get(cls_name)}.{name}")
     if allowed is not None:
         check_range(place, name, value, allowed)
     item = _LIST_ITEMS.get((cls_name, name))

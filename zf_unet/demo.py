@@ -91,7 +91,7 @@ def run_demo(out_dir: str | Path = "results/demo", config: DemoConfig | None = N
     ``out_dir`` are never touched (the output rule of :mod:`zf_unet.outputs`).
     """
     from zf_unet.outputs import claim_files, claim_folder
-    from zf_unet.data.pipeline import split_indices
+    from zf_unet.data.splits import split_indices
     from zf_unet.precision import resolve_precision
     from zf_unet.training import make_model, train
 

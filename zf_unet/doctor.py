@@ -1,7 +1,7 @@
 """The data doctor: ``check_data(folder)`` / ``zf-unet check-data DIR``.
 
 It reads a training folder (``images/`` + ``masks/``, paired by file name) through the
-source training uses (:class:`zf_unet.data.sources.FolderSource`, collecting every problem),
+source training uses (:class:`zf_unet.data.file_sources.FolderSource`, collecting every problem),
 keeps going past bad files, and reports:
 
 * what it saw: number of pairs, image sizes, dtypes, channels and value range, the mask
@@ -33,8 +33,9 @@ from typing import Any
 import numpy as np
 
 from zf_unet.data import colour_masks
-from zf_unet.data.io import SampleSummary, check_float_range
-from zf_unet.data.sources import FolderSource
+from zf_unet.data.file_sources import FolderSource
+from zf_unet.data.stats import SampleStats
+from zf_unet.pixels import check_float_range
 from zf_unet.errors import DataError
 
 __all__ = ["DataReport", "Problem", "check_data"]
@@ -62,7 +63,7 @@ class Problem:
 @dataclass
 class DataReport:
     """What :func:`check_data` found. ``summary`` has the keys of
-    :func:`zf_unet.data.io.describe_dataset` (over the pairs that could be read)."""
+    :func:`zf_unet.data.stats.describe_dataset` (over the pairs that could be read)."""
 
     path: str
     num_pairs: int = 0
@@ -189,7 +190,7 @@ def check_data(path: str | Path, num_classes: int | None = None, *,
     """Check a training folder (``images/`` + ``masks/``) and report what is wrong with it.
 
     Args:
-        path: the folder (the layout :func:`zf_unet.data.io.find_pairs` reads).
+        path: the folder (the layout :func:`zf_unet.data.pairing.find_pairs` reads).
         num_classes: K for integer class-id masks (values ``0..K-1``); ``None`` expects
             binary masks ({0, 1} or {0, 255}), as training with ``data.num_classes = 1``.
         patch_size: the training patch size; images smaller than it are reported.
@@ -231,7 +232,7 @@ def check_data(path: str | Path, num_classes: int | None = None, *,
     for message in source.problems:
         report.problems.append(Problem("error", "unpaired", message,
                                        [f"{p.parent.name}/{p.name}" for p in source.unpaired]))
-    totals = SampleSummary(ignore_index)
+    totals = SampleStats(ignore_index, strict_channels=False)
     conventions: Counter[str] = Counter()
     found: dict[str, list[str]] = {}  # problem code -> file names (or messages)
     first: tuple[str, int, str] | None = None  # (image name, channels, dtype)

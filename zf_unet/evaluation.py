@@ -10,8 +10,10 @@ import numpy as np
 
 from zf_unet import metrics as zm
 from zf_unet.config import Config
-from zf_unet.data.pipeline import DataSplit, load_source, split_indices
+from zf_unet.data.loaders import load_source
+from zf_unet.data.splits import DataSplit, split_indices
 from zf_unet.errors import ConfigError
+from zf_unet.hub import is_pretrained, load_model
 
 DEFAULT_THRESHOLDS = zm.DEFAULT_THRESHOLDS
 SEGMENTATIONS = ("threshold", "watershed")
@@ -35,7 +37,7 @@ def split_for(data: DataSplit, split: str, cfg: Config | None) -> DataSplit:
 
 def run_config_for(model_path: str | Path) -> Config | None:
     """The ``config.toml`` saved next to a model by ``zf_unet.train``, if any."""
-    if str(model_path).startswith("pretrained:"):
+    if is_pretrained(str(model_path)):
         return None
     cfg_path = Path(model_path).parent / "config.toml"
     return Config.from_toml(cfg_path) if cfg_path.is_file() else None
@@ -121,7 +123,7 @@ def _run_resolved(model_path: Any) -> dict:
     """``resolved.json`` next to a model file (written by training), or ``{}``."""
     import json
 
-    if model_path is None or str(model_path).startswith("pretrained:"):
+    if model_path is None or is_pretrained(str(model_path)):
         return {}
     path = Path(model_path).parent / "resolved.json"
     try:
@@ -237,7 +239,7 @@ def evaluate_model(model: keras.Model | str | Path, data: Any, *, split: str = "
     """
     from zf_unet.errors import DataError
     from zf_unet.inference import predict_tiled
-    from zf_unet.models import load_model_file, model_geometry
+    from zf_unet.models import model_geometry
 
     name = name or (str(model) if isinstance(model, (str, Path)) else "model")
     _check_segmentation(segmentation)  # before any prediction
@@ -247,7 +249,7 @@ def evaluate_model(model: keras.Model | str | Path, data: Any, *, split: str = "
         model_path = model
         if config is None:
             config = run_config_for(model_path)
-        model = load_model_file(model_path)
+        model = load_model(model_path)
     elif model_path is not None and config is None:
         config = run_config_for(model_path)
     geom = model_geometry(model)
@@ -264,8 +266,8 @@ def evaluate_model(model: keras.Model | str | Path, data: Any, *, split: str = "
     ignore = None if ignore is None or int(ignore) < 0 else int(ignore)
     class_values = (config.data.class_values or None) if config is not None else None
     palette = config.data.mask_palette() if config is not None else None  # colour masks
-    run_dir = Path(model_path).parent if model_path is not None and not str(
-        model_path).startswith("pretrained:") else None
+    run_dir = Path(model_path).parent if model_path is not None and not is_pretrained(
+        str(model_path)) else None
     chosen = resolve_split(split, data, config, run_dir, val_indices_given)
     if geom.spatial_axes == 3:
         if segmentation != "threshold":
@@ -346,8 +348,8 @@ def _stem_of(path: Path) -> str:
 def _volume_mask_ids(mask: np.ndarray, path: Path, num_classes: int,
                      class_values: Any, ignore: int | None) -> np.ndarray:
     """``(D, H, W)`` uint8 class ids of a raw mask volume, with the 2-D mask conventions
-    (:func:`zf_unet.data.io.normalize_mask`, applied to the sections laid end to end)."""
-    from zf_unet.data.io import normalize_mask
+    (:func:`zf_unet.data.masks.normalize_mask`, applied to the sections laid end to end)."""
+    from zf_unet.data.masks import normalize_mask
 
     d, h = mask.shape[0], mask.shape[1]
     flat = mask.reshape((d * h,) + mask.shape[2:])

@@ -72,7 +72,7 @@ from zf_unet.io_utils import atomic_path, new_locked_dir, remove_abandoned_dirs,
 from zf_unet.models.folding import fold_batch_norm
 from zf_unet.models.geometry import ModelGeometry, model_geometry
 from zf_unet.inference import check_model_finite
-from zf_unet.models.loading import load_model_file
+from zf_unet.hub import load_model
 from zf_unet.outputs import check_not_input, claim_file
 from zf_unet.tiling.plan import TilePlan, check_tile_args
 from zf_unet.backend import lazy_tensorflow
@@ -105,7 +105,7 @@ def _as_model(model: Any) -> keras.Model:
                           "(model.save('model.keras')) and run `zf-unet export model.keras "
                           "--out DIR`, which exports a model trained on any backend")
     if isinstance(model, (str, os.PathLike)):
-        return load_model_file(model)  # DataError naming the file if it cannot be used
+        return load_model(model)  # DataError naming the file if it cannot be used
     if not isinstance(model, keras.Model):
         raise TypeError(f"model must be a keras.Model or a .keras path, got {type(model).__name__}")
     return model
@@ -457,7 +457,7 @@ def _refuse_volumes(geom: ModelGeometry, what: str) -> None:
 
 
 def _check_size(geom: ModelGeometry, size: tuple) -> None:
-    from zf_unet.models.unet import valid_input_sizes
+    from zf_unet.models.geometry import valid_input_sizes
 
     if geom.fixed_size is not None:
         if tuple(size) != tuple(geom.fixed_size):

@@ -15,8 +15,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from zf_unet.data.imageops import unit_divisor
-from zf_unet.data.io import check_float_range
+from zf_unet.pixels import check_float_range, unit_divisor
 from zf_unet.inference import CHUNK_ELEMENTS, as_image_stack, check_finite, predict_tiled
 from zf_unet.models.geometry import model_geometry
 
@@ -47,7 +46,7 @@ def _output_name(path: Any, shared: bool) -> str:
 def _list_folder(folder: Any) -> list:
     """The images of ``folder`` that :func:`predict_files` predicts (sorted by name): hidden
     files and files that look like its own outputs of another listed image are skipped."""
-    from zf_unet.data.io import IMAGE_EXTENSIONS
+    from zf_unet.data.pairing import IMAGE_EXTENSIONS
     from zf_unet.errors import DataError
 
     found = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS

@@ -23,8 +23,12 @@ from pathlib import Path
 from typing import Any
 
 from zf_unet.errors import DataError
+from zf_unet.models.loading import PRETRAINED_PREFIX, checked_model, load_model_file
 
 MANIFEST = "manifest.json"
+
+__all__ = ["MANIFEST", "cache_dir", "fetch", "is_pretrained", "list_pretrained", "load_model",
+           "load_pretrained", "sha256_of", "weights_dirs", "write_manifest"]
 
 
 def weights_dirs() -> list[Path]:
@@ -133,6 +137,32 @@ def load_pretrained(name: str, *, url: str | None = None) -> Any:
     except Exception as exc:  # noqa: BLE001 - a file that matches its checksum but not Keras
         raise DataError(f"{path}: cannot load as a Keras model ({type(exc).__name__}: "
                         f"{(str(exc).splitlines() or [''])[0][:200]})") from None
+
+
+def load_model(source: Any, *, image_model: bool = True) -> Any:
+    """The ``keras.Model`` of a model argument: a ``.keras`` file
+    (:func:`zf_unet.models.load_model_file`) or ``"pretrained:NAME"`` (:func:`load_pretrained`,
+    sha256-checked), compile-free.
+
+    Args:
+        source: a path, or ``"pretrained:NAME"`` for a model of :func:`list_pretrained`.
+        image_model: also check that it is an image / volume model that
+            :func:`zf_unet.predict_tiled` can use.
+
+    Raises:
+        DataError: naming ``source``: a missing or unreadable file, an unknown pretrained
+            name, a checksum mismatch, or (``image_model``) not an image model.
+    """
+    text = str(source)
+    if not text.startswith(PRETRAINED_PREFIX):
+        return load_model_file(source, image_model=image_model)
+    model = load_pretrained(text[len(PRETRAINED_PREFIX):])
+    return checked_model(model, text, image_model=image_model)
+
+
+def is_pretrained(source: Any) -> bool:
+    """Whether a model argument names a pretrained model (``"pretrained:NAME"``), not a file."""
+    return isinstance(source, str) and source.startswith(PRETRAINED_PREFIX)
 
 
 def write_manifest(model_path: str | Path, folder: str | Path, *, overwrite: bool = False,

@@ -32,9 +32,8 @@ import keras
 import numpy as np
 
 from zf_unet import registry
-from zf_unet.checks import check_threshold
-from zf_unet.data.imageops import unit_divisor
-from zf_unet.data.io import check_float_range
+from zf_unet.checks import check_bool, check_threshold
+from zf_unet.pixels import check_float_range, unit_divisor
 from zf_unet.models.folding import FoldedView
 from zf_unet.models.geometry import ModelGeometry, model_geometry
 from zf_unet.errors import NonFiniteOutputError
@@ -42,8 +41,8 @@ from zf_unet.models.loading import load_model_file, model_source
 from zf_unet.tiling.plan import TilePlan, check_tile_args
 from zf_unet.tiling.tta import Transform, tta_key, tta_transforms
 
-__all__ = ["BLEND_MODES", "CHUNK_ELEMENTS", "TTA_MODES", "as_image_stack", "check_finite",
-           "load_model_file", "model_geometry", "predict_tiled"]
+__all__ = ["BLEND_MODES", "CHUNK_ELEMENTS", "TTA_MODES", "array_layout", "as_image_stack",
+           "check_finite", "load_model_file", "model_geometry", "predict_tiled"]
 
 #: Accepted ``blend`` values (the names of :data:`zf_unet.registry.BLEND_MODES`).
 BLEND_MODES = registry.BLEND_MODES.names()
@@ -59,87 +58,97 @@ _PREDICT_FN_CACHE: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDicti
 # --------------------------------------------------------------------------------------------
 # Input handling
 # --------------------------------------------------------------------------------------------
-def as_image_stack(image: Any, channels: int, spatial_axes: int = 2
-                   ) -> tuple[np.ndarray, bool]:
+def as_image_stack(image: Any, channels: int, spatial_axes: int = 2,
+                   channels_last: bool | None = None) -> tuple[np.ndarray, bool]:
     """View ``image`` (see :func:`predict_tiled`) as ``(N, H, W, C)`` for image models
     (``spatial_axes=2``) or ``(N, D, H, W, C)`` for volume models (``spatial_axes=3``), without
-    a copy; return it and whether it was a stack / batch. ``ValueError`` for shapes /
-    channels that do not fit the model."""
+    a copy; return it and whether it was a stack / batch. ``channels_last``: ``True`` = the
+    last axis holds the ``channels`` channels, ``False`` = no channel axis (1-channel models),
+    ``None`` = decided from the shape and ``channels`` (:func:`array_layout`). ``ValueError``
+    for shapes / channels that do not fit the model."""
     arr = image if isinstance(image, np.ndarray) else np.asarray(image)
-    if spatial_axes == 3:
-        return _as_volume_batch(arr, channels)
-    if arr.ndim == 2:
+    nd = spatial_axes
+    if channels_last is None:
+        channels_last = array_layout(arr.shape, channels, nd)
+    what = "image" if nd == 2 else "volume"
+    forms = "(H, W)" if nd == 2 else "(D, H, W)"
+    if not channels_last:
         if channels != 1:
-            raise ValueError(
-                f"image is 2-D {arr.shape} (one grayscale image) but the model expects "
-                f"{channels} channels; pass (H, W, {channels})"
-            )
-        return arr[None, :, :, None], False
-    if arr.ndim == 3:
-        last = arr.shape[-1]
-        if last == channels:
-            return arr[None], False
-        if channels == 1 and last > 4:
-            return arr[..., None], True
-        if channels == 1:
-            raise ValueError(
-                f"image of shape {arr.shape} looks like (H, W, C) with C={last} channels, but "
-                "the model expects 1 channel. For a stack of grayscale images this narrow, "
-                f"pass a 4-D array (N, H, W, 1)"
-            )
-        raise ValueError(
-            f"image of shape {arr.shape} has {last} channels in its last axis but the model "
-            f"expects {channels}; pass (H, W, {channels}) or (N, H, W, {channels})"
-        )
-    if arr.ndim == 4:
-        if arr.shape[-1] != channels:
-            raise ValueError(
-                f"image stack of shape {arr.shape} has {arr.shape[-1]} channels but the model "
-                f"expects {channels}"
-            )
-        return arr, True
-    hint = ("; this model segments 2-D images, a volume needs a 3-D model"
-            if arr.ndim == 5 else "")
-    raise ValueError(
-        f"image must be (H, W), (H, W, C), (N, H, W) or (N, H, W, C); got ndim={arr.ndim} "
-        f"with shape {arr.shape}{hint}"
-    )
+            raise ValueError(f"channels_last=False: {what} of shape {arr.shape} has no channel "
+                             f"axis, but the model expects {channels} channels; pass "
+                             f"{forms[:-1]}, {channels}) with channels_last=True")
+        if arr.ndim not in (nd, nd + 1):
+            raise ValueError(f"channels_last=False: expected a {what} {forms} or a batch "
+                             f"(N, {forms[1:]} without a channel axis, got shape {arr.shape}")
+        return (arr[None, ..., None], False) if arr.ndim == nd else (arr[..., None], True)
+    if arr.ndim not in (nd + 1, nd + 2):
+        raise ValueError(f"channels_last=True: expected a {what} {forms[:-1]}, C) or a batch "
+                         f"(N, {forms[1:-1]}, C), got shape {arr.shape}")
+    if arr.shape[-1] != channels:
+        kind = what if arr.ndim == nd + 1 else f"{what} {'stack' if nd == 2 else 'batch'}"
+        raise ValueError(f"{kind} of shape {arr.shape} has {arr.shape[-1]} channels but the "
+                         f"model expects {channels}")
+    return (arr[None], False) if arr.ndim == nd + 1 else (arr, True)
 
 
-def _as_volume_batch(arr: np.ndarray, channels: int) -> tuple[np.ndarray, bool]:
-    """:func:`as_image_stack` for volume models: ``(D, H, W)`` (1 channel), ``(D, H, W, C)``
-    or a batch ``(N, D, H, W, C)`` as ``(N, D, H, W, C)``."""
-    forms = f"(D, H, W, {channels})" if channels != 1 else "(D, H, W) or (D, H, W, 1)"
-    if arr.ndim == 2:
-        raise ValueError(
-            f"this model segments volumes (D, H, W[, C]); got an image of shape {arr.shape} "
-            f"(H, W). Pass {forms}, or a batch (N, D, H, W, {channels})"
-        )
-    if arr.ndim == 3:
-        if channels == 1:
-            return arr[None, ..., None], False
-        raise ValueError(
-            f"volume of shape {arr.shape} has no channel axis but the model expects "
-            f"{channels} channels; pass (D, H, W, {channels})"
-        )
-    if arr.ndim == 4:
-        if arr.shape[-1] == channels:
-            return arr[None], False
-        raise ValueError(
-            f"volume of shape {arr.shape} has {arr.shape[-1]} channels in its last axis but "
-            f"the model expects {channels}; pass {forms} or a batch (N, D, H, W, {channels})"
-        )
-    if arr.ndim == 5:
-        if arr.shape[-1] != channels:
+def array_layout(shape: Sequence[int], channels: int, spatial_axes: int = 2) -> bool:
+    """Whether an array of ``shape`` given to a model with ``channels`` input channels is
+    channels-last (``True``) or has no channel axis (``False``), read from the shape: images
+    ``(H, W)`` -> no channel axis; ``(H, W, C)`` -> channels-last; a 3-D array whose last
+    axis differs from ``C`` is a stack ``(N, H, W)`` for 1-channel models when that axis is
+    longer than 4; ``(N, H, W, C)`` -> channels-last. Volumes: ``(D, H, W)`` -> no channel
+    axis (1-channel models); ``(D, H, W, C)`` / ``(N, D, H, W, C)`` -> channels-last. A shape
+    that fits both layouts but is read as the first (a 1-channel model given ``(..., 1)``: one
+    image / volume; ``(N, H, W)`` with ``W`` in 2..4 px: refused, it looks like an RGB(A)
+    image) raises ``ValueError`` or follows this rule; pass ``channels_last`` to choose."""
+    shape, nd, c = tuple(shape), spatial_axes, channels
+    ndim = len(shape)
+    if nd == 3:
+        if ndim == 2:
             raise ValueError(
-                f"volume batch of shape {arr.shape} has {arr.shape[-1]} channels but the "
-                f"model expects {channels}"
-            )
-        return arr, True
-    raise ValueError(
-        f"this model segments volumes: pass {forms} or a batch (N, D, H, W, {channels}); got "
-        f"ndim={arr.ndim} with shape {arr.shape}"
-    )
+                f"this model segments volumes (D, H, W[, C]); got an image of shape {shape} "
+                f"(H, W). Pass {_volume_forms(c)}, or a batch (N, D, H, W, {c})")
+        if ndim == 3 and c != 1:
+            raise ValueError(f"volume of shape {shape} has no channel axis but the model "
+                             f"expects {c} channels; pass (D, H, W, {c})")
+        if ndim == 4 and shape[-1] != c:
+            hint = (f", or channels_last=False for a batch (N, D, H, W) of {shape[0]} volumes"
+                    if c == 1 else "")
+            raise ValueError(
+                f"volume of shape {shape} has {shape[-1]} channels in its last axis but the "
+                f"model expects {c}; pass {_volume_forms(c)} or a batch (N, D, H, W, {c})"
+                f"{hint}")
+        if ndim not in (3, 4, 5):
+            raise ValueError(f"this model segments volumes: pass {_volume_forms(c)} or a batch "
+                             f"(N, D, H, W, {c}); got ndim={ndim} with shape {shape}")
+        return ndim != 3
+    if ndim == 2:
+        if c != 1:
+            raise ValueError(f"image is 2-D {shape} (one grayscale image) but the model "
+                             f"expects {c} channels; pass (H, W, {c})")
+        return False
+    if ndim == 3:
+        last = shape[-1]
+        if last == c:
+            return True
+        if c == 1 and last > 4:
+            return False
+        if c == 1:
+            raise ValueError(
+                f"image of shape {shape} looks like (H, W, C) with C={last} channels, but the "
+                "model expects 1 channel. For a stack of grayscale images this narrow, pass "
+                "a 4-D array (N, H, W, 1), or channels_last=False")
+        raise ValueError(f"image of shape {shape} has {last} channels in its last axis but the "
+                         f"model expects {c}; pass (H, W, {c}) or (N, H, W, {c})")
+    if ndim == 4:
+        return True
+    hint = "; this model segments 2-D images, a volume needs a 3-D model" if ndim == 5 else ""
+    raise ValueError(f"image must be (H, W), (H, W, C), (N, H, W) or (N, H, W, C); got "
+                     f"ndim={ndim} with shape {shape}{hint}")
+
+
+def _volume_forms(channels: int) -> str:
+    return f"(D, H, W, {channels})" if channels != 1 else "(D, H, W) or (D, H, W, 1)"
 
 
 def check_finite(stack: np.ndarray) -> None:
@@ -273,6 +282,8 @@ def predict_tiled(
     tta: str | None = None,
     batch_size: int = 4,
     threshold: float | None = None,
+    *,
+    channels_last: bool | None = None,
 ) -> np.ndarray:
     """Predict an image or a volume of any size with the paper's overlap-tile strategy.
 
@@ -294,7 +305,7 @@ def predict_tiled(
             ``(D, H, W, C)``, or a batch ``(N, D, H, W, C)``.
             Every side >= 1, any size. uint8 / uint16 / bool are scaled by the dtype maximum;
             floats must be finite and in [0, 1] (the rule of training,
-            :func:`zf_unet.data.io.check_float_range`) and are used as they are.
+            :func:`zf_unet.pixels.check_float_range`) and are used as they are.
         tile_size: side of the model's input tile in pixels: an int for every spatial axis,
             or one per axis (``(H, W)``; ``(D, H, W)`` for volumes, e.g. ``(16, 256, 256)``),
             each rounded down to a size the model accepts along that axis (a multiple of the
@@ -318,6 +329,15 @@ def predict_tiled(
         batch_size: tiles per model call (per TTA transform).
         threshold: ``None`` returns probabilities. Otherwise returns uint8 labels: ``p >
             threshold`` for one class, the argmax over classes (value ignored) for several.
+        channels_last: the layout of ``image``: ``True`` = its last axis is the channel axis
+            (``(H, W, C)``, ``(N, H, W, C)``, ``(D, H, W, C)``, ``(N, D, H, W, C)``);
+            ``False`` = it has none (1-channel models: ``(H, W)``, ``(N, H, W)``,
+            ``(D, H, W)``, ``(N, D, H, W)``), e.g. a stack of 3 px wide strips
+            ``(N, H, 3)``; ``None`` = read from the shape and the model's channel count as
+            listed under ``image`` (:func:`array_layout`): an array that fits both layouts
+            is read as listed there (``(..., 1)`` for a 1-channel model: channels-last) or
+            refused (a 3-D ``(N, H, 2..4)`` for a 1-channel model: it looks like an RGB(A)
+            image), never guessed otherwise.
 
     Returns:
         float32 ``(H, W, K)`` (``(N, H, W, K)`` for stacks; ``(D, H, W, K)`` /
@@ -347,7 +367,9 @@ def predict_tiled(
 
     geom = model_geometry(model)
     channels, num_classes, nd = geom.channels, geom.num_classes, geom.spatial_axes
-    stack, is_stack = as_image_stack(image, channels, nd)
+    if channels_last is not None:
+        channels_last = check_bool("channels_last", channels_last)
+    stack, is_stack = as_image_stack(image, channels, nd, channels_last)
     n_img, lengths = stack.shape[0], tuple(int(v) for v in stack.shape[1:-1])
     if min(lengths) < 1:
         what = "H, W" if nd == 2 else "D, H, W"

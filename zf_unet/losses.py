@@ -17,15 +17,17 @@ Conventions (all losses):
     Jaccard) put each image's value on all its pixels, so a per-pixel weight map passed as
     ``sample_weight`` (``(B, H, W)`` or ``(B, H, W, 1)``, e.g. the paper's border weights)
     works with every loss here, and the default mean reduction gives the usual value.
-    ``ignore_index`` (every loss): pixels whose class-id / binary target equals it (e.g. 255)
+    ``ignore_class`` (every loss, as in ``keras.losses.SparseCategoricalCrossentropy``;
+    ``ignore_index`` is its deprecated alias): pixels whose class-id / binary target equals it
+    (e.g. 255)
     count for nothing: they are left out of the cross-entropy sums and of its normaliser, and of
     the Dice / Jaccard / Tversky sums; a ``sample_weight`` at such pixels is multiplied by 0.
     One-hot targets cannot carry an ignore label. Cross-entropy terms are then means over the
     non-ignored pixels of the batch (each pixel's map value is scaled by ``N / N_valid``).
     ``class_weights`` (cross-entropy terms): one float per class (2 for C=1: background,
-    foreground). ``CrossEntropy``, ``FocalLoss``, ``BCEDiceLoss`` and ``CEDiceLoss`` normalise
+    foreground). ``Crossentropy``, ``FocalLoss``, ``BCEDiceLoss`` and ``CEDiceLoss`` normalise
     the PyTorch way, ``sum(w_y * ce) / sum(w_y)`` over the non-ignored pixels of the batch
-    (``torch.nn.CrossEntropyLoss(weight=..., ignore_index=...)``); ``WeightedCrossEntropy``
+    (``torch.nn.CrossEntropyLoss(weight=..., ignore_index=...)``); ``WeightedCrossentropy``
     keeps the U-Net paper's energy, ``sum(w_y * ce) / N_valid``. ``"auto"`` is not a running
     estimate here: compute the weights once with ``zf_unet.data.class_pixel_counts`` and
     ``zf_unet.data.median_frequency_weights`` (what ``zf_unet.train`` does) and pass the list.
@@ -39,22 +41,24 @@ import numpy as np
 from keras import ops
 
 from zf_unet import registry
-from zf_unet.checks import SPARSE, check_ignore_index, check_targets, valid_pixels
+from zf_unet.checks import check_ignore_index
+from zf_unet.deprecation import moved_names, renamed_argument, renamed_key, warn_deprecated
+from zf_unet.target_checks import SPARSE, check_targets, valid_pixels
 
 _EPS = 1e-7
 
 
 def _prepare(y_true: Any, y_pred: Any, from_logits: bool,
-             ignore_index: int | None = None) -> tuple[Any, Any, Any, Any]:
+             ignore_class: int | None = None) -> tuple[Any, Any, Any, Any]:
     """Return ``(target, probs, logits_or_none, valid_or_none)``.
 
     ``target``, ``probs``, ``logits``: float32 ``(B, H, W, C)``; ``target`` is 0 at ignored
-    pixels. ``valid``: float32 ``(B, H, W)``, 0 at pixels whose target equals ``ignore_index``
+    pixels. ``valid``: float32 ``(B, H, W)``, 0 at pixels whose target equals ``ignore_class``
     (``None`` when nothing can be ignored). ``y_true`` is checked first
     (``zf_unet.checks.check_targets``: shape, value range)."""
     y_pred = ops.cast(y_pred, "float32")
-    y_true, kind = check_targets(y_true, y_pred, ignore_index=ignore_index)
-    valid = valid_pixels(y_true, y_pred, kind, ignore_index)
+    y_true, kind = check_targets(y_true, y_pred, ignore_index=ignore_class)
+    valid = valid_pixels(y_true, y_pred, kind, ignore_class)
     num_classes = y_pred.shape[-1]
     no_channel = len(y_true.shape) == len(y_pred.shape) - 1  # (B, H, W) targets
     if kind == SPARSE:
@@ -125,8 +129,8 @@ def _check_class_weights(class_weights: Any) -> list[float] | None:
         if class_weights == "auto":
             raise ValueError(
                 'class_weights="auto" is not supported by the losses: compute median-frequency '
-                "weights once from the training masks with zf_unet.losses.class_pixel_counts "
-                "and zf_unet.losses.median_frequency_weights (what zf_unet.train does) and pass "
+                "weights once from the training masks with zf_unet.data.class_pixel_counts "
+                "and zf_unet.data.median_frequency_weights (what zf_unet.train does) and pass "
                 "the list, e.g. class_weights=[0.4, 1.0, 3.2]")
         raise ValueError(f'class_weights must be None, a list of floats or "auto", '
                          f"got {class_weights!r}")
@@ -226,18 +230,34 @@ def soft_dice_loss(target: Any, probs: Any, smooth: float, include_background: b
 
 
 class _SegmentationLoss(keras.losses.Loss):
-    def __init__(self, from_logits: bool = False, ignore_index: int | None = None,
-                 name: str | None = None, **kwargs: Any):
+    """Base of the losses: ``from_logits`` and ``ignore_class`` (``ignore_index``: its
+    deprecated alias, also read from the configs of older ``.keras`` files)."""
+
+    def __init__(self, from_logits: bool = False, ignore_class: int | None = None,
+                 name: str | None = None, *, ignore_index: int | None = None, **kwargs: Any):
         super().__init__(name=name, **kwargs)
         self.from_logits = bool(from_logits)
-        self.ignore_index = check_ignore_index(ignore_index)
+        self.ignore_class = check_ignore_index(renamed_argument(
+            "ignore_class", ignore_class, "ignore_index", ignore_index, type(self).__name__))
+
+    @property
+    def ignore_index(self) -> int | None:
+        """Deprecated alias of :attr:`ignore_class`."""
+        warn_deprecated(f"{type(self).__name__}.ignore_index is deprecated, use ignore_class")
+        return self.ignore_class
 
     def _prepare(self, y_true: Any, y_pred: Any) -> tuple[Any, Any, Any, Any]:
-        return _prepare(y_true, y_pred, self.from_logits, self.ignore_index)
+        return _prepare(y_true, y_pred, self.from_logits, self.ignore_class)
 
     def get_config(self) -> dict:
         return {**super().get_config(), "from_logits": self.from_logits,
-                "ignore_index": self.ignore_index}
+                "ignore_class": self.ignore_class}
+
+    @classmethod
+    def from_config(cls, config: dict) -> "_SegmentationLoss":
+        """The loss of ``config``; configs written before ``ignore_class`` (``ignore_index``)
+        load too, without a warning."""
+        return cls(**renamed_key(config, "ignore_index", "ignore_class"))
 
 
 @keras.saving.register_keras_serializable(package="zf_unet")
@@ -248,13 +268,14 @@ class DiceLoss(_SegmentationLoss):
         smooth: additive smoothing; makes empty-target / empty-prediction images score 0 loss.
         include_background: for C>1, whether class 0 takes part in the average.
         from_logits: ``y_pred`` are logits.
-        ignore_index: target value of pixels to leave out of the sums.
+        ignore_class: target value of pixels to leave out of the sums (``ignore_index``: its
+            deprecated alias).
     """
 
     def __init__(self, smooth: float = 1.0, include_background: bool = True,
-                 from_logits: bool = False, ignore_index: int | None = None,
+                 from_logits: bool = False, ignore_class: int | None = None,
                  name: str = "dice_loss", **kwargs: Any):
-        super().__init__(from_logits=from_logits, ignore_index=ignore_index, name=name, **kwargs)
+        super().__init__(from_logits=from_logits, ignore_class=ignore_class, name=name, **kwargs)
         self.smooth = float(smooth)
         self.include_background = bool(include_background)
 
@@ -273,9 +294,9 @@ class JaccardLoss(_SegmentationLoss):
     """Soft Jaccard (IoU) loss ``1 - (|T∩P| + s) / (|T| + |P| - |T∩P| + s)``, class-averaged."""
 
     def __init__(self, smooth: float = 1.0, include_background: bool = True,
-                 from_logits: bool = False, ignore_index: int | None = None,
+                 from_logits: bool = False, ignore_class: int | None = None,
                  name: str = "jaccard_loss", **kwargs: Any):
-        super().__init__(from_logits=from_logits, ignore_index=ignore_index, name=name, **kwargs)
+        super().__init__(from_logits=from_logits, ignore_class=ignore_class, name=name, **kwargs)
         self.smooth = float(smooth)
         self.include_background = bool(include_background)
 
@@ -300,8 +321,8 @@ class TverskyLoss(_SegmentationLoss):
 
     def __init__(self, alpha: float = 0.3, beta: float = 0.7, smooth: float = 1.0,
                  include_background: bool = True, from_logits: bool = False,
-                 ignore_index: int | None = None, name: str = "tversky_loss", **kwargs: Any):
-        super().__init__(from_logits=from_logits, ignore_index=ignore_index, name=name, **kwargs)
+                 ignore_class: int | None = None, name: str = "tversky_loss", **kwargs: Any):
+        super().__init__(from_logits=from_logits, ignore_class=ignore_class, name=name, **kwargs)
         self.alpha, self.beta = float(alpha), float(beta)
         if self.alpha < 0 or self.beta < 0:
             raise ValueError(f"alpha and beta must be >= 0, got {alpha!r}, {beta!r}")
@@ -321,60 +342,23 @@ class TverskyLoss(_SegmentationLoss):
                 "smooth": self.smooth, "include_background": self.include_background}
 
 
-def _ce_dice_map(loss: Any, y_true: Any, y_pred: Any, ce_weight: float,
-                 dice_weight: float) -> Any:
-    target, probs, logits, valid = loss._prepare(y_true, y_pred)
-    ce = _weighted_mean_map(_cross_entropy_map(target, probs, logits), target, valid,
-                            loss.class_weights)
-    dice = soft_dice_loss(target, probs, loss.smooth, loss.include_background, valid)
-    return ce_weight * ce + dice_weight * _broadcast_to_pixels(dice, probs, valid)
-
-
-@keras.saving.register_keras_serializable(package="zf_unet")
-class BCEDiceLoss(_SegmentationLoss):
-    """``bce_weight * cross-entropy + dice_weight * soft Dice loss``.
-
-    The defaults (0.5, 1.0) are U-Net++'s hybrid loss (Zhou et al. 2018): half the
-    cross-entropy plus the Dice term. For C>1 the cross-entropy is categorical.
-    ``class_weights`` weight the cross-entropy term (``sum(w_y ce) / sum(w_y)``).
-    """
-
-    def __init__(self, bce_weight: float = 0.5, dice_weight: float = 1.0, smooth: float = 1.0,
-                 include_background: bool = True, from_logits: bool = False,
-                 class_weights: Sequence[float] | None = None, ignore_index: int | None = None,
-                 name: str = "bce_dice_loss", **kwargs: Any):
-        super().__init__(from_logits=from_logits, ignore_index=ignore_index, name=name, **kwargs)
-        self.bce_weight = float(bce_weight)
-        self.dice_weight = float(dice_weight)
-        self.smooth = float(smooth)
-        self.include_background = bool(include_background)
-        self.class_weights = _check_class_weights(class_weights)
-
-    def call(self, y_true, y_pred):
-        return _ce_dice_map(self, y_true, y_pred, self.bce_weight, self.dice_weight)
-
-    def get_config(self) -> dict:
-        return {**super().get_config(), "bce_weight": self.bce_weight,
-                "dice_weight": self.dice_weight, "smooth": self.smooth,
-                "include_background": self.include_background,
-                "class_weights": self.class_weights}
-
-
 @keras.saving.register_keras_serializable(package="zf_unet")
 class CEDiceLoss(_SegmentationLoss):
     """``ce_weight * cross-entropy + dice_weight * soft Dice loss`` for any number of classes.
 
-    Categorical cross-entropy for C>1 (sparse class ids or one-hot), binary for C=1 (then it
-    equals ``BCEDiceLoss(bce_weight=ce_weight, ...)``). ``class_weights`` weight the
-    cross-entropy term, normalised ``sum(w_y ce) / sum(w_y)`` over the non-ignored pixels;
-    ``include_background=False`` leaves class 0 out of the Dice average (C>1).
+    The defaults (0.5, 1.0) are U-Net++'s hybrid loss (Zhou et al. 2018): half the
+    cross-entropy plus the Dice term (``LossConfig.bce_weight``'s default). Categorical
+    cross-entropy for C>1 (sparse class ids or one-hot), binary for C=1 (then it is
+    :class:`BCEDiceLoss`). ``class_weights`` weight the cross-entropy term, normalised
+    ``sum(w_y ce) / sum(w_y)`` over the non-ignored pixels; ``include_background=False``
+    leaves class 0 out of the Dice average (C>1). Returns a ``(B, H, W)`` float32 map.
     """
 
-    def __init__(self, ce_weight: float = 1.0, dice_weight: float = 1.0, smooth: float = 1.0,
+    def __init__(self, ce_weight: float = 0.5, dice_weight: float = 1.0, smooth: float = 1.0,
                  include_background: bool = True,
-                 class_weights: Sequence[float] | None = None, ignore_index: int | None = None,
+                 class_weights: Sequence[float] | None = None, ignore_class: int | None = None,
                  from_logits: bool = False, name: str = "ce_dice_loss", **kwargs: Any):
-        super().__init__(from_logits=from_logits, ignore_index=ignore_index, name=name, **kwargs)
+        super().__init__(from_logits=from_logits, ignore_class=ignore_class, name=name, **kwargs)
         self.ce_weight = float(ce_weight)
         self.dice_weight = float(dice_weight)
         self.smooth = float(smooth)
@@ -382,7 +366,11 @@ class CEDiceLoss(_SegmentationLoss):
         self.class_weights = _check_class_weights(class_weights)
 
     def call(self, y_true, y_pred):
-        return _ce_dice_map(self, y_true, y_pred, self.ce_weight, self.dice_weight)
+        target, probs, logits, valid = self._prepare(y_true, y_pred)
+        ce = _weighted_mean_map(_cross_entropy_map(target, probs, logits), target, valid,
+                                self.class_weights)
+        dice = soft_dice_loss(target, probs, self.smooth, self.include_background, valid)
+        return self.ce_weight * ce + self.dice_weight * _broadcast_to_pixels(dice, probs, valid)
 
     def get_config(self) -> dict:
         return {**super().get_config(), "ce_weight": self.ce_weight,
@@ -392,9 +380,39 @@ class CEDiceLoss(_SegmentationLoss):
 
 
 @keras.saving.register_keras_serializable(package="zf_unet")
-class CrossEntropy(_SegmentationLoss):
+class BCEDiceLoss(CEDiceLoss):
+    """``bce_weight * cross-entropy + dice_weight * soft Dice loss``: :class:`CEDiceLoss`
+    (same defaults, same computation) with the weight of its cross-entropy term named
+    ``bce_weight``, the name for one-class models (``loss.name = "bce_dice"``)."""
+
+    def __init__(self, bce_weight: float = 0.5, dice_weight: float = 1.0, smooth: float = 1.0,
+                 include_background: bool = True, from_logits: bool = False,
+                 class_weights: Sequence[float] | None = None, ignore_class: int | None = None,
+                 name: str = "bce_dice_loss", **kwargs: Any):
+        super().__init__(ce_weight=bce_weight, dice_weight=dice_weight, smooth=smooth,
+                         include_background=include_background, class_weights=class_weights,
+                         ignore_class=ignore_class, from_logits=from_logits, name=name,
+                         **kwargs)
+
+    @property
+    def bce_weight(self) -> float:
+        """The weight of the cross-entropy term (:attr:`ce_weight`)."""
+        return self.ce_weight
+
+    @bce_weight.setter
+    def bce_weight(self, value: float) -> None:
+        self.ce_weight = float(value)
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config["bce_weight"] = config.pop("ce_weight")
+        return config
+
+
+@keras.saving.register_keras_serializable(package="zf_unet")
+class Crossentropy(_SegmentationLoss):
     """Per-pixel cross-entropy (binary for C=1, categorical for C>1; sparse or one-hot), as
-    ``torch.nn.CrossEntropyLoss(weight=class_weights, ignore_index=ignore_index)``: the batch
+    ``torch.nn.CrossEntropyLoss(weight=class_weights, ignore_index=ignore_class)``: the batch
     value is ``sum(w_y * ce) / sum(w_y)`` over the non-ignored pixels (without class weights:
     their mean). ``class_weights``: one float per class (C=1: [background, foreground]).
     A ``sample_weight`` map multiplies the pixels afterwards (it is not in the normaliser).
@@ -403,8 +421,8 @@ class CrossEntropy(_SegmentationLoss):
     normalize_by_weights = True
 
     def __init__(self, class_weights: Sequence[float] | None = None, from_logits: bool = False,
-                 ignore_index: int | None = None, name: str = "cross_entropy", **kwargs: Any):
-        super().__init__(from_logits=from_logits, ignore_index=ignore_index, name=name, **kwargs)
+                 ignore_class: int | None = None, name: str = "cross_entropy", **kwargs: Any):
+        super().__init__(from_logits=from_logits, ignore_class=ignore_class, name=name, **kwargs)
         self.class_weights = _check_class_weights(class_weights)
 
     def call(self, y_true, y_pred):
@@ -418,7 +436,7 @@ class CrossEntropy(_SegmentationLoss):
 
 
 @keras.saving.register_keras_serializable(package="zf_unet")
-class WeightedCrossEntropy(CrossEntropy):
+class WeightedCrossentropy(Crossentropy):
     """Per-pixel cross-entropy (binary for C=1, categorical for C>1; sparse or one-hot).
 
     Per-pixel weights — the U-Net paper's border weight map ``w(x)`` — come in as
@@ -426,31 +444,31 @@ class WeightedCrossEntropy(CrossEntropy):
     ``(image, mask, weight)`` dataset); ignored pixels get weight 0. ``class_weights`` (one
     float per class; for C=1 the weights of background and foreground) additionally scale each
     pixel by its true class, without renormalising: ``sum(w_y * ce) / N_valid`` (the paper's
-    energy; ``CrossEntropy`` divides by ``sum(w_y)`` instead).
+    energy; ``Crossentropy`` divides by ``sum(w_y)`` instead).
     """
 
     normalize_by_weights = False
 
     def __init__(self, class_weights: Sequence[float] | None = None, from_logits: bool = False,
-                 ignore_index: int | None = None, name: str = "weighted_cross_entropy",
+                 ignore_class: int | None = None, name: str = "weighted_cross_entropy",
                  **kwargs: Any):
         super().__init__(class_weights=class_weights, from_logits=from_logits,
-                         ignore_index=ignore_index, name=name, **kwargs)
+                         ignore_class=ignore_class, name=name, **kwargs)
 
 
 @keras.saving.register_keras_serializable(package="zf_unet")
 class FocalLoss(_SegmentationLoss):
     """Focal loss (Lin et al. 2017) ``-(1 - p_y)^gamma log p_y`` per pixel: softmax form for
     C>1, sigmoid form for C=1 (``p_y = p`` on foreground, ``1 - p`` on background).
-    ``gamma = 0`` is ``CrossEntropy``. ``class_weights`` play the role of the paper's alpha
+    ``gamma = 0`` is ``Crossentropy``. ``class_weights`` play the role of the paper's alpha
     (per class; C=1: [background, foreground]); the batch value is
-    ``sum(w_y * fl) / sum(w_y)`` over the non-ignored pixels, as in ``CrossEntropy``.
+    ``sum(w_y * fl) / sum(w_y)`` over the non-ignored pixels, as in ``Crossentropy``.
     """
 
     def __init__(self, gamma: float = 2.0, class_weights: Sequence[float] | None = None,
-                 ignore_index: int | None = None, from_logits: bool = False,
+                 ignore_class: int | None = None, from_logits: bool = False,
                  name: str = "focal_loss", **kwargs: Any):
-        super().__init__(from_logits=from_logits, ignore_index=ignore_index, name=name, **kwargs)
+        super().__init__(from_logits=from_logits, ignore_class=ignore_class, name=name, **kwargs)
         self.gamma = float(gamma)
         if self.gamma < 0:
             raise ValueError(f"gamma must be >= 0, got {gamma!r}")
@@ -493,5 +511,12 @@ def get(identifier: str | dict | keras.losses.Loss, **kwargs: Any) -> keras.loss
     return LOSSES.get(identifier, "loss")(**kwargs)
 
 
-__all__ = ["BCEDiceLoss", "CEDiceLoss", "CrossEntropy", "DiceLoss", "FocalLoss", "JaccardLoss",
-           "LOSSES", "TverskyLoss", "WeightedCrossEntropy", "get", "soft_dice_loss"]
+#: Former class names (before Keras's spelling ``Crossentropy``): still loaded from the
+#: ``.keras`` files that name them, and readable here with a ``DeprecationWarning``.
+RENAMED = {"CrossEntropy": "Crossentropy", "WeightedCrossEntropy": "WeightedCrossentropy"}
+for _old, _new in RENAMED.items():
+    keras.saving.get_custom_objects()[f"zf_unet>{_old}"] = globals()[_new]
+__getattr__ = moved_names(__name__, {old: f"{__name__}:{new}" for old, new in RENAMED.items()})
+
+__all__ = ["BCEDiceLoss", "CEDiceLoss", "Crossentropy", "DiceLoss", "FocalLoss", "JaccardLoss",
+           "LOSSES", "RENAMED", "TverskyLoss", "WeightedCrossentropy", "get", "soft_dice_loss"]

@@ -27,28 +27,48 @@ import numpy as np
 from keras import ops
 from scipy import ndimage
 
-from zf_unet.checks import ONE_HOT, check_ignore_index, check_targets, valid_pixels
+from zf_unet.checks import check_ignore_index
+from zf_unet.deprecation import renamed_argument, renamed_key, warn_deprecated
+from zf_unet.target_checks import ONE_HOT, check_targets, valid_pixels
 
 
 class _ConfusionMetric(keras.metrics.IoU):
     """Converts probabilities/logits and sparse/one-hot targets to class ids, then counts.
 
-    Pixels whose target equals ``ignore_index`` are not counted (weight 0)."""
+    Pixels whose target equals ``ignore_class`` are not counted (weight 0), as in
+    ``keras.metrics.IoU``; ``ignore_index`` is its deprecated alias (configs of older
+    ``.keras`` files that hold it load without a warning)."""
 
     def __init__(self, num_classes: int = 1, threshold: float = 0.5,
                  target_class_ids: Sequence[int] | None = None, from_logits: bool = False,
-                 name: str | None = None, dtype: Any = None, ignore_index: int | None = None):
+                 name: str | None = None, dtype: Any = None, ignore_class: int | None = None,
+                 *, ignore_index: int | None = None):
         if int(num_classes) < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        ignore_class = check_ignore_index(renamed_argument(
+            "ignore_class", ignore_class, "ignore_index", ignore_index, type(self).__name__))
         self.model_classes = int(num_classes)
         n = max(2, self.model_classes)
         if target_class_ids is None:
             target_class_ids = [1] if self.model_classes == 1 else list(range(n))
+        # Keras drops pixels whose true id is ignore_class too; ignored pixels reach it with
+        # weight 0 (true id 0), so both rules leave out the same pixels.
         super().__init__(num_classes=n, target_class_ids=list(target_class_ids), name=name,
-                         dtype=dtype)
+                         dtype=dtype, ignore_class=ignore_class)
         self.threshold = float(threshold)
         self.from_logits = bool(from_logits)
-        self.ignore_index = check_ignore_index(ignore_index)
+
+    @property
+    def ignore_index(self) -> int | None:
+        """Deprecated alias of ``ignore_class``."""
+        warn_deprecated(f"{type(self).__name__}.ignore_index is deprecated, use ignore_class")
+        return self.ignore_class
+
+    @classmethod
+    def from_config(cls, config: dict) -> "_ConfusionMetric":
+        """The metric of ``config`` (``ignore_index`` of older configs read as
+        ``ignore_class``)."""
+        return cls(**renamed_key(config, "ignore_index", "ignore_class"))
 
     def _ids(self, y_true: Any, y_pred: Any) -> tuple[Any, Any]:
         """Flat int32 ``(N,)`` true and predicted class ids (``_ids_valid`` without the mask)."""
@@ -59,8 +79,8 @@ class _ConfusionMetric(keras.metrics.IoU):
         0) and the flat float32 0/1 mask of counted pixels (``None``: all count); ``y_true`` is
         checked first (``zf_unet.checks.check_targets``: shape, value range)."""
         y_pred = ops.cast(y_pred, "float32")
-        y_true, kind = check_targets(y_true, y_pred, self.model_classes, self.ignore_index)
-        valid = valid_pixels(y_true, y_pred, kind, self.ignore_index)
+        y_true, kind = check_targets(y_true, y_pred, self.model_classes, self.ignore_class)
+        valid = valid_pixels(y_true, y_pred, kind, self.ignore_class)
         if valid is not None:
             if len(y_true.shape) == len(y_pred.shape):
                 y_true = y_true[..., 0]
@@ -89,7 +109,7 @@ class _ConfusionMetric(keras.metrics.IoU):
     def get_config(self) -> dict:
         return {"name": self.name, "dtype": self.dtype, "num_classes": self.model_classes,
                 "threshold": self.threshold, "target_class_ids": list(self.target_class_ids),
-                "from_logits": self.from_logits, "ignore_index": self.ignore_index}
+                "from_logits": self.from_logits, "ignore_class": self.ignore_class}
 
     def _per_class(self) -> tuple[Any, Any, Any]:
         cm = ops.cast(self.total_cm, "float32")
@@ -110,9 +130,10 @@ class DiceCoefficient(_ConfusionMetric):
 
     def __init__(self, num_classes: int = 1, threshold: float = 0.5,
                  target_class_ids: Sequence[int] | None = None, from_logits: bool = False,
-                 name: str = "dice", dtype: Any = None, ignore_index: int | None = None):
+                 name: str = "dice", dtype: Any = None, ignore_class: int | None = None,
+                 **kwargs: Any):
         super().__init__(num_classes, threshold, target_class_ids, from_logits, name, dtype,
-                         ignore_index)
+                         ignore_class, **kwargs)
 
     def result(self):
         tp, fp, fn = self._per_class()
@@ -129,27 +150,29 @@ class IoU(_ConfusionMetric):
 
     def __init__(self, num_classes: int = 1, threshold: float = 0.5,
                  target_class_ids: Sequence[int] | None = None, from_logits: bool = False,
-                 name: str = "iou", dtype: Any = None, ignore_index: int | None = None):
+                 name: str = "iou", dtype: Any = None, ignore_class: int | None = None,
+                 **kwargs: Any):
         super().__init__(num_classes, threshold, target_class_ids, from_logits, name, dtype,
-                         ignore_index)
+                         ignore_class, **kwargs)
 
 
 @keras.saving.register_keras_serializable(package="zf_unet")
 class MeanIoU(_ConfusionMetric):
     """Mean IoU over all classes of argmax (C>1) / thresholded (C=1: background and foreground)
     predictions: ``keras.metrics.MeanIoU`` with probability inputs and an ignore label
-    (``ignore_index`` plays ``ignore_class``). Classes absent from both truth and prediction
+    (``ignore_class``). Classes absent from both truth and prediction
     are left out of the mean, as in Keras. ``y_true``: class ids ``(B, H, W[, 1])``, one-hot,
     or C=1 binary; ``y_pred``: ``(B, H, W, C)`` probabilities (logits with ``from_logits``)."""
 
-    def __init__(self, num_classes: int, ignore_index: int | None = None, threshold: float = 0.5,
-                 name: str = "miou", from_logits: bool = False, dtype: Any = None):
-        super().__init__(num_classes, threshold, None, from_logits, name, dtype, ignore_index)
+    def __init__(self, num_classes: int, ignore_class: int | None = None, threshold: float = 0.5,
+                 name: str = "miou", from_logits: bool = False, dtype: Any = None, **kwargs: Any):
+        super().__init__(num_classes, threshold, None, from_logits, name, dtype, ignore_class,
+                         **kwargs)
         self.target_class_ids = list(range(max(2, self.model_classes)))
 
     def get_config(self) -> dict:
         return {"name": self.name, "dtype": self.dtype, "num_classes": self.model_classes,
-                "ignore_index": self.ignore_index, "threshold": self.threshold,
+                "ignore_class": self.ignore_class, "threshold": self.threshold,
                 "from_logits": self.from_logits}
 
 
@@ -159,20 +182,20 @@ class ClassIoU(_ConfusionMetric):
     inputs and an ignore label; default name ``iou_<class_id>``. For C=1 models class 0 is the
     background and 1 the foreground (thresholded at ``threshold``)."""
 
-    def __init__(self, class_id: int, num_classes: int, ignore_index: int | None = None,
+    def __init__(self, class_id: int, num_classes: int, ignore_class: int | None = None,
                  name: str | None = None, threshold: float = 0.5, from_logits: bool = False,
-                 dtype: Any = None):
+                 dtype: Any = None, **kwargs: Any):
         n = max(2, int(num_classes))
         if isinstance(class_id, bool) or not isinstance(class_id, (int, np.integer)) \
                 or not 0 <= class_id < n:
             raise ValueError(f"class_id must be an integer in 0..{n - 1}, got {class_id!r}")
         self.class_id = int(class_id)
         super().__init__(num_classes, threshold, [self.class_id], from_logits,
-                         name or f"iou_{self.class_id}", dtype, ignore_index)
+                         name or f"iou_{self.class_id}", dtype, ignore_class, **kwargs)
 
     def get_config(self) -> dict:
         return {"name": self.name, "dtype": self.dtype, "class_id": self.class_id,
-                "num_classes": self.model_classes, "ignore_index": self.ignore_index,
+                "num_classes": self.model_classes, "ignore_class": self.ignore_class,
                 "threshold": self.threshold, "from_logits": self.from_logits}
 
 

@@ -32,7 +32,7 @@ from typing import Any
 
 from zf_unet.errors import ConfigError
 
-__all__ = ["BACKBONES", "BLEND_MODES", "INPUT_DTYPES", "LOSSES", "OPTIMIZERS", "PRECISIONS", "Registry",
+__all__ = ["BACKBONES", "BLEND_MODES", "CACHE_MODES", "INPUT_DTYPES", "LOSSES", "OPTIMIZERS", "PRECISIONS", "Registry",
            "SCHEDULES", "SOURCES", "STRATEGIES", "TILING_DEFAULTS", "TTA_MODES", "choice_message",
            "nearest_hint"]
 
@@ -116,15 +116,15 @@ LOSSES = Registry("loss", {
     "ce_dice": "zf_unet.losses:CEDiceLoss",
     "dice": "zf_unet.losses:DiceLoss",
     "jaccard": "zf_unet.losses:JaccardLoss",
-    "ce": "zf_unet.losses:CrossEntropy",
-    "weighted_ce": "zf_unet.losses:WeightedCrossEntropy",
+    "ce": "zf_unet.losses:Crossentropy",
+    "weighted_ce": "zf_unet.losses:WeightedCrossentropy",
     "focal": "zf_unet.losses:FocalLoss",
     "tversky": "zf_unet.losses:TverskyLoss",
 }, doc={
     "bce_dice": "binary cross-entropy + soft Dice (one-class models)",
     "ce_dice": "cross-entropy + soft Dice of the classes (multi-class models)",
     "dice": "soft Dice", "jaccard": "soft Jaccard (IoU)",
-    "ce": "cross-entropy (class_weights, ignore_index)",
+    "ce": "cross-entropy (class_weights, ignore_class)",
     "weighted_ce": "cross-entropy weighted by per-pixel border weight maps (the paper's)",
     "focal": "focal loss (focal_gamma)", "tversky": "Tversky loss (tversky_alpha/beta)",
 })
@@ -176,17 +176,24 @@ TTA_MODES = Registry("tta", {
 #: building the parser imports no Keras (``tests/test_backends.py`` checks they match).
 TILING_DEFAULTS = {"tile_size": 256, "overlap": 64, "batch_size": 4}
 
+#: Where decoded training samples live (``data.cache`` / ``make_datasets(cache=...)``):
+#: ``auto`` (in memory when they fit ``zf_unet.data.streaming.MEMORY_BUDGET``, else
+#: streaming), ``memory`` (every sample decoded once and stacked in memory: fastest),
+#: ``disk`` (streaming, decoded samples cached in a file after the first epoch), ``none``
+#: (streaming, every epoch decodes again).
+CACHE_MODES = ("auto", "memory", "disk", "none")
+
 #: Input dtypes of a serving export (names only: the scaling is
-#: :func:`zf_unet.data.imageops.scale_to_unit_tf`).
+#: :func:`zf_unet.pixels.scale_to_unit_tf`).
 INPUT_DTYPES = ("uint8", "uint16", "float32")
 
 SOURCES = Registry("source", {
-    "folder": "zf_unet.data.sources:FolderSource",
-    "stacks": "zf_unet.data.sources:StackSource",
-    "arrays": "zf_unet.data.sources:ArraySource",
-    "synthetic": "zf_unet.data.sources:SyntheticSource",
-    "tfds": "zf_unet.data.sources:TFDSSource",
-    "shards": "zf_unet.data.shards:ShardSource",
+    "folder": "zf_unet.data.file_sources:FolderSource",
+    "stacks": "zf_unet.data.file_sources:StackSource",
+    "arrays": "zf_unet.data.memory_sources:ArraySource",
+    "synthetic": "zf_unet.data.memory_sources:SyntheticSource",
+    "tfds": "zf_unet.data.tfds_sources:TFDSSource",
+    "shards": "zf_unet.data.shard_source:ShardSource",
 }, doc={"folder": "a folder with images/ and masks/, paired by file name",
         "stacks": "(volume.tif, labels.tif): multi-page TIFF stacks, one sample per slice",
         "arrays": "(images, masks) arrays in memory",

@@ -24,21 +24,23 @@ from zf_unet import _keras_compat
 from zf_unet import metrics as zm
 from zf_unet.callbacks import (AtomicBackupAndRestore, BestModelCheckpoint, CollapseWarning,
                                CurvesAtEnd, ReplaceOldRun, RUN_OUTPUTS, StopOnNonFinite,
-                               TimeBudget, backup_source, completed_epochs, hidden_sibling,
-                               keep_user_files, read_csv_log, recover_backup, repair_csv_log)
+                               TimeBudget, completed_epochs, hidden_sibling, read_csv_log,
+                               recover_backup, repair_csv_log)
 from zf_unet.config import Config, model_levels, resolve_monitor
-from zf_unet.data.pipeline import make_datasets, median_frequency_weights
+from zf_unet.data.pipeline import make_datasets
+from zf_unet.data.stats import median_frequency_weights
 from zf_unet.data.volumes import make_volume_datasets
 from zf_unet.data.sources import open_source
 from zf_unet.distribute import is_chief, make_strategy
 from zf_unet.errors import ConfigError, TrainingFailedError
-from zf_unet.io_utils import (atomic_path, hidden_dirs, remove_stale_temporaries, save_model_atomic,
+from zf_unet.io_utils import (atomic_path, remove_stale_temporaries, save_model_atomic,
                               write_json_atomic)
 from zf_unet.outputs import check_not_input
-from zf_unet.models import build_unet, build_unet_plus_plus, load_weights_file, repeat_targets
+from zf_unet.models import build_unet, build_unet_plus_plus, repeat_targets
 import zf_unet.optimizers  # noqa: F401,E402 - registers FusedAdam for keras load_model
 from zf_unet.precision import resolve_precision
 from zf_unet.registry import LOSSES, OPTIMIZERS, SCHEDULES
+from zf_unet.run_folder import check_backup, check_run_folder, diverged, recover_fresh_swap
 from zf_unet.backend import enable_determinism, lazy_tensorflow
 
 tf = lazy_tensorflow("zf_unet.train (its tf.data pipelines)")
@@ -47,143 +49,6 @@ tf = lazy_tensorflow("zf_unet.train (its tf.data pipelines)")
 # for code that imported them from zf_unet.training.
 __all__ = ["AtomicBackupAndRestore", "BestModelCheckpoint", "CollapseWarning", "TimeBudget",
            "make_strategy", "read_csv_log", "recover_backup", "repair_csv_log", "train"]
-
-
-# --------------------------------------------------------------------------- run folder
-
-#: Config keys that may change when a run is resumed; every other key must match the run's
-#: ``config.toml`` (``train.epochs`` extends or shortens the run; with the cosine schedule the
-#: learning rate then follows the new length).
-RESUMABLE_KEYS = ("train.epochs", "train.early_stopping_patience", "train.tensorboard",
-                  "train.collapse_warning", "train.strategy", "train.steps_per_execution",
-                  "data.cache", "data.skip_bad_files")
-
-
-def config_differences(old: Config, new: Config) -> list[tuple[str, Any, Any]]:
-    """``(dotted key, old value, new value)`` for every key where the configs differ."""
-    def flat(d: dict, prefix: str = "") -> dict:
-        out: dict = {}
-        for k, v in d.items():
-            if isinstance(v, dict):
-                out.update(flat(v, f"{prefix}{k}."))
-            else:
-                out[f"{prefix}{k}"] = v
-        return out
-
-    a, b = flat(old.to_dict()), flat(new.to_dict())
-    return [(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
-
-
-def check_run_folder(run: Path, cfg: Config, *, fresh: bool) -> None:
-    """Refuse an ``out_dir`` that training must not write into, before anything is written.
-
-    * a file, or a folder that holds files but no ``config.toml`` (not a run folder: its
-      files are the user's, so neither resuming nor ``fresh`` may touch them);
-    * a run folder (resumed unless ``fresh``) whose ``config.toml`` cannot be read or differs
-      from ``cfg`` in any key but :data:`RESUMABLE_KEYS`.
-    """
-    if run.exists() and not run.is_dir():
-        raise ConfigError(f"{run}: exists and is not a folder; expected a run folder")
-    if not run.is_dir():
-        return
-    saved = run / "config.toml"
-    if not saved.is_file():
-        visible = sorted(p.name for p in run.iterdir() if not p.name.startswith("."))
-        if visible:
-            more = f" and {len(visible) - 1} more" if len(visible) > 1 else ""
-            raise ConfigError(f"{run}: exists and is not a zf-unet run folder (no config.toml; "
-                              f"it holds {visible[0]}{more}); expected a new or empty folder "
-                              "or a run folder: use another --out")
-        return
-    if fresh:
-        return
-    try:
-        old = Config.from_toml(saved)
-    except ConfigError as exc:
-        raise ConfigError(f"{saved}: the run's config cannot be read ({exc}); start over with "
-                          "--fresh (fresh=True) or use another --out") from None
-    diffs = [d for d in config_differences(old, cfg) if d[0] not in RESUMABLE_KEYS]
-    if diffs:
-        shown = "; ".join(f"{k} = {a!r} in the run, {b!r} now" for k, a, b in diffs[:4])
-        more = f"; and {len(diffs) - 4} more" if len(diffs) > 4 else ""
-        raise ConfigError(f"{run}: this run folder belongs to another config ({shown}{more}); "
-                          "a run resumes only with the config it started with (except "
-                          f"{', '.join(RESUMABLE_KEYS)}): start over with --fresh "
-                          "(fresh=True) or use another --out")
-
-
-def check_backup(model: keras.Model, backup_dir: str | Path) -> None:
-    """Check that the backup of an interrupted run can be restored into ``model`` (the
-    weights, the optimizer state and the epoch count); raise a :class:`ConfigError` naming
-    the damaged file otherwise. Reads only (a half-committed backup is read where it is)."""
-    d = Path(backup_dir)
-    src = backup_source(d)
-    weights = src / "latest.weights.h5"
-    if not weights.exists():
-        return
-    remedy = (f"delete {d} to restart the run from epoch 0 (best.keras and last.keras are "
-              "kept), or start over with --fresh (fresh=True)")
-    completed_epochs(src)
-    import warnings
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            load_weights_file(model, weights)
-    except Exception as exc:  # noqa: BLE001 - any failure means the backup cannot be used
-        first = (str(exc).strip().splitlines() or [""])[0][:160]
-        raise ConfigError(f"{weights}: cannot restore the run's backup ({type(exc).__name__}: "
-                          f"{first}); expected the weights of this run's model: {remedy}") from None
-    opt = src / "optimizer.npz"
-    if opt.exists():
-        try:
-            with np.load(opt) as saved:
-                for key in saved.files:
-                    saved[key]
-        except Exception as exc:  # noqa: BLE001
-            raise ConfigError(f"{opt}: cannot restore the run's optimizer state "
-                              f"({type(exc).__name__}); {remedy}") from None
-
-
-def recover_fresh_swap(run: str | Path) -> None:
-    """Finish what a killed ``fresh=True`` start left beside ``run``: a hidden
-    ``.NAME.fresh-*`` folder (a new run that never replaced the old one) is deleted; a
-    ``.NAME.old-*`` folder holds the old run while it is being replaced: it is put back if
-    ``run`` is missing (killed between the two renames), else deleted."""
-    run = Path(run)
-    for holder in hidden_dirs(run.parent, f".{run.name}.old-"):
-        kept = holder / "run"
-        if not run.exists() and kept.is_dir():
-            os.rename(kept, run)
-        else:  # the new run is in place: the user's files of the old one move over
-            keep_user_files(kept, run)
-        shutil.rmtree(holder, ignore_errors=True)
-    for stale in hidden_dirs(run.parent, f".{run.name}.fresh-"):
-        shutil.rmtree(stale, ignore_errors=True)
-
-
-def diverged(exc: TrainingFailedError, run: Path, write: bool,
-             policy: str) -> TrainingFailedError:
-    """The error for a run stopped by a NaN / Inf loss, naming the epoch and what the run
-    folder keeps; with ``write``, ``summary.json`` records the failure (valid JSON)."""
-    try:
-        best = json.loads((run / "best.json").read_text())
-        int(best["epoch"])
-    except (OSError, ValueError, KeyError, TypeError):  # none, or unreadable
-        best = None
-    if write:
-        write_json_atomic({"status": "failed", "error": str(exc), "precision": policy,
-                           "best": best}, run / "summary.json")
-    if not write:
-        kept = f"{run} was left as it was (the new run never replaced it)"
-    elif best is not None and (run / "best.keras").is_file():
-        kept = (f"{run / 'best.keras'} holds epoch {int(best['epoch']) + 1} (the best "
-                "finite one) and last.keras the last finite epoch")
-    else:
-        kept = f"no finite checkpoint was saved in {run}"
-    remedy = ("lower optimizer.learning_rate, or train in float32 (train.precision)"
-              if "16" in policy else "lower optimizer.learning_rate")
-    return TrainingFailedError(f"training failed: {exc}; {kept}; {remedy}")
 
 
 # --------------------------------------------------------------------------- pieces
@@ -222,7 +87,7 @@ def make_loss(cfg: Config, num_classes: int | None = None,
     if name in ("dice", "jaccard", "tversky") and class_weights is not None:
         raise ConfigError(f"loss.class_weights applies to the cross-entropy losses (bce_dice, "
                           f"ce_dice, ce, focal), not to loss.name = {name!r}")
-    return LOSSES.create(name, ignore_index=ignore, **params[name])
+    return LOSSES.create(name, ignore_class=ignore, **params[name])
 
 
 def resolve_class_weights(cfg: Config, class_pixels: np.ndarray | None = None,
@@ -301,14 +166,14 @@ def _metrics(num_classes: int, ignore_index: int | None = None) -> list:
     foreground dominates (ISBI: ~78 % cell interior); for several classes the mean IoU
     (``miou``) and the IoU of every class (``iou_<c>``). Pixels equal to ``ignore_index`` are
     left out of all of them."""
-    out = [zm.DiceCoefficient(num_classes=num_classes, ignore_index=ignore_index),
-           zm.IoU(num_classes=num_classes, ignore_index=ignore_index)]
+    out = [zm.DiceCoefficient(num_classes=num_classes, ignore_class=ignore_index),
+           zm.IoU(num_classes=num_classes, ignore_class=ignore_index)]
     if num_classes == 1:
         out.append(zm.DiceCoefficient(target_class_ids=[0, 1], name="dice_mean",
-                                      ignore_index=ignore_index))
+                                      ignore_class=ignore_index))
     else:
-        out.append(zm.MeanIoU(num_classes, ignore_index=ignore_index, name="miou"))
-        out += [zm.ClassIoU(c, num_classes, ignore_index=ignore_index)
+        out.append(zm.MeanIoU(num_classes, ignore_class=ignore_index, name="miou"))
+        out += [zm.ClassIoU(c, num_classes, ignore_class=ignore_index)
                 for c in range(num_classes)]
     return out
 
@@ -342,16 +207,16 @@ def make_data(cfg: Config, seed: int) -> tuple[tf.data.Dataset, tf.data.Dataset 
         k = d.num_classes or d.palette_classes()
         num_classes = k if k > 1 or d.class_values else None
     if d.volumes:
-        return make_volume_datasets(
+        ds = make_volume_datasets(
             source, patch_size=d.patch_size or None, batch_size=d.batch_size,
             val_fraction=d.val_fraction, val_indices=d.val_indices or None, seed=seed,
             augment=d.augment, spacing=tuple(d.spacing) or None,
             border_weights=d.border_weights, w0=d.w0, sigma=d.sigma, num_classes=num_classes,
             class_values=d.class_values or None,
             ignore_index=d.ignore_index if d.ignore_index >= 0 else None,
-            val_source=d.val_source or None, samples_per_epoch=d.samples_per_epoch or None,
-            with_info=True)
-    train_ds, val_ds, info = make_datasets(
+            val_source=d.val_source or None, samples_per_epoch=d.samples_per_epoch or None)
+        return ds.train, ds.val, ds.info
+    ds = make_datasets(
         source, patch_size=d.patch_size or None, batch_size=d.batch_size,
         val_fraction=d.val_fraction, val_indices=d.val_indices or None, seed=seed,
         augment=d.augment, border_weights=d.border_weights, w0=d.w0, sigma=d.sigma,
@@ -359,8 +224,8 @@ def make_data(cfg: Config, seed: int) -> tuple[tf.data.Dataset, tf.data.Dataset 
         palette=d.mask_palette(),
         ignore_index=d.ignore_index if d.ignore_index >= 0 else None,
         val_source=d.val_source or None, samples_per_epoch=d.samples_per_epoch or None,
-        with_info=True, cache=d.cache, skip_bad_files=d.skip_bad_files)
-    return train_ds, val_ds, info
+        cache=d.cache, skip_bad_files=d.skip_bad_files)
+    return ds.train, ds.val, ds.info
 
 
 def resolve_normalization(cfg: Config, info: Any) -> tuple[list[float], list[float]] | None:
@@ -378,7 +243,7 @@ def check_input_sizes(cfg: Config, datasets: dict[str, tf.data.Dataset | None]) 
     """Raise a :class:`ConfigError` if the model ``cfg.model`` cannot take the (static) image
     sizes of ``datasets`` (``{"training": train_ds, "validation": val_ds}``), naming the
     nearest sizes it can take, before TensorFlow fails with a shape error inside ``fit``."""
-    from zf_unet.models.unet import output_size, valid_input_sizes
+    from zf_unet.models.geometry import output_size, valid_input_sizes
 
     m = cfg.model
     depth = model_levels(m)
@@ -440,6 +305,275 @@ def _distribute_options(ds: tf.data.Dataset | None) -> tf.data.Dataset | None:
 # --------------------------------------------------------------------------- train
 
 
+def _as_config(config: Config | str | Path | dict) -> Config:
+    """``config`` (a :class:`Config`, its dict or a TOML path) read and checked."""
+    if isinstance(config, (str, Path)):
+        return Config.from_toml(config)
+    if isinstance(config, dict):
+        return Config.from_dict(config)
+    if isinstance(config, Config):
+        return config.validate()
+    raise ConfigError(f"config: expected a Config, a dict or a TOML path, got "
+                      f"{type(config).__name__}")
+
+
+@dataclasses.dataclass
+class _Data:
+    """The loaded data of a run and what it resolves: ``num_classes``, ``monitor`` ..."""
+
+    train_ds: Any
+    val_ds: Any
+    info: Any
+    steps: int
+    monitor: str
+    class_weights: list[float] | None
+    normalization: tuple[list[float], list[float]] | None
+    ignore: int | None
+    resolved: dict
+
+    @property
+    def num_classes(self) -> int:
+        return self.info.num_classes
+
+
+def _load_data(cfg: Config, verbose: int | str) -> _Data:
+    """Phase 1: the datasets (checked against the model's input sizes), the rules that depend
+    on the inferred ``num_classes`` checked again, the monitor, class weights and input
+    normalization resolved; ``resolved`` is what ``resolved.json`` records."""
+    train_ds, val_ds, info = make_data(cfg, cfg.train.seed)
+    channels, k = info.channels, info.num_classes
+    if cfg.data.num_classes == 0:  # inferred: check the rules that depend on it again
+        dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, num_classes=k)
+                            ).validate("inferred num_classes")
+    check_input_sizes(cfg, {"training": train_ds, "validation": val_ds})
+    steps = int(train_ds.cardinality().numpy())
+    if cfg.train.strategy == "multiworker":
+        train_ds, val_ds = _distribute_options(train_ds), _distribute_options(val_ds)
+    monitor = resolve_monitor(cfg.train.monitor, k)
+    if val_ds is None and monitor.startswith("val_"):
+        monitor = monitor[4:]
+    class_weights = resolve_class_weights(cfg, info.class_pixels, info.class_image_pixels)
+    normalization = resolve_normalization(cfg, info)
+    ignore = cfg.data.ignore_index if cfg.data.ignore_index >= 0 else None
+    resolved = {"num_classes": k, "channels": channels,
+                "loss": resolve_loss_name(cfg.loss.name, k), "class_weights": class_weights,
+                "monitor": monitor, "ignore_index": ignore,
+                "input_normalization": None if normalization is None else
+                {"mean": normalization[0], "std": normalization[1]},
+                "train_samples": info.num_train, "val_samples": info.num_val}
+    if verbose and cfg.data.num_classes == 0:
+        print(f"num_classes inferred from the masks: {k}"
+              f"{' (binary)' if k == 1 else ''}; set data.num_classes to fix it", flush=True)
+    if verbose and class_weights is not None:
+        print(f"class weights ({'auto' if cfg.loss.class_weights == 'auto' else 'given'}): "
+              + ", ".join(f"{c}: {w:.4g}" for c, w in enumerate(class_weights)), flush=True)
+    return _Data(train_ds, val_ds, info, steps, monitor, class_weights, normalization, ignore,
+                 resolved)
+
+
+class _Compiled:
+    """Phase 2: the model (built under the strategy's scope) with its losses and metrics (one
+    per head for deep supervision, whose monitor becomes the deepest head's), and the
+    encoder frozen while a fine-tuning run is in its first ``encoder_freeze_epochs``."""
+
+    def __init__(self, cfg: Config, data: _Data, strategy: Any, run: Path, fresh: bool) -> None:
+        self.cfg, self.strategy, self.steps = cfg, strategy, max(1, data.steps)
+        k, ignore = data.num_classes, data.ignore
+        with strategy.scope():
+            model = make_model(cfg, data.info.channels,
+                               sync_batch_norm=strategy.num_replicas_in_sync > 1,
+                               num_classes=k, normalization=data.normalization)
+            self.model = model
+            self.outputs = list(model.output_names)
+            monitor = data.monitor
+            if len(self.outputs) > 1:
+                # Deep supervision: the same loss on every head, averaged (equal weights).
+                self.metrics: Any = {name: _metrics(k, ignore) for name in self.outputs}
+                self.loss: Any = {name: make_loss(cfg, k, data.class_weights)
+                                  for name in self.outputs}
+                self.loss_weights: Any = {name: 1.0 / len(self.outputs) for name in self.outputs}
+                # Per-head metrics are logged as "L4_dice" etc.: monitor the deepest head.
+                metric = monitor.removeprefix("val_")
+                if metric != "loss" and not metric.startswith(
+                        tuple(f"{o}_" for o in self.outputs)):
+                    monitor = monitor[: len(monitor) - len(metric)] + f"{self.outputs[-1]}_{metric}"
+            else:
+                self.metrics = _metrics(k, ignore)
+                self.loss, self.loss_weights = make_loss(cfg, k, data.class_weights), None
+            self.monitor = monitor
+            optimizer, self.schedule_callbacks = make_optimizer(cfg, self.steps, monitor)
+            # Fine-tuning: the encoder frozen for the first encoder_freeze_epochs epochs
+            # (resumed runs: unless the backup is past them).
+            self.freeze = encoder_freeze_epochs(cfg)
+            done = 0 if fresh else completed_epochs(run / "backup")
+            self.frozen = done < self.freeze
+            set_encoder_trainable(model, not self.frozen)
+            if self.freeze and not self.frozen:  # resumed after the switch: the reduced rate
+                optimizer, self.schedule_callbacks = make_optimizer(
+                    finetune_config(cfg), self.steps, monitor)
+            self.compile(optimizer)
+
+    def compile(self, optimizer: keras.optimizers.Optimizer) -> None:
+        self.model.compile(
+            optimizer=optimizer,
+            loss=self.loss,
+            loss_weights=self.loss_weights,
+            metrics=self.metrics,
+            steps_per_execution=self.cfg.train.steps_per_execution,
+            # XLA: JAX needs it; TF's loses oneDNN bf16 on CPU; torch.compile is slow
+            jit_compile=keras.backend.backend() == "jax",
+        )
+
+    def unfreeze(self) -> list:
+        """Unfreeze the encoder and compile with a new optimizer at the fine-tuning rate;
+        returns the new schedule's callbacks."""
+        with self.strategy.scope():
+            set_encoder_trainable(self.model, True)
+            optimizer, new_schedule = make_optimizer(finetune_config(self.cfg), self.steps,
+                                                     self.monitor)
+            self.compile(optimizer)
+        return new_schedule
+
+
+def _fit_datasets(compiled: _Compiled, data: _Data, strategy: Any) -> tuple[Any, Any, Any]:
+    """``(fit_ds, train_ds, val_ds)``: targets repeated per head; a multi-worker streaming
+    run reads each worker's own share of the files."""
+    heads = len(compiled.outputs)
+    train_ds, val_ds = data.train_ds, data.val_ds
+    if heads > 1:
+        train_ds = repeat_targets(train_ds, heads)
+        val_ds = None if val_ds is None else repeat_targets(val_ds, heads)
+    fit_ds: Any = train_ds
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        _keras_compat.patch_multiworker_build(compiled.model, train_ds)
+        make_train = data.info.make_train
+        if make_train is not None:
+            # Streaming: every worker reads its own share of the files.
+            fit_ds = strategy.distribute_datasets_from_function(
+                lambda context: repeat_targets(make_train(context), heads)
+                if heads > 1 else make_train(context))
+    return fit_ds, train_ds, val_ds
+
+
+def _open_run_folder(cfg: Config, run: Path, write_dir: Path, chief: bool, fresh: bool,
+                     resolved: dict) -> tuple[Path, Path, Path | None]:
+    """Phase 3, the first writes: the run folder, after a kill made consistent again. With
+    fresh=True the old run stays in place while the new one trains in a hidden sibling
+    folder (returned as ``staging``, else None); the sibling replaces it once the first
+    epoch is checkpointed (ReplaceOldRun). Returns ``(run, write_dir, staging)``."""
+    staging = None
+    if chief:
+        if fresh and run.exists() and any(run.iterdir()):
+            staging = hidden_sibling(run, "fresh")
+            run = staging
+            write_dir = run
+    write_dir.mkdir(parents=True, exist_ok=True)
+    if chief:
+        remove_stale_temporaries(run, [n for n in RUN_OUTPUTS if "." in n])
+        with atomic_path(run / "config.toml") as tmp:
+            tmp.write_text(cfg.to_toml(), encoding="utf-8")
+        write_json_atomic(resolved, run / "resolved.json")
+    recover_backup(write_dir / "backup")
+    repair_csv_log(write_dir / "log.csv", completed_epochs(write_dir / "backup"))
+    return run, write_dir, staging
+
+
+def _callbacks(cfg: Config, compiled: _Compiled, run: Path, write_dir: Path, chief: bool,
+               train_ds: Any, val_ds: Any, ignore: int | None, extra: list | None,
+               staging: Path | None, target: Path) -> tuple[list, ReplaceOldRun | None]:
+    """Phase 4: ``(callbacks, swap)``. Order matters for a kill between two writes: the log
+    row and the best model are written before the backup that marks the epoch as done, so a
+    resumed run may repeat an epoch (repair_csv_log then drops its first row) but never
+    loses one. ``swap`` (a fresh start over an old run) comes right after the backup."""
+    monitor = compiled.monitor
+    backup_cb = AtomicBackupAndRestore(write_dir / "backup", write=True)
+    callbacks: list = [
+        StopOnNonFinite(),
+        keras.callbacks.CSVLogger(str(write_dir / "log.csv"), append=True),
+        BestModelCheckpoint(run / "best.keras", run / "last.keras", monitor,
+                            cfg.train.monitor_mode, write=chief),
+        backup_cb,
+        CurvesAtEnd(write_dir / "log.csv", run / "training_curves.png", chief),
+    ]
+    callbacks += compiled.schedule_callbacks
+    if cfg.train.early_stopping_patience > 0:
+        callbacks.append(keras.callbacks.EarlyStopping(
+            monitor=monitor, mode=cfg.train.monitor_mode,
+            patience=cfg.train.early_stopping_patience))
+    if cfg.train.max_minutes > 0:
+        callbacks.append(TimeBudget(cfg.train.max_minutes))
+    if cfg.train.tensorboard and chief:
+        callbacks.append(keras.callbacks.TensorBoard(str(run / "tensorboard")))
+    if cfg.train.collapse_warning and cfg.train.strategy in ("default", "mirrored"):
+        if val_ds is not None:
+            callbacks.append(CollapseWarning(val_ds, label="validation", ignore_index=ignore))
+        else:  # one training batch, drawn once
+            callbacks.append(CollapseWarning(list(train_ds.take(1)), label="training",
+                                             ignore_index=ignore))
+    callbacks += list(extra or [])
+    swap = None
+    if staging is not None:
+        # After the checkpoint and backup callbacks of the first epoch (order matters).
+        swap = ReplaceOldRun(staging, target, callbacks)
+        callbacks.insert(callbacks.index(backup_cb) + 1, swap)
+    return callbacks, swap
+
+
+def _fit(cfg: Config, compiled: _Compiled, fit_ds: Any, val_ds: Any, callbacks: list,
+         verbose: int | str) -> keras.callbacks.History:
+    """Phase 5: ``model.fit``; with a frozen encoder first the decoder only, then the whole
+    model at learning_rate / 10 (a new optimizer; a backup written before the switch
+    restores the weights only), the two histories joined."""
+    model, freeze = compiled.model, compiled.freeze
+    if not compiled.frozen:
+        return model.fit(fit_ds, validation_data=val_ds, epochs=cfg.train.epochs,
+                         callbacks=callbacks, verbose=verbose, shuffle=False)
+    history = model.fit(fit_ds, validation_data=val_ds,
+                        epochs=min(freeze, cfg.train.epochs), callbacks=callbacks,
+                        verbose=verbose, shuffle=False)
+    if freeze < cfg.train.epochs and not model.stop_training:
+        new_schedule = compiled.unfreeze()
+        callbacks = [c for c in callbacks if c not in compiled.schedule_callbacks]
+        callbacks += new_schedule
+        if verbose:
+            print(f"encoder unfrozen after {freeze} epoch(s); learning rate / "
+                  f"{FINETUNE_LR_FACTOR:g}", flush=True)
+        with warnings.catch_warnings():
+            # the backup of the frozen phase holds the decoder-only optimizer:
+            # Keras restores its weights and says it skips the optimizer
+            warnings.filterwarnings(
+                "ignore", message="Skipping variable loading for optimizer")
+            more = model.fit(fit_ds, validation_data=val_ds,
+                             epochs=cfg.train.epochs, initial_epoch=freeze,
+                             callbacks=callbacks, verbose=verbose, shuffle=False)
+        for key, values in more.history.items():
+            history.history.setdefault(key, []).extend(values)
+        history.epoch = list(history.epoch) + list(more.epoch)
+    return history
+
+
+def _write_summary(cfg: Config, run: Path, compiled: _Compiled, history: Any, info: Any,
+                   policy: str, seconds: float) -> None:
+    """Phase 6 (chief): ``final.keras`` and ``summary.json``."""
+    save_model_atomic(compiled.model, run / "final.keras")
+    summary = {
+        "precision": policy, "backend": keras.backend.backend(),
+        "deterministic": bool(cfg.train.deterministic),
+        "strategy": cfg.train.strategy,
+        "replicas": int(compiled.strategy.num_replicas_in_sync),
+        "epochs_run_this_call": len(history.epoch),
+        "seconds_this_call": round(seconds, 1),
+        "final": {k: float(v[-1]) for k, v in history.history.items() if v},
+        "streaming": bool(info.streaming),
+    }
+    if info.read_log is not None and info.read_log.skipped:
+        summary["skipped_files"] = sorted(set(info.read_log.skipped))
+    best_state = run / "best.json"
+    if best_state.exists():
+        summary["best"] = json.loads(best_state.read_text())
+    write_json_atomic(summary, run / "summary.json")
+
+
 def train(config: Config | str | Path | dict, out_dir: str | Path = "runs/run",
           *, fresh: bool = False, verbose: int | str = "auto",
           extra_callbacks: list | None = None,
@@ -447,8 +581,8 @@ def train(config: Config | str | Path | dict, out_dir: str | Path = "runs/run",
     """Train a U-Net as ``config`` says and write the run folder ``out_dir``.
 
     Re-running with the same ``out_dir`` resumes an interrupted run (weights, optimizer state
-    and epoch) when the config is the same (only :data:`RESUMABLE_KEYS`, e.g.
-    ``train.epochs``, may change); ``fresh=True`` starts over. Writes: ``config.toml``
+    and epoch) when the config is the same (only :data:`zf_unet.run_folder.RESUMABLE_KEYS`,
+    e.g. ``train.epochs``, may change); ``fresh=True`` starts over. Writes: ``config.toml``
     (resolved), ``best.keras`` (+ ``best.json``), ``last.keras``, ``final.keras``,
     ``log.csv``, ``training_curves.png``, ``tensorboard/``, ``backup/`` and ``summary.json``.
 
@@ -457,23 +591,23 @@ def train(config: Config | str | Path | dict, out_dir: str | Path = "runs/run",
     written, so a mistake leaves an existing run folder byte-identical. ``out_dir`` must be
     new, empty or a run folder (never a folder of other files). With ``fresh=True`` the new
     run trains in a hidden sibling folder and replaces the old run only once its first epoch
-    is checkpointed, so a failure in the first epoch leaves the old run as it was. A run killed at any moment (even SIGKILL) resumes from its last completed epoch; ``log.csv``
+    is checkpointed, so a failure in the first epoch leaves the old run as it was. A run
+    killed at any moment (even SIGKILL) resumes from its last completed epoch; ``log.csv``
     then holds each epoch once (see :func:`repair_csv_log`). ``train.deterministic`` turns on
-    deterministic kernels for this process (:func:`zf_unet.backend.enable_determinism`); a :class:`CollapseWarning` watches the validation (else training) predictions
-    unless ``train.collapse_warning = false``.
+    deterministic kernels for this process (:func:`zf_unet.backend.enable_determinism`); a
+    :class:`CollapseWarning` watches the validation (else training) predictions unless
+    ``train.collapse_warning = false``.
+
+    The phases: the config and run folder checked; the data loaded (:func:`_load_data`); the
+    model built and compiled (:class:`_Compiled`); the backup checked; the run folder written
+    (:func:`_open_run_folder`); the callbacks (:func:`_callbacks`); ``fit`` (:func:`_fit`),
+    undoing a fresh start that failed; ``final.keras`` and ``summary.json``
+    (:func:`_write_summary`).
 
     Returns:
         ``(history, run_dir)``; ``history.history`` covers the epochs run in this call.
     """
-    if isinstance(config, (str, Path)):
-        cfg = Config.from_toml(config)
-    elif isinstance(config, dict):
-        cfg = Config.from_dict(config)
-    elif isinstance(config, Config):
-        cfg = config.validate()
-    else:
-        raise ConfigError(f"config: expected a Config, a dict or a TOML path, got "
-                          f"{type(config).__name__}")
+    cfg = _as_config(config)
     run = Path(out_dir).expanduser()
     chief = is_chief()
     sources = [Path(p).expanduser() for p in (cfg.data.source, cfg.data.val_source)
@@ -495,206 +629,37 @@ def train(config: Config | str | Path | dict, out_dir: str | Path = "runs/run",
     keras.mixed_precision.set_global_policy(policy)
     try:
         # Everything that can fail on bad input happens before the first write.
-        train_ds, val_ds, info = make_data(cfg, cfg.train.seed)
-        channels, k = info.channels, info.num_classes
-        if cfg.data.num_classes == 0:  # inferred: check the rules that depend on it again
-            dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, num_classes=k)
-                                ).validate("inferred num_classes")
-        check_input_sizes(cfg, {"training": train_ds, "validation": val_ds})
-        steps = int(train_ds.cardinality().numpy())
-        if cfg.train.strategy == "multiworker":
-            train_ds, val_ds = _distribute_options(train_ds), _distribute_options(val_ds)
-        monitor = resolve_monitor(cfg.train.monitor, k)
-        if val_ds is None and monitor.startswith("val_"):
-            monitor = monitor[4:]
-        class_weights = resolve_class_weights(cfg, info.class_pixels, info.class_image_pixels)
-        normalization = resolve_normalization(cfg, info)
-        ignore = cfg.data.ignore_index if cfg.data.ignore_index >= 0 else None
-        resolved = {"num_classes": k, "channels": channels,
-                    "loss": resolve_loss_name(cfg.loss.name, k), "class_weights": class_weights,
-                    "monitor": monitor, "ignore_index": ignore,
-                    "input_normalization": None if normalization is None else
-                    {"mean": normalization[0], "std": normalization[1]},
-                    "train_samples": info.num_train, "val_samples": info.num_val}
-        if verbose and cfg.data.num_classes == 0:
-            print(f"num_classes inferred from the masks: {k}"
-                  f"{' (binary)' if k == 1 else ''}; set data.num_classes to fix it", flush=True)
-        if verbose and class_weights is not None:
-            print(f"class weights ({'auto' if cfg.loss.class_weights == 'auto' else 'given'}): "
-                  + ", ".join(f"{c}: {w:.4g}" for c, w in enumerate(class_weights)), flush=True)
-        with strategy.scope():
-            model = make_model(cfg, channels, sync_batch_norm=strategy.num_replicas_in_sync > 1,
-                               num_classes=k, normalization=normalization)
-            outputs = list(model.output_names)
-            if len(outputs) > 1:
-                # Deep supervision: the same loss on every head, averaged (equal weights).
-                metrics: Any = {name: _metrics(k, ignore) for name in outputs}
-                loss: Any = {name: make_loss(cfg, k, class_weights) for name in outputs}
-                loss_weights: Any = {name: 1.0 / len(outputs) for name in outputs}
-                # Per-head metrics are logged as "L4_dice" etc.: monitor the deepest head.
-                metric = monitor.removeprefix("val_")
-                if metric != "loss" and not metric.startswith(tuple(f"{o}_" for o in outputs)):
-                    monitor = monitor[: len(monitor) - len(metric)] + f"{outputs[-1]}_{metric}"
-            else:
-                metrics = _metrics(k, ignore)
-                loss, loss_weights = make_loss(cfg, k, class_weights), None
-            optimizer, schedule_callbacks = make_optimizer(cfg, max(1, steps), monitor)
-            # Fine-tuning: the encoder frozen for the first encoder_freeze_epochs epochs
-            # (resumed runs: unless the backup is past them).
-            freeze = encoder_freeze_epochs(cfg)
-            done = 0 if fresh else completed_epochs(run / "backup")
-            frozen = done < freeze
-            set_encoder_trainable(model, not frozen)
-
-            def compile_with(opt: keras.optimizers.Optimizer) -> None:
-                model.compile(
-                    optimizer=opt,
-                    loss=loss,
-                    loss_weights=loss_weights,
-                    metrics=metrics,
-                    steps_per_execution=cfg.train.steps_per_execution,
-                    # XLA: JAX needs it; TF's loses oneDNN bf16 on CPU; torch.compile is slow
-                    jit_compile=keras.backend.backend() == "jax",
-                )
-            if freeze and not frozen:  # resumed after the switch: the reduced rate
-                optimizer, schedule_callbacks = make_optimizer(
-                    finetune_config(cfg), max(1, steps), monitor)
-            compile_with(optimizer)
-        if len(outputs) > 1:
-            train_ds = repeat_targets(train_ds, len(outputs))
-            val_ds = None if val_ds is None else repeat_targets(val_ds, len(outputs))
-        fit_ds: Any = train_ds
-        if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-            _keras_compat.patch_multiworker_build(model, train_ds)
-            if info.make_train is not None:
-                # Streaming: every worker reads its own share of the files.
-                heads = len(outputs)
-                fit_ds = strategy.distribute_datasets_from_function(
-                    lambda context: repeat_targets(info.make_train(context), heads)
-                    if heads > 1 else info.make_train(context))
-
+        data = _load_data(cfg, verbose)
+        compiled = _Compiled(cfg, data, strategy, run, fresh)
+        fit_ds, train_ds, val_ds = _fit_datasets(compiled, data, strategy)
         if not fresh and chief:
-            check_backup(model, run / "backup")
+            check_backup(compiled.model, run / "backup")
 
-        # First writes: the run folder, after a kill made consistent again. With fresh=True
-        # the old run stays in place while the new one trains in a hidden sibling folder; the
-        # sibling replaces it once the first epoch is checkpointed (ReplaceOldRun).
         target = run
-        staging = None
-        if chief:
-            if fresh and run.exists() and any(run.iterdir()):
-                staging = hidden_sibling(run, "fresh")
-                run = staging
-                write_dir = run
-        write_dir.mkdir(parents=True, exist_ok=True)
-        if chief:
-            remove_stale_temporaries(run, [n for n in RUN_OUTPUTS if "." in n])
-            with atomic_path(run / "config.toml") as tmp:
-                tmp.write_text(cfg.to_toml(), encoding="utf-8")
-            write_json_atomic(resolved, run / "resolved.json")
-        recover_backup(write_dir / "backup")
-        repair_csv_log(write_dir / "log.csv", completed_epochs(write_dir / "backup"))
-
-        # Order matters for a kill between two writes: the log row and the best model are
-        # written before the backup that marks the epoch as done, so a resumed run may repeat
-        # an epoch (repair_csv_log then drops its first row) but never loses one.
-        backup_cb = AtomicBackupAndRestore(write_dir / "backup", write=True)
-        callbacks: list = [
-            StopOnNonFinite(),
-            keras.callbacks.CSVLogger(str(write_dir / "log.csv"), append=True),
-            BestModelCheckpoint(run / "best.keras", run / "last.keras", monitor,
-                                cfg.train.monitor_mode, write=chief),
-            backup_cb,
-            CurvesAtEnd(write_dir / "log.csv", run / "training_curves.png", chief),
-        ]
-        callbacks += schedule_callbacks
-        if cfg.train.early_stopping_patience > 0:
-            callbacks.append(keras.callbacks.EarlyStopping(
-                monitor=monitor, mode=cfg.train.monitor_mode,
-                patience=cfg.train.early_stopping_patience))
-        if cfg.train.max_minutes > 0:
-            callbacks.append(TimeBudget(cfg.train.max_minutes))
-        if cfg.train.tensorboard and chief:
-            callbacks.append(keras.callbacks.TensorBoard(str(run / "tensorboard")))
-        if cfg.train.collapse_warning and cfg.train.strategy in ("default", "mirrored"):
-            if val_ds is not None:
-                callbacks.append(CollapseWarning(val_ds, label="validation",
-                                                 ignore_index=ignore))
-            else:  # one training batch, drawn once
-                callbacks.append(CollapseWarning(list(train_ds.take(1)), label="training",
-                                                 ignore_index=ignore))
-        callbacks += list(extra_callbacks or [])
-        swap = None
-        if staging is not None:
-            # After the checkpoint and backup callbacks of the first epoch (order matters).
-            swap = ReplaceOldRun(staging, target, callbacks)
-            callbacks.insert(callbacks.index(backup_cb) + 1, swap)
-
+        run, write_dir, staging = _open_run_folder(cfg, run, write_dir, chief, fresh,
+                                                   data.resolved)
+        callbacks, swap = _callbacks(cfg, compiled, run, write_dir, chief, train_ds, val_ds,
+                                     data.ignore, extra_callbacks, staging, target)
         t0 = time.perf_counter()
         try:
-            if frozen:
-                # Phase 1: decoder only, then the whole model at learning_rate / 10 (a new
-                # optimizer; a backup written before the switch restores the weights only).
-                history = model.fit(fit_ds, validation_data=val_ds,
-                                    epochs=min(freeze, cfg.train.epochs), callbacks=callbacks,
-                                    verbose=verbose, shuffle=False)
-                if freeze < cfg.train.epochs and not model.stop_training:
-                    with strategy.scope():
-                        set_encoder_trainable(model, True)
-                        optimizer, new_schedule = make_optimizer(
-                            finetune_config(cfg), max(1, steps), monitor)
-                        compile_with(optimizer)
-                    callbacks = [c for c in callbacks if c not in schedule_callbacks]
-                    callbacks += new_schedule
-                    if verbose:
-                        print(f"encoder unfrozen after {freeze} epoch(s); learning rate / "
-                              f"{FINETUNE_LR_FACTOR:g}", flush=True)
-                    with warnings.catch_warnings():
-                        # the backup of the frozen phase holds the decoder-only optimizer:
-                        # Keras restores its weights and says it skips the optimizer
-                        warnings.filterwarnings(
-                            "ignore", message="Skipping variable loading for optimizer")
-                        more = model.fit(fit_ds, validation_data=val_ds,
-                                         epochs=cfg.train.epochs, initial_epoch=freeze,
-                                         callbacks=callbacks, verbose=verbose, shuffle=False)
-                    for key, values in more.history.items():
-                        history.history.setdefault(key, []).extend(values)
-                    history.epoch = list(history.epoch) + list(more.epoch)
-            else:
-                history = model.fit(fit_ds, validation_data=val_ds, epochs=cfg.train.epochs,
-                                    callbacks=callbacks, verbose=verbose, shuffle=False)
+            history = _fit(cfg, compiled, fit_ds, val_ds, callbacks, verbose)
         except BaseException as exc:
             old_run_kept = swap is not None and not swap.done
             if old_run_kept:  # the old run was never touched
                 shutil.rmtree(staging, ignore_errors=True)
             if isinstance(exc, TrainingFailedError):
                 raise diverged(exc, target, chief and not old_run_kept, policy) from None
-            failed = info.read_log.error if info.read_log is not None else None
+            read_log = data.info.read_log
+            failed = read_log.error if read_log is not None else None
             if failed is not None and isinstance(exc, tf.errors.OpError):
                 raise failed from None  # a file that could not be read mid-epoch, named
             raise
         if swap is not None and not swap.done:
             swap.replace()
         run = target
-        seconds = time.perf_counter() - t0
         if chief:
-            save_model_atomic(model, run / "final.keras")
-            summary = {
-                "precision": policy, "backend": keras.backend.backend(),
-                "deterministic": bool(cfg.train.deterministic),
-                "strategy": cfg.train.strategy,
-                "replicas": int(strategy.num_replicas_in_sync),
-                "epochs_run_this_call": len(history.epoch),
-                "seconds_this_call": round(seconds, 1),
-                "final": {k: float(v[-1]) for k, v in history.history.items() if v},
-                "streaming": bool(info.streaming),
-            }
-            if info.read_log is not None and info.read_log.skipped:
-                summary["skipped_files"] = sorted(set(info.read_log.skipped))
-            best_state = run / "best.json"
-            if best_state.exists():
-                summary["best"] = json.loads(best_state.read_text())
-            write_json_atomic(summary, run / "summary.json")
+            _write_summary(cfg, run, compiled, history, data.info, policy,
+                           time.perf_counter() - t0)
     finally:
         keras.mixed_precision.set_global_policy(old_policy)
     return history, run

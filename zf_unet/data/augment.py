@@ -38,186 +38,37 @@ Conventions
   cubic-upsampled separably; with a coarse z spacing (``Augment.spacing``, z > 2x in-plane)
   its z component is 0, while its in-plane components still vary smoothly across sections
   (the same in-plane field as the isotropic case, so each section keeps its own content).
+* Modules: the settings are :class:`~zf_unet.data.augment_config.Augment` (no TensorFlow),
+  the resampling :mod:`zf_unet.data.augment_warp` (:func:`warp`), the tf.data glue
+  :mod:`zf_unet.data.augment_data` (:func:`augment_dataset`, :func:`augment_margin`) and the
+  Keras layer :mod:`zf_unet.data.augment_layer` (:class:`AugmentLayer`).
 * Speed: the warp is a gather-based sampler vectorised over the batch. Wrap the call in
   ``tf.function(jit_compile=True)`` (also inside ``tf.data.Dataset.map``) for the fused XLA
   version; see ``benchmarks/augment_speed.py``.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
-from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
-import keras
 import numpy as np
 
-from zf_unet.data.imageops import mirror_coords_tf
-from zf_unet.errors import DataError
 from zf_unet.backend import lazy_tensorflow
+from zf_unet.data.augment_config import Augment, check_spatial_dims, is_int, to_augment
+from zf_unet.data.augment_warp import Sampler, axis_size, keys_kernel
+from zf_unet.errors import DataError
 
 tf = lazy_tensorflow("in-graph augmentation (tf.data)")
 
-__all__ = [
-    "Augment",
-    "AugmentLayer",
-    "augment_batch",
-    "augment_dataset",
-    "augment_margin",
-    "augment_sample",
-    "elastic_displacement",
-    "identity_coords",
-    "warp",
-]
+__all__ = ["augment_batch", "augment_sample", "elastic_displacement"]
 
-_SPATIAL_DIMS = (2, 3)
-
-_INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
-_KEYS_A = -0.5  # Keys (1981) cubic convolution parameter; the kernel of "bicubic" resizing.
 # Per-sample uniform draws: [flip_rows, flip_cols, rot90_k, angle, brightness, contrast, gamma].
 _N_UNIFORM = 7
 # Volumes draw one more: [..., gamma, flip_z] (the first seven keep their 2-D meaning).
 _N_UNIFORM_3D = 8
-# z spacing above this multiple of the (coarsest) in-plane spacing: in-plane elastic only.
-_ANISOTROPY_LIMIT = 2.0
 
 
-# --------------------------------------------------------------------------- config
-
-
-@dataclass(frozen=True)
-class Augment:
-    """Augmentation settings; the defaults follow the U-Net paper.
-
-    The same dataclass is the ``[data.augment]`` table of a training config
-    (:class:`zf_unet.config.Config`); its checks are the config's checks.
-
-    Attributes:
-        enabled: ``False`` turns every augmentation off (the data pass through unchanged).
-        elastic: random smooth elastic deformation.
-        elastic_grid: coarse grid points per side (>= 2) holding the random displacements.
-        elastic_std: std in pixels of the displacement at each grid point (>= 0).
-        interpolation: image resampling, ``"bilinear"`` or ``"bicubic"`` (masks and weights
-            are always nearest-neighbour).
-        flips: random up-down and left-right flips (each with probability 1/2).
-        rotate90: random multiples of 90 degrees (only 0/180 for non-square images, so the
-            shape is kept).
-        rotation_degrees: max absolute angle of a uniform random small rotation; 0 disables.
-        gray_values: random gamma, contrast and brightness on the image (assumed ``[0, 1]``;
-            the result is clipped to ``[0, 1]``).
-        brightness: additive offset drawn from ``U(-brightness, brightness)``, in ``[0, 1]``.
-        contrast: factor around the image mean from ``U(1 - contrast, 1 + contrast)``, ``[0, 1)``.
-        gamma: exponent from ``U(1 - gamma, 1 + gamma)``, in ``[0, 1)``.
-        spacing: volumes only (ignored for 2-D): voxel size ``(z, y, x)`` in any one unit, or
-            ``None`` for isotropic voxels. When ``z > 2 * max(y, x)`` the elastic deformation is
-            in-plane only (z displacement exactly 0, see :attr:`elastic_in_plane`).
-            ``elastic_std`` stays in voxels of each axis either way.
-    """
-
-    enabled: bool = True
-    elastic: bool = True
-    elastic_grid: int = 3
-    elastic_std: float = 10.0
-    interpolation: str = "bilinear"
-    flips: bool = True
-    rotate90: bool = True
-    rotation_degrees: float = 0.0
-    gray_values: bool = True
-    brightness: float = 0.1
-    contrast: float = 0.2
-    gamma: float = 0.2
-    spacing: tuple[float, float, float] | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("enabled", "elastic", "flips", "rotate90", "gray_values"):
-            value = getattr(self, name)
-            if not isinstance(value, (bool, np.bool_)):
-                raise ValueError(f"Augment: {name} must be a bool, got {value!r}")
-            object.__setattr__(self, name, bool(value))
-        grid = self.elastic_grid
-        if not _is_int(grid) or grid < 2:
-            raise ValueError(f"Augment: elastic_grid must be an int >= 2, got {grid!r}")
-        object.__setattr__(self, "elastic_grid", int(grid))
-        if self.interpolation not in ("bilinear", "bicubic"):
-            raise ValueError(
-                "Augment: interpolation must be 'bilinear' or 'bicubic', "
-                f"got {self.interpolation!r}"
-            )
-        limits = {
-            "elastic_std": (0.0, math.inf, False),
-            "rotation_degrees": (0.0, 180.0, False),
-            "brightness": (0.0, 1.0, False),
-            "contrast": (0.0, 1.0, True),
-            "gamma": (0.0, 1.0, True),
-        }
-        for name, (low, high, open_high) in limits.items():
-            value = getattr(self, name)
-            ok_type = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
-                value, (bool, np.bool_)
-            )
-            if not ok_type or not math.isfinite(float(value)):
-                raise ValueError(f"Augment: {name} must be a finite number, got {value!r}")
-            value = float(value)
-            too_high = value >= high if open_high else value > high
-            if value < low or too_high:
-                bracket = ")" if open_high else "]"
-                raise ValueError(
-                    f"Augment: {name} must be in [{low:g}, {high:g}{bracket}, got {value!r}"
-                )
-            object.__setattr__(self, name, value)
-        spacing = self.spacing
-        if spacing is not None:
-            items = list(spacing) if isinstance(spacing, (list, tuple, np.ndarray)) else None
-            ok = items is not None and len(items) == 3 and all(
-                isinstance(v, (int, float, np.integer, np.floating))
-                and not isinstance(v, (bool, np.bool_))
-                and math.isfinite(float(v)) and float(v) > 0.0
-                for v in items
-            )
-            if not ok:
-                raise ValueError(
-                    "Augment: spacing must be None or three positive finite numbers (z, y, x), "
-                    f"got {spacing!r}"
-                )
-            object.__setattr__(self, "spacing", tuple(float(v) for v in items))
-
-    @property
-    def elastic_in_plane(self) -> bool:
-        """True when volumes get in-plane elastic deformation only (z spacing is coarse:
-        ``spacing[0] > 2 * max(spacing[1], spacing[2])``)."""
-        if self.spacing is None:
-            return False
-        z, y, x = self.spacing
-        return z > _ANISOTROPY_LIMIT * max(y, x)
-
-    @property
-    def moves_subpixel(self) -> bool:
-        """True when the coordinate map is not integer-valued (needs interpolation)."""
-        return self.elastic or self.rotation_degrees > 0.0
-
-    def get_config(self) -> dict[str, Any]:
-        """Plain-dict form (JSON-serialisable)."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> "Augment":
-        """Inverse of :meth:`get_config`; unknown keys raise ``ValueError``."""
-        if not isinstance(config, Mapping):
-            raise ValueError(f"Augment.from_config: expected a dict, got {type(config).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(config) - known)
-        if unknown:
-            raise ValueError(
-                f"Augment.from_config: unknown keys {unknown}; expected a subset of {sorted(known)}"
-            )
-        return cls(**dict(config))
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+# --------------------------------------------------------------------------- random numbers
 
 
 def _as_seed(seed: Any, name: str = "seed") -> tf.Tensor:
@@ -231,45 +82,6 @@ def _as_seed(seed: Any, name: str = "seed") -> tf.Tensor:
     if seed.shape.rank is not None and seed.shape.as_list() != [2]:
         raise ValueError(f"{name} must have shape [2], got {seed.shape}")
     return seed
-
-
-def _size(t: tf.Tensor, axis: int) -> Any:
-    """Static size of ``axis`` when known, else the dynamic one (scalar int32 tensor)."""
-    static = t.shape[axis]
-    return static if static is not None else tf.shape(t)[axis]
-
-
-def _keys_kernel(t: tf.Tensor) -> tf.Tensor:
-    """Keys cubic-convolution kernel (a = -0.5), float32."""
-    a = _KEYS_A
-    t = tf.abs(t)
-    t2 = t * t
-    t3 = t2 * t
-    near = (a + 2.0) * t3 - (a + 3.0) * t2 + 1.0
-    far = a * t3 - 5.0 * a * t2 + 8.0 * a * t - 4.0 * a
-    return tf.where(t <= 1.0, near, tf.where(t < 2.0, far, tf.zeros_like(t)))
-
-
-def _cubic_matrix(n: Any, grid: int) -> tf.Tensor:
-    """``(n, grid)`` float32 matrix: cubic (Keys) interpolation of ``grid`` nodes to ``n`` pixels.
-
-    Nodes are corner-aligned (node ``k`` at pixel ``k * (n - 1) / (grid - 1)``) and the
-    interpolant passes through them; beyond the end nodes the grid is extended linearly.
-    """
-    ext = np.zeros((grid + 2, grid), np.float32)  # rows: virtual nodes -1 .. grid
-    ext[1:-1] = np.eye(grid, dtype=np.float32)
-    ext[0, 0], ext[0, 1] = 2.0, -1.0
-    ext[-1, -1], ext[-1, -2] = 2.0, -1.0
-    ext = tf.constant(ext)
-    n_f = tf.cast(n, tf.float32)
-    t = tf.range(n_f, dtype=tf.float32) * float(grid - 1) / tf.maximum(n_f - 1.0, 1.0)
-    i = tf.clip_by_value(tf.floor(t), 0.0, float(grid - 2))
-    frac = t - i
-    i = tf.cast(i, tf.int32)
-    out = 0.0
-    for k in (-1, 0, 1, 2):
-        out = out + _keys_kernel(frac - float(k))[:, None] * tf.gather(ext, i + (k + 1))
-    return out
 
 
 def _sample_seeds(seed: tf.Tensor, batch: Any) -> tf.Tensor:
@@ -326,6 +138,31 @@ def _draw(
     )
 
 
+# --------------------------------------------------------------------------- fields
+
+
+def _cubic_matrix(n: Any, grid: int) -> tf.Tensor:
+    """``(n, grid)`` float32 matrix: cubic (Keys) interpolation of ``grid`` nodes to ``n`` pixels.
+
+    Nodes are corner-aligned (node ``k`` at pixel ``k * (n - 1) / (grid - 1)``) and the
+    interpolant passes through them; beyond the end nodes the grid is extended linearly.
+    """
+    ext = np.zeros((grid + 2, grid), np.float32)  # rows: virtual nodes -1 .. grid
+    ext[1:-1] = np.eye(grid, dtype=np.float32)
+    ext[0, 0], ext[0, 1] = 2.0, -1.0
+    ext[-1, -1], ext[-1, -2] = 2.0, -1.0
+    ext = tf.constant(ext)
+    n_f = tf.cast(n, tf.float32)
+    t = tf.range(n_f, dtype=tf.float32) * float(grid - 1) / tf.maximum(n_f - 1.0, 1.0)
+    i = tf.clip_by_value(tf.floor(t), 0.0, float(grid - 2))
+    frac = t - i
+    i = tf.cast(i, tf.int32)
+    out = 0.0
+    for k in (-1, 0, 1, 2):
+        out = out + keys_kernel(frac - float(k))[:, None] * tf.gather(ext, i + (k + 1))
+    return out
+
+
 def _upsample_field(noise: tf.Tensor, height: Any, width: Any, split: bool = False) -> Any:
     """Cubic upsampling of ``(B, g, g, 2)`` grid displacements to ``(B, H, W, 2)``.
 
@@ -361,20 +198,6 @@ def _upsample_field_3d(
     return t[..., 0], t[..., 1], t[..., 2]
 
 
-def identity_coords(*sizes: Any) -> tf.Tensor:
-    """Each pixel's (voxel's) own coordinates, float32: ``warp`` with them is the identity.
-
-    ``identity_coords(height, width)`` gives ``(H, W, 2)`` ``(row, col)``;
-    ``identity_coords(depth, height, width)`` gives ``(D, H, W, 3)`` ``(z, row, col)``.
-    """
-    if len(sizes) not in _SPATIAL_DIMS:
-        raise ValueError(
-            f"identity_coords: expected (height, width) or (depth, height, width), got {sizes!r}"
-        )
-    axes = [tf.range(tf.cast(n, tf.float32), dtype=tf.float32) for n in sizes]
-    return tf.stack(tf.meshgrid(*axes, indexing="ij"), axis=-1)
-
-
 def elastic_displacement(
     batch: Any,
     height: Any,
@@ -400,7 +223,7 @@ def elastic_displacement(
     exactly the field ``augment_batch`` uses with ``Augment(elastic_grid=grid,
     elastic_std=std)``.
     """
-    if not _is_int(grid) or grid < 2:
+    if not is_int(grid) or grid < 2:
         raise ValueError(f"elastic_displacement: grid must be an int >= 2, got {grid!r}")
     seed = _as_seed(seed)
     if depth is not None:
@@ -417,160 +240,6 @@ def elastic_displacement(
     static = [b if isinstance(b, (int, np.integer)) else None for b in sizes]
     field.set_shape(static + [len(sizes) - 1])
     return field
-
-
-class _Sampler:
-    """Index arithmetic shared by several tensors resampled at one coordinate map.
-
-    ``coords`` holds one float32 ``(B, *out)`` tensor of source positions per spatial axis
-    (``rows, cols`` for ``(B, H, W, C)`` images; ``z, rows, cols`` for ``(B, D, H, W, C)``
-    volumes) and ``sizes`` the input's spatial sizes. Every gather reads a flattened
-    ``(B * prod(sizes), C)`` view with one int32 index per output pixel. Positions are
-    mirrored about the edge centres; the step to the next position along an axis is 0 on its
-    last one (its weight is then 0 anyway).
-    """
-
-    def __init__(self, coords: Sequence[tf.Tensor], sizes: Sequence[Any]) -> None:
-        self.sizes = [tf.cast(n, tf.float32) for n in sizes]
-        self.strides: list[tf.Tensor] = []  # flat-index step of each axis
-        stride = tf.constant(1, tf.int32)
-        for n in reversed(sizes):
-            self.strides.insert(0, stride)
-            stride = stride * tf.cast(n, tf.int32)
-        pos = [mirror_coords_tf(c, n) for c, n in zip(coords, self.sizes)]
-        self.lo = [tf.floor(p) for p in pos]
-        self.frac = [p - lo for p, lo in zip(pos, self.lo)]
-        batch = tf.shape(coords[0])[0]
-        self.base = tf.reshape(tf.range(batch, dtype=tf.int32) * stride,
-                               [-1] + [1] * len(sizes))
-        self.step = [tf.where(lo < n - 1.0, st, 0)
-                     for lo, n, st in zip(self.lo, self.sizes, self.strides)]
-        corner = self.base
-        for lo, st in zip(self.lo, self.strides):
-            corner = corner + tf.cast(lo, tf.int32) * st
-        self.corner = corner
-        self._nearest: tf.Tensor | None = None
-
-    @staticmethod
-    def _flat(x: tf.Tensor) -> tuple[tf.Tensor, bool]:
-        """``x`` flattened for gathering: 1-D when it has one channel (faster), else 2-D."""
-        channels = x.shape[-1]
-        if channels == 1:
-            return tf.reshape(x, [-1]), True
-        if channels is None:
-            return tf.reshape(x, tf.stack([-1, tf.shape(x)[-1]])), False
-        return tf.reshape(x, [-1, channels]), False
-
-    @staticmethod
-    def _unflat(v: tf.Tensor, scalar: bool) -> tf.Tensor:
-        return v[..., None] if scalar else v
-
-    def nearest(self, x: tf.Tensor) -> tf.Tensor:
-        """Nearest-neighbour (round half up, like SciPy ``order=0``); any dtype."""
-        if self._nearest is None:
-            index = self.corner
-            for f, step in zip(self.frac, self.step):
-                index = index + tf.where(f >= 0.5, step, 0)
-            self._nearest = index
-        flat, scalar = self._flat(x)
-        return self._unflat(tf.gather(flat, self._nearest), scalar)
-
-    def linear(self, x: tf.Tensor) -> tf.Tensor:
-        """Bi- / trilinear interpolation in float32, returned in ``x``'s float dtype."""
-        flat, scalar = self._flat(x)
-        flat = tf.cast(flat, tf.float32)
-        frac = self.frac if scalar else [f[..., None] for f in self.frac]
-        last = len(frac) - 1
-
-        def interpolate(axis: int, index: tf.Tensor) -> tf.Tensor:
-            if axis == last:
-                a, b = tf.gather(flat, index), tf.gather(flat, index + self.step[axis])
-            else:
-                a = interpolate(axis + 1, index)
-                b = interpolate(axis + 1, index + self.step[axis])
-            return a + (b - a) * frac[axis]
-
-        return tf.cast(self._unflat(interpolate(0, self.corner), scalar), x.dtype)
-
-    def cubic(self, x: tf.Tensor) -> tf.Tensor:
-        """Keys bi- / tricubic (a = -0.5) on the mirrored 4x4 (4x4x4) neighbourhood, in
-        ``x``'s float dtype."""
-        flat, scalar = self._flat(x)
-        flat = tf.cast(flat, tf.float32)
-        offsets = (-1.0, 0.0, 1.0, 2.0)
-        expand = (lambda t: t) if scalar else (lambda t: t[..., None])
-        index = [[tf.cast(mirror_coords_tf(lo + k, n), tf.int32) * st for k in offsets]
-                 for lo, n, st in zip(self.lo, self.sizes, self.strides)]
-        weight = [[expand(_keys_kernel(f - k)) for k in offsets] for f in self.frac]
-        last = len(index) - 1
-
-        def convolve(axis: int, at: tf.Tensor) -> tf.Tensor:
-            total = 0.0
-            for i, w in zip(index[axis], weight[axis]):
-                inner = tf.gather(flat, at + i) if axis == last else convolve(axis + 1, at + i)
-                total = total + w * inner
-            return total
-
-        return tf.cast(self._unflat(convolve(0, self.base), scalar), x.dtype)
-
-    def sample(self, x: tf.Tensor, interpolation: str) -> tf.Tensor:
-        """``"nearest"``, ``"bilinear"`` (trilinear on volumes) or ``"bicubic"``
-        (tricubic)."""
-        if interpolation == "nearest":
-            return self.nearest(x)
-        if interpolation == "bilinear":
-            return self.linear(x)
-        return self.cubic(x)
-
-
-def _check_rank4(x: tf.Tensor, name: str, what: str) -> None:
-    if x.shape.rank != 4:
-        raise DataError(f"{name} must be a rank-4 {what} tensor (B, H, W, C), got shape {x.shape}")
-
-
-def warp(x: Any, coords: Any, interpolation: str = "bilinear") -> tf.Tensor:
-    """Resample ``x`` at ``coords`` with mirrored borders.
-
-    Args:
-        x: ``(B, H, W, C)``, or a volume ``(B, D, H, W, C)`` (dispatch on the rank); any dtype
-            for ``"nearest"``, float for ``"bilinear"``/``"bicubic"``.
-        coords: ``(B, Ho, Wo, 2)`` float32 ``(row, col)`` source positions in ``x``'s pixels;
-            for a volume ``(B, Do, Ho, Wo, 3)`` ``(z, row, col)`` in voxels.
-        interpolation: ``"nearest"``, ``"bilinear"`` or ``"bicubic"`` (Keys, a = -0.5); on a
-            volume these are nearest, trilinear and tricubic.
-
-    Returns:
-        ``(B, Ho, Wo, C)`` (volume: ``(B, Do, Ho, Wo, C)``) of ``x``'s dtype.
-        ``out[b, i, j] = x[b](coords[b, i, j])`` where coordinates outside ``[0, H - 1]`` are
-        mirrored about the edge pixel centres (SciPy ``map_coordinates(mode="mirror")``).
-    """
-    if interpolation not in _INTERPOLATIONS:
-        raise ValueError(
-            f"warp: interpolation must be one of {_INTERPOLATIONS}, got {interpolation!r}"
-        )
-    x = tf.convert_to_tensor(x)
-    coords = tf.cast(tf.convert_to_tensor(coords), tf.float32)
-    if x.shape.rank == 5:
-        n, want = 3, "(B, Do, Ho, Wo, 3)"
-        if coords.shape.rank != 5 or coords.shape[-1] not in (None, 3):
-            raise DataError(f"warp: coords for a volume must have shape {want}, "
-                            f"got {coords.shape}")
-    else:
-        _check_rank4(x, "warp: x", "image")
-        n = 2
-        if coords.shape.rank != 4 or coords.shape[-1] not in (None, 2):
-            raise DataError(f"warp: coords must have shape (B, Ho, Wo, 2), got {coords.shape}")
-    if x.shape[0] is not None and coords.shape[0] is not None and x.shape[0] != coords.shape[0]:
-        raise DataError(f"warp: x has batch {x.shape[0]} but coords has batch {coords.shape[0]}")
-    if interpolation != "nearest" and not x.dtype.is_floating:
-        raise DataError(
-            f"warp: {interpolation!r} needs a float tensor, got {x.dtype.name}; "
-            "use interpolation='nearest' for labels"
-        )
-    sampler = _Sampler([coords[..., a] for a in range(n)], [_size(x, 1 + a) for a in range(n)])
-    out = sampler.sample(x, interpolation)
-    out.set_shape(coords.shape[:n + 1].concatenate(x.shape[n + 1:]))
-    return out
 
 
 # --------------------------------------------------------------------------- augmentation
@@ -737,7 +406,7 @@ def _augment(
 ) -> tuple[tf.Tensor, ...]:
     """Batched augmentation: ``images (B, *S, C)``, ``masks (B, *S, K)``, ``weights`` or None,
     with ``S`` = ``(H, W)`` or ``(D, H, W)`` (``spatial_dims``)."""
-    height, width = _size(images, spatial_dims - 1), _size(images, spatial_dims)
+    height, width = axis_size(images, spatial_dims - 1), axis_size(images, spatial_dims)
     if isinstance(height, int) and isinstance(width, int):
         square = height == width
     else:
@@ -747,12 +416,12 @@ def _augment(
     out_images, out_masks, out_weights = images, masks, weights
     if geometric:
         if spatial_dims == 3:
-            depth = _size(images, 1)
+            depth = axis_size(images, 1)
             z, rows, cols = _coordinate_map_3d(u, noise, depth, height, width, square, config)
-            sampler = _Sampler([z, rows, cols], [depth, height, width])
+            sampler = Sampler([z, rows, cols], [depth, height, width])
         else:
             rows, cols = _coordinate_map(u, noise, height, width, square, config)
-            sampler = _Sampler([rows, cols], [height, width])
+            sampler = Sampler([rows, cols], [height, width])
         interp = config.interpolation if config.moves_subpixel else "nearest"
         out_images = sampler.sample(images, interp)
         out_masks = sampler.nearest(masks)
@@ -780,12 +449,6 @@ _LAYOUTS = {
 }
 
 
-def _check_spatial_dims(spatial_dims: Any, where: str) -> int:
-    if not _is_int(spatial_dims) or int(spatial_dims) not in _SPATIAL_DIMS:
-        raise ValueError(f"{where}: spatial_dims must be 2 or 3, got {spatial_dims!r}")
-    return int(spatial_dims)
-
-
 def _validate(
     images: Any,
     masks: Any,
@@ -796,13 +459,8 @@ def _validate(
 ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor | None, Augment, tuple[bool, bool]]:
     """Checked tensors and config. Volume masks/weights may lack the channel axis: they get
     one here, and the returned flags ``(mask, weight)`` say which to squeeze afterwards."""
-    if config is None:
-        config = Augment()
-    elif isinstance(config, Mapping):
-        config = Augment.from_config(config)
-    elif not isinstance(config, Augment):
-        raise ValueError(f"config must be an Augment (or its dict), got {type(config).__name__}")
-    spatial_dims = _check_spatial_dims(spatial_dims, "augment")
+    config = to_augment(config, "config")
+    spatial_dims = check_spatial_dims(spatial_dims, "augment")
     rank = spatial_dims + (2 if batched else 1)
     layout = _LAYOUTS[(spatial_dims, batched)]
     images = tf.convert_to_tensor(images)
@@ -846,6 +504,35 @@ def _squeezed(out: tuple[tf.Tensor, ...], squeeze: tuple[bool, bool]) -> tuple[t
     )
 
 
+def _checked_augment(
+    images: Any,
+    masks: Any,
+    weights: Any,
+    seed: Any,
+    config: Augment | Mapping[str, Any] | None,
+    spatial_dims: int,
+    batched: bool,
+) -> tuple[tf.Tensor, ...]:
+    """:func:`augment_batch` (``batched``: sample ``i`` seeded by the ``i``-th split of
+    ``seed``) or :func:`augment_sample` (one sample seeded by ``seed`` itself, run as a batch
+    of one): check the inputs, augment, drop the channel axes :func:`_validate` added."""
+    images, masks, weights, config, squeeze = _validate(
+        images, masks, weights, config, spatial_dims, batched
+    )
+    if not config.enabled:
+        out = (images, masks) if weights is None else (images, masks, weights)
+        return _squeezed(out, squeeze)
+    seed = _as_seed(seed)
+    if batched:
+        seeds = _sample_seeds(seed, tf.shape(images)[0])
+        out = _augment(images, masks, weights, seeds, config, int(spatial_dims))
+    else:
+        one = _augment(images[None], masks[None], None if weights is None else weights[None],
+                       seed[None], config, int(spatial_dims))
+        out = tuple(t[0] for t in one)
+    return _squeezed(out, squeeze)
+
+
 def augment_batch(
     images: Any,
     masks: Any,
@@ -875,16 +562,7 @@ def augment_batch(
         ``(images, masks)`` or ``(images, masks, weights)``, shapes and dtypes as the inputs.
         Vectorised over the batch and ``tf.function(jit_compile=True)`` compatible.
     """
-    images, masks, weights, config, squeeze = _validate(
-        images, masks, weights, config, spatial_dims, batched=True
-    )
-    if config.enabled:
-        seed = _as_seed(seed)
-        seeds = _sample_seeds(seed, tf.shape(images)[0])
-        out = _augment(images, masks, weights, seeds, config, int(spatial_dims))
-    else:
-        out = (images, masks) if weights is None else (images, masks, weights)
-    return _squeezed(out, squeeze)
+    return _checked_augment(images, masks, weights, seed, config, spatial_dims, batched=True)
 
 
 def augment_sample(
@@ -903,149 +581,4 @@ def augment_sample(
     ``seed`` (shape ``[2]``) is used as the sample's own seed (see :func:`augment_batch`).
     Returns ``(image, mask)`` or ``(image, mask, weight)`` with the input shapes and dtypes.
     """
-    image, mask, weight, config, squeeze = _validate(
-        image, mask, weight, config, spatial_dims, batched=False
-    )
-    if config.enabled:
-        seed = _as_seed(seed)
-        batched = _augment(
-            image[None],
-            mask[None],
-            None if weight is None else weight[None],
-            seed[None],
-            config,
-            int(spatial_dims),
-        )
-        out = tuple(t[0] for t in batched)
-    else:
-        out = (image, mask) if weight is None else (image, mask, weight)
-    return _squeezed(out, squeeze)
-
-
-# --------------------------------------------------------------------------- tf.data
-
-
-def augment_margin(
-    patch: int | tuple[int, ...], augment: Augment | None, spatial_dims: int = 2
-) -> int | tuple[int, int, int]:
-    """Context in px to read around a ``patch`` x ``patch`` training patch so that the
-    elastic field (3 std) and the small rotation pull real pixels, not mirrored ones.
-
-    With ``spatial_dims=3``: ``patch`` is an int (a cube) or ``(D, H, W)``, and the result is
-    the per-axis margin ``(z, y, x)``. z gets only the elastic part, and none when the
-    deformation is in-plane (:attr:`Augment.elastic_in_plane`); the rotation is in-plane.
-    """
-    spatial_dims = _check_spatial_dims(spatial_dims, "augment_margin")
-    if spatial_dims == 2:
-        if augment is None or not augment.enabled:
-            return 0
-        m = 0
-        if augment.elastic:
-            m += int(math.ceil(3.0 * augment.elastic_std))
-        if augment.rotation_degrees > 0:
-            m += int(math.ceil(patch * 0.7072 * math.radians(augment.rotation_degrees)))
-        return m
-    sizes = (patch,) * 3 if _is_int(patch) else tuple(patch)
-    if len(sizes) != 3 or not all(_is_int(n) and n >= 1 for n in sizes):
-        raise ValueError(f"augment_margin: patch must be an int or (D, H, W), got {patch!r}")
-    if augment is None or not augment.enabled:
-        return (0, 0, 0)
-    elastic = int(math.ceil(3.0 * augment.elastic_std)) if augment.elastic else 0
-    rotation = 0
-    if augment.rotation_degrees > 0:
-        rotation = int(
-            math.ceil(max(sizes[1:]) * 0.7072 * math.radians(augment.rotation_degrees))
-        )
-    z = 0 if augment.elastic_in_plane else elastic
-    return (z, elastic + rotation, elastic + rotation)
-
-
-def augment_dataset(
-    ds: tf.data.Dataset,
-    augment: Augment,
-    seed: int,
-    jit_compile: bool = True,
-    spatial_dims: int = 2,
-) -> tf.data.Dataset:
-    """Apply :func:`augment_batch` to every batch ``(image, mask[, weight])`` of ``ds`` with a
-    seed of its own (a new one every epoch, reproducible from ``seed``); outputs float32.
-
-    ``spatial_dims=3`` for volumes. Elements whose image has rank ``spatial_dims + 1`` (one
-    unbatched sample, e.g. ``(D, H, W, C)``) go through :func:`augment_sample` instead.
-    """
-    spatial_dims = _check_spatial_dims(spatial_dims, "augment_dataset")
-    spec = ds.element_spec
-    image_rank = spec[0].shape.rank if isinstance(spec, tuple) else None
-    fn = augment_sample if image_rank == spatial_dims + 1 else augment_batch
-    seeds = tf.data.Dataset.random(seed=seed + 1, rerandomize_each_iteration=True).batch(
-        2, drop_remainder=True)
-
-    @tf.function(jit_compile=jit_compile)
-    def run(s: tf.Tensor, *batch: tf.Tensor) -> tuple:
-        out = fn(batch[0], batch[1], batch[2] if len(batch) == 3 else None,
-                 seed=s, config=augment, spatial_dims=spatial_dims)
-        return tuple(tf.cast(t, tf.float32) for t in out)
-
-    return tf.data.Dataset.zip((seeds, ds)).map(lambda s, b: run(s, *b),
-                                                num_parallel_calls=tf.data.AUTOTUNE)
-
-
-# --------------------------------------------------------------------------- Keras layer
-
-
-@keras.saving.register_keras_serializable(package="zf_unet")
-class AugmentLayer(keras.layers.Layer):
-    """Keras layer applying :func:`augment_batch` to ``(images, masks[, weights])`` when training.
-
-    ``spatial_dims=3`` takes volume batches ``(B, D, H, W, C)`` (see :func:`augment_batch`).
-    With ``training=False`` (or unset) the inputs are returned unchanged. Each training call
-    draws a fresh seed from a ``keras.random.SeedGenerator(seed)``, so two layers built with
-    the same ``seed`` produce the same sequence of augmentations.
-    """
-
-    def __init__(
-        self,
-        augment: Augment | Mapping[str, Any] | None = None,
-        seed: int | None = None,
-        spatial_dims: int = 2,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(**kwargs)
-        if augment is None:
-            augment = Augment()
-        elif isinstance(augment, Mapping):
-            augment = Augment.from_config(augment)
-        elif not isinstance(augment, Augment):
-            raise ValueError(
-                f"AugmentLayer: augment must be an Augment or a dict, got {type(augment).__name__}"
-            )
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
-            raise ValueError(f"AugmentLayer: seed must be an int or None, got {seed!r}")
-        self.augment = augment
-        self.spatial_dims = _check_spatial_dims(spatial_dims, "AugmentLayer")
-        self.seed = None if seed is None else int(seed)
-        self.seed_generator = keras.random.SeedGenerator(self.seed)
-        self.supports_masking = False
-
-    def call(self, inputs: Any, training: bool | None = None) -> tuple[Any, ...]:
-        if not isinstance(inputs, (tuple, list)) or len(inputs) not in (2, 3):
-            raise ValueError(
-                "AugmentLayer expects a tuple (images, masks) or (images, masks, weights), "
-                f"got {type(inputs).__name__}"
-            )
-        inputs = tuple(inputs)
-        if not training:
-            return inputs
-        seed = tf.cast(self.seed_generator.next(), tf.int64)
-        weights = inputs[2] if len(inputs) == 3 else None
-        return augment_batch(inputs[0], inputs[1], weights, seed=seed, config=self.augment,
-                             spatial_dims=self.spatial_dims)
-
-    def compute_output_shape(self, input_shape: Any) -> Any:
-        return tuple(input_shape)
-
-    def get_config(self) -> dict[str, Any]:
-        config = super().get_config()
-        config.update({"augment": self.augment.get_config(), "seed": self.seed,
-                       "spatial_dims": self.spatial_dims})
-        return config
+    return _checked_augment(image, mask, weight, seed, config, spatial_dims, batched=False)

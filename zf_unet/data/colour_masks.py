@@ -35,7 +35,7 @@ of a mask that the palette does not list is an error naming the file and the col
 
 ``zf-unet check-data DIR`` lists the colours of RGB masks with their pixel counts and prints a
 ready-to-paste ``data.palette`` line. In Python, ``palette={(r, g, b): class_id}`` is the
-same mapping (:func:`zf_unet.data.io.normalize_mask`).
+same mapping (:func:`zf_unet.data.masks.normalize_mask`).
 """
 from __future__ import annotations
 

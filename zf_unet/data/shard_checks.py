@@ -5,13 +5,13 @@ traceback that names no file (a truncated record), or not at all (an index that 
 the channels silently reshapes the pixels). This module turns each into a
 :class:`zf_unet.errors.DataError` naming the shard file or the index and what was wrong:
 
-* :func:`check_index`: the fields of ``zf_unet_shards.json`` agree with each other (when the
-  index is read);
+* :func:`zf_unet.data.shard_format.check_index`: the fields of ``zf_unet_shards.json`` agree
+  with each other (when the index is read);
 * :func:`check_files`: every listed file exists and is not empty (cheap, at open time);
 * :func:`read_records` / :func:`decode_record`: each record reads (length and data CRCs) and
   agrees with the index (channels, dtype, border weights, size, name);
 * :func:`scan_shards`: the training pre-pass over all records of some files, with the
-  statistics of :class:`zf_unet.data.streaming.ScanResult`; with ``skip_bad_files`` a
+  statistics of :class:`zf_unet.data.stats.SampleStats`; with ``skip_bad_files`` a
   damaged or missing file is left out with one warning naming it.
 """
 from __future__ import annotations
@@ -21,21 +21,17 @@ from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 
-from zf_unet.data.imageops import to_float_image
-from zf_unet.data.streaming import ReadLog, ScanResult
+from zf_unet.data.shard_format import INDEX_NAME, REPACK
+from zf_unet.data.stats import SampleStats
+from zf_unet.data.streaming import ReadLog
 from zf_unet.errors import ConfigError, DataError
+from zf_unet.pixels import to_float_image
 from zf_unet.backend import lazy_tensorflow
 
 tf = lazy_tensorflow("TFRecord shards")
 
-__all__ = ["INDEX_NAME", "Part", "Record", "all_parts", "check_files", "check_index",
-           "decode_record", "file_records", "hold_out_shards", "read_records", "scan_shards",
-           "shard_streams"]
-
-
-#: Name of the index file in a shard folder.
-INDEX_NAME = "zf_unet_shards.json"
-REPACK = "repack the data with `zf-unet pack`"
+__all__ = ["Part", "Record", "all_parts", "check_files", "decode_record", "file_records",
+           "hold_out_shards", "read_records", "scan_shards", "shard_streams"]
 
 
 class Record(NamedTuple):
@@ -46,52 +42,6 @@ class Record(NamedTuple):
     image: np.ndarray
     mask: np.ndarray
     weight: np.ndarray | None
-
-
-# --------------------------------------------------------------------------- the index
-
-def check_index(info: Any, source: str = INDEX_NAME,
-                dtypes: Sequence[str] = ("uint8", "uint16", "float32")) -> None:
-    """:class:`DataError` naming ``source`` when the fields of a parsed index
-    (:class:`zf_unet.data.shards.ShardInfo`) contradict each other or list an image dtype
-    not in ``dtypes``."""
-    def bad(what: str) -> DataError:
-        return DataError(f"{source}: {what}; {REPACK}")
-
-    unknown = [d for d in info.image_dtypes if d not in dtypes]
-    if unknown:
-        raise DataError(f"{source}: unsupported image dtype {unknown[0]!r}; expected one of "
-                        f"{', '.join(dtypes)}")
-    if info.num_samples < 1 or any(c < 1 for c in info.shard_counts):
-        raise bad(f"expected at least one sample per shard, got shard_counts "
-                  f"{list(info.shard_counts)}")
-    for name in info.shards:
-        if not name or name in (".", "..") or "/" in name or "\\" in name:
-            raise bad(f"shard file name {name!r} is not a plain file name")
-    if len(set(info.shards)) != len(info.shards):
-        raise bad("a shard file is listed twice")
-    if info.channels < 1:
-        raise bad(f"channels = {info.channels}; expected 1 or more")
-    if len(info.channel_sum) != info.channels or len(info.channel_sum_sq) != info.channels:
-        raise bad(f"channels = {info.channels}, but channel_sum / channel_sum_sq hold "
-                  f"{len(info.channel_sum)} / {len(info.channel_sum_sq)} values")
-    if not info.image_dtypes:
-        raise bad("image_dtypes is empty")
-    if info.has_weights and (info.w0 is None or info.sigma is None):
-        raise bad("has_weights = true without w0 / sigma")
-    if len(info.class_pixels) < 2 or len(info.class_pixels) != len(info.class_image_pixels):
-        raise bad(f"class_pixels / class_image_pixels hold {len(info.class_pixels)} / "
-                  f"{len(info.class_image_pixels)} values; expected the same number, >= 2")
-    if info.num_classes is not None and info.num_classes < 1:
-        raise bad(f"num_classes = {info.num_classes}; expected 1 or more")
-    if info.sizes:
-        if len(info.sizes) != info.num_samples:
-            raise bad(f"{len(info.sizes)} sizes for {info.num_samples} samples")
-        if any(h < 1 or w < 1 for h, w in info.sizes):
-            raise bad("a sample size is not positive")
-        pixels = sum(h * w for h, w in info.sizes)
-        if pixels != info.num_pixels:
-            raise bad(f"num_pixels = {info.num_pixels}, but the sizes add up to {pixels}")
 
 
 # --------------------------------------------------------------------------- files
@@ -235,13 +185,13 @@ def all_parts(src: Any) -> list[Part]:
 
 def scan_shards(src: Any, parts: Sequence[Part], *, ignore_index: int | None = None,
                 skip_bad_files: bool = False, log: ReadLog | None = None
-                ) -> tuple[ScanResult, list[Part]]:
+                ) -> tuple[SampleStats, list[Part]]:
     """Read the records of the shard ``parts`` of ``src`` (a :class:`zf_unet.data.ShardSource`)
     once, checked (each whole file is read: its record count is checked too), and count what
-    training needs (:class:`ScanResult`). Returns the result and the parts that read; a
+    training needs (:class:`SampleStats`). Returns the result and the parts that read; a
     missing or damaged file raises a :class:`DataError` naming it, or, with
     ``skip_bad_files``, is left out with one warning (and counted in ``log``)."""
-    result, good = ScanResult(), []
+    result, good = SampleStats(ignore_index), []
     log = log or ReadLog()
     first = {file: sum(src.info.shard_counts[:i]) for i, file in enumerate(src.files)}
     counts = dict(zip(src.files, src.info.shard_counts))
@@ -251,10 +201,9 @@ def scan_shards(src: Any, parts: Sequence[Part], *, ignore_index: int | None = N
         try:
             if file in problems:
                 raise problems[file]
-            one = ScanResult(channels=result.channels)
+            one = SampleStats(ignore_index, channels=result.channels)
             for record in file_records(src.info, file, first[file], counts[file], start, stop):
-                one.add(record.name, to_float_image(record.image, record.name), record.mask,
-                        ignore_index)
+                one.add(to_float_image(record.image, record.name), record.mask, record.name)
         except DataError as exc:
             if not skip_bad_files:
                 raise
@@ -267,7 +216,7 @@ def scan_shards(src: Any, parts: Sequence[Part], *, ignore_index: int | None = N
 
 def shard_streams(src: Any, parts: Sequence[Part], *, border_weights: bool,
                   ignore_index: int | None, seed: int, skip_bad_files: bool,
-                  log: ReadLog) -> tuple[ScanResult, Callable[..., Any]]:
+                  log: ReadLog) -> tuple[SampleStats, Callable[..., Any]]:
     """``(scan, stream)`` of the shard ``parts`` of a :class:`zf_unet.data.ShardSource` for
     :func:`zf_unet.data.make_datasets`, ``stream(context, shuffle, repeat)`` the samples:
     the pre-pass reads and checks every record once (:func:`scan_shards`; stored weight maps

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 
-from zf_unet.data.shard_checks import INDEX_NAME
+from zf_unet.data.shard_format import INDEX_NAME
 from zf_unet.errors import OutputExistsError
 from zf_unet.io_utils import new_locked_dir, remove_abandoned_dirs, unlock
 from zf_unet.outputs import MARKER, check_not_input, claim_folder, is_local, mark_folder

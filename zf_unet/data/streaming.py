@@ -5,13 +5,14 @@ tensor; it is the fastest for data that fits. Streaming is for data that does no
 pipeline holds a list of sample *indices*, shuffles those, and decodes each sample only when
 it is needed (``tf.numpy_function`` around :meth:`Source.read`, several in parallel). From
 one decoded sample it cuts several random patches, mirrors the borders by index (no padded
-copy, :func:`zf_unet.data.imageops.mirror_index_tf`), and mixes patches of different samples
+copy, :func:`zf_unet.pixels.mirror_index_tf`), and mixes patches of different samples
 in a small shuffle buffer. Memory is bounded by the parallel reads, that buffer and the
 prefetch, whatever the number of files.
 
 What needs every sample (the classes, class counts for ``class_weights="auto"``, channel
 mean/std, image sizes, and the border weight maps) is computed once, in one pass before
-training (:func:`scan`), one sample at a time; the weight maps go to the on-disk cache of
+training (:func:`scan`, counting into a :class:`zf_unet.data.stats.SampleStats`), one sample
+at a time; the weight maps go to the on-disk cache of
 :func:`zf_unet.data.cached_border_weight_map` and are read back per sample.
 
 A file that cannot be read mid-epoch stops the run with a :class:`DataError` naming it
@@ -26,34 +27,30 @@ import math
 import shutil
 import tempfile
 import threading
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from zf_unet.data.augment import Augment, augment_dataset, augment_margin
-from zf_unet.data.imageops import mirror_index_tf, to_float_image
+from zf_unet.data.augment_config import Augment
+from zf_unet.data.augment_data import augment_dataset, augment_margin
+from zf_unet.data.sample_checks import check_binary_for_weights
+from zf_unet.data.stats import SampleStats
 from zf_unet.data.weightmaps import cached_border_weight_map, default_cache_dir
 from zf_unet.errors import DataError
+from zf_unet.pixels import mirror_index_tf, to_float_image
 from zf_unet.backend import lazy_tensorflow
 
 tf = lazy_tensorflow("streaming tf.data pipelines")
 
-__all__ = ["CACHE_MODES", "MEMORY_BUDGET", "ReadLog", "SHUFFLE_BUFFER_BYTES", "SampleReader",
-           "ScanResult", "check_binary_for_weights", "disk_cache_file", "patch_dataset",
-           "patches_per_sample", "scan", "shuffle_buffer_size", "stream_samples",
-           "whole_image_dataset"]
+__all__ = ["MEMORY_BUDGET", "ReadLog", "SHUFFLE_BUFFER_BYTES", "SampleReader", "disk_cache_file",
+           "file_streams", "patch_dataset", "patches_per_sample", "scan", "shuffle_buffer_size",
+           "stream_samples", "whole_image_dataset"]
 
 logger = logging.getLogger("zf_unet.data")
 
-#: ``data.cache``: ``auto`` (in memory when the decoded data fit :data:`MEMORY_BUDGET`, else
-#: streaming), ``memory`` (every sample decoded once and stacked in memory: fastest),
-#: ``disk`` (streaming, decoded samples cached in a file after the first epoch), ``none``
-#: (streaming, every epoch decodes again).
-CACHE_MODES = ("auto", "memory", "disk", "none")
-
-#: Bytes of decoded float32 data that ``cache="auto"`` keeps in memory.
+#: Bytes of decoded float32 data that ``cache="auto"`` keeps in memory (the modes of
+#: ``data.cache``: :data:`zf_unet.registry.CACHE_MODES`).
 MEMORY_BUDGET = 2 * 2 ** 30
 
 
@@ -90,112 +87,15 @@ def _as_data_error(name: str, exc: Exception) -> DataError:
 # --------------------------------------------------------------------------- pre-pass
 
 
-@dataclass
-class ScanResult:
-    """One pass over the samples (:func:`scan`).
-
-    Attributes:
-        sizes: ``(H, W)`` of every sample, in source order.
-        channels: C of the images.
-        value_pixels: int64 ``(256,)``: mask pixels per value over the scanned samples.
-        value_image_pixels: int64 ``(256,)``: per value, the labelled (non-void) pixels of
-            the samples in which it appears.
-        channel_sum / channel_sq: float64 ``(C,)``: sums of pixel values (in [0, 1]) and of
-            their squares; ``pixels``: pixels per channel.
-        bad / bad_indices: names and indices of samples that could not be read (only with
-            ``skip_bad_files``; the stream leaves them out).
-        scaled: samples whose masks held {0, 255} and were read as {0, 1}.
-    """
-
-    sizes: list[tuple[int, int]] = field(default_factory=list)
-    channels: int = 0
-    value_pixels: np.ndarray = field(default_factory=lambda: np.zeros(256, np.int64))
-    value_image_pixels: np.ndarray = field(default_factory=lambda: np.zeros(256, np.int64))
-    channel_sum: np.ndarray | None = None
-    channel_sq: np.ndarray | None = None
-    pixels: int = 0
-    bad: list[str] = field(default_factory=list)
-    bad_indices: list[int] = field(default_factory=list)
-    scaled: int = 0
-
-    def add(self, name: str, image: np.ndarray, mask: np.ndarray, ignore_index: int | None
-            ) -> None:
-        """Count one sample: ``image`` float32 ``(H, W, C)`` in [0, 1], ``mask`` uint8
-        ``(H, W)`` class ids."""
-        h, w, c = image.shape
-        if self.channels and c != self.channels:
-            raise DataError(f"{name}: {c} channel(s), but earlier images have "
-                            f"{self.channels}; expected the same number of channels")
-        self.channels = c
-        self.sizes.append((h, w))
-        counts = np.bincount(mask.ravel(), minlength=256).astype(np.int64)
-        self.value_pixels += counts
-        labelled = mask.size - (int(counts[ignore_index]) if ignore_index is not None else 0)
-        self.value_image_pixels += np.where(counts > 0, labelled, 0)
-        flat = image.reshape(-1, c).astype(np.float64)
-        if self.channel_sum is None:
-            self.channel_sum, self.channel_sq = np.zeros(c), np.zeros(c)
-        self.channel_sum += flat.sum(axis=0)
-        self.channel_sq += np.square(flat).sum(axis=0)
-        self.pixels += flat.shape[0]
-
-    def merge(self, other: "ScanResult") -> None:
-        """Add the samples counted in ``other`` (same channels) to this result."""
-        if not other.sizes:
-            return
-        if self.channels and other.channels != self.channels:
-            raise DataError(f"{other.channels} channel(s), but earlier images have "
-                            f"{self.channels}; expected the same number of channels")
-        self.channels = other.channels
-        self.sizes += other.sizes
-        self.value_pixels += other.value_pixels
-        self.value_image_pixels += other.value_image_pixels
-        if self.channel_sum is None:
-            self.channel_sum, self.channel_sq = np.zeros(self.channels), np.zeros(self.channels)
-        self.channel_sum += other.channel_sum
-        self.channel_sq += other.channel_sq
-        self.pixels += other.pixels
-        self.scaled += other.scaled
-
-    def mean_std(self) -> tuple[np.ndarray, np.ndarray]:
-        """Per-channel mean and standard deviation, float32 ``(C,)``."""
-        mean = self.channel_sum / max(1, self.pixels)
-        var = np.maximum(self.channel_sq / max(1, self.pixels) - mean ** 2, 0.0)
-        return mean.astype(np.float32), np.sqrt(var).astype(np.float32)
-
-    def subset(self, idx: Sequence[int]) -> list[tuple[int, int]]:
-        """The sizes of the samples ``idx``."""
-        return [self.sizes[i] for i in idx]
-
-    def class_counts(self, num_classes: int, ignore_index: int | None
-                     ) -> tuple[np.ndarray, np.ndarray]:
-        """``(class_pixels, class_image_pixels)`` as
-        :func:`zf_unet.data.class_pixel_counts` gives them for these masks."""
-        k = max(2, int(num_classes))
-        values = np.flatnonzero(self.value_pixels)
-        if ignore_index is not None:
-            values = values[values != int(ignore_index)]
-        if values.size and values.max() >= k:
-            raise DataError(f"mask values must be class ids in 0..{k - 1} (or ignore_index="
-                            f"{ignore_index}), got {values[:10].tolist()}")
-        return self.value_pixels[:k].copy(), self.value_image_pixels[:k].copy()
-
-    def seen_classes(self, ignore_index: int | None) -> np.ndarray:
-        """Mask values present (void excluded), sorted."""
-        seen = self.value_pixels > 0
-        if ignore_index is not None:
-            seen[int(ignore_index)] = False
-        return np.flatnonzero(seen)
-
-
-def scan(source: Any, indices: Sequence[int], result: ScanResult | None = None, *,
+def scan(source: Any, indices: Sequence[int], result: SampleStats | None = None, *,
          ignore_index: int | None = None, skip_bad_files: bool = False,
          border_weights: bool = False, weight_cache: str | Path | None = None,
-         w0: float = 10.0, sigma: float = 5.0) -> ScanResult:
-    """Read the samples ``indices`` of ``source`` once, one at a time, and accumulate what
-    training needs from all of them (see :class:`ScanResult`); with ``border_weights`` also
+         w0: float = 10.0, sigma: float = 5.0) -> SampleStats:
+    """Read the samples ``indices`` of ``source`` once, one at a time, and count what
+    training needs from all of them (a :class:`SampleStats`; unreadable samples, with
+    ``skip_bad_files``, in its ``bad`` / ``bad_indices``); with ``border_weights`` also
     compute each border weight map into ``weight_cache`` (read back by the stream)."""
-    out = result or ScanResult()
+    out = result or SampleStats(ignore_index)
     for i in indices:
         try:
             sample = source.read(int(i))
@@ -209,23 +109,13 @@ def scan(source: Any, indices: Sequence[int], result: ScanResult | None = None, 
             logger.warning("skipped %s (data.skip_bad_files = true): %s", name, exc)
             continue
         mask = np.asarray(sample.mask, np.uint8)
-        out.add(sample.name, image, mask, ignore_index)
+        out.add(image, mask, sample.name)
         out.scaled += bool(getattr(sample, "scaled_from_255", False))
         if border_weights:
             check_binary_for_weights(mask, ignore_index, sample.name)
             cached_border_weight_map(mask, cache_dir=weight_cache, w0=w0, sigma=sigma,
                                      ignore_index=ignore_index)
     return out
-
-
-def check_binary_for_weights(mask: np.ndarray, ignore_index: int | None, name: str) -> None:
-    """Border weight maps need binary masks: :class:`DataError` naming ``name`` for a mask
-    with class ids above 1 (void pixels, ``ignore_index``, aside)."""
-    labelled = mask if ignore_index is None else mask[mask != ignore_index]
-    if labelled.size and labelled.max() > 1:
-        raise DataError(f"border_weights: {name} has classes "
-                        f"{sorted(np.unique(labelled).tolist())}; border weight maps need "
-                        "binary masks (1 = cell interior)")
 
 
 def _name(source: Any, i: int) -> str:
@@ -319,6 +209,28 @@ def stream_samples(reader: SampleReader, indices: Sequence[int], *, shuffle: boo
     if reader.skip_bad_files:
         ds = ds.filter(lambda img, *rest: tf.shape(img)[0] > 0)
     return ds.repeat() if repeat else ds
+
+
+def file_streams(src: Any, indices: Sequence[int], *, seed: int, border_weights: bool,
+                 ignore_index: int | None, skip_bad_files: bool, log: ReadLog,
+                 weight_cache: str | Path | None, w0: float, sigma: float,
+                 cache_file: str | None) -> tuple[SampleStats, Callable[..., Any]]:
+    """``(stats, stream)`` of samples ``indices`` of an indexable source (folder, stacks,
+    arrays, TFDS, synthetic): one pre-pass (:func:`scan`), then ``stream(context, shuffle,
+    repeat)`` decodes the samples the pre-pass could read on the fly
+    (:func:`stream_samples`; ``cache_file`` caches the repeated training stream)."""
+    result = scan(src, indices, ignore_index=ignore_index, skip_bad_files=skip_bad_files,
+                  border_weights=border_weights, weight_cache=weight_cache, w0=w0, sigma=sigma)
+    keep = [i for i in indices if i not in set(result.bad_indices)]
+    reader = SampleReader(src, result.channels or 1, border_weights=border_weights,
+                          weight_cache=weight_cache, w0=w0, sigma=sigma,
+                          ignore_index=ignore_index, skip_bad_files=skip_bad_files, log=log)
+
+    def stream(context: Any = None, shuffle: bool = False, repeat: bool = False) -> Any:
+        return stream_samples(reader, keep, shuffle=shuffle, seed=seed, input_context=context,
+                              repeat=repeat, cache_file=cache_file if repeat else None)
+
+    return result, stream
 
 
 # --------------------------------------------------------------------------- patches

@@ -1,4 +1,5 @@
-"""TensorFlow Datasets sources: an ISBI 2012 builder (manual data) and :func:`load_tfds`.
+"""TensorFlow Datasets: an ISBI 2012 builder (manual data), :func:`load_tfds`, and the data
+source of kind ``tfds`` (:class:`TFDSSource`, ``"tfds:NAME"`` in a config).
 
 ``tensorflow_datasets`` is imported at module import: the builder must subclass
 ``tfds.core.GeneratorBasedBuilder`` (and register the name ``isbi2012``) when this module
@@ -20,13 +21,16 @@ from typing import Any, Union
 import numpy as np
 
 from zf_unet.backend import require_tensorflow
-from zf_unet.data.sources import FolderSource, Source, StackSource
+from zf_unet.data.file_sources import FolderSource, StackSource
+from zf_unet.data.masks import ClassValues, Palette
+from zf_unet.data.memory_sources import ArraySource, MemorySource
+from zf_unet.data.sources import Sample, Source
 from zf_unet.errors import DataError
 
 tf = require_tensorflow("TFDS data sets (zf_unet.data.tfds_sources)")
 import tensorflow_datasets as tfds  # noqa: E402  (after the check that names the fix)
 
-__all__ = ["ISBI2012_NAME", "Isbi2012", "OXFORD_PET_TRIMAP", "load_tfds"]
+__all__ = ["ISBI2012_NAME", "Isbi2012", "OXFORD_PET_TRIMAP", "TFDSSource", "load_tfds"]
 
 logger = logging.getLogger("zf_unet")
 
@@ -325,3 +329,54 @@ def load_tfds(
             return tf.identity(image), tf.ensure_shape(mask, [None, None, 1])
 
     return ds.map(to_pair, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+# --------------------------------------------------------------------------- the source
+
+
+class TFDSSource(Source):
+    """A TensorFlow Datasets segmentation set (:func:`load_tfds`,
+    ``tfds_kwargs`` passed on). Read whole on first use (TFDS sets here are small). Masks are
+    taken as class ids; with ``class_values`` they go through the mask rules like arrays.
+
+    Raises:
+        DataError: from :func:`load_tfds`, or a data set without examples.
+    """
+
+    kind = "tfds"
+
+    def __init__(self, name: str, *, convention: str = "auto",
+                 num_classes: int | str | None = None, palette: Palette | None = None,
+                 class_values: ClassValues | None = None, ignore_index: int | None = None,
+                 **tfds_kwargs: Any) -> None:
+        self.name = name
+        self.tfds_kwargs = tfds_kwargs
+        self._rules = dict(convention=convention, num_classes=num_classes, palette=palette,
+                           class_values=class_values, ignore_index=ignore_index)
+        self._samples: Source | None = None
+
+    def _load(self) -> Source:
+        if self._samples is None:
+            images, masks = [], []
+            for img, msk in load_tfds(self.name, **self.tfds_kwargs).as_numpy_iterator():
+                images.append(img)
+                masks.append(msk[..., 0])
+            if not images:
+                raise DataError(f"TFDS dataset {self.name!r}: no examples")
+            if self._rules["class_values"] is not None:
+                self._samples = ArraySource(images, masks, prefix=self.name, **self._rules)
+            else:
+                self._samples = MemorySource(images, masks, self.name)
+        return self._samples
+
+    def __len__(self) -> int:
+        return len(self._load())
+
+    def names(self) -> list[str]:
+        return self._load().names()
+
+    def read(self, i: int) -> Sample:
+        return self._load().read(i)
+
+    def nbytes_hint(self) -> int:
+        return self._load().nbytes_hint()

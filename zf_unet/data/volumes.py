@@ -17,20 +17,23 @@ import dataclasses
 import logging
 import math
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from zf_unet.data import io, streaming
-from zf_unet.data.augment import Augment, augment_dataset, augment_margin
-from zf_unet.data.imageops import pad_reflect_axes, to_float_image
-from zf_unet.data.pipeline import (DataInfo, DataSplit, refuse_unlearnable,
-                                   resolve_num_classes, split_indices)
+from zf_unet.data.augment_config import Augment
+from zf_unet.data.augment_data import augment_dataset, augment_margin
+from zf_unet.data.io import VOLUME_EXTENSIONS, read_volume_pair
+from zf_unet.data.masks import AUTO_CLASSES, ClassValues, normalize_mask, resolve_num_classes
+from zf_unet.data.pairing import PathLike, natural_key
+from zf_unet.data.sample_checks import check_binary_for_weights, refuse_unlearnable
+from zf_unet.data.splits import DataSplit, datasets_result, split_indices
 from zf_unet.data.split_checks import check_val_masks, seen_ids
 from zf_unet.data.tfdata import finish_pipeline
 from zf_unet.data.weightmaps import volume_weight_map
 from zf_unet.errors import DataError
 from zf_unet.backend import lazy_tensorflow
+from zf_unet.pixels import pad_reflect_axes, to_float_image
 
 tf = lazy_tensorflow("volume tf.data pipelines")
 
@@ -52,6 +55,13 @@ class VolumeSplit(DataSplit):
                            None if self.weights is None else [self.weights[0][sl]],
                            [f"{self.names[0]}[z={z[0]}..{z[-1]}]"], self.ignore_index,
                            self.num_classes)
+
+    def planes(self) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+        """``(name, section (H, W, C), mask (H, W))`` of every z-section of every volume:
+        statistics count volumes section by section, as 2-D images."""
+        for name, image, mask in zip(self.names, self.images, self.masks):
+            for z in range(image.shape[0]):
+                yield f"{name}[z={z}]", image[z], mask[z]
 
 
 def patch_shape(patch_size: Any) -> tuple[int, int, int] | None:
@@ -92,12 +102,12 @@ def _volume_entries(sub: Path) -> dict[str, Path]:
     """``{name: path}`` of the volumes in ``sub``: multi-page TIFFs, ``.npy`` files and
     folders of slices (hidden entries skipped); empty when ``sub`` holds 2-D slices only."""
     found: dict[str, Path] = {}
-    for entry in sorted(sub.iterdir(), key=lambda p: io.natural_key(p.stem)):
+    for entry in sorted(sub.iterdir(), key=lambda p: natural_key(p.stem)):
         if entry.name.startswith("."):
             continue
         if entry.is_dir():
             key = entry.name
-        elif entry.suffix.lower() in io.VOLUME_EXTENSIONS and _is_volume_file(entry):
+        elif entry.suffix.lower() in VOLUME_EXTENSIONS and _is_volume_file(entry):
             key = entry.stem
         else:
             continue
@@ -108,7 +118,7 @@ def _volume_entries(sub: Path) -> dict[str, Path]:
     return found
 
 
-def volume_paths(folder: io.PathLike) -> list[tuple[str, Path, Path]]:
+def volume_paths(folder: PathLike) -> list[tuple[str, Path, Path]]:
     """``[(name, image_path, mask_path)]`` of the volumes in ``folder``'s ``images/`` and
     ``masks/``: one volume named after ``folder`` when ``images/`` holds 2-D slices (stack
     order = natural name order), else one per multi-page TIFF / ``.npy`` file / folder of
@@ -151,14 +161,14 @@ def _raw_volumes(source: Any) -> list[tuple[str, np.ndarray, np.ndarray]]:
         return [(f"volume {i}", np.asarray(a), np.asarray(b))
                 for i, (a, b) in enumerate(zip(*source))]
     if isinstance(source, (tuple, list)) and len(source) == 2:
-        image, mask = io.read_volume_pair(source[0], source[1])
+        image, mask = read_volume_pair(source[0], source[1])
         return [(Path(str(source[0])).name, image, mask)]
-    return [(name,) + io.read_volume_pair(img, msk)
+    return [(name,) + read_volume_pair(img, msk)
             for name, img, msk in volume_paths(str(source))]
 
 
 def load_volumes(source: Any, *, num_classes: int | str | None = None,
-                 convention: str = "auto", class_values: io.ClassValues | None = None,
+                 convention: str = "auto", class_values: ClassValues | None = None,
                  ignore_index: int | None = None) -> VolumeSplit:
     """Read volumes into memory.
 
@@ -168,7 +178,7 @@ def load_volumes(source: Any, *, num_classes: int | str | None = None,
             name; an ``(image, mask)`` pair of volume paths (:func:`zf_unet.data.io.read_volume`)
             or of ``(D, H, W[, C])`` / ``(D, H, W)`` arrays; or a pair of lists of arrays.
         num_classes / convention / class_values / ignore_index: how masks become class ids,
-            as for 2-D masks (:func:`zf_unet.data.io.normalize_mask`, applied to the whole
+            as for 2-D masks (:func:`zf_unet.data.masks.normalize_mask`, applied to the whole
             volume); ``num_classes="auto"`` infers K.
 
     Returns:
@@ -185,7 +195,7 @@ def load_volumes(source: Any, *, num_classes: int | str | None = None,
                             f"volume {image.shape[:3]}; expected the same (D, H, W)")
         d, h, w = mask.shape[:3]
         flat = mask.reshape((d * h, w) + mask.shape[3:])  # one normalisation per volume
-        ids = io.normalize_mask(flat, convention, num_classes, None, name,
+        ids = normalize_mask(flat, convention, num_classes, None, name,
                                 class_values=class_values, ignore_index=ignore_index)
         images.append(to_float_image(image, name))
         masks.append(np.asarray(ids, np.uint8).reshape(d, h, w))
@@ -256,7 +266,7 @@ def _weight_maps(split: VolumeSplit, w0: float, sigma: float) -> list[np.ndarray
     """Border weight maps (U-Net paper eq. 2) of every section of every volume."""
     out = []
     for name, m in zip(split.names, split.masks):
-        streaming.check_binary_for_weights(m, split.ignore_index, name)
+        check_binary_for_weights(m, split.ignore_index, name)
         out.append(np.asarray(volume_weight_map(m, "sections", w0=w0, sigma=sigma,
                                                 ignore_index=split.ignore_index), np.float32))
     return out
@@ -361,21 +371,6 @@ def _tiles(split: VolumeSplit, tile: tuple[int, int, int] | None, batch_size: in
     return tf.data.Dataset.from_tensor_slices(tuple(arrays)).batch(batch_size)
 
 
-def _info(train: VolumeSplit, num_val: int) -> DataInfo:
-    """Class counts and channel statistics of the training volumes, section by section (the
-    same counting as 2-D images: :class:`zf_unet.data.streaming.ScanResult`)."""
-    stats = streaming.ScanResult()
-    for name, image, mask in zip(train.names, train.images, train.masks):
-        for z in range(image.shape[0]):
-            stats.add(f"{name}[z={z}]", image[z], mask[z], train.ignore_index)
-    k = int(train.num_classes or 1)
-    pixels, image_pixels = stats.class_counts(k, train.ignore_index)
-    mean, std = stats.mean_std()
-    return DataInfo(num_classes=k, channels=stats.channels, class_pixels=pixels,
-                    class_image_pixels=image_pixels, mean=mean, std=std,
-                    ignore_index=train.ignore_index, num_train=len(train), num_val=num_val)
-
-
 def make_volume_datasets(
     source: Any,
     *,
@@ -391,14 +386,17 @@ def make_volume_datasets(
     sigma: float = 5.0,
     num_classes: int | str | None = None,
     convention: str = "auto",
-    class_values: io.ClassValues | None = None,
+    class_values: ClassValues | None = None,
     ignore_index: int | None = None,
     val_source: Any = None,
     samples_per_epoch: int | None = None,
     jit_compile: bool = True,
     with_info: bool = False,
 ) -> Any:
-    """``(train_ds, val_ds[, info])`` of volumes for a 3-D model's ``fit``.
+    """``(train_ds, val_ds)`` of volumes for a 3-D model's ``fit``: a
+    :class:`zf_unet.data.Datasets` whose ``.info`` is the :class:`zf_unet.data.DataInfo` of
+    the training volumes (counted section by section); ``with_info=True`` (deprecated)
+    returns the old ``(train_ds, val_ds, info)`` tuple.
 
     Args:
         source / val_source: see :func:`load_volumes`.
@@ -406,7 +404,7 @@ def make_volume_datasets(
             trains on whole volumes. Validation is scored on non-overlapping patch-sized
             blocks (whole volumes without a patch size).
         val_fraction / val_indices: with one volume, z-sections held out (a contiguous block
-            at the start or end); with several, whole volumes (see :func:`split_indices`).
+            at the start or end); with several, whole volumes (see :func:`zf_unet.data.splits.split_indices`).
         augment: an :class:`Augment` (``True``: defaults) applied with ``spatial_dims=3``;
             its ``spacing`` defaults to ``spacing`` (in-plane elastic deformation on
             anisotropic data).
@@ -438,7 +436,7 @@ def make_volume_datasets(
     else:
         train, val = _split(data, val_fraction, val_indices, seed)
     k = resolve_num_classes(train.masks + val.masks, num_classes, class_values, ignore_index) \
-        if num_classes == io.AUTO_CLASSES else data.num_classes
+        if num_classes == AUTO_CLASSES else data.num_classes
     for one in (train, val):
         one.num_classes = k
     present: set[int] = set()
@@ -451,7 +449,7 @@ def make_volume_datasets(
         _refuse_deep_patch(patch, train)
     check_val_masks(seen_ids(train.masks, ignore_index), seen_ids(val.masks, ignore_index),
                     train_scaled=0, val_scaled=0, n_train=len(train), n_val=len(val),
-                    auto_classes=num_classes == io.AUTO_CLASSES,
+                    auto_classes=num_classes == AUTO_CLASSES,
                     val_source=val_source is not None)
     if border_weights:
         for one in (train, val):
@@ -471,6 +469,5 @@ def make_volume_datasets(
                                   jit_compile)
     train_ds = finish_pipeline(train_ds)
     val_ds = finish_pipeline(_tiles(val, patch, int(batch_size))) if len(val) else None
-    if with_info:
-        return train_ds, val_ds, _info(train, len(val))
-    return train_ds, val_ds
+    return datasets_result(train_ds, val_ds, train.info(len(val)), with_info,
+                           "make_volume_datasets")

@@ -70,7 +70,8 @@ from typing import Any, Mapping
 import numpy as np
 from scipy import ndimage as ndi
 
-from zf_unet.errors import DataError
+from zf_unet.checks import check_spacing
+from zf_unet.errors import ConfigError, DataError
 
 __all__ = [
     "DEFAULT_CUTOFF_SIGMAS",
@@ -106,7 +107,8 @@ def _check_mode(mode: Any) -> str:
 
 def _check_spacing(spacing: Any, mode: str) -> tuple[float, float, float] | None:
     """``spacing`` as a ``(z, y, x)`` tuple of positive floats for ``mode="3d"`` (``None``:
-    ``(1, 1, 1)``; one number: isotropic); ``None`` for the other modes, which refuse it."""
+    ``(1, 1, 1)``; one number: isotropic; the values checked by
+    :func:`zf_unet.checks.check_spacing`); ``None`` for the other modes, which refuse it."""
     if mode != "3d":
         if spacing is not None:
             raise DataError(
@@ -116,27 +118,27 @@ def _check_spacing(spacing: Any, mode: str) -> tuple[float, float, float] | None
         return None
     if spacing is None:
         return (1.0, 1.0, 1.0)
-    values = [spacing] if np.isscalar(spacing) else spacing
     try:
-        out = tuple(float(v) for v in values)
-    except (TypeError, ValueError):
-        raise DataError(
-            f"spacing: expected the voxel size (z, y, x) as 3 numbers > 0 (or one number), "
-            f"got {spacing!r}"
-        ) from None
-    if len(out) == 1:
-        out = out * 3
-    if len(out) != 3 or not all(np.isfinite(v) and v > 0 for v in out):
-        raise DataError(
-            f"spacing: expected the voxel size (z, y, x) as 3 finite numbers > 0 (or one "
-            f"number), got {spacing!r}"
-        )
-    return out  # type: ignore[return-value]
+        return check_spacing((spacing,) * 3 if np.isscalar(spacing) else spacing, "spacing",
+                             3)  # type: ignore[return-value]
+    except ConfigError:
+        raise DataError(f"spacing: expected the voxel size (z, y, x) as 3 finite numbers > 0 "
+                        f"(or one number), got {spacing!r}") from None
 
 
 def _shape_text(ndim: int) -> str:
     return "(H, W) or (H, W, 1)" if ndim == 2 else "(D, H, W) or (D, H, W, 1)"
 
+
+
+def _reference(m: np.ndarray | None, lab: np.ndarray | None, name: str, what: str) -> np.ndarray:
+    """The array that sets the shape: ``m`` (the binary masks) or else ``lab`` (labels), after
+    checking that one is given and that both, when given, have the same shape."""
+    if m is None and lab is None:
+        raise DataError(f"{name}: expected {what} (or pass labels=), got None")
+    if m is not None and lab is not None and m.shape != lab.shape:
+        raise DataError(f"labels: expected the same shape as {name} {m.shape}, got {lab.shape}")
+    return m if m is not None else lab  # type: ignore[return-value]
 
 def _squeeze_channel(arr: np.ndarray, ndim: int) -> np.ndarray:
     """Drop a trailing channel of size 1 from an ``ndim + 1``-D array."""
@@ -470,12 +472,7 @@ def _sections_map(mask: Any, labels: Any, **kwargs: Any) -> np.ndarray:
         return arr
 
     m, lab = _volume(mask, "mask"), _volume(labels, "labels")
-    if m is None and lab is None:
-        raise DataError("mask: expected a binary mask (or pass labels=), got None")
-    if m is not None and lab is not None and m.shape != lab.shape:
-        raise DataError(f"labels: expected the same shape as mask {m.shape}, got {lab.shape}")
-    ref = m if m is not None else lab
-    assert ref is not None
+    ref = _reference(m, lab, "mask", "a binary mask")
     return np.stack([
         border_weight_map(None if m is None else m[z], labels=None if lab is None else lab[z],
                           mode="image", **kwargs)
@@ -539,12 +536,7 @@ def border_weight_maps(masks: Any, labels: Any = None, **kwargs: Any) -> np.ndar
 
     m = None if masks is None else _batch(masks, "masks")
     lab = None if labels is None else _batch(labels, "labels")
-    if m is None and lab is None:
-        raise DataError("masks: expected a batch of binary masks (or pass labels=), got None")
-    if m is not None and lab is not None and m.shape != lab.shape:
-        raise DataError(f"labels: expected the same shape as masks {m.shape}, got {lab.shape}")
-    ref = m if m is not None else lab
-    assert ref is not None
+    ref = _reference(m, lab, "masks", "a batch of binary masks")
     out = np.empty(ref.shape + (1,), dtype=np.float32)
     for i in range(ref.shape[0]):
         out[i, ..., 0] = border_weight_map(

@@ -24,15 +24,10 @@ from zf_unet.models.folding import (
     unfused_copy,
 )
 from zf_unet.models.fused_upsampling import FusedUpsampleConv, transposed_up_kernel
-from zf_unet.models.geometry import ModelGeometry, model_geometry
+from zf_unet.models.builder_args import level_filters
+from zf_unet.models.geometry import ModelGeometry, model_geometry, output_size, valid_input_sizes
 from zf_unet.models.loading import load_model_file, load_weights_file
-from zf_unet.models.unet import (
-    ZF_UNET_224,
-    build_unet,
-    level_filters,
-    output_size,
-    valid_input_sizes,
-)
+from zf_unet.models.unet import ZF_UNET_224, build_unet
 from zf_unet.models.unet_plus_plus import (
     build_unet_plus_plus,
     deep_supervision_targets,

@@ -18,32 +18,15 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from zf_unet.checks import check_int, check_spacing
+from zf_unet.errors import ConfigError
+
 __all__ = ["plan_pooling", "resolve_levels", "default_levels", "axis_divisors"]
 
 #: Relative slack when comparing spacings (``50 <= 2 * 25`` must hold despite rounding).
 _RTOL = 1e-6
 
 Sizes = list[tuple[int, ...]]
-
-
-def _check_spacing(spacing: Any, ndim: int | None = None) -> tuple[float, ...]:
-    """``spacing`` as a tuple of positive finite floats (``ndim`` of them when given)."""
-    if isinstance(spacing, (str, bytes)) or not isinstance(spacing, (list, tuple, np.ndarray)):
-        raise ValueError(f"spacing must be a tuple of positive numbers, one per spatial axis "
-                         f"(e.g. (50, 4.6, 4.6) for z, y, x), got {spacing!r}")
-    values = []
-    for v in spacing:
-        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.number)) \
-                or not math.isfinite(float(v)) or float(v) <= 0:
-            raise ValueError(f"spacing must hold positive finite numbers (the voxel size per "
-                             f"spatial axis), got {spacing!r}")
-        values.append(float(v))
-    if ndim is not None and len(values) != ndim:
-        raise ValueError(f"spacing has {len(values)} entries but the input has {ndim} spatial "
-                         f"axes; give one voxel size per axis, got {spacing!r}")
-    if not values:
-        raise ValueError(f"spacing must not be empty, got {spacing!r}")
-    return tuple(values)
 
 
 def plan_pooling(spacing: Sequence[float], depth: int) -> tuple[Sizes, Sizes]:
@@ -80,9 +63,10 @@ def plan_pooling(spacing: Sequence[float], depth: int) -> tuple[Sizes, Sizes]:
         ``(pool_sizes, kernel_sizes)``: ``depth - 1`` and ``depth`` tuples of ints, one entry
         per spatial axis each.
     """
-    from zf_unet.checks import check_int
-
-    current = list(_check_spacing(spacing))
+    if spacing is None:
+        raise ConfigError("spacing must be a tuple of positive numbers, one per spatial axis "
+                          "(e.g. (50, 4.6, 4.6) for z, y, x), got None")
+    current = list(check_spacing(spacing))
     depth = check_int("depth", depth, 1)
     pools: Sizes = []
     kernels: Sizes = []
@@ -153,7 +137,7 @@ def resolve_levels(pool_sizes: Any, kernel_sizes: Any, spacing: Any, depth: int,
         ValueError: naming the argument and what was expected.
     """
     if spacing is not None:
-        spacing = _check_spacing(spacing, ndim)
+        spacing = check_spacing(spacing, "spacing", ndim)
     auto = None
     for arg, value in (("pool_sizes", pool_sizes), ("kernel_sizes", kernel_sizes)):
         if isinstance(value, str):

@@ -46,6 +46,7 @@ import numpy as np
 from keras import layers, ops
 
 from zf_unet.errors import ConfigError
+from zf_unet.models.loading import load_model_file
 
 __all__ = ["BACKBONE_TABLE", "Backbone", "BackbonePreprocessing", "TAP_STRIDES",
            "adapt_channels", "backbone_names", "build_encoder", "check_backbone",
@@ -410,8 +411,6 @@ def save_encoder_weights(model: keras.Model, path: str | os.PathLike,
 def _application_from_model_file(spec: Backbone, path: Path, input_shape: tuple) -> keras.Model:
     """The application of ``spec`` with the encoder weights of the zf_unet model file
     ``path`` (3 channels, or the file's own channel count when it equals ``input_shape``'s)."""
-    from zf_unet.models.loading import load_model_file
-
     try:
         model = load_model_file(path, image_model=False)
         app = encoder_application(model, spec.name)

@@ -9,6 +9,7 @@ from keras import layers, ops
 from zf_unet.backend import lazy_tensorflow
 
 from zf_unet.checks import check_choice, check_int, check_rate
+from zf_unet.deprecation import keyword_only_after
 from zf_unet.models.fused_upsampling import FusedUpsampleConv
 
 tf = lazy_tensorflow("the TensorFlow kernel of FusedBatchNormalization")
@@ -39,9 +40,26 @@ def _size_arg(arg: str, value: Any, ndim: int) -> int | tuple[int, ...]:
     return check_int(arg, value, 1)
 
 
+def uniform_size(size: Sequence[int]) -> int | tuple[int, ...]:
+    """A per-axis size ``(s_0, ..., s_n)`` as Keras layers take it: the int when all axes
+    agree (as the 2-D builders always passed ``2`` and ``3``), else the tuple."""
+    size = tuple(int(v) for v in size)
+    return size[0] if len(set(size)) == 1 else size
+
+
+def batch_norm_class(fused_batch_norm: bool = True, sync_batch_norm: bool = False) -> type:
+    """The BatchNorm layer class of the builders: :class:`FusedBatchNormalization` when
+    ``fused_batch_norm`` and not ``sync_batch_norm``, else ``keras.layers.BatchNormalization``."""
+    return (FusedBatchNormalization if fused_batch_norm and not sync_batch_norm
+            else layers.BatchNormalization)
+
+
+@keyword_only_after(("dropout", "batch_norm", "padding", "kernel_initializer", "name",
+                     "sync_batch_norm", "fused_batch_norm", "kernel_size", "upsampled_skip"))
 def double_conv_layer(
     x: Any,
     filters: int,
+    *,
     dropout: float = 0.0,
     batch_norm: bool = True,
     padding: str = "same",
@@ -112,8 +130,7 @@ def double_conv_layer(
                 name=nm(f"conv{i}"),
             )(x)
         if batch_norm:
-            bn_cls = (FusedBatchNormalization if fused_batch_norm and not sync_batch_norm
-                      else layers.BatchNormalization)
+            bn_cls = batch_norm_class(fused_batch_norm, sync_batch_norm)
             x = bn_cls(axis=-1, synchronized=sync_batch_norm, name=nm(f"bn{i}"))(x)
         x = layers.Activation("relu", name=nm(f"relu{i}"))(x)
     if dropout > 0:

@@ -20,7 +20,7 @@ from typing import Any, Iterator, Sequence
 import keras
 import numpy as np
 
-__all__ = ["ModelGeometry", "axis_names", "model_geometry"]
+__all__ = ["ModelGeometry", "axis_names", "model_geometry", "output_size", "valid_input_sizes"]
 
 _GEOMETRY_CACHE: "weakref.WeakKeyDictionary[Any, ModelGeometry]" = weakref.WeakKeyDictionary()
 
@@ -159,6 +159,47 @@ def axis_names(spatial_axes: int) -> tuple[str, ...]:
         f"axis {i}" for i in range(spatial_axes))
 
 
+def output_size(size: int, depth: int, padding: str = "same") -> int | None:
+    """Output side length for an input side ``size``; ``None`` if the U-Net cannot process it.
+
+    ``same``: ``size`` must be divisible by ``2**(depth-1)`` (output = input).
+    ``valid``: every convolution trims 2 px and every pooled map must have an even size
+    (the paper's 572 -> 388 at depth 5).
+    """
+    if size is None or size < 1:
+        return None
+    if padding == "same":
+        return size if size % (2 ** (depth - 1)) == 0 else None
+    s = size
+    for _ in range(depth - 1):
+        s -= 4
+        if s <= 0 or s % 2:
+            return None
+        s //= 2
+    s -= 4
+    if s <= 0:
+        return None
+    for _ in range(depth - 1):
+        s = 2 * s - 4
+    return s if s > 0 else None
+
+
+def valid_input_sizes(depth: int, padding: str = "same", near: int = 256, count: int = 1) -> list[int]:
+    """The ``count`` valid input sizes nearest to ``near`` below it and above it (sorted)."""
+    below, above = [], []
+    s = near
+    while s >= 1 and len(below) < count:
+        if output_size(s, depth, padding):
+            below.append(s)
+        s -= 1
+    s = near + 1
+    while len(above) < count and s < near + 4096 * 2**depth:
+        if output_size(s, depth, padding):
+            above.append(s)
+        s += 1
+    return sorted(set(below + above))
+
+
 # --------------------------------------------------------------------------------------------
 # Measuring a model
 # --------------------------------------------------------------------------------------------
@@ -285,8 +326,6 @@ def _free_size_geometry(model: keras.Model, depth: int, divisor: int, valid_conv
                         channels: int) -> tuple[int, str, int]:
     """``(margin, padding, min_input)`` of a model that takes any input size."""
     if valid_conv:
-        from zf_unet.models.unet import output_size
-
         s0 = next((s for s in range(1, 64 * divisor + 4096) if output_size(s, depth, "valid")),
                   None)
         if s0 is None:  # pragma: no cover - output_size always finds one

@@ -14,7 +14,12 @@ from zf_unet.models.folding import unfused_copy
 from zf_unet.models.fused_upsampling import FusedUpsampleConv
 from zf_unet.models.geometry import model_geometry
 
-__all__ = ["load_model_file", "load_weights_file", "model_source"]
+__all__ = ["PRETRAINED_PREFIX", "checked_model", "load_model_file", "load_weights_file",
+           "model_source"]
+
+#: Model arguments that start with this name a pretrained model (``"pretrained:NAME"``),
+#: resolved by :func:`zf_unet.hub.load_model`.
+PRETRAINED_PREFIX = "pretrained:"
 
 
 #: The file each model of :func:`load_model_file` came from (for error messages).
@@ -35,8 +40,8 @@ def load_model_file(path: Any, *, image_model: bool = True) -> keras.Model:
     """Load a ``.keras`` file (compile-free) with errors that name the file.
 
     Args:
-        path: the ``.keras`` file, or ``"pretrained:NAME"`` for a model of
-            :func:`zf_unet.hub.list_pretrained` (sha256-checked).
+        path: the ``.keras`` file (``"pretrained:NAME"`` is resolved by
+            :func:`zf_unet.hub.load_model`).
         image_model: also check that it is a single-input image model that
             :func:`zf_unet.predict_tiled` can use (see :func:`model_geometry`).
 
@@ -45,25 +50,31 @@ def load_model_file(path: Any, *, image_model: bool = True) -> keras.Model:
             library's model, a corrupt download), or not an image model.
     """
     text = str(path)
-    if text.startswith("pretrained:"):
-        from zf_unet.hub import load_pretrained
+    if text.startswith(PRETRAINED_PREFIX):
+        raise DataError(f"{text}: a pretrained model, not a file; load it with "
+                        "zf_unet.hub.load_model (or zf_unet.pretrained(NAME))")
+    p = Path(text)
+    if not p.exists():
+        raise DataError(f"{p}: model file not found (expected a .keras file)")
+    if not p.is_file():
+        raise DataError(f"{p}: is a folder; expected a .keras model file")
+    if p.suffix.lower() != ".keras":
+        raise DataError(f"{p}: expected a .keras model file (Keras 3 format), got "
+                        f"{p.suffix or 'no extension'!r}")
+    try:
+        model = keras.saving.load_model(p, compile=False)
+    except Exception as exc:  # noqa: BLE001 - any loader failure is a bad model file
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise DataError(f"{p}: cannot load as a Keras model; expected a .keras file saved "
+                        f"by model.save() ({type(exc).__name__}: {first})") from None
+    return checked_model(model, text, image_model=image_model)
 
-        model = load_pretrained(text[len("pretrained:"):])
-    else:
-        p = Path(text)
-        if not p.exists():
-            raise DataError(f"{p}: model file not found (expected a .keras file)")
-        if not p.is_file():
-            raise DataError(f"{p}: is a folder; expected a .keras model file")
-        if p.suffix.lower() != ".keras":
-            raise DataError(f"{p}: expected a .keras model file (Keras 3 format), got "
-                            f"{p.suffix or 'no extension'!r}")
-        try:
-            model = keras.saving.load_model(p, compile=False)
-        except Exception as exc:  # noqa: BLE001 - any loader failure is a bad model file
-            first = (str(exc).strip().splitlines() or [""])[0][:200]
-            raise DataError(f"{p}: cannot load as a Keras model; expected a .keras file saved "
-                            f"by model.save() ({type(exc).__name__}: {first})") from None
+
+def checked_model(model: keras.Model, source: str, *, image_model: bool = True) -> keras.Model:
+    """``model``, remembered as coming from ``source`` (for messages, :func:`model_source`)
+    and, with ``image_model``, checked to be an image / volume model that
+    :func:`zf_unet.predict_tiled` can use (``DataError`` naming ``source`` otherwise)."""
+    text = str(source)
     try:
         _SOURCES[model] = text
     except TypeError:  # pragma: no cover - not weak-referenceable

@@ -39,15 +39,9 @@ from typing import Any, Sequence
 import keras
 from keras import layers
 
-from zf_unet.models.backbones import encoder_features
-from zf_unet.models.blocks import (
-    PADDING_MODES,
-    FusedBatchNormalization,
-    double_conv_layer,
-    normalize_input,
-    upsample,
-)
-from zf_unet.models.unet import _uniform, check_builder_args, resolve_backbone_args
+from zf_unet.deprecation import keyword_only_after
+from zf_unet.models.blocks import PADDING_MODES, normalize_input, uniform_size, upsample
+from zf_unet.models.builder_args import check_builder_args
 
 __all__ = [
     "build_unet_plus_plus",
@@ -65,27 +59,32 @@ def head_name(level: int) -> str:
     return f"L{int(level)}"
 
 
+@keyword_only_after(("depth", "filters", "batch_norm", "dropout", "upsampling",
+                     "deep_supervision", "output_activation", "kernel_initializer", "name",
+                     "sync_batch_norm", "padding", "fused_batch_norm", "input_normalization",
+                     "backbone", "encoder_weights", "pool_sizes", "kernel_sizes", "spacing"))
 def build_unet_plus_plus(
     input_shape: Sequence[int | None] = (None, None, 1),
     num_classes: int = 1,
+    *,
     depth: int | None = None,
     filters: int | Sequence[int] = 32,
     batch_norm: bool = True,
     dropout: float = 0.0,
     upsampling: str = "nearest",
-    deep_supervision: bool = False,
+    padding: str = "same",
     output_activation: str | None = "auto",
     kernel_initializer: str = "he_normal",
-    name: str = "unet_plus_plus",
-    sync_batch_norm: bool = False,
-    padding: str = "same",
-    fused_batch_norm: bool = True,
-    input_normalization: Any = None,
     backbone: str | None = None,
     encoder_weights: Any = None,
+    input_normalization: Any = None,
     pool_sizes: str | int | Sequence[int | Sequence[int]] | None = None,
     kernel_sizes: str | int | Sequence[int | Sequence[int]] | None = None,
     spacing: Sequence[float] | None = None,
+    sync_batch_norm: bool = False,
+    fused_batch_norm: bool = True,
+    name: str = "unet_plus_plus",
+    deep_supervision: bool = False,
 ) -> keras.Model:
     """Build a U-Net++ as a functional ``keras.Model`` for images or volumes, optionally on a
     pretrained encoder.
@@ -105,28 +104,28 @@ def build_unet_plus_plus(
             ``X^{0,j}`` (``j >= 1``) that feed the heads (the ``build_unet`` placement).
         upsampling: ``"nearest"`` | ``"bilinear"`` (channels kept) or ``"transpose"`` (2x2
             stride-2 transposed conv to the target level's filters, as in the official code).
-        deep_supervision: one head per nested level ``L1 .. L{depth-1}`` (outputs in that order);
-            otherwise a single head on ``X^{0,depth-1}``.
+        padding: only ``"same"`` is supported (the nested skips need equal sizes).
         output_activation: ``"auto"`` = sigmoid for one class, softmax for several; any Keras
             activation name; ``None`` = logits. Heads compute in float32.
         kernel_initializer: initializer of all convolutions.
-        name: model name.
-        sync_batch_norm: BatchNorm synchronised across ``tf.distribute`` replicas.
-        padding: only ``"same"`` is supported (the nested skips need equal sizes).
-        fused_batch_norm: ``FusedBatchNormalization`` layers (as in ``build_unet``).
-        input_normalization: ``None`` or ``(mean, std)`` per input channel (images in
-            [0, 1]): a ``Normalization`` layer standardises the input inside the model.
         backbone: ``None`` or a ``zf_unet.registry.BACKBONES`` name (see ``build_unet``): the
             encoder nodes ``X^{i,0}`` (``i = 1 .. 5``) are the pretrained encoder's features at
             stride ``2**i``; there is no ``X^{0,0}`` (stride 1), so ``X^{0,j}`` concatenate
             ``X^{0,1} .. X^{0,j-1}`` and the upsampled ``X^{1,j-1}``. Heads ``L1 .. L5``.
         encoder_weights: ``None``, ``"imagenet"`` or a weights file path (see ``build_unet``).
+        input_normalization: ``None`` or ``(mean, std)`` per input channel (images in
+            [0, 1]): a ``Normalization`` layer standardises the input inside the model.
         pool_sizes: ``None`` (2 everywhere), ``"auto"`` (from ``spacing``) or ``depth - 1``
             per-level ints / per-axis tuples, as in ``build_unet``; the upsampling into node
             ``X^{i,j}`` undoes ``pool_sizes[i]``.
         kernel_sizes: ``None`` (3), ``"auto"`` or ``depth`` per-level kernels; every node of
             level ``i`` uses ``kernel_sizes[i]``.
         spacing: voxel size per spatial axis, for ``"auto"``.
+        sync_batch_norm: BatchNorm synchronised across ``tf.distribute`` replicas.
+        fused_batch_norm: ``FusedBatchNormalization`` layers (as in ``build_unet``).
+        name: model name.
+        deep_supervision: one head per nested level ``L1 .. L{depth-1}`` (outputs in that order);
+            otherwise a single head on ``X^{0,depth-1}``.
 
     Returns:
         ``keras.Model`` mapping ``(B, H, W, C)`` to ``(B, H, W, num_classes)`` float32 (a list of
@@ -144,60 +143,38 @@ def build_unet_plus_plus(
                 "pathways concatenate maps from several depths, which must keep equal sizes"
             )
         raise ValueError(f"padding must be 'same' for U-Net++, got {padding!r}")
-    depth = resolve_backbone_args(backbone, depth, padding, input_normalization, input_shape,
-                                  pool_sizes, kernel_sizes)
-    depth, shape, widths, output_activation, pools, kernels = check_builder_args(
-        input_shape, num_classes, depth, filters, upsampling, padding, output_activation,
-        dropout, kernel_initializer, name, pool_sizes=pool_sizes, kernel_sizes=kernel_sizes,
-        spacing=spacing, batch_norm=batch_norm, deep_supervision=deep_supervision,
-        sync_batch_norm=sync_batch_norm, fused_batch_norm=fused_batch_norm)
-    volume = len(shape) == 4
-    pool_cls = layers.MaxPooling3D if volume else layers.MaxPooling2D
-    head_cls = layers.Conv3D if volume else layers.Conv2D
-    if backbone is None and encoder_weights is not None:
-        raise ValueError("encoder_weights needs a backbone (backbone=None builds the "
-                         "U-Net++'s own encoder, which has no pretrained weights)")
+    a = check_builder_args(**locals(), builder="U-Net++")  # every argument, by name
+    depth, pools = a.depth, a.pools
+    pool_cls = layers.MaxPooling3D if a.volume else layers.MaxPooling2D
 
     def block(x: Any, i: int, j: int) -> Any:
-        rate = 0.0 if (i == 0 and j >= 1) else dropout
-        return double_conv_layer(
-            x, widths[i], rate, batch_norm, padding, kernel_initializer, name=f"x{i}_{j}",
-            sync_batch_norm=sync_batch_norm, fused_batch_norm=fused_batch_norm,
-            kernel_size=_uniform(kernels[i]),
-        )
+        return a.block(x, i, name=f"x{i}_{j}", dropout=0.0 if (i == 0 and j >= 1) else None)
 
-    inputs = keras.Input(shape=shape, name="image")
+    inputs = keras.Input(shape=a.input_shape, name="image")
     nodes: dict[tuple[int, int], Any] = {}
     if backbone is not None:
-        bn_cls = (FusedBatchNormalization if fused_batch_norm and not sync_batch_norm
-                  else layers.BatchNormalization)
-        features, _ = encoder_features(backbone, inputs, encoder_weights, widths[1],
-                                       kernel_initializer, bn_cls)
+        features = a.backbone_features(inputs)
         for i in range(1, depth):  # encoder X^{i,0}: the features at stride 2**i
             nodes[(i, 0)] = features[2 ** i]
     else:
-        inputs_normalized = normalize_input(inputs, input_normalization, shape[-1])
-        x = inputs_normalized
+        x = normalize_input(inputs, input_normalization, a.input_shape[-1])
         for i in range(depth):  # encoder X^{i,0}
             if i > 0:
-                x = pool_cls(pool_size=_uniform(pools[i - 1]), name=f"x{i - 1}_0_pool")(x)
+                x = pool_cls(pool_size=uniform_size(pools[i - 1]), name=f"x{i - 1}_0_pool")(x)
             x = block(x, i, 0)
             nodes[(i, 0)] = x
     # Nested nodes, column by column (j), so that every X^{i,j} has its inputs.
     for j in range(1, depth):
         for i in range(depth - j):
-            up = upsample(nodes[(i + 1, j - 1)], upsampling, widths[i], kernel_initializer,
-                          name=f"x{i}_{j}_up", size=_uniform(pools[i]))
+            up = upsample(nodes[(i + 1, j - 1)], upsampling, a.widths[i], kernel_initializer,
+                          name=f"x{i}_{j}_up", size=uniform_size(pools[i]))
             parts = [nodes[(i, k)] for k in range(j) if (i, k) in nodes] + [up]
             cat = parts[0] if len(parts) == 1 else layers.Concatenate(
                 axis=-1, name=f"x{i}_{j}_concat")(parts)
             nodes[(i, j)] = block(cat, i, j)
 
     def head(level: int) -> Any:
-        y = head_cls(int(num_classes), 1, kernel_initializer=kernel_initializer,
-                          name=f"head{level}_conv")(nodes[(0, level)])
-        return layers.Activation(output_activation or "linear", dtype="float32",
-                                 name=head_name(level))(y)
+        return a.head(nodes[(0, level)], f"head{level}_conv", head_name(level))
 
     last = depth - 1
     if deep_supervision:

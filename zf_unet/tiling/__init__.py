@@ -1,7 +1,11 @@
 """Overlap-tile arithmetic shared by ``predict_tiled`` (NumPy) and the serving export
 (TensorFlow): the tile plan, blend windows and test-time augmentation transforms, for images
-(2 spatial axes) and volumes (3 spatial axes: depth, height, width)."""
-from zf_unet.models.geometry import ModelGeometry, model_geometry
+(2 spatial axes) and volumes (3 spatial axes: depth, height, width).
+
+A model's geometry (``ModelGeometry``, ``model_geometry``) lives in :mod:`zf_unet.models`;
+``zf_unet.tiling.ModelGeometry`` / ``model_geometry`` still work for this release, with a
+``DeprecationWarning``."""
+from zf_unet.deprecation import moved_names
 from zf_unet.tiling.plan import TilePlan
 from zf_unet.tiling.tta import (
     Transform,
@@ -22,8 +26,10 @@ from zf_unet.tiling.windows import (
     window_tf,
 )
 
+__getattr__ = moved_names(__name__, {"ModelGeometry": "zf_unet.models.geometry",
+                                     "model_geometry": "zf_unet.models.geometry"})
+
 __all__ = [
-    "ModelGeometry",
     "TilePlan",
     "Transform",
     "d4_transforms",
@@ -34,7 +40,6 @@ __all__ = [
     "gaussian_window_tf",
     "linear_window",
     "linear_window_tf",
-    "model_geometry",
     "no_transforms",
     "tta_key",
     "tta_transforms",

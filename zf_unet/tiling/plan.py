@@ -18,7 +18,7 @@ spatial ``axis``):
   (:meth:`~TilePlan.window`, :meth:`~TilePlan.tile_weights`, :meth:`~TilePlan.normaliser`,
   :meth:`~TilePlan.outer_normaliser`);
 - mirrored tile reading: input positions ``start - margin .. start + tile + margin`` mapped
-  into the image by :func:`zf_unet.data.imageops.mirror_index` (:meth:`~TilePlan.input_index`).
+  into the image by :func:`zf_unet.pixels.mirror_index` (:meth:`~TilePlan.input_index`).
 
 Every method ``f`` has its TensorFlow twin ``f_tf`` right next to it (int32 / float64 tensors,
 dynamic lengths); ``tests/test_tiling.py`` checks that the two agree. The NumPy execution
@@ -35,7 +35,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from zf_unet.checks import check_int, check_tiling
-from zf_unet.data.imageops import mirror_index, mirror_index_tf, scale_to_unit_tf
+from zf_unet.pixels import mirror_index, mirror_index_tf, scale_to_unit_tf
 from zf_unet.models.geometry import ModelGeometry, axis_names
 from zf_unet.registry import BLEND_MODES
 from zf_unet.tiling.windows import window, window_tf

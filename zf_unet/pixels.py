@@ -9,22 +9,26 @@ TensorFlow forms stand side by side here, so they cannot drift apart.
 
 Scaling: an unsigned integer image is divided by its dtype's maximum (uint8 / 255,
 uint16 / 65535), bool is 0/1 and floats are used as they are (they must already lie in
-[0, 1]; see :func:`zf_unet.data.io.check_float_range`).
+[0, 1]: :func:`check_float_range`, the one home of this rule for every command:
+training, ``check-data``, ``predict``).
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from zf_unet.data.io import check_float_range
 from zf_unet.errors import DataError
-from zf_unet.backend import lazy_tensorflow
 
-tf = lazy_tensorflow("tf.data image operations")
+if TYPE_CHECKING:  # TensorFlow is imported inside the *_tf functions, on first use
+    import tensorflow as tf
 
-__all__ = ["mirror_coords_tf", "mirror_index", "mirror_index_tf", "pad_reflect",
-           "pad_reflect_axes", "scale_to_unit_tf", "to_float_image", "unit_divisor"]
+__all__ = ["FLOAT_RANGE_TOLERANCE", "check_float_range", "mirror_coords_tf", "mirror_index",
+           "mirror_index_tf", "pad_reflect", "pad_reflect_axes", "scale_to_unit",
+           "scale_to_unit_tf", "to_float_image", "unit_divisor"]
+
+#: How far outside [0, 1] a float image may lie (rounding in other tools) and still be used.
+FLOAT_RANGE_TOLERANCE = 1e-3
 
 
 # --------------------------------------------------------------------------- mirroring
@@ -41,6 +45,8 @@ def mirror_index(idx: np.ndarray, length: int) -> np.ndarray:
 
 def mirror_index_tf(idx: tf.Tensor, length: tf.Tensor) -> tf.Tensor:
     """:func:`mirror_index` for int32 tensors (``length`` a dynamic scalar >= 1)."""
+    import tensorflow as tf
+
     period = tf.maximum(2 * (length - 1), 1)
     m = tf.math.floormod(idx, period)
     return tf.where(m >= length, period - m, m)
@@ -49,6 +55,8 @@ def mirror_index_tf(idx: tf.Tensor, length: tf.Tensor) -> tf.Tensor:
 def mirror_coords_tf(c: tf.Tensor, length: tf.Tensor) -> tf.Tensor:
     """Continuous (float32) coordinates mirrored into ``[0, length - 1]`` about the edge pixel
     centres: the rule of :func:`mirror_index` between pixels, for resampling."""
+    import tensorflow as tf
+
     last = tf.cast(length, tf.float32) - 1.0
     period = tf.maximum(2.0 * last, 1.0)
     c = c - period * tf.floor(c * (1.0 / period))  # in [0, period]
@@ -97,15 +105,46 @@ def unit_divisor(dtype: Any, name: str = "image", signed: bool = False) -> float
 
 def scale_to_unit_tf(x: tf.Tensor) -> tf.Tensor:
     """:func:`unit_divisor` in TensorFlow: ``x`` (uint8, uint16, bool or float) as float32."""
+    import tensorflow as tf
+
     divisor = unit_divisor(x.dtype.as_numpy_dtype)
     y = tf.cast(x, tf.float32)
     return y if divisor == 1.0 else y / divisor
 
 
+def scale_to_unit(image: np.ndarray) -> np.ndarray:
+    """``image`` (any shape) as float32, integers divided by their dtype's maximum
+    (:func:`unit_divisor`, signed too), bool and floats as they are; no value checks (see
+    :func:`to_float_image`). A float32 input is returned as is (no copy)."""
+    image = np.asarray(image)
+    if np.issubdtype(image.dtype, np.integer):
+        return image.astype(np.float32) / np.float32(unit_divisor(image.dtype, signed=True))
+    return image.astype(np.float32, copy=False)
+
+
+def check_float_range(image: np.ndarray, name: str = "image") -> None:
+    """Raise a :class:`DataError` naming ``name`` if a float ``image`` lies outside [0, 1].
+
+    The value rule of every command (training, ``check-data``, ``predict``): integer images
+    are divided by their dtype's maximum, float images are used as they are and must lie in
+    [0, 1] (``FLOAT_RANGE_TOLERANCE`` either side). A float image scaled 0..255 is an error,
+    not a silently wrong prediction. Integer and bool images pass; NaN is left to the
+    callers' finite-value checks. No copy of ``image`` is made (works on ``np.memmap``).
+    """
+    arr = np.asarray(image)
+    if arr.dtype.kind != "f" or arr.size == 0:
+        return
+    lo, hi = float(np.min(arr)), float(np.max(arr))
+    if lo < -FLOAT_RANGE_TOLERANCE or hi > 1.0 + FLOAT_RANGE_TOLERANCE:
+        raise DataError(f"{name}: float values span [{lo:.3g}, {hi:.3g}], outside [0, 1]; "
+                        "expected [0, 1] for float images (scale them to [0, 1], or save "
+                        "integer images, which are divided by their dtype's maximum)")
+
+
 def to_float_image(image: np.ndarray, name: str = "image") -> np.ndarray:
     """``(H, W, C)`` image -> float32 in [0, 1]: integers are divided by their dtype's maximum
     (:func:`unit_divisor`), floats are kept and must already be finite and in [0, 1]
-    (:func:`zf_unet.data.io.check_float_range`). Raises :class:`DataError` naming ``name``."""
+    (:func:`check_float_range`). Raises :class:`DataError` naming ``name``."""
     image = np.asarray(image)
     if np.issubdtype(image.dtype, np.integer):
         return image.astype(np.float32) / np.float32(unit_divisor(image.dtype, name, signed=True))
