@@ -18,12 +18,13 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q -e ".[$(TF_EXTRA)]"
 	touch $@
 
+# One pip resolve for everything the tests need (the runtime install is part of it).
 # tensorflow-serving-api (request protos for the serving tests) declares a dependency on the
 # full `tensorflow` wheel; --no-deps keeps a second TensorFlow from landing next to ours.
-$(VENV)/.installed-dev: $(VENV)/.installed pyproject.toml
+$(VENV)/.installed-dev: $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q -e ".[$(TF_EXTRA),dev,export,backends]"
 	$(BIN)/pip install -q --no-deps "tensorflow-serving-api>=2.16"
-	touch $@
+	touch $(VENV)/.installed $@
 
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
@@ -31,8 +32,11 @@ install-dev: $(VENV)/.installed-dev
 demo: $(VENV)/.installed
 	$(BIN)/zf-unet demo --out $(OUT) --overwrite
 
+# The tests run in TEST_WORKERS processes (pytest-xdist), a test module per process at a time,
+# so that a module's shared fixtures are built once. TEST_WORKERS=0 runs them in this process.
+TEST_WORKERS ?= 2
 test: $(VENV)/.installed-dev
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadscope) $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) results .pytest_cache .hypothesis

@@ -5,12 +5,14 @@ and parameter counts, every loss and metric, ``predict_tiled``, optimizer steps,
 
 Run as a script in a fresh process::
 
-    KERAS_BACKEND=jax python tests/_backend_worker.py WORK_DIR [--block-tf]
+    KERAS_BACKEND=jax python tests/_backend_worker.py WORK_DIR [--block-tf] [--wait-for NAME]...
 
 ``WORK_DIR`` holds the TensorFlow-built ``models/*.keras`` and ``inputs.npz``; the results go
 to ``WORK_DIR/<backend>.npz`` (arrays) and ``WORK_DIR/<backend>.json`` (names and counts), and
 the model trained here to ``WORK_DIR/trained_<backend>.keras``. ``--block-tf`` makes
-TensorFlow unimportable first (``sys.modules["tensorflow"] = None``).
+TensorFlow unimportable first (``sys.modules["tensorflow"] = None``); ``--wait-for NAME``
+waits (after computing) until ``WORK_DIR/trained_NAME.keras`` has been written by the process
+running backend NAME, so that the workers and the TensorFlow process run side by side.
 """
 from __future__ import annotations
 
@@ -197,16 +199,17 @@ def compute(work: Path) -> tuple[dict[str, np.ndarray], dict]:
     for blend in ("gaussian", "linear", "none"):
         arrays[f"tiled_{blend}"] = zf_unet.predict_tiled(
             models["unet"], inp["image"], tile_size=32, overlap=8, blend=blend)
+    # TTA: all 6 tiles in one batch per transform (one model call per transform, not two)
     for tta in ("flips", "d4"):
         arrays[f"tiled_tta_{tta}"] = zf_unet.predict_tiled(
-            models["unet"], inp["image"], tile_size=48, overlap=8, tta=tta)
+            models["unet"], inp["image"], tile_size=48, overlap=8, tta=tta, batch_size=16)
     arrays["tiled_valid"] = zf_unet.predict_tiled(models["unet_valid"], inp["image"],
                                                   tile_size=44, overlap=4)
     arrays["tiled_3d"] = zf_unet.predict_tiled(models["unet3d"], inp["volume"],
                                                tile_size=(8, 16, 16), overlap=(2, 4, 4))
     arrays["tiled_3d_flips"] = zf_unet.predict_tiled(models["unet3d_linear"], inp["volume"],
                                                      tile_size=(8, 16, 16), overlap=(2, 4, 4),
-                                                     tta="flips")
+                                                     tta="flips", batch_size=16)  # all 12
     # the shipped weights (weights/), sha256-checked, on this backend
     pretrained = zf_unet.pretrained("isbi2012-em")
     arrays["pretrained_tiled"] = zf_unet.predict_tiled(
@@ -238,8 +241,7 @@ def compute(work: Path) -> tuple[dict[str, np.ndarray], dict]:
     steps = [model.train_on_batch(inp["train_x"], y, return_dict=True) for _ in range(2)]
     arrays["train_losses"] = np.array([s["loss"] for s in steps], np.float32)
     arrays["train_after"] = _outputs(model(inp["train_x"], training=False))[0]
-    trained = work / f"trained_{meta['backend']}.keras"
-    model.save(trained)
+    save_atomic(model, work / f"trained_{meta['backend']}.keras")
     _lap("training")
     return arrays, meta
 
@@ -252,6 +254,25 @@ def _lap(what: str) -> None:
     now = time.perf_counter()
     print(f"{what}: {now - _T0[0]:.1f} s", file=sys.stderr, flush=True)
     _T0[0] = now
+
+
+def save_atomic(model: Any, path: Path) -> None:
+    """``model.save(path)`` through a temporary folder, then a rename: a process waiting for
+    ``path`` never reads half a file."""
+    tmp = path.parent / f"tmp_{path.stem}"
+    tmp.mkdir(exist_ok=True)
+    model.save(tmp / path.name)
+    os.replace(tmp / path.name, path)
+    tmp.rmdir()
+
+
+def wait_for(paths: list[Path], timeout: float = 900.0) -> None:
+    """Until every path exists (written by ``save_atomic`` in another process)."""
+    deadline = time.monotonic() + timeout
+    while not all(p.exists() for p in paths):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not written in {timeout:.0f} s: {[str(p) for p in paths]}")
+        time.sleep(0.2)
 
 
 def load_and_predict(path: Path, x: np.ndarray) -> np.ndarray:
@@ -272,8 +293,12 @@ def main(argv: list[str]) -> int:
     backend = keras.backend.backend()
     arrays, meta = compute(work)
     inp = np.load(work / "inputs.npz")
-    # .keras files trained under the other backends (those already written) load here too
-    for other in sorted(work.glob("trained_*.keras")):
+    # .keras files trained under the other backends (those waited for, or those already
+    # written) load here too
+    waited = [work / f"trained_{argv[i + 1]}.keras" for i, a in enumerate(argv)
+              if a == "--wait-for"]
+    wait_for(waited)
+    for other in waited or sorted(work.glob("trained_*.keras")):
         if other.stem != f"trained_{backend}":
             arrays[f"loaded_{other.stem}"] = load_and_predict(other, inp["train_x"])
     meta["tensorflow_imported"] = sys.modules.get("tensorflow") is not None

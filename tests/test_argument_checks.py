@@ -205,15 +205,14 @@ def test_valid_targets_give_the_reference_values(rng):
     DiceCoefficient().update_state(empty, empty)
 
 
-def _tiny_fit(masks: np.ndarray, *, deep: bool = False, weights: bool = False,
-              precision: str = "float32", mirrored: bool = False) -> keras.callbacks.History:
-    """One epoch of a tiny U-Net (U-Net++ with deep supervision) on 4 random 16x16 images."""
+def _tiny_model(*, deep: bool = False, weights: bool = False, precision: str = "float32",
+                mirrored: bool = False) -> keras.Model:
+    """A tiny compiled U-Net (U-Net++ with deep supervision) for :func:`_tiny_fit`."""
     import contextlib
 
     from zf_unet.precision import precision_scope
 
     keras.utils.set_random_seed(0)
-    x = np.random.default_rng(0).random((4, 16, 16, 1)).astype(np.float32)
     strategy = tf.distribute.MirroredStrategy(["/cpu:0"]) if mirrored else None
     with precision_scope(precision), (strategy.scope() if strategy else contextlib.nullcontext()):
         if deep:
@@ -223,6 +222,13 @@ def _tiny_fit(masks: np.ndarray, *, deep: bool = False, weights: bool = False,
             model = zf_unet.build_unet((None, None, 1), depth=2, filters=2)
         model.compile("adam", loss=WeightedCrossentropy() if weights else BCEDiceLoss(),
                       metrics=None if deep else [DiceCoefficient(), IoU()], jit_compile=False)
+    return model
+
+
+def _tiny_fit(model: keras.Model, masks: np.ndarray, *, deep: bool = False,
+              weights: bool = False, **_) -> keras.callbacks.History:
+    """One epoch of ``model`` on 4 random 16x16 images."""
+    x = np.random.default_rng(0).random((4, 16, 16, 1)).astype(np.float32)
     data = (x, masks) + ((np.full((4, 16, 16), 2.0, np.float32),) if weights else ())
     if deep:
         data = zf_unet.models.repeat_targets(data, model)
@@ -242,11 +248,14 @@ FIT_CASES = {
 def test_fit_refuses_0_255_masks_and_trains_on_0_1_masks(case):
     masks = np.zeros((4, 16, 16, 1), np.uint8)
     masks[:, 4:12, 4:12] = 1
-    history = _tiny_fit(masks, **FIT_CASES[case])
+    # One model for both fits: the check runs inside the traced train step, on the values of
+    # each batch, so the second fit (same shapes and dtypes) reuses the trace of the first.
+    model = _tiny_model(**FIT_CASES[case])
+    history = _tiny_fit(model, masks, **FIT_CASES[case])
     assert np.isfinite(history.history["loss"][0])
     with pytest.raises(tf.errors.InvalidArgumentError,
                        match=r"y_true: binary targets must be in \[0, 1\]; divide 0/255 masks"):
-        _tiny_fit(masks * 255, **FIT_CASES[case])
+        _tiny_fit(model, masks * 255, **FIT_CASES[case])
 
 
 # --------------------------------------------------------------------------- builders

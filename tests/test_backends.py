@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -59,14 +60,29 @@ def results(tmp_path_factory) -> dict:
     """``backend -> (arrays, meta)`` for tensorflow (this process) and the others."""
     work = tmp_path_factory.mktemp("backends")
     worker.write_reference_models(work)
-    out = {"tensorflow": worker.compute(work)}
-    for backend in OTHER_BACKENDS:
-        proc = subprocess.run([sys.executable, str(TESTS / "_backend_worker.py"), str(work),
-                               "--block-tf"], env=backend_env(backend), capture_output=True,
-                              text=True, timeout=900)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        out[backend] = (dict(np.load(work / f"{backend}.npz")),
-                        json.loads((work / f"{backend}.json").read_text()))
+    # The workers run beside this process's own computation (each waits, before loading the
+    # other backends' trained .keras files, until they are written): mostly single-threaded
+    # Python, so side by side they finish sooner than one after the other.
+    procs, waits = {}, ["tensorflow"]
+    for backend in OTHER_BACKENDS:  # output to files: no pipe fills up while we compute
+        with open(work / f"{backend}.log", "w") as log:
+            procs[backend] = subprocess.Popen(
+                [sys.executable, str(TESTS / "_backend_worker.py"), str(work), "--block-tf"]
+                + [arg for name in waits for arg in ("--wait-for", name)],
+                env=backend_env(backend), stdout=log, stderr=subprocess.STDOUT)
+        waits = waits + [backend]
+    try:
+        out = {"tensorflow": worker.compute(work)}
+        for backend, proc in procs.items():
+            proc.wait(timeout=900)
+            assert proc.returncode == 0, (work / f"{backend}.log").read_text()[-3000:]
+            out[backend] = (dict(np.load(work / f"{backend}.npz")),
+                            json.loads((work / f"{backend}.json").read_text()))
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     out["work"] = work
     return out
 
@@ -187,45 +203,54 @@ def test_cli_train_predict_evaluate_export_across_backends(tmp_path):
     assert summary["streaming"] and summary["epochs_run_this_call"] == 1
 
     data = zf_unet.data.write_synthetic_folder(tmp_path / "syn", n=3, size=64, seed=1)
-    proc = run_cli(["evaluate", "--model", str(run / "final.keras"), "--data", str(data),
-                    "--split", "all", "--json", str(tmp_path / "scores.json"),
-                    "--backend", "torch"], "torch")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert json.loads((tmp_path / "scores.json").read_text())
-
     image = tmp_path / "img.tif"
     import tifffile
 
     tifffile.imwrite(image, (np.random.default_rng(0).random((70, 50)) * 255).astype("uint8"))
-    proc = run_cli(["predict", str(image), "--model", str(run / "final.keras"),
-                    "--out", str(tmp_path / "pred"), "--backend", "torch"], "torch")
+    # evaluate, predict and export only read final.keras: three processes side by side
+    with ThreadPoolExecutor(3) as pool:
+        evaluated = pool.submit(
+            run_cli, ["evaluate", "--model", str(run / "final.keras"), "--data", str(data),
+                      "--split", "all", "--json", str(tmp_path / "scores.json"),
+                      "--backend", "torch"], "torch")
+        predicted = pool.submit(
+            run_cli, ["predict", str(image), "--model", str(run / "final.keras"),
+                      "--out", str(tmp_path / "pred"), "--backend", "torch"], "torch")
+        exported = pool.submit(
+            run_cli, ["export", "--model", str(run / "final.keras"), "--out",
+                      str(tmp_path / "serving")],
+            "jax")  # KERAS_BACKEND=jax in the environment: export runs on TensorFlow
+    proc = evaluated.result()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((tmp_path / "scores.json").read_text())
+
+    proc = predicted.result()
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert any((tmp_path / "pred").iterdir())
 
-    proc = run_cli(["export", "--model", str(run / "final.keras"), "--out",
-                    str(tmp_path / "serving")],
-                   "jax")  # KERAS_BACKEND=jax in the environment: export runs on TensorFlow
+    proc = exported.result()
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "serving" / "1" / "saved_model.pb").exists()
 
 
 def test_cli_bad_backend_choices(tmp_path):
     out = tmp_path / "run"
-    one_line_error(run_cli(["train", "--backend", "nosuch", "--out", str(out)]),
-                   "--backend", "nosuch")
-    one_line_error(run_cli(["train", "--backend", "jax", "--data", "synthetic",
-                            "--out", str(out)] + TINY, block="jax"),
-                   "jax", "pip install")
-    one_line_error(run_cli(["train", "--backend", "torch", "--data", "synthetic",
-                            "--strategy", "mirrored", "--out", str(out)] + TINY),
-                   "mirrored", "tensorflow")
-    # zf-unet train reads through tf.data: without TensorFlow, one line that says so
-    one_line_error(run_cli(["train", "--backend", "jax", "--data", "synthetic",
-                            "--out", str(out)] + TINY, "jax", block="tensorflow"),
-                   "TensorFlow", "pip install")
-    one_line_error(run_cli(["export", "--model", str(tmp_path / "m.keras"), "--out",
-                            str(tmp_path / "s")], "jax", block="tensorflow"),
-                   "tensorflow", "pip install")
+    cases = [  # (run_cli arguments, what the one line names); the five run side by side
+        ((["train", "--backend", "nosuch", "--out", str(out)],), {}, ("--backend", "nosuch")),
+        ((["train", "--backend", "jax", "--data", "synthetic", "--out", str(out)] + TINY,),
+         {"block": "jax"}, ("jax", "pip install")),
+        ((["train", "--backend", "torch", "--data", "synthetic", "--strategy", "mirrored",
+           "--out", str(out)] + TINY,), {}, ("mirrored", "tensorflow")),
+        # zf-unet train reads through tf.data: without TensorFlow, one line that says so
+        ((["train", "--backend", "jax", "--data", "synthetic", "--out", str(out)] + TINY,
+          "jax"), {"block": "tensorflow"}, ("TensorFlow", "pip install")),
+        ((["export", "--model", str(tmp_path / "m.keras"), "--out", str(tmp_path / "s")],
+          "jax"), {"block": "tensorflow"}, ("tensorflow", "pip install")),
+    ]
+    with ThreadPoolExecutor(len(cases)) as pool:
+        procs = [pool.submit(run_cli, *args, **kwargs) for args, kwargs, _ in cases]
+    for proc, (_, _, needles) in zip(procs, cases):
+        one_line_error(proc.result(), *needles)
     assert not out.exists() and not (tmp_path / "s").exists()
 
 

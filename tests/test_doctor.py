@@ -256,7 +256,8 @@ def test_train_adds_the_callback_by_default(tmp_path, monkeypatch):
     cfg = Config().override(["data.synthetic_n=8", "data.synthetic_size=32",
                              "data.patch_size=32", "model.depth=2", "model.filters=2",
                              "train.epochs=2", "train.tensorboard=false",
-                             'train.precision="float32"'])
+                             'train.precision="float32"',
+                             "data.augment.enabled=false"])  # no XLA augmentation to compile
     assert cfg.train.collapse_warning is True
     training.train(cfg, tmp_path / "run", verbose=0)
     assert len(made) == 1 and made[0].label == "validation"

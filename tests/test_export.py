@@ -237,7 +237,9 @@ def test_saved_model_cli_lists_the_signature(exports):
     assert "signature_def['mask_only']" in text
 
 
-def test_export_is_atomic_and_keeps_versions(model, tmp_path, monkeypatch):
+def test_export_is_atomic_and_keeps_versions(tmp_path, monkeypatch):
+    # file safety: the smallest U-Net (each of the five exports below traces and saves it)
+    model = _unet(0, depth=2, filters=2)
     base = tmp_path / "srv"
     first = export_saved_model(model, base, version=3, threshold=0.25)
     assert first == base / "3" and (first / "saved_model.pb").is_file()

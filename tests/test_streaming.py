@@ -184,11 +184,11 @@ def _write_rgb_folder(root: Path, n: int) -> None:
     (root / "images").mkdir(parents=True)
     (root / "masks").mkdir()
     rng = np.random.default_rng(0)
-    for i in range(n):
+    for i in range(n):  # uncompressed PNGs: random pixels do not compress; same decoded data
         Image.fromarray(rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)).save(
-            root / "images" / f"{i:04d}.png")
+            root / "images" / f"{i:04d}.png", compress_level=0)
         Image.fromarray((rng.random((256, 256)) > 0.5).astype(np.uint8) * 255).save(
-            root / "masks" / f"{i:04d}.png")
+            root / "masks" / f"{i:04d}.png", compress_level=0)
 
 
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc")

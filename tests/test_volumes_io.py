@@ -18,7 +18,7 @@ from zf_unet.data.weightmaps import (
     class_weight_map,
     volume_weight_map,
 )
-from zf_unet.errors import DataError
+from zf_unet.errors import ConfigError, DataError
 
 
 def _save_png(path, arr):
@@ -307,10 +307,6 @@ def test_class_weight_maps_on_volumes():
         ((np.zeros((2, 4, 4)),), {"mode": "sections", "spacing": (1, 1, 1)},
          r"spacing: only used with mode='3d'"),
         ((np.eye(4),), {"spacing": 2.0}, r"spacing: only used with mode='3d'"),
-        ((np.zeros((2, 4, 4)),), {"mode": "3d", "spacing": (1, 1)}, r"spacing: expected the "
-                                                                    r"voxel size \(z, y, x\)"),
-        ((np.zeros((2, 4, 4)),), {"mode": "3d", "spacing": (1, 0, 1)}, r"spacing: expected"),
-        ((np.zeros((2, 4, 4)),), {"mode": "3d", "spacing": "big"}, r"spacing: expected"),
         ((np.zeros((2, 4, 4)),), {"mode": "3d", "connectivity": 4},
          r"connectivity: expected 1 \(6-neighbours\), 2 \(18-neighbours\) or 3"),
         ((np.zeros((2, 4, 4)),), {"mode": "sections", "connectivity": 3},
@@ -324,6 +320,18 @@ def test_class_weight_maps_on_volumes():
 def test_bad_volume_weight_map_arguments(args, kwargs, match):
     with pytest.raises(DataError, match=match):
         border_weight_map(*args, **kwargs)
+
+
+@pytest.mark.parametrize(("spacing", "match"), [
+    ((1, 1), r"spacing has 2 entries but the input has 3 spatial axes"),
+    ((1, 0, 1), r"spacing must hold positive finite numbers"),
+    ("big", r"spacing must be a tuple of positive numbers"),
+])
+def test_bad_spacing_is_refused_by_the_one_spacing_rule(spacing, match):
+    """Spacing has one home (zf_unet.checks.check_spacing) and one error type (ConfigError),
+    in weight maps as in the config, the builders and Augment."""
+    with pytest.raises(ConfigError, match=match):
+        border_weight_map(np.zeros((2, 4, 4)), mode="3d", spacing=spacing)
 
 
 def test_volume_weight_map_and_class_weight_map_refuse_bad_modes():

@@ -119,6 +119,9 @@ patch_size = [4, 16, 16]
 batch_size = 2
 samples_per_epoch = 4
 
+[data.augment]
+enabled = false  # no XLA augmentation to compile: not what this tests
+
 [model]
 depth = 3
 filters = 4

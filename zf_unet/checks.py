@@ -203,13 +203,13 @@ def check_tiling(tile_size: Any, overlap: Any, batch_size: Any, tiled: bool = Tr
     return tile_size, overlap, batch_size
 
 
-def check_ignore_index(value: Any) -> int | None:
+def check_ignore_index(value: Any, name: str = "ignore_index") -> int | None:
     """``value`` as an ``int`` (any integer, usually outside 0..C-1, e.g. 255) or ``None``,
-    else ``ValueError``."""
+    else ``ValueError`` naming ``name`` (``ignore_class`` in losses and metrics)."""
     if value is None:
         return None
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"ignore_index must be an integer or None, got {value!r}")
+        raise ValueError(f"{name} must be an integer or None, got {value!r}")
     return int(value)
 
 

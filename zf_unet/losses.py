@@ -238,7 +238,8 @@ class _SegmentationLoss(keras.losses.Loss):
         super().__init__(name=name, **kwargs)
         self.from_logits = bool(from_logits)
         self.ignore_class = check_ignore_index(renamed_argument(
-            "ignore_class", ignore_class, "ignore_index", ignore_index, type(self).__name__))
+            "ignore_class", ignore_class, "ignore_index", ignore_index, type(self).__name__),
+            "ignore_class")
 
     @property
     def ignore_index(self) -> int | None:

@@ -46,7 +46,8 @@ class _ConfusionMetric(keras.metrics.IoU):
         if int(num_classes) < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         ignore_class = check_ignore_index(renamed_argument(
-            "ignore_class", ignore_class, "ignore_index", ignore_index, type(self).__name__))
+            "ignore_class", ignore_class, "ignore_index", ignore_index, type(self).__name__),
+            "ignore_class")
         self.model_classes = int(num_classes)
         n = max(2, self.model_classes)
         if target_class_ids is None:

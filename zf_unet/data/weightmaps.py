@@ -71,7 +71,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from zf_unet.checks import check_spacing
-from zf_unet.errors import ConfigError, DataError
+from zf_unet.errors import DataError
 
 __all__ = [
     "DEFAULT_CUTOFF_SIGMAS",
@@ -118,12 +118,9 @@ def _check_spacing(spacing: Any, mode: str) -> tuple[float, float, float] | None
         return None
     if spacing is None:
         return (1.0, 1.0, 1.0)
-    try:
-        return check_spacing((spacing,) * 3 if np.isscalar(spacing) else spacing, "spacing",
-                             3)  # type: ignore[return-value]
-    except ConfigError:
-        raise DataError(f"spacing: expected the voxel size (z, y, x) as 3 finite numbers > 0 "
-                        f"(or one number), got {spacing!r}") from None
+    number = isinstance(spacing, (int, float, np.number)) and not isinstance(spacing, bool)
+    return check_spacing((spacing,) * 3 if number else spacing, "spacing",
+                         3)  # type: ignore[return-value]
 
 
 def _shape_text(ndim: int) -> str:
