@@ -54,3 +54,18 @@ def tiny_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     keras.utils.set_random_seed(0)
     path = tmp_path_factory.mktemp("tiny_model") / "model.keras"
     return save_model_atomic(zf_unet.build_unet((None, None, 1), depth=3, filters=4), path)
+
+
+#: The modules that take longest (CI --durations), run first: with the tests spread over
+#: processes a module at a time (`make test`), a long module started last would leave the
+#: other processes idle at the end.
+LONGEST_FIRST = ("test_backends", "test_notebooks", "test_backbones", "test_streaming",
+                 "test_reliability", "test_train", "test_cli", "test_pretrained", "test_outputs")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        name = item.module.__name__.rpartition(".")[2] if item.module else ""
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: the order within a module is kept

@@ -239,7 +239,7 @@ class _SegmentationLoss(keras.losses.Loss):
         self.from_logits = bool(from_logits)
         self.ignore_class = check_ignore_index(renamed_argument(
             "ignore_class", ignore_class, "ignore_index", ignore_index, type(self).__name__),
-            "ignore_class")
+            "ignore_index" if ignore_class is None and ignore_index is not None else "ignore_class")
 
     @property
     def ignore_index(self) -> int | None:

@@ -47,7 +47,7 @@ class _ConfusionMetric(keras.metrics.IoU):
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         ignore_class = check_ignore_index(renamed_argument(
             "ignore_class", ignore_class, "ignore_index", ignore_index, type(self).__name__),
-            "ignore_class")
+            "ignore_index" if ignore_class is None and ignore_index is not None else "ignore_class")
         self.model_classes = int(num_classes)
         n = max(2, self.model_classes)
         if target_class_ids is None:
